@@ -1,0 +1,64 @@
+"""Small shared helpers: broadcasting, reductions and argument checks used by every layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so a per-example tensor of shape (B,) broadcasts to ndim dims."""
+    if v.ndim > ndim:
+        raise ValueError(f"cannot broadcast a tensor of shape {tuple(v.shape)} to {ndim} dims")
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Sum over every dim but the first: (B, *D) -> (B,)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def check_finite_number(name: str, value: float, *, positive: bool = False,
+                        nonnegative: bool = False) -> float:
+    """Return `value` as a float, or raise ValueError naming `name` when it is NaN/inf/out of range."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and v <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonnegative and v < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: str, choices: Iterable[str]) -> str:
+    """Raise ValueError listing the valid names when `value` is not one of `choices`."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of: {', '.join(choices)}")
+    return value
+
+
+def check_tensor_finite(name: str, x: Tensor) -> None:
+    """Raise ValueError when a tensor holds NaN or infinity."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf)")
+
+
+def batch_times(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
+    """A time of shape () or (B,) as a tensor of shape (B,) with `like`'s dtype and device."""
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        return t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"t must have shape () or ({batch},), got {tuple(t.shape)}")
+    return t

@@ -1,0 +1,70 @@
+"""A network plus an SDE and a parametrization name: the learned score model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .._utils import append_dims, check_choice, check_finite_number
+from .base import PARAMETRIZATIONS, ParametrizedModel, to_x0_eps
+
+TIME_INPUTS = ("log_snr", "t")
+
+
+class ScoreModel(ParametrizedModel):
+    """Wrap `net(x_in, c_noise) -> out` as a score model for `sde`.
+
+    The network sees c_in(t) * x with c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2), the inverse
+    std of x_t for data of std sigma_data (EDM's input preconditioning; it is exactly 1 for VP with
+    sigma_data = 1, and keeps VE/EDM inputs of std up to 80 at unit scale), and the noise level
+    c_noise = time_input(t).
+
+    Args:
+        net: module mapping (B, *D) and (B,) to (B, *D).
+        sde: the SDE whose alpha, sigma define the conversions.
+        parametrization: what `net` predicts: "eps", "x0", "v" or "score".
+        time_input: "log_snr" (lambda(t), the same scale for every SDE; default), "t", or a
+            callable t -> c_noise, e.g. `sde.timestep` for a DDPM network trained on indices.
+        sigma_data: data std for input scaling; None feeds x unscaled.
+    """
+
+    def __init__(self, net: nn.Module, sde, parametrization: str = "eps", *,
+                 time_input: str | Callable[[Tensor], Tensor] = "log_snr",
+                 sigma_data: float | None = 1.0) -> None:
+        super().__init__(sde)
+        self.net = net
+        self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
+        if isinstance(time_input, str):
+            check_choice("time_input", time_input, TIME_INPUTS)
+        elif not callable(time_input):
+            raise TypeError(f"time_input must be a name or a callable, got {time_input!r}")
+        self.time_input = time_input
+        self.sigma_data = (None if sigma_data is None
+                           else check_finite_number("sigma_data", sigma_data, positive=True))
+
+    def c_noise(self, t: Tensor) -> Tensor:
+        """The noise-level input of the network at times t of shape (B,)."""
+        if self.time_input == "log_snr":
+            return self.sde.log_snr(t)
+        if self.time_input == "t":
+            return self.sde.check_t(t)
+        return self.time_input(t)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw network prediction in this model's parametrization; shape (B, *D)."""
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        x_in = x
+        if self.sigma_data is not None:
+            c_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
+            x_in = append_dims(c_in, x.ndim) * x
+        out = self.net(x_in, self.c_noise(t))
+        if out.shape != x.shape:
+            raise ValueError(f"net must return the shape of x {tuple(x.shape)}, "
+                             f"got {tuple(out.shape)}")
+        return out
+
+    def x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        out = self(x, t)
+        return to_x0_eps(self.parametrization, out, x, self.sde.alpha(t), self.sde.sigma(t))

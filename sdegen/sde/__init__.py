@@ -1,0 +1,19 @@
+"""SDE definitions: pure math on tensors, no networks."""
+
+from .base import LinearSDE
+from .ve import EDMSDE, VESDE
+from .vp import CosineBeta, DiscreteBeta, LinearBeta, SubVPSDE, VPSDE, ddpm_betas
+
+
+def rectified_flow(t_min: float = 1e-3, T: float = 1 - 1e-3) -> LinearSDE:
+    """Rectified flow / linear interpolant x_t = (1 - t) x0 + t eps as a LinearSDE.
+
+    Liu et al. 2023, "Flow straight and fast". T < 1 because alpha(1) = 0; prior N(0, I).
+    """
+    return LinearSDE(lambda t: 1 - t, lambda t: t, t_min=t_min, T=T, prior_std=1.0)
+
+
+__all__ = [
+    "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "LinearBeta", "CosineBeta",
+    "DiscreteBeta", "ddpm_betas", "rectified_flow",
+]

@@ -1,0 +1,14 @@
+"""Samplers for the reverse SDE and the probability-flow ODE, time grids, NFE accounting and
+likelihoods."""
+
+from .counting import CountingModel, LikelihoodResult, SolveResult
+from .likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, log_likelihood
+from .pf_ode import ode_drift
+from .sample import METHODS, available, sample
+from .schedules import SCHEDULES, get_schedule
+
+__all__ = [
+    "sample", "available", "METHODS", "log_likelihood", "bits_per_dim", "exact_divergence",
+    "hutchinson_divergence", "ode_drift", "get_schedule", "SCHEDULES", "SolveResult",
+    "LikelihoodResult", "CountingModel",
+]

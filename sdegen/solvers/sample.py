@@ -1,0 +1,178 @@
+"""One entry point for sampling: `sample(model, sde, shape, method=..., steps=... | nfe=...)`.
+
+Methods are plain functions `fn(model, sde, x, ts, **options) -> x`, picked by name from the
+`METHODS` dict below, so configs and the command line can swap them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._utils import check_choice, check_tensor_finite
+from . import exponential, pf_ode, reverse_sde, torchsde_methods
+from .counting import CountingModel, SolveResult
+from .schedules import get_schedule
+
+
+@dataclass(frozen=True)
+class Method:
+    """A sampler: its function, what it integrates, its cost and its default grid.
+
+    `nfe(steps, options)` is used only to choose `steps` for a requested NFE budget; the NFE
+    reported is always the counted one.
+    """
+
+    fn: Callable[..., Tensor]
+    kind: str  # "sde" (stochastic) or "ode" (deterministic)
+    schedule: str
+    nfe: Callable[[int, dict], int] | None  # None: adaptive, cost not set by steps
+    summary: str
+
+
+def _per_step(k: int) -> Callable[[int, dict], int]:
+    return lambda n, _: k * n
+
+
+METHODS: dict[str, Method] = {
+    "euler_maruyama": Method(reverse_sde.euler_maruyama, "sde", "uniform", _per_step(1),
+                             "Euler-Maruyama on the reverse SDE"),
+    "reverse_diffusion": Method(reverse_sde.reverse_diffusion, "sde", "uniform", _per_step(1),
+                                "reverse diffusion predictor (Song et al. 2021)"),
+    "ancestral": Method(reverse_sde.ancestral, "sde", "uniform", _per_step(1),
+                        "ancestral sampling: DDPM for VP, SMLD for VE"),
+    "pc": Method(reverse_sde.pc, "sde", "uniform",
+                 lambda n, o: n * (1 + o.get("corrector_steps", 1)),
+                 "predictor-corrector with a Langevin corrector (snr)"),
+    # torchsde calls the drift once more, to check its shape, before integrating.
+    "torchsde_euler": Method(torchsde_methods.torchsde_euler, "sde", "uniform",
+                             lambda n, _: n + 1, "torchsde euler on the reverse SDE"),
+    "torchsde_milstein": Method(torchsde_methods.torchsde_milstein, "sde", "uniform",
+                                lambda n, _: n + 1, "torchsde milstein on the reverse SDE"),
+    "torchsde_srk": Method(torchsde_methods.torchsde_srk, "sde", "uniform",
+                           lambda n, _: 10 * n + 1,
+                           "torchsde stochastic Runge-Kutta (strong order 1.5)"),
+    "torchsde_reversible_heun": Method(torchsde_methods.torchsde_reversible_heun, "sde",
+                                       "uniform", lambda n, _: n + 2,
+                                       "torchsde reversible Heun (unstable at few steps)"),
+    "dopri5": Method(pf_ode.dopri5, "ode", "uniform", None,
+                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)"),
+    "euler": Method(pf_ode.euler, "ode", "uniform", _per_step(1), "Euler on the PF-ODE"),
+    "rk4": Method(pf_ode.rk4, "ode", "uniform", _per_step(4), "classical RK4 on the PF-ODE"),
+    "heun": Method(pf_ode.heun, "ode", "karras", lambda n, _: 2 * n - 1,
+                   "Heun on the PF-ODE, last step Euler (EDM)"),
+    "ddim": Method(exponential.ddim, "ode", "log_snr", _per_step(1),
+                   "DDIM: first-order exponential integrator (eta > 0: stochastic)"),
+    "dpmpp_2m": Method(exponential.dpmpp_2m, "ode", "log_snr", _per_step(1),
+                       "DPM-Solver++(2M) multistep exponential integrator"),
+}
+
+
+def available() -> dict[str, str]:
+    """Sampler names and a one-line summary of each."""
+    return {name: m.summary for name, m in METHODS.items()}
+
+
+def _steps_for_nfe(name: str, m: Method, nfe: int, extra: int, options: dict) -> int:
+    """The most steps whose cost, plus `extra` evaluations, fits in `nfe`."""
+    if m.nfe is None:
+        raise ValueError(f"method {name!r} is adaptive: set rtol/atol, not steps or nfe")
+    steps = 0
+    while m.nfe(steps + 1, options) + extra <= nfe:
+        steps += 1
+    if steps == 0:
+        raise ValueError(f"nfe={nfe} is too small for {name!r}: one step costs "
+                         f"{m.nfe(1, options) + extra} evaluations")
+    return steps
+
+
+def _check_options(name: str, fn: Callable, options: dict) -> None:
+    params = inspect.signature(fn).parameters
+    accepted = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p != "record"]
+    for key in options:
+        if key not in accepted:
+            raise ValueError(f"method {name!r} takes no option {key!r}; it takes: "
+                             f"{', '.join(accepted) or 'none'}")
+
+
+@torch.no_grad()
+def sample(model, sde, shape: tuple[int, ...], *, method: str = "dpmpp_2m",
+           steps: int | None = None, nfe: int | None = None, schedule: str | None = None,
+           generator: torch.Generator | None = None, noise: Tensor | None = None,
+           dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+           denoise_final: bool = True, return_trajectory: bool = False,
+           **options) -> SolveResult:
+    """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
+
+    Args:
+        model: any object with score(x, t), denoise(x, t), eps(x, t), t of shape (B,).
+        sde: the SDE the model belongs to.
+        shape: (B, *D) of the samples.
+        method: a name from `available()`.
+        steps: number of grid steps; or give `nfe`, the budget of network evaluations, and the
+            largest number of steps that fits is used (the result reports the counted NFE).
+            Neither: 50 steps. Adaptive methods ("dopri5") take rtol/atol instead.
+        schedule: "uniform", "log_snr" or "karras"; default per method.
+        generator: the random source for the prior draw and every noise increment.
+        noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
+            increments of stochastic methods).
+        dtype, device: of the samples (default: noise's, else float32 on CPU).
+        denoise_final: end with x0 = E[x0 | x(t_min)] (one more evaluation, counted), as DDPM's
+            last step and EDM's step to sigma = 0 do; otherwise stochastic methods add no noise
+            on their last step.
+        return_trajectory: also return the states at every grid time.
+        **options: method options, e.g. eta (ddim), snr and corrector_steps (pc), rtol and
+            atol (dopri5), variance (ancestral).
+    Returns:
+        SolveResult with samples `x` of shape `shape` and the counted `nfe`.
+    """
+    check_choice("method", method, METHODS)
+    m = METHODS[method]
+    _check_options(method, m.fn, options)
+    if steps is not None and nfe is not None:
+        raise ValueError("give steps or nfe, not both")
+    shape = tuple(shape)
+    if len(shape) < 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"shape must be (batch, *event_shape) of positive ints, got {shape}")
+    if noise is not None:
+        check_tensor_finite("noise", noise)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        dtype = dtype or noise.dtype
+        device = device or noise.device
+    dtype = dtype or torch.float32
+    extra = 1 if denoise_final else 0
+    if m.nfe is None:
+        if steps is not None or nfe is not None:
+            raise ValueError(f"method {method!r} is adaptive: set rtol/atol, not steps or nfe")
+        ts = get_schedule(sde, "uniform", 1)
+    else:
+        if nfe is not None:
+            steps = _steps_for_nfe(method, m, nfe, extra, options)
+        ts = get_schedule(sde, schedule or m.schedule, 50 if steps is None else steps)
+
+    counted = CountingModel(model)
+    if noise is None:
+        x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
+    else:
+        x = noise.to(dtype=dtype, device=device)
+    traj: list[Tensor] | None = [x] if return_trajectory else None
+    kwargs = dict(options)
+    params = inspect.signature(m.fn).parameters
+    if "generator" in params:
+        kwargs["generator"] = generator
+    if "noise_final" in params:
+        kwargs["noise_final"] = denoise_final
+    x = m.fn(counted, sde, x, ts, record=traj.append if traj is not None else None, **kwargs)
+    if denoise_final:
+        x = counted.denoise(x, torch.full((shape[0],), sde.t_min, dtype=x.dtype,
+                                          device=x.device))
+        if traj is not None:
+            traj.append(x)
+    trajectory = torch.stack(traj) if traj is not None else None
+    return SolveResult(x=x, nfe=counted.nfe, nfe_backward=0, ts=ts, trajectory=trajectory,
+                       method=method)
