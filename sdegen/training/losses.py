@@ -1,0 +1,85 @@
+"""Denoising score matching in continuous time, with the usual weightings.
+
+With x_t = alpha x0 + sigma eps, the conditional score is -eps/sigma, and for every weighting
+lambda(t) the DSM objective E_t lambda(t) ||s_theta(x_t, t) + eps/sigma||^2 is an eps-MSE with
+weight lambda(t)/sigma^2:
+
+- "simple":     DDPM's L_simple (Ho et al. 2020): mean over dims of (eps_theta - eps)^2, t uniform.
+- "sigma2":     lambda = sigma^2 (Song et al. 2021): the same residual, summed over dims.
+- "likelihood": lambda = g^2 (Song, Durkan et al. 2021, "Maximum likelihood training of score-based
+                diffusion models"): 1/2 int g^2 E||s - grad log p_0t||^2 dt, the score-matching
+                part of their bound on -log p. For every linear SDE g^2/sigma^2 = -2 dlambda/dt
+                (lambda the log-SNR), so importance sampling t with density proportional to
+                g^2/sigma^2 is sampling the log-SNR uniformly, with the constant weight
+                lambda(t_min) - lambda(T). That is what `importance_sampling=True` does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._utils import append_dims, check_choice, check_tensor_finite, sum_except_batch
+
+WEIGHTINGS = ("simple", "sigma2", "likelihood")
+
+
+def sample_times(sde, n: int, *, importance_sampling: bool = False,
+                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> Tensor:
+    """Training times of shape (n,): uniform on [t_min, T], or uniform in log-SNR (the
+    importance distribution proportional to g^2/sigma^2)."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    if importance_sampling:
+        lo, hi = sde.log_snr_range()
+        return sde.t_of_log_snr(lo + u * (hi - lo)).to(dtype)
+    return (sde.t_min + u * (sde.T - sde.t_min)).to(dtype)
+
+
+def dsm_loss(model, x0: Tensor, *, weighting: str = "simple",
+             importance_sampling: bool | None = None, generator: torch.Generator | None = None,
+             t: Tensor | None = None, noise: Tensor | None = None, reduce: bool = True) -> Tensor:
+    """Denoising score-matching loss of a score model on clean data x0.
+
+    Args:
+        model: a score model with `.sde` and `eps(x, t)` (e.g. ScoreModel); whatever its
+            parametrization, the loss is taken on its noise prediction.
+        x0: clean data, shape (B, *D).
+        weighting: "simple", "sigma2" or "likelihood" (see the module docstring).
+        importance_sampling: draw t uniformly in log-SNR and weight accordingly; default True
+            for "likelihood", False otherwise (only "likelihood" supports it).
+        generator: random source for t and the noise.
+        t, noise: fix the times (B,) and the noise (B, *D) instead of drawing them.
+        reduce: mean over the batch; otherwise per-example losses of shape (B,).
+    Returns:
+        the loss, a scalar (or shape (B,) if not reduce).
+    """
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_tensor_finite("x0", x0)
+    if importance_sampling is None:
+        importance_sampling = weighting == "likelihood"
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError(f"importance_sampling applies to weighting='likelihood' only, "
+                         f"got weighting={weighting!r}")
+    sde = model.sde
+    B = x0.shape[0]
+    if t is None:
+        t = sample_times(sde, B, importance_sampling=importance_sampling, generator=generator,
+                         dtype=x0.dtype, device=x0.device)
+    elif t.shape != (B,):
+        raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    x_t = sde.perturb(x0, t, noise)
+    sq = (model.eps(x_t, t) - noise) ** 2
+    if weighting == "simple":
+        per_example = sq.reshape(B, -1).mean(dim=1)
+    elif weighting == "sigma2":
+        per_example = sum_except_batch(sq)
+    elif importance_sampling:
+        lo, hi = sde.log_snr_range()
+        per_example = (hi - lo) * sum_except_batch(sq)
+    else:
+        w = 0.5 * (sde.T - sde.t_min) * sde.g2(t) / sde.sigma(t) ** 2
+        per_example = append_dims(w, 1) * sum_except_batch(sq)
+    return per_example.mean() if reduce else per_example

@@ -1,0 +1,44 @@
+"""Shared fixtures: every SDE in the library, and an analytic Gaussian mixture on each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdegen import GaussianMixtureScore
+from sdegen.sde import VESDE, VPSDE, EDMSDE, LinearSDE, SubVPSDE, ddpm_betas, rectified_flow
+
+torch.set_default_dtype(torch.float64)
+
+
+def _exp_vp() -> LinearSDE:
+    # A user-defined SDE from alpha and sigma only (f, g^2 by autograd): VP with beta = 2.
+    return LinearSDE(lambda t: torch.exp(-t), lambda t: torch.sqrt(-torch.expm1(-2 * t)),
+                     t_min=1e-3, T=5.0, prior_std=1.0)
+
+
+SDE_FACTORIES = {
+    "vp_linear": lambda: VPSDE(),
+    "vp_cosine": lambda: VPSDE("cosine"),
+    "vp_ddpm": lambda: VPSDE.from_betas(ddpm_betas(1000)),
+    "subvp": lambda: SubVPSDE(),
+    "ve": lambda: VESDE(),
+    "edm": lambda: EDMSDE(),
+    "rectified_flow": lambda: rectified_flow(),
+    "linear_user": _exp_vp,
+}
+
+
+@pytest.fixture(params=list(SDE_FACTORIES))
+def sde(request):
+    return SDE_FACTORIES[request.param]()
+
+
+def mixture(sde, dim: int = 2) -> GaussianMixtureScore:
+    """Two well-separated, correlated components in `dim` dimensions."""
+    g = torch.Generator().manual_seed(123)
+    means = torch.stack([-1.5 * torch.ones(dim), 1.0 * torch.ones(dim)])
+    means[1, 0] = 2.0
+    A = torch.randn(2, dim, dim, generator=g)
+    covs = 0.1 * A @ A.transpose(1, 2) / dim + 0.15 * torch.eye(dim)
+    return GaussianMixtureScore(torch.tensor([0.35, 0.65]), means, covs, sde)
