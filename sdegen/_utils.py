@@ -10,7 +10,7 @@ from torch import Tensor
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:
-    """Append trailing singleton dims so a per-example tensor of shape (B,) broadcasts to ndim dims."""
+    """Append trailing singleton dims so a (B,) tensor broadcasts against ndim dims."""
     if v.ndim > ndim:
         raise ValueError(f"cannot broadcast a tensor of shape {tuple(v.shape)} to {ndim} dims")
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
@@ -21,9 +21,10 @@ def sum_except_batch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
-def check_finite_number(name: str, value: float, *, positive: bool = False,
-                        nonnegative: bool = False) -> float:
-    """Return `value` as a float, or raise ValueError naming `name` when it is NaN/inf/out of range."""
+def check_finite_number(
+    name: str, value: float, *, positive: bool = False, nonnegative: bool = False
+) -> float:
+    """`value` as a float; ValueError naming `name` when it is NaN, inf or out of range."""
     try:
         v = float(value)
     except (TypeError, ValueError):

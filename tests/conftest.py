@@ -6,15 +6,23 @@ import pytest
 import torch
 
 from sdegen import GaussianMixtureScore
-from sdegen.sde import VESDE, VPSDE, EDMSDE, LinearSDE, SubVPSDE, ddpm_betas, rectified_flow
+from sdegen.sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE, ddpm_betas, rectified_flow
 
 torch.set_default_dtype(torch.float64)
+# Tests run in parallel processes (pytest -n 2 on 2 cores); intra-op threads on top of that
+# contend for the same cores and slow small ops tens of times.
+torch.set_num_threads(1)
 
 
 def _exp_vp() -> LinearSDE:
     # A user-defined SDE from alpha and sigma only (f, g^2 by autograd): VP with beta = 2.
-    return LinearSDE(lambda t: torch.exp(-t), lambda t: torch.sqrt(-torch.expm1(-2 * t)),
-                     t_min=1e-3, T=5.0, prior_std=1.0)
+    return LinearSDE(
+        lambda t: torch.exp(-t),
+        lambda t: torch.sqrt(-torch.expm1(-2 * t)),
+        t_min=1e-3,
+        T=5.0,
+        prior_std=1.0,
+    )
 
 
 SDE_FACTORIES = {

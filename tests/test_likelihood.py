@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import sdegen
 from sdegen import GaussianScore
-from sdegen.sde import VESDE, VPSDE, EDMSDE, SubVPSDE
+from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 from sdegen.solvers import bits_per_dim, exact_divergence, hutchinson_divergence
 
 from .conftest import SDE_FACTORIES, mixture
@@ -35,11 +35,20 @@ def pushed_forward_prior_log_prob(model: GaussianScore, sde, x: torch.Tensor) ->
 
 
 @settings(max_examples=10, deadline=None)
-@given(kind=st.sampled_from(["vp", "subvp", "ve", "edm"]), dim=st.integers(1, 4),
-       seed=st.integers(0, 10_000), b_hi=st.floats(5.0, 25.0), s_max=st.floats(5.0, 60.0))
+@given(
+    kind=st.sampled_from(["vp", "subvp", "ve", "edm"]),
+    dim=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    b_hi=st.floats(5.0, 25.0),
+    s_max=st.floats(5.0, 60.0),
+)
 def test_exact_likelihood_matches_the_closed_form(kind, dim, seed, b_hi, s_max):
-    sde = {"vp": lambda: VPSDE(beta_max=b_hi), "subvp": lambda: SubVPSDE(beta_max=b_hi),
-           "ve": lambda: VESDE(sigma_max=s_max), "edm": lambda: EDMSDE(sigma_max=s_max)}[kind]()
+    sde = {
+        "vp": lambda: VPSDE(beta_max=b_hi),
+        "subvp": lambda: SubVPSDE(beta_max=b_hi),
+        "ve": lambda: VESDE(sigma_max=s_max),
+        "edm": lambda: EDMSDE(sigma_max=s_max),
+    }[kind]()
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(dim, dim, generator=g)
     model = GaussianScore(torch.randn(dim, generator=g), A @ A.T / dim + 0.2 * torch.eye(dim), sde)
@@ -68,8 +77,12 @@ def test_exact_divergence_equals_the_brute_force_jacobian_trace():
     W = torch.randn(5, 5, generator=g)
     x = torch.randn(7, 5, generator=g).requires_grad_(True)
     out = torch.tanh(x @ W) * x
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: torch.tanh(v @ W) * v, x[i])
-                       for i in range(7)])
+    jac = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v: torch.tanh(v @ W) * v, x[i])
+            for i in range(7)
+        ]
+    )
     expected = jac.diagonal(dim1=1, dim2=2).sum(1)
     for chunk in (1, 2, 5):
         torch.testing.assert_close(exact_divergence(out, x, chunk=chunk), expected)
@@ -83,8 +96,11 @@ def test_hutchinson_estimate_is_unbiased(noise):
     out = torch.sin(x @ W)
     exact = exact_divergence(out, x)
     K = 20000
-    probes = (torch.randint(0, 2, (K, 3, 6), generator=g) * 2 - 1.0 if noise == "rademacher"
-              else torch.randn(K, 3, 6, generator=g))
+    probes = (
+        torch.randint(0, 2, (K, 3, 6), generator=g) * 2 - 1.0
+        if noise == "rademacher"
+        else torch.randn(K, 3, 6, generator=g)
+    )
     est = hutchinson_divergence(out, x, probes)
     # per-probe estimates, to size the Monte-Carlo error
     rows = torch.autograd.grad(out, x, probes, is_grads_batched=True, retain_graph=True)[0]
@@ -98,12 +114,17 @@ def test_hutchinson_likelihood_is_close_and_seeded():
     model = mixture(sde, dim=4)
     x = model.sample(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = sdegen.log_likelihood(model, sde, x)
-    runs = [sdegen.log_likelihood(model, sde, x, trace="hutchinson", probes=8,
-                                  generator=torch.Generator().manual_seed(s)) for s in range(6)]
+    runs = [
+        sdegen.log_likelihood(
+            model, sde, x, trace="hutchinson", probes=8, generator=torch.Generator().manual_seed(s)
+        )
+        for s in range(6)
+    ]
     mean = torch.stack([r.log_prob for r in runs]).mean(0)
     assert float((mean - exact.log_prob).abs().max()) < 0.5
-    again = sdegen.log_likelihood(model, sde, x, trace="hutchinson", probes=8,
-                                  generator=torch.Generator().manual_seed(0))
+    again = sdegen.log_likelihood(
+        model, sde, x, trace="hutchinson", probes=8, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(again.log_prob, runs[0].log_prob)
     assert runs[0].nfe_backward == 8 * runs[0].nfe and runs[0].trace == "hutchinson"
 
@@ -124,8 +145,9 @@ def test_differentiable_likelihood_reaches_parameters():
             return (x + sde.sigma(t)[:, None] ** 2 * self.score(x, t)) / sde.alpha(t)[:, None]
 
     x = torch.tensor([[1.0, -1.0]])
-    res = sdegen.log_likelihood(Shifted(), sde, x, differentiable=True, method="rk4",
-                                options={"step_size": 0.01})
+    res = sdegen.log_likelihood(
+        Shifted(), sde, x, differentiable=True, method="rk4", options={"step_size": 0.01}
+    )
     res.log_prob.sum().backward()
     # d/dmean log N(x; mean, I) = x - mean = x at mean = 0 (up to the prior mismatch at T)
     torch.testing.assert_close(mean.grad, x[0], rtol=1e-2, atol=1e-2)
@@ -143,13 +165,16 @@ def test_bits_per_dim():
         bits_per_dim(logp, 0, 0.1)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(trace="approx"), "unknown trace 'approx'; expected one of: exact, hutchinson"),
-    (dict(noise="uniform"), "unknown noise 'uniform'"),
-    (dict(probes=0), "probes must be a positive integer"),
-    (dict(rtol=-1.0), "rtol must be > 0"),
-    (dict(method="nope"), "unknown torchdiffeq method 'nope'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(trace="approx"), "unknown trace 'approx'; expected one of: exact, hutchinson"),
+        (dict(noise="uniform"), "unknown noise 'uniform'"),
+        (dict(probes=0), "probes must be a positive integer"),
+        (dict(rtol=-1.0), "rtol must be > 0"),
+        (dict(method="nope"), "unknown torchdiffeq method 'nope'"),
+    ],
+)
 def test_log_likelihood_rejects_bad_arguments(kwargs, match):
     sde = SDE_FACTORIES["vp_linear"]()
     with pytest.raises(ValueError, match=match):

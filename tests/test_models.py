@@ -111,15 +111,17 @@ def _gaussian_mixtures(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(mix=_gaussian_mixtures(), name=st.sampled_from(list(SDE_FACTORIES)),
-       u=st.floats(0.0, 1.0))
+@given(mix=_gaussian_mixtures(), name=st.sampled_from(list(SDE_FACTORIES)), u=st.floats(0.0, 1.0))
 def test_analytic_score_is_the_gradient_of_the_log_density(mix, name, u):
     weights, means, covs, g = mix
     sde = SDE_FACTORIES[name]()
     model = GaussianMixtureScore(weights, means, covs, sde)
     t = torch.full((4,), sde.t_min + u * (sde.T - sde.t_min))
-    x = sde.perturb(model.sample(4, generator=g, dtype=torch.float64), t,
-                    torch.randn(4, means.shape[1], generator=g))
+    x = sde.perturb(
+        model.sample(4, generator=g, dtype=torch.float64),
+        t,
+        torch.randn(4, means.shape[1], generator=g),
+    )
     xx = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(model.log_prob(xx, t).sum(), xx)
     score = model.score(x, t)
@@ -138,8 +140,9 @@ def test_gaussian_log_prob_matches_torch_distributions():
     a, s = float(sde.alpha(t[:1])), float(sde.sigma(t[:1]))
     ref = torch.distributions.MultivariateNormal(a * mean, a**2 * cov + s**2 * torch.eye(2))
     torch.testing.assert_close(model.log_prob(x, t), ref.log_prob(x))
-    torch.testing.assert_close(model.data_log_prob(x),
-                               torch.distributions.MultivariateNormal(mean, cov).log_prob(x))
+    torch.testing.assert_close(
+        model.data_log_prob(x), torch.distributions.MultivariateNormal(mean, cov).log_prob(x)
+    )
 
 
 def test_singular_covariance_stays_finite_at_t_min():
@@ -170,14 +173,22 @@ def test_event_shape_lets_the_model_stand_in_for_images():
         model.score(x.reshape(3, 4), t)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(weights=[1.0], means=[[0.0]], covs=[[[-1.0]]]), "positive semi-definite"),
-    (dict(weights=[1.0, 1.0], means=[[0.0]], covs=[[[1.0]]]), r"means must have shape \(2, D\)"),
-    (dict(weights=[0.0], means=[[0.0]], covs=[[[1.0]]]), "weights must be > 0"),
-    (dict(weights=[1.0], means=[[math.nan]], covs=[[[1.0]]]), "means must be finite"),
-    (dict(weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 0.5], [0.0, 1.0]]]),
-     "covs must be symmetric"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weights=[1.0], means=[[0.0]], covs=[[[-1.0]]]), "positive semi-definite"),
+        (
+            dict(weights=[1.0, 1.0], means=[[0.0]], covs=[[[1.0]]]),
+            r"means must have shape \(2, D\)",
+        ),
+        (dict(weights=[0.0], means=[[0.0]], covs=[[[1.0]]]), "weights must be > 0"),
+        (dict(weights=[1.0], means=[[math.nan]], covs=[[[1.0]]]), "means must be finite"),
+        (
+            dict(weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 0.5], [0.0, 1.0]]]),
+            "covs must be symmetric",
+        ),
+    ],
+)
 def test_mixture_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureScore(sde=rectified_flow(), **kwargs)

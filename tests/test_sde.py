@@ -10,7 +10,7 @@ import torchsde
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdegen.sde import VESDE, VPSDE, EDMSDE, LinearSDE, SubVPSDE, ddpm_betas
+from sdegen.sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE, ddpm_betas
 from sdegen.sde.base import _time_derivative
 
 from .conftest import SDE_FACTORIES, mixture
@@ -74,13 +74,20 @@ def _simulate_forward(sde, x0: float, t0: float, t1: float, n=6000, steps=200, s
 
 
 @settings(max_examples=12, deadline=None)
-@given(kind=st.sampled_from(["vp", "subvp", "ve", "edm"]), lo=st.floats(0.05, 1.0),
-       hi=st.floats(2.0, 25.0), frac=st.floats(0.2, 0.9), x0=st.floats(-2.0, 2.0))
+@given(
+    kind=st.sampled_from(["vp", "subvp", "ve", "edm"]),
+    lo=st.floats(0.05, 1.0),
+    hi=st.floats(2.0, 25.0),
+    frac=st.floats(0.2, 0.9),
+    x0=st.floats(-2.0, 2.0),
+)
 def test_kernel_matches_torchsde_simulation(kind, lo, hi, frac, x0):
-    sde = {"vp": lambda: VPSDE(beta_min=lo, beta_max=hi),
-           "subvp": lambda: SubVPSDE(beta_min=lo, beta_max=hi),
-           "ve": lambda: VESDE(sigma_min=lo / 10, sigma_max=hi / 5),
-           "edm": lambda: EDMSDE(sigma_min=lo / 10, sigma_max=hi / 5)}[kind]()
+    sde = {
+        "vp": lambda: VPSDE(beta_min=lo, beta_max=hi),
+        "subvp": lambda: SubVPSDE(beta_min=lo, beta_max=hi),
+        "ve": lambda: VESDE(sigma_min=lo / 10, sigma_max=hi / 5),
+        "edm": lambda: EDMSDE(sigma_min=lo / 10, sigma_max=hi / 5),
+    }[kind]()
     t0 = sde.t_min
     t1 = t0 + frac * (sde.T - t0)
     xs = _simulate_forward(sde, x0, t0, t1)
@@ -111,11 +118,13 @@ def test_fokker_planck_consistency(name):
     xx = x.clone().requires_grad_(True)
     logp = model.log_prob(xx, t)
     (grad,) = torch.autograd.grad(logp.sum(), xx, create_graph=True)
-    lap = sum(torch.autograd.grad(grad[:, i].sum(), xx, retain_graph=True)[0][:, i]
-              for i in range(3))
+    lap = sum(
+        torch.autograd.grad(grad[:, i].sum(), xx, retain_graph=True)[0][:, i] for i in range(3)
+    )
     drift = sde.drift(xx, t)
-    div_drift = sum(torch.autograd.grad(drift[:, i].sum(), xx, retain_graph=True)[0][:, i]
-                    for i in range(3))
+    div_drift = sum(
+        torch.autograd.grad(drift[:, i].sum(), xx, retain_graph=True)[0][:, i] for i in range(3)
+    )
     g2 = sde.diffusion(t) ** 2
     rhs = -div_drift - (drift * grad).sum(1) + 0.5 * g2 * (lap + (grad**2).sum(1))
     torch.testing.assert_close(dlogp_dt, rhs.detach(), rtol=1e-6, atol=1e-6)
@@ -136,8 +145,9 @@ def test_fokker_planck_catches_a_wrong_diffusion():
     xx = x.clone().requires_grad_(True)
     grad = model.score(xx, t.detach())
     f, g2 = sde.f(t.detach()), sde.g2(t.detach())
-    lap = sum(torch.autograd.grad(grad[:, i].sum(), xx, retain_graph=True)[0][:, i]
-              for i in range(2))
+    lap = sum(
+        torch.autograd.grad(grad[:, i].sum(), xx, retain_graph=True)[0][:, i] for i in range(2)
+    )
     rhs = -2 * f - f * (x * grad).sum(1) + 0.5 * g2 * (lap + (grad**2).sum(1))
     assert abs(float(lhs) - float(rhs)) > 1e-3
 
@@ -171,25 +181,35 @@ def test_prior_log_prob_is_the_gaussian_density(sde):
     torch.testing.assert_close(sde.prior_log_prob(z), ref)
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: VPSDE(beta_min=5, beta_max=1), "beta_min must be <= beta_max"),
-    (lambda: VPSDE(beta_min=float("nan")), "beta_min must be finite"),
-    (lambda: VPSDE(beta_min=-1.0), "beta_min must be > 0"),
-    (lambda: VPSDE("quadratic"), "unknown schedule 'quadratic'; expected one of: linear, cosine"),
-    (lambda: VPSDE("cosine", T=1.0), "T must be < 1"),
-    (lambda: VPSDE(t_min=0.0), r"sigma\(t\) must be finite and > 0"),
-    (lambda: VPSDE(t_min=2.0), "t_min must be < T"),
-    (lambda: VESDE(sigma_min=0.0), "sigma_min must be > 0"),
-    (lambda: VESDE(sigma_min=5, sigma_max=1), "sigma_min must be < sigma_max"),
-    (lambda: EDMSDE(sigma_max=float("inf")), "sigma_max must be finite"),
-    (lambda: VPSDE.from_betas([0.1, 1.5]), r"betas must lie in \(0, 1\)"),
-    (lambda: VPSDE.from_betas([[0.1, 0.2]]), "betas must be a 1-D array"),
-    (lambda: LinearSDE(lambda t: 1 - t, lambda t: t, t_min=1e-3, T=1.0),
-     r"alpha\(t\) must be finite and > 0 on \[t_min, T\]; alpha\(1\) = 0"),
-    (lambda: LinearSDE(lambda t: t, lambda t: 1 + 0 * t, t_min=0.1, T=1.0),
-     "log-SNR log\\(alpha/sigma\\) must decrease"),
-    (lambda: LinearSDE(None, lambda t: t, t_min=0.1, T=1.0), "alpha must be a callable"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: VPSDE(beta_min=5, beta_max=1), "beta_min must be <= beta_max"),
+        (lambda: VPSDE(beta_min=float("nan")), "beta_min must be finite"),
+        (lambda: VPSDE(beta_min=-1.0), "beta_min must be > 0"),
+        (
+            lambda: VPSDE("quadratic"),
+            "unknown schedule 'quadratic'; expected one of: linear, cosine",
+        ),
+        (lambda: VPSDE("cosine", T=1.0), "T must be < 1"),
+        (lambda: VPSDE(t_min=0.0), r"sigma\(t\) must be finite and > 0"),
+        (lambda: VPSDE(t_min=2.0), "t_min must be < T"),
+        (lambda: VESDE(sigma_min=0.0), "sigma_min must be > 0"),
+        (lambda: VESDE(sigma_min=5, sigma_max=1), "sigma_min must be < sigma_max"),
+        (lambda: EDMSDE(sigma_max=float("inf")), "sigma_max must be finite"),
+        (lambda: VPSDE.from_betas([0.1, 1.5]), r"betas must lie in \(0, 1\)"),
+        (lambda: VPSDE.from_betas([[0.1, 0.2]]), "betas must be a 1-D array"),
+        (
+            lambda: LinearSDE(lambda t: 1 - t, lambda t: t, t_min=1e-3, T=1.0),
+            r"alpha\(t\) must be finite and > 0 on \[t_min, T\]; alpha\(1\) = 0",
+        ),
+        (
+            lambda: LinearSDE(lambda t: t, lambda t: 1 + 0 * t, t_min=0.1, T=1.0),
+            "log-SNR log\\(alpha/sigma\\) must decrease",
+        ),
+        (lambda: LinearSDE(None, lambda t: t, t_min=0.1, T=1.0), "alpha must be a callable"),
+    ],
+)
 def test_invalid_parameters_name_the_value(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()

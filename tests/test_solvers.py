@@ -37,11 +37,22 @@ def test_every_sampler_runs_on_every_sde_with_exact_nfe(method):
         assert bool(torch.isfinite(r.x).all()), f"{method} on {name}"
 
 
-@pytest.mark.parametrize("method, steps, expected", [
-    ("euler", 7, 7), ("heun", 7, 13), ("rk4", 7, 28), ("pc", 7, 14), ("ddim", 7, 7),
-    ("dpmpp_2m", 7, 7), ("euler_maruyama", 7, 7), ("ancestral", 7, 7),
-    ("reverse_diffusion", 7, 7), ("torchsde_euler", 7, 8), ("torchsde_srk", 3, 31),
-])
+@pytest.mark.parametrize(
+    "method, steps, expected",
+    [
+        ("euler", 7, 7),
+        ("heun", 7, 13),
+        ("rk4", 7, 28),
+        ("pc", 7, 14),
+        ("ddim", 7, 7),
+        ("dpmpp_2m", 7, 7),
+        ("euler_maruyama", 7, 7),
+        ("ancestral", 7, 7),
+        ("reverse_diffusion", 7, 7),
+        ("torchsde_euler", 7, 8),
+        ("torchsde_srk", 3, 31),
+    ],
+)
 def test_nfe_is_counted_not_computed(method, steps, expected):
     sde = VPSDE()
     calls = []
@@ -62,8 +73,15 @@ def test_nfe_is_counted_not_computed(method, steps, expected):
             calls.append(1)
             return self.inner.eps(x, t)
 
-    r = sdegen.sample(Spy(mixture(sde)), sde, (8, 2), method=method, steps=steps,
-                      generator=_gen(), denoise_final=False)
+    r = sdegen.sample(
+        Spy(mixture(sde)),
+        sde,
+        (8, 2),
+        method=method,
+        steps=steps,
+        generator=_gen(),
+        denoise_final=False,
+    )
     assert r.nfe == expected == len(calls)
 
 
@@ -72,8 +90,9 @@ def test_nfe_budget_is_respected(method):
     sde = VPSDE()
     for budget in (5, 10, 20):
         try:
-            r = sdegen.sample(mixture(sde), sde, (4, 2), method=method, nfe=budget,
-                              generator=_gen())
+            r = sdegen.sample(
+                mixture(sde), sde, (4, 2), method=method, nfe=budget, generator=_gen()
+            )
         except ValueError as e:
             assert "too small" in str(e)
             continue
@@ -99,15 +118,23 @@ def test_explicit_noise_fixes_the_deterministic_samplers():
     model = mixture(sde)
     noise = sde.prior_sample((16, 2), generator=_gen(1), dtype=torch.float64)
     a = sdegen.sample(model, sde, noise.shape, method="heun", steps=5, noise=noise)
-    b = sdegen.sample(model, sde, noise.shape, method="heun", steps=5, noise=noise,
-                      generator=_gen(99))
+    b = sdegen.sample(
+        model, sde, noise.shape, method="heun", steps=5, noise=noise, generator=_gen(99)
+    )
     assert a.x.dtype == torch.float64 and torch.equal(a.x, b.x)
 
 
 def test_trajectory_holds_every_grid_state():
     sde = VPSDE()
-    r = sdegen.sample(mixture(sde), sde, (4, 2), method="dpmpp_2m", steps=5,
-                      generator=_gen(), return_trajectory=True)
+    r = sdegen.sample(
+        mixture(sde),
+        sde,
+        (4, 2),
+        method="dpmpp_2m",
+        steps=5,
+        generator=_gen(),
+        return_trajectory=True,
+    )
     assert r.ts.shape == (6,) and r.ts[0] == sde.T and r.ts[-1] == sde.t_min
     assert r.trajectory.shape == (7, 4, 2)  # prior draw, 5 steps, final denoising
     torch.testing.assert_close(r.trajectory[-1], r.x)
@@ -135,8 +162,9 @@ def test_a_plain_user_model_works_unchanged():
     assert abs(float(r.x.std()) - 1) < 0.05
     x = torch.randn(3, 2, generator=_gen(5), dtype=torch.float64)
     ll = sdegen.log_likelihood(model, sde, x)
-    torch.testing.assert_close(ll.log_prob, torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        ll.log_prob, torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1), rtol=1e-4, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("variance", ["posterior", "forward"])
@@ -146,8 +174,16 @@ def test_ancestral_reproduces_ddpm_algorithm_2(variance):
     betas = ddpm_betas(N)
     sde = VPSDE.from_betas(betas)
     model = mixture(sde)
-    ours = sdegen.sample(model, sde, (8, 2), method="ancestral", steps=N - 1, generator=_gen(7),
-                         dtype=torch.float64, variance=variance)
+    ours = sdegen.sample(
+        model,
+        sde,
+        (8, 2),
+        method="ancestral",
+        steps=N - 1,
+        generator=_gen(7),
+        dtype=torch.float64,
+        variance=variance,
+    )
     assert ours.nfe == N
 
     alphas, alpha_bar = 1 - betas, torch.cumprod(1 - betas, 0)
@@ -159,8 +195,11 @@ def test_ancestral_reproduces_ddpm_algorithm_2(variance):
         if i == 0:
             x = mean
             break
-        var = betas[i] * (1 - alpha_bar[i - 1]) / (1 - alpha_bar[i]) if variance == "posterior" \
+        var = (
+            betas[i] * (1 - alpha_bar[i - 1]) / (1 - alpha_bar[i])
+            if variance == "posterior"
             else betas[i]
+        )
         x = mean + torch.sqrt(var) * torch.randn(8, 2, generator=g)
     torch.testing.assert_close(ours.x, x, rtol=1e-7, atol=1e-7)
 
@@ -175,8 +214,16 @@ def test_ddim_with_eta_one_is_ancestral_sampling():
 
 
 def _ode_reference(model, sde, noise):
-    return sdegen.sample(model, sde, noise.shape, method="dopri5", noise=noise, rtol=1e-11,
-                         atol=1e-11, denoise_final=False).x
+    return sdegen.sample(
+        model,
+        sde,
+        noise.shape,
+        method="dopri5",
+        noise=noise,
+        rtol=1e-11,
+        atol=1e-11,
+        denoise_final=False,
+    ).x
 
 
 def test_ddim_converges_to_the_probability_flow_ode():
@@ -184,17 +231,40 @@ def test_ddim_converges_to_the_probability_flow_ode():
     model = mixture(sde)
     noise = sde.prior_sample((128, 2), generator=_gen(0), dtype=torch.float64)
     ref = _ode_reference(model, sde, noise)
-    errs = [float((sdegen.sample(model, sde, noise.shape, method="ddim", steps=n, noise=noise,
-                                 denoise_final=False).x - ref).norm(dim=1).mean())
-            for n in (100, 200, 400, 800)]
+    errs = [
+        float(
+            (
+                sdegen.sample(
+                    model,
+                    sde,
+                    noise.shape,
+                    method="ddim",
+                    steps=n,
+                    noise=noise,
+                    denoise_final=False,
+                ).x
+                - ref
+            )
+            .norm(dim=1)
+            .mean()
+        )
+        for n in (100, 200, 400, 800)
+    ]
     assert errs[-1] < 0.005
     assert all(e1 > e2 for e1, e2 in zip(errs, errs[1:]))
     assert 1.7 < errs[-2] / errs[-1] < 2.3  # first order: halving the step halves the error
 
 
-@pytest.mark.parametrize("method, order, steps", [
-    ("euler", 1, 64), ("heun", 2, 32), ("rk4", 4, 32), ("ddim", 1, 32), ("dpmpp_2m", 2, 32),
-])
+@pytest.mark.parametrize(
+    "method, order, steps",
+    [
+        ("euler", 1, 64),
+        ("heun", 2, 32),
+        ("rk4", 4, 32),
+        ("ddim", 1, 32),
+        ("dpmpp_2m", 2, 32),
+    ],
+)
 @pytest.mark.parametrize("sde_name", ["vp_linear", "edm"])
 def test_fixed_step_solvers_converge_at_their_order(method, order, steps, sde_name):
     sde = SDE_FACTORIES[sde_name]()
@@ -203,8 +273,16 @@ def test_fixed_step_solvers_converge_at_their_order(method, order, steps, sde_na
     ref = _ode_reference(model, sde, noise)
 
     def err(n):
-        x = sdegen.sample(model, sde, noise.shape, method=method, steps=n, schedule="log_snr",
-                          noise=noise, denoise_final=False).x
+        x = sdegen.sample(
+            model,
+            sde,
+            noise.shape,
+            method=method,
+            steps=n,
+            schedule="log_snr",
+            noise=noise,
+            denoise_final=False,
+        ).x
         return float((x - ref).norm(dim=1).mean())
 
     observed = math.log2(err(steps) / err(2 * steps))
@@ -218,8 +296,16 @@ def test_high_nfe_samples_match_the_true_moments():
         sde = SDE_FACTORIES[name]()
         model = mixture(sde)
         for method, steps in (("dpmpp_2m", 100), ("euler_maruyama", 500)):
-            r = sdegen.sample(model, sde, (20000, 2), method=method, steps=steps,
-                              generator=_gen(1), dtype=torch.float64, schedule="log_snr")
+            r = sdegen.sample(
+                model,
+                sde,
+                (20000, 2),
+                method=method,
+                steps=steps,
+                generator=_gen(1),
+                dtype=torch.float64,
+                schedule="log_snr",
+            )
             assert (r.x.mean(0) - model.mean()).abs().max() < 0.05, (name, method)
             assert (torch.cov(r.x.T) - model.cov()).abs().max() < 0.1, (name, method)
 
@@ -248,20 +334,30 @@ class _Bad:
     denoise = eps = score
 
 
-@pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(method="dpm"), ValueError, "unknown method 'dpm'; expected one of: euler_maruyama"),
-    (dict(method="heun", eta=0.5), ValueError, "method 'heun' takes no option 'eta'"),
-    (dict(steps=5, nfe=5), ValueError, "give steps or nfe, not both"),
-    (dict(method="dopri5", steps=5), ValueError, "adaptive: set rtol/atol"),
-    (dict(method="rk4", nfe=4), ValueError, "nfe=4 is too small for 'rk4'"),
-    (dict(schedule="cosine"), ValueError, "unknown schedule 'cosine'"),
-    (dict(steps=0), ValueError, "steps must be a positive integer, got 0"),
-    (dict(method="torchsde_euler", steps=4, schedule="karras"), ValueError,
-     "needs schedule='uniform'"),
-    (dict(noise=torch.zeros(3, 2)), ValueError, r"noise must have shape \(4, 2\), got \(3, 2\)"),
-    (dict(noise=torch.full((4, 2), math.nan)), ValueError, "noise holds 8 non-finite"),
-    (dict(method="ddim", eta=-1.0), ValueError, "eta must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        (dict(method="dpm"), ValueError, "unknown method 'dpm'; expected one of: euler_maruyama"),
+        (dict(method="heun", eta=0.5), ValueError, "method 'heun' takes no option 'eta'"),
+        (dict(steps=5, nfe=5), ValueError, "give steps or nfe, not both"),
+        (dict(method="dopri5", steps=5), ValueError, "adaptive: set rtol/atol"),
+        (dict(method="rk4", nfe=4), ValueError, "nfe=4 is too small for 'rk4'"),
+        (dict(schedule="cosine"), ValueError, "unknown schedule 'cosine'"),
+        (dict(steps=0), ValueError, "steps must be a positive integer, got 0"),
+        (
+            dict(method="torchsde_euler", steps=4, schedule="karras"),
+            ValueError,
+            "needs schedule='uniform'",
+        ),
+        (
+            dict(noise=torch.zeros(3, 2)),
+            ValueError,
+            r"noise must have shape \(4, 2\), got \(3, 2\)",
+        ),
+        (dict(noise=torch.full((4, 2), math.nan)), ValueError, "noise holds 8 non-finite"),
+        (dict(method="ddim", eta=-1.0), ValueError, "eta must be >= 0"),
+    ],
+)
 def test_sample_rejects_bad_arguments(kwargs, exc, match):
     sde = VPSDE()
     with pytest.raises(exc, match=match):

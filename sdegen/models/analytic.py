@@ -29,8 +29,9 @@ class GaussianMixtureScore(ParametrizedModel):
             model can stand in for an image model.
     """
 
-    def __init__(self, weights, means, covs, sde, *, event_shape: tuple[int, ...] | None = None
-                 ) -> None:
+    def __init__(
+        self, weights, means, covs, sde, *, event_shape: tuple[int, ...] | None = None
+    ) -> None:
         super().__init__(sde)
         w = torch.as_tensor(weights, dtype=torch.float64)
         mu = torch.as_tensor(means, dtype=torch.float64)
@@ -52,8 +53,9 @@ class GaussianMixtureScore(ParametrizedModel):
             raise ValueError("covs must be symmetric")
         evals, evecs = torch.linalg.eigh(C)
         if bool((evals < -1e-9 * (1 + evals.abs().max())).any()):
-            raise ValueError(f"covs must be positive semi-definite; smallest eigenvalue "
-                             f"{float(evals.min()):.3g}")
+            raise ValueError(
+                f"covs must be positive semi-definite; smallest eigenvalue {float(evals.min()):.3g}"
+            )
         self.event_shape = tuple(event_shape) if event_shape is not None else (D,)
         if math.prod(self.event_shape) != D:
             raise ValueError(f"event_shape {self.event_shape} does not hold D = {D} values")
@@ -68,8 +70,10 @@ class GaussianMixtureScore(ParametrizedModel):
 
     def _flat(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"x must have shape (batch, {', '.join(map(str, self.event_shape))})"
-                             f", got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape (batch, {', '.join(map(str, self.event_shape))})"
+                f", got {tuple(x.shape)}"
+            )
         return x.reshape(x.shape[0], -1).to(torch.float64)
 
     def _components(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,7 +84,9 @@ class GaussianMixtureScore(ParametrizedModel):
         var = a**2 * self.evals + s**2  # (B, K, D)
         resid = xf[:, None, :] - a * self.means  # (B, K, D)
         y = torch.einsum("kde,bkd->bke", self.evecs, resid)
-        logn = -0.5 * ((y**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi))
+        logn = -0.5 * (
+            (y**2 / var).sum(-1) + torch.log(var).sum(-1) + self.dim * math.log(2 * math.pi)
+        )
         return logn, y, var
 
     def log_prob(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -101,8 +107,7 @@ class GaussianMixtureScore(ParametrizedModel):
         r = torch.softmax(self.log_weights + logn, dim=-1)
         # grad log N_k = -U_k (y_k / var_k); the mixture score is its responsibility-weighted mean.
         score = -torch.einsum("bk,kde,bke->bd", r, self.evecs, y / var)
-        x0, eps = to_x0_eps("score", score, self._flat(x), self.sde.alpha(t64),
-                            self.sde.sigma(t64))
+        x0, eps = to_x0_eps("score", score, self._flat(x), self.sde.alpha(t64), self.sde.sigma(t64))
         return x0.reshape(x.shape).to(x.dtype), eps.reshape(x.shape).to(x.dtype)
 
     def data_log_prob(self, x: Tensor) -> Tensor:
@@ -111,12 +116,20 @@ class GaussianMixtureScore(ParametrizedModel):
             raise ValueError("data_log_prob needs positive definite covs")
         xf = self._flat(x)
         y = torch.einsum("kde,bkd->bke", self.evecs, xf[:, None, :] - self.means)
-        logn = -0.5 * ((y**2 / self.evals).sum(-1) + torch.log(self.evals).sum(-1)
-                       + self.dim * math.log(2 * math.pi))
+        logn = -0.5 * (
+            (y**2 / self.evals).sum(-1)
+            + torch.log(self.evals).sum(-1)
+            + self.dim * math.log(2 * math.pi)
+        )
         return torch.logsumexp(self.log_weights + logn, dim=-1)
 
-    def sample(self, n: int, *, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
         """Draw n samples of the (undiffused) data mixture, shape (n, *event_shape)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n!r}")
@@ -145,3 +158,29 @@ class GaussianScore(GaussianMixtureScore):
         mean = torch.as_tensor(mean, dtype=torch.float64)
         cov = torch.as_tensor(cov, dtype=torch.float64)
         super().__init__(torch.ones(1), mean[None], cov[None], sde, event_shape=event_shape)
+
+
+def ring_mixture(
+    sde,
+    components: int = 8,
+    radius: float = 2.0,
+    tangent_var: float = 0.06,
+    normal_var: float = 0.01,
+) -> GaussianMixtureScore:
+    """A 2-D solver test bed: equal-weight Gaussians on a ring, each elongated along the ring.
+
+    The classic "8 gaussians" toy density with anisotropic components, so that a sampler's
+    errors in both mode placement and shape show up in the metrics.
+    """
+    if components < 1:
+        raise ValueError(f"components must be >= 1, got {components!r}")
+    angle = 2 * math.pi * torch.arange(components, dtype=torch.float64) / components
+    normal = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    tangent = torch.stack([-torch.sin(angle), torch.cos(angle)], dim=1)
+    covs = (
+        tangent_var * tangent[:, :, None] * tangent[:, None, :]
+        + normal_var * normal[:, :, None] * normal[:, None, :]
+    )
+    return GaussianMixtureScore(
+        torch.full((components,), 1 / components), radius * normal, covs, sde
+    )

@@ -31,8 +31,9 @@ class ScoreModelLike(Protocol):
     def eps(self, x: Tensor, t: Tensor) -> Tensor: ...
 
 
-def to_x0_eps(kind: str, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor
-              ) -> tuple[Tensor, Tensor]:
+def to_x0_eps(
+    kind: str, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor
+) -> tuple[Tensor, Tensor]:
     """Convert a prediction `out` in parametrization `kind` to (x0, eps).
 
     Args:
@@ -60,8 +61,12 @@ def to_x0_eps(kind: str, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor
 def from_x0_eps(kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """The training target for parametrization `kind` given the true (x0, eps); shape (B, *D)."""
     a, s = append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim)
-    targets = {"eps": lambda: eps, "x0": lambda: x0, "v": lambda: a * eps - s * x0,
-               "score": lambda: -eps / s}
+    targets = {
+        "eps": lambda: eps,
+        "x0": lambda: x0,
+        "v": lambda: a * eps - s * x0,
+        "score": lambda: -eps / s,
+    }
     return targets[check_choice("parametrization", kind, PARAMETRIZATIONS)]()
 
 
@@ -80,8 +85,10 @@ class ParametrizedModel(torch.nn.Module):
 
     def _call(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
         if not torch.is_tensor(x) or x.ndim < 2:
-            raise ValueError(f"x must be a tensor of shape (batch, *event_shape), got "
-                             f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+            raise ValueError(
+                f"x must be a tensor of shape (batch, *event_shape), got "
+                f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
+            )
         t = batch_times(t, x.shape[0], x)
         x0, eps = self.x0_eps(x, t)
         return x0, eps, t

@@ -30,9 +30,15 @@ class ScoreModel(ParametrizedModel):
         sigma_data: data std for input scaling; None feeds x unscaled.
     """
 
-    def __init__(self, net: nn.Module, sde, parametrization: str = "eps", *,
-                 time_input: str | Callable[[Tensor], Tensor] = "log_snr",
-                 sigma_data: float | None = 1.0) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        sde,
+        parametrization: str = "eps",
+        *,
+        time_input: str | Callable[[Tensor], Tensor] = "log_snr",
+        sigma_data: float | None = 1.0,
+    ) -> None:
         super().__init__(sde)
         self.net = net
         self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
@@ -41,8 +47,11 @@ class ScoreModel(ParametrizedModel):
         elif not callable(time_input):
             raise TypeError(f"time_input must be a name or a callable, got {time_input!r}")
         self.time_input = time_input
-        self.sigma_data = (None if sigma_data is None
-                           else check_finite_number("sigma_data", sigma_data, positive=True))
+        self.sigma_data = (
+            None
+            if sigma_data is None
+            else check_finite_number("sigma_data", sigma_data, positive=True)
+        )
 
     def c_noise(self, t: Tensor) -> Tensor:
         """The noise-level input of the network at times t of shape (B,)."""
@@ -61,8 +70,9 @@ class ScoreModel(ParametrizedModel):
             x_in = append_dims(c_in, x.ndim) * x
         out = self.net(x_in, self.c_noise(t))
         if out.shape != x.shape:
-            raise ValueError(f"net must return the shape of x {tuple(x.shape)}, "
-                             f"got {tuple(out.shape)}")
+            raise ValueError(
+                f"net must return the shape of x {tuple(x.shape)}, got {tuple(out.shape)}"
+            )
         return out
 
     def x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 from .base import LinearSDE
 from .ve import EDMSDE, VESDE
-from .vp import CosineBeta, DiscreteBeta, LinearBeta, SubVPSDE, VPSDE, ddpm_betas
+from .vp import VPSDE, CosineBeta, DiscreteBeta, LinearBeta, SubVPSDE, ddpm_betas
 
 
 def rectified_flow(t_min: float = 1e-3, T: float = 1 - 1e-3) -> LinearSDE:
@@ -14,6 +14,14 @@ def rectified_flow(t_min: float = 1e-3, T: float = 1 - 1e-3) -> LinearSDE:
 
 
 __all__ = [
-    "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "LinearBeta", "CosineBeta",
-    "DiscreteBeta", "ddpm_betas", "rectified_flow",
+    "LinearSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "EDMSDE",
+    "LinearBeta",
+    "CosineBeta",
+    "DiscreteBeta",
+    "ddpm_betas",
+    "rectified_flow",
 ]

@@ -1,4 +1,4 @@
-"""Linear SDEs dx = f(t) x dt + g(t) dW, described entirely by the kernel schedules alpha(t), sigma(t).
+"""Linear SDEs dx = f(t) x dt + g(t) dW, described entirely by the schedules alpha(t), sigma(t).
 
 The perturbation kernel of every SDE here is p_t(x | x0) = N(alpha(t) x0, sigma(t)^2 I), and
 
@@ -190,7 +190,7 @@ class LinearSDE:
         return self.prior_std * z
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
-        """Log-density of N(0, prior_std^2 I) at z of shape (B, *D), summed to shape (B,), in nats."""
+        """log N(z; 0, prior_std^2 I) in nats for z of shape (B, *D); shape (B,)."""
         d = z[0].numel()
         quad = sum_except_batch(z**2) / self.prior_std**2
         return -0.5 * quad - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
@@ -219,8 +219,10 @@ class LinearSDE:
         a, s = self._alpha(ts), self._sigma(ts)
         for name, v in (("alpha", a), ("sigma", s)):
             if v.shape != ts.shape:
-                raise ValueError(f"{name}(t) must be elementwise: shape {tuple(ts.shape)} in, "
-                                 f"{tuple(v.shape)} out")
+                raise ValueError(
+                    f"{name}(t) must be elementwise: shape {tuple(ts.shape)} in, "
+                    f"{tuple(v.shape)} out"
+                )
             if not bool(torch.isfinite(v).all()) or bool((v <= 0).any()):
                 i = int(torch.nonzero(~(torch.isfinite(v) & (v > 0)))[0])
                 raise ValueError(

@@ -15,8 +15,9 @@ def _check_sigmas(sigma_min: float, sigma_max: float) -> tuple[float, float]:
     lo = check_finite_number("sigma_min", sigma_min, positive=True)
     hi = check_finite_number("sigma_max", sigma_max, positive=True)
     if lo >= hi:
-        raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r}, "
-                         f"sigma_max={sigma_max!r}")
+        raise ValueError(
+            f"sigma_min must be < sigma_max, got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}"
+        )
     return lo, hi
 
 
@@ -27,8 +28,14 @@ class VESDE(LinearSDE):
     Defaults follow their CIFAR-10 setting (sigma_min 0.01, sigma_max 50, t_min 1e-5).
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 1e-5,
-                 T: float = 1.0) -> None:
+    def __init__(
+        self,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        *,
+        t_min: float = 1e-5,
+        T: float = 1.0,
+    ) -> None:
         self.sigma_min, self.sigma_max = _check_sigmas(sigma_min, sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         super().__init__(t_min=t_min, T=T, prior_std=self.sigma_max)
@@ -52,8 +59,10 @@ class VESDE(LinearSDE):
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
     def __repr__(self) -> str:
-        return (f"VESDE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g}, "
-                f"t_min={self.t_min:g}, T={self.T:g})")
+        return (
+            f"VESDE(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g}, "
+            f"t_min={self.t_min:g}, T={self.T:g})"
+        )
 
 
 class EDMSDE(LinearSDE):

@@ -29,8 +29,9 @@ class LinearBeta:
         self.beta_min = check_finite_number("beta_min", beta_min, positive=True)
         self.beta_max = check_finite_number("beta_max", beta_max, positive=True)
         if self.beta_min > self.beta_max:
-            raise ValueError(f"beta_min must be <= beta_max, got beta_min={beta_min!r}, "
-                             f"beta_max={beta_max!r}")
+            raise ValueError(
+                f"beta_min must be <= beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}"
+            )
 
     def B(self, t: Tensor) -> Tensor:
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
@@ -90,14 +91,18 @@ class DiscreteBeta:
     def __init__(self, betas: Tensor | np.ndarray | list[float]) -> None:
         b = torch.as_tensor(np.asarray(betas, dtype=np.float64))
         if b.ndim != 1 or b.numel() < 2:
-            raise ValueError(f"betas must be a 1-D array of at least 2 values, got shape "
-                             f"{tuple(b.shape)}")
+            raise ValueError(
+                f"betas must be a 1-D array of at least 2 values, got shape {tuple(b.shape)}"
+            )
         if not bool(torch.isfinite(b).all()) or bool(((b <= 0) | (b >= 1)).any()):
-            raise ValueError(f"betas must lie in (0, 1), got min {float(b.min())!r}, "
-                             f"max {float(b.max())!r}")
+            raise ValueError(
+                f"betas must lie in (0, 1), got min {float(b.min())!r}, max {float(b.max())!r}"
+            )
         self.betas = b
         self.N = b.numel()
-        self._knots = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-b), 0)])
+        self._knots = torch.cat(
+            [torch.zeros(1, dtype=torch.float64), torch.cumsum(-torch.log1p(-b), 0)]
+        )
 
     def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
         u = t.to(torch.float64) * self.N
@@ -136,13 +141,21 @@ _SCHEDULES = ("linear", "cosine")
 
 
 class _VPFamily(LinearSDE):
-    def __init__(self, schedule: str | LinearBeta | CosineBeta | DiscreteBeta = "linear", *,
-                 beta_min: float = 0.1, beta_max: float = 20.0, cosine_s: float = 0.008,
-                 t_min: float | None = None, T: float | None = None) -> None:
+    def __init__(
+        self,
+        schedule: str | LinearBeta | CosineBeta | DiscreteBeta = "linear",
+        *,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        cosine_s: float = 0.008,
+        t_min: float | None = None,
+        T: float | None = None,
+    ) -> None:
         if isinstance(schedule, str):
             check_choice("schedule", schedule, _SCHEDULES)
-            schedule = (LinearBeta(beta_min, beta_max) if schedule == "linear"
-                        else CosineBeta(cosine_s))
+            schedule = (
+                LinearBeta(beta_min, beta_max) if schedule == "linear" else CosineBeta(cosine_s)
+            )
         self.schedule = schedule
         if isinstance(schedule, DiscreteBeta):
             t_min = 1.0 / schedule.N if t_min is None else t_min
@@ -151,8 +164,9 @@ class _VPFamily(LinearSDE):
             T = schedule.t_max()
         if isinstance(schedule, CosineBeta) and T is not None and T >= 1:
             raise ValueError(f"T must be < 1 for the cosine schedule (alpha(1) = 0), got {T!r}")
-        super().__init__(t_min=1e-3 if t_min is None else t_min, T=1.0 if T is None else T,
-                         prior_std=1.0)
+        super().__init__(
+            t_min=1e-3 if t_min is None else t_min, T=1.0 if T is None else T, prior_std=1.0
+        )
 
     @classmethod
     def from_betas(cls, betas: Tensor | np.ndarray | list[float], **kwargs):

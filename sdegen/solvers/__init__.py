@@ -8,7 +8,17 @@ from .sample import METHODS, available, sample
 from .schedules import SCHEDULES, get_schedule
 
 __all__ = [
-    "sample", "available", "METHODS", "log_likelihood", "bits_per_dim", "exact_divergence",
-    "hutchinson_divergence", "ode_drift", "get_schedule", "SCHEDULES", "SolveResult",
-    "LikelihoodResult", "CountingModel",
+    "sample",
+    "available",
+    "METHODS",
+    "log_likelihood",
+    "bits_per_dim",
+    "exact_divergence",
+    "hutchinson_divergence",
+    "ode_drift",
+    "get_schedule",
+    "SCHEDULES",
+    "SolveResult",
+    "LikelihoodResult",
+    "CountingModel",
 ]

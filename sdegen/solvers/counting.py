@@ -42,11 +42,13 @@ class CountingModel:
         if name not in self._checked:
             if not torch.is_tensor(out) or out.shape != x.shape:
                 got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-                raise ValueError(f"model.{name}(x, t) must return the shape of x "
-                                 f"{tuple(x.shape)}, but got {got}")
+                raise ValueError(
+                    f"model.{name}(x, t) must return the shape of x {tuple(x.shape)}, but got {got}"
+                )
             if not bool(torch.isfinite(out).all()):
-                raise ValueError(f"model.{name}(x, t) returned NaN or inf at t = "
-                                 f"{float(t.flatten()[0]):.6g}")
+                raise ValueError(
+                    f"model.{name}(x, t) returned NaN or inf at t = {float(t.flatten()[0]):.6g}"
+                )
             self._checked.add(name)
         return out
 

@@ -22,8 +22,17 @@ def _sched(sde, ts: Tensor) -> tuple[list[float], list[float], list[float]]:
     return alpha.tolist(), sigma.tolist(), lam.tolist()
 
 
-def ddim(model, sde, x: Tensor, ts: Tensor, *, eta: float = 0.0, generator=None,
-         noise_final: bool = False, record: Record = None) -> Tensor:
+def ddim(
+    model,
+    sde,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    eta: float = 0.0,
+    generator=None,
+    noise_final: bool = False,
+    record: Record = None,
+) -> Tensor:
     """DDIM (Song, Meng & Ermon 2021, eq. 12) for any linear SDE; one evaluation per step.
 
     x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, with eps = (x_t - alpha_t x0)/sigma_t and
@@ -50,8 +59,9 @@ def ddim(model, sde, x: Tensor, ts: Tensor, *, eta: float = 0.0, generator=None,
     return x
 
 
-def dpmpp_2m(model, sde, x: Tensor, ts: Tensor, *, lower_order_final: bool = True,
-             record: Record = None) -> Tensor:
+def dpmpp_2m(
+    model, sde, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, record: Record = None
+) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2); one evaluation per step.
 
     The first step is first order (no history); with `lower_order_final` so is the last, which
@@ -74,4 +84,3 @@ def dpmpp_2m(model, sde, x: Tensor, ts: Tensor, *, lower_order_final: bool = Tru
         if record:
             record(x)
     return x
-

@@ -25,13 +25,15 @@ PROBE_NOISES = ("rademacher", "gaussian")
 
 def _vjps(out: Tensor, x: Tensor, vs: Tensor, create_graph: bool) -> Tensor:
     """v^T J for a stack of vectors vs of shape (K, B, *D), one batched backward pass."""
-    (g,) = torch.autograd.grad(out, x, grad_outputs=vs, is_grads_batched=True,
-                               create_graph=create_graph, retain_graph=True)
+    (g,) = torch.autograd.grad(
+        out, x, grad_outputs=vs, is_grads_batched=True, create_graph=create_graph, retain_graph=True
+    )
     return g
 
 
-def exact_divergence(out: Tensor, x: Tensor, *, chunk: int | None = None,
-                     create_graph: bool = False) -> Tensor:
+def exact_divergence(
+    out: Tensor, x: Tensor, *, chunk: int | None = None, create_graph: bool = False
+) -> Tensor:
     """Exact trace of d out / d x per example; out = v(x) of shape (B, *D) -> (B,).
 
     Row i of each Jacobian comes from one VJP with the basis vector e_i; D VJPs are batched
@@ -50,18 +52,30 @@ def exact_divergence(out: Tensor, x: Tensor, *, chunk: int | None = None,
     return div
 
 
-def hutchinson_divergence(out: Tensor, x: Tensor, probes: Tensor, *,
-                          create_graph: bool = False) -> Tensor:
+def hutchinson_divergence(
+    out: Tensor, x: Tensor, probes: Tensor, *, create_graph: bool = False
+) -> Tensor:
     """Hutchinson estimate mean_k e_k^T (d out/d x) e_k for probes of shape (K, B, *D) -> (B,)."""
     rows = _vjps(out, x, probes, create_graph)
     return (rows * probes).reshape(probes.shape[0], x.shape[0], -1).sum(-1).mean(0)
 
 
-def log_likelihood(model, sde, x: Tensor, *, trace: str = "exact", probes: int = 1,
-                   noise: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                   method: str = "dopri5", generator: torch.Generator | None = None,
-                   differentiable: bool = False, chunk: int | None = None,
-                   options: dict | None = None) -> LikelihoodResult:
+def log_likelihood(
+    model,
+    sde,
+    x: Tensor,
+    *,
+    trace: str = "exact",
+    probes: int = 1,
+    noise: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    generator: torch.Generator | None = None,
+    differentiable: bool = False,
+    chunk: int | None = None,
+    options: dict | None = None,
+) -> LikelihoodResult:
     """log p_{t_min}(x) in nats by integrating the PF-ODE with its divergence from t_min to T.
 
     Args:
@@ -88,8 +102,10 @@ def log_likelihood(model, sde, x: Tensor, *, trace: str = "exact", probes: int =
         raise ValueError(f"probes must be a positive integer, got {probes!r}")
     check_tensor_finite("x", x)
     if x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating tensor of shape (batch, *event_shape), got "
-                         f"{x.dtype} of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must be a floating tensor of shape (batch, *event_shape), got "
+            f"{x.dtype} of shape {tuple(x.shape)}"
+        )
     counted = CountingModel(model)
     eps = None
     if trace == "hutchinson":
@@ -124,12 +140,20 @@ def log_likelihood(model, sde, x: Tensor, *, trace: str = "exact", probes: int =
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     grad_ctx = torch.enable_grad() if differentiable else torch.no_grad()
     with grad_ctx:
-        zs, deltas = integrate(func, (x, delta0), ts, sde, rtol=rtol, atol=atol,
-                               method=method, options=options)
+        zs, deltas = integrate(
+            func, (x, delta0), ts, sde, rtol=rtol, atol=atol, method=method, options=options
+        )
     z, delta = zs[-1], deltas[-1]
     prior = sde.prior_log_prob(z)
-    return LikelihoodResult(log_prob=prior + delta, prior_log_prob=prior, delta_log_prob=delta,
-                            z=z, nfe=counted.nfe, nfe_backward=vjp_count[0], trace=trace)
+    return LikelihoodResult(
+        log_prob=prior + delta,
+        prior_log_prob=prior,
+        delta_log_prob=delta,
+        z=z,
+        nfe=counted.nfe,
+        nfe_backward=vjp_count[0],
+        trace=trace,
+    )
 
 
 def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:

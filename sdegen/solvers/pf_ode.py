@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 import torchdiffeq
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 from torch import Tensor
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
 from .._utils import append_dims
 from .reverse_sde import Record, batch_t
@@ -21,8 +21,7 @@ def ode_drift(model, sde, x: Tensor, t: Tensor) -> Tensor:
     return sde.drift(x, t) - 0.5 * append_dims(sde.g2(t), x.ndim) * model.score(x, t)
 
 
-def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = None,
-              **kwargs):
+def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = None, **kwargs):
     """torchdiffeq.odeint of func(t, y) over ts, kept inside [t_min, T].
 
     torchdiffeq's adaptive solvers probe t0 + h0 when choosing the first step and step past the
@@ -37,15 +36,17 @@ def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = 
     options = dict(options or {})
     solvers = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
     if method not in solvers:
-        raise ValueError(f"unknown torchdiffeq method {method!r}; expected one of: "
-                         f"{', '.join(solvers)}")
+        raise ValueError(
+            f"unknown torchdiffeq method {method!r}; expected one of: {', '.join(solvers)}"
+        )
     if issubclass(solvers[method], RKAdaptiveStepsizeODESolver):
         options.setdefault("step_t", ts[-1:])
     return torchdiffeq.odeint(clamped, y0, ts, method=method, options=options or None, **kwargs)
 
 
-def _torchdiffeq(model, sde, x: Tensor, ts: Tensor, method: str, record: Record, **kwargs
-                 ) -> Tensor:
+def _torchdiffeq(
+    model, sde, x: Tensor, ts: Tensor, method: str, record: Record, **kwargs
+) -> Tensor:
     def func(t: Tensor, y: Tensor) -> Tensor:
         return ode_drift(model, sde, y, batch_t(float(t), y))
 
@@ -56,8 +57,16 @@ def _torchdiffeq(model, sde, x: Tensor, ts: Tensor, method: str, record: Record,
     return ys[-1]
 
 
-def dopri5(model, sde, x: Tensor, ts: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
-           record: Record = None) -> Tensor:
+def dopri5(
+    model,
+    sde,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    record: Record = None,
+) -> Tensor:
     """Adaptive Dormand-Prince 5(4) through torchdiffeq from T to t_min (rejected steps count)."""
     return _torchdiffeq(model, sde, x, ts[[0, -1]], "dopri5", record, rtol=rtol, atol=atol)
 

@@ -55,8 +55,9 @@ def reverse_diffusion_step(model, sde, x: Tensor, t: float, s: float, z: Tensor 
     return x
 
 
-def ancestral_step(model, sde, x: Tensor, t: float, s: float, z: Tensor | None,
-                   variance: str = "posterior") -> Tensor:
+def ancestral_step(
+    model, sde, x: Tensor, t: float, s: float, z: Tensor | None, variance: str = "posterior"
+) -> Tensor:
     """Ancestral sampling with the DDPM posterior q(x_s | x_t, x0 = E[x0 | x_t]).
 
     Mean (x_t + G^2 score) / a, which is Ho et al.'s 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 -
@@ -87,8 +88,9 @@ def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: 
     return x + _coef(step, x) * grad + _coef((2 * step).sqrt(), x) * z
 
 
-def _run(step: Callable, x: Tensor, ts: Tensor, generator, noise_final: bool, record: Record
-         ) -> Tensor:
+def _run(
+    step: Callable, x: Tensor, ts: Tensor, generator, noise_final: bool, record: Record
+) -> Tensor:
     n = len(ts) - 1
     for i in range(n):
         last = i == n - 1
@@ -99,35 +101,77 @@ def _run(step: Callable, x: Tensor, ts: Tensor, generator, noise_final: bool, re
     return x
 
 
-def euler_maruyama(model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False,
-                   record: Record = None) -> Tensor:
+def euler_maruyama(
+    model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False, record: Record = None
+) -> Tensor:
     """Euler-Maruyama on the reverse SDE; one evaluation per step."""
-    return _run(lambda x, t, s, z: euler_maruyama_step(model, sde, x, t, s, z),
-                x, ts, generator, noise_final, record)
+    return _run(
+        lambda x, t, s, z: euler_maruyama_step(model, sde, x, t, s, z),
+        x,
+        ts,
+        generator,
+        noise_final,
+        record,
+    )
 
 
-def reverse_diffusion(model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False,
-                      record: Record = None) -> Tensor:
+def reverse_diffusion(
+    model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False, record: Record = None
+) -> Tensor:
     """Song et al.'s reverse diffusion predictor alone; one evaluation per step."""
-    return _run(lambda x, t, s, z: reverse_diffusion_step(model, sde, x, t, s, z),
-                x, ts, generator, noise_final, record)
+    return _run(
+        lambda x, t, s, z: reverse_diffusion_step(model, sde, x, t, s, z),
+        x,
+        ts,
+        generator,
+        noise_final,
+        record,
+    )
 
 
-def ancestral(model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False,
-              record: Record = None, variance: str = "posterior") -> Tensor:
+def ancestral(
+    model,
+    sde,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator=None,
+    noise_final=False,
+    record: Record = None,
+    variance: str = "posterior",
+) -> Tensor:
     """Ancestral sampling (DDPM for VP, SMLD for VE); one evaluation per step."""
     check_choice("variance", variance, ("posterior", "forward"))
-    return _run(lambda x, t, s, z: ancestral_step(model, sde, x, t, s, z, variance),
-                x, ts, generator, noise_final, record)
+    return _run(
+        lambda x, t, s, z: ancestral_step(model, sde, x, t, s, z, variance),
+        x,
+        ts,
+        generator,
+        noise_final,
+        record,
+    )
 
 
-PREDICTORS = {"reverse_diffusion": reverse_diffusion_step, "euler_maruyama": euler_maruyama_step,
-              "ancestral": ancestral_step}
+PREDICTORS = {
+    "reverse_diffusion": reverse_diffusion_step,
+    "euler_maruyama": euler_maruyama_step,
+    "ancestral": ancestral_step,
+}
 
 
-def pc(model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False,
-       record: Record = None, snr: float = 0.16, corrector_steps: int = 1,
-       predictor: str = "reverse_diffusion") -> Tensor:
+def pc(
+    model,
+    sde,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator=None,
+    noise_final=False,
+    record: Record = None,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    predictor: str = "reverse_diffusion",
+) -> Tensor:
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1 style): at each grid time,
     `corrector_steps` Langevin corrections then one predictor step; (1 + corrector_steps)
     evaluations per step. snr = 0.16 is their CIFAR-10 VE setting.

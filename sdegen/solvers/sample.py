@@ -39,36 +39,93 @@ def _per_step(k: int) -> Callable[[int, dict], int]:
 
 
 METHODS: dict[str, Method] = {
-    "euler_maruyama": Method(reverse_sde.euler_maruyama, "sde", "uniform", _per_step(1),
-                             "Euler-Maruyama on the reverse SDE"),
-    "reverse_diffusion": Method(reverse_sde.reverse_diffusion, "sde", "uniform", _per_step(1),
-                                "reverse diffusion predictor (Song et al. 2021)"),
-    "ancestral": Method(reverse_sde.ancestral, "sde", "uniform", _per_step(1),
-                        "ancestral sampling: DDPM for VP, SMLD for VE"),
-    "pc": Method(reverse_sde.pc, "sde", "uniform",
-                 lambda n, o: n * (1 + o.get("corrector_steps", 1)),
-                 "predictor-corrector with a Langevin corrector (snr)"),
+    "euler_maruyama": Method(
+        reverse_sde.euler_maruyama,
+        "sde",
+        "uniform",
+        _per_step(1),
+        "Euler-Maruyama on the reverse SDE",
+    ),
+    "reverse_diffusion": Method(
+        reverse_sde.reverse_diffusion,
+        "sde",
+        "uniform",
+        _per_step(1),
+        "reverse diffusion predictor (Song et al. 2021)",
+    ),
+    "ancestral": Method(
+        reverse_sde.ancestral,
+        "sde",
+        "uniform",
+        _per_step(1),
+        "ancestral sampling: DDPM for VP, SMLD for VE",
+    ),
+    "pc": Method(
+        reverse_sde.pc,
+        "sde",
+        "uniform",
+        lambda n, o: n * (1 + o.get("corrector_steps", 1)),
+        "predictor-corrector with a Langevin corrector (snr)",
+    ),
     # torchsde calls the drift once more, to check its shape, before integrating.
-    "torchsde_euler": Method(torchsde_methods.torchsde_euler, "sde", "uniform",
-                             lambda n, _: n + 1, "torchsde euler on the reverse SDE"),
-    "torchsde_milstein": Method(torchsde_methods.torchsde_milstein, "sde", "uniform",
-                                lambda n, _: n + 1, "torchsde milstein on the reverse SDE"),
-    "torchsde_srk": Method(torchsde_methods.torchsde_srk, "sde", "uniform",
-                           lambda n, _: 10 * n + 1,
-                           "torchsde stochastic Runge-Kutta (strong order 1.5)"),
-    "torchsde_reversible_heun": Method(torchsde_methods.torchsde_reversible_heun, "sde",
-                                       "uniform", lambda n, _: n + 2,
-                                       "torchsde reversible Heun (unstable at few steps)"),
-    "dopri5": Method(pf_ode.dopri5, "ode", "uniform", None,
-                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)"),
+    "torchsde_euler": Method(
+        torchsde_methods.torchsde_euler,
+        "sde",
+        "uniform",
+        lambda n, _: n + 1,
+        "torchsde euler on the reverse SDE",
+    ),
+    "torchsde_milstein": Method(
+        torchsde_methods.torchsde_milstein,
+        "sde",
+        "uniform",
+        lambda n, _: n + 1,
+        "torchsde milstein on the reverse SDE",
+    ),
+    "torchsde_srk": Method(
+        torchsde_methods.torchsde_srk,
+        "sde",
+        "uniform",
+        lambda n, _: 10 * n + 1,
+        "torchsde stochastic Runge-Kutta (strong order 1.5)",
+    ),
+    "torchsde_reversible_heun": Method(
+        torchsde_methods.torchsde_reversible_heun,
+        "sde",
+        "uniform",
+        lambda n, _: n + 2,
+        "torchsde reversible Heun (unstable at few steps)",
+    ),
+    "dopri5": Method(
+        pf_ode.dopri5,
+        "ode",
+        "uniform",
+        None,
+        "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
+    ),
     "euler": Method(pf_ode.euler, "ode", "uniform", _per_step(1), "Euler on the PF-ODE"),
     "rk4": Method(pf_ode.rk4, "ode", "uniform", _per_step(4), "classical RK4 on the PF-ODE"),
-    "heun": Method(pf_ode.heun, "ode", "karras", lambda n, _: 2 * n - 1,
-                   "Heun on the PF-ODE, last step Euler (EDM)"),
-    "ddim": Method(exponential.ddim, "ode", "log_snr", _per_step(1),
-                   "DDIM: first-order exponential integrator (eta > 0: stochastic)"),
-    "dpmpp_2m": Method(exponential.dpmpp_2m, "ode", "log_snr", _per_step(1),
-                       "DPM-Solver++(2M) multistep exponential integrator"),
+    "heun": Method(
+        pf_ode.heun,
+        "ode",
+        "karras",
+        lambda n, _: 2 * n - 1,
+        "Heun on the PF-ODE, last step Euler (EDM)",
+    ),
+    "ddim": Method(
+        exponential.ddim,
+        "ode",
+        "log_snr",
+        _per_step(1),
+        "DDIM: first-order exponential integrator (eta > 0: stochastic)",
+    ),
+    "dpmpp_2m": Method(
+        exponential.dpmpp_2m,
+        "ode",
+        "log_snr",
+        _per_step(1),
+        "DPM-Solver++(2M) multistep exponential integrator",
+    ),
 }
 
 
@@ -85,8 +142,10 @@ def _steps_for_nfe(name: str, m: Method, nfe: int, extra: int, options: dict) ->
     while m.nfe(steps + 1, options) + extra <= nfe:
         steps += 1
     if steps == 0:
-        raise ValueError(f"nfe={nfe} is too small for {name!r}: one step costs "
-                         f"{m.nfe(1, options) + extra} evaluations")
+        raise ValueError(
+            f"nfe={nfe} is too small for {name!r}: one step costs "
+            f"{m.nfe(1, options) + extra} evaluations"
+        )
     return steps
 
 
@@ -95,17 +154,30 @@ def _check_options(name: str, fn: Callable, options: dict) -> None:
     accepted = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p != "record"]
     for key in options:
         if key not in accepted:
-            raise ValueError(f"method {name!r} takes no option {key!r}; it takes: "
-                             f"{', '.join(accepted) or 'none'}")
+            raise ValueError(
+                f"method {name!r} takes no option {key!r}; it takes: "
+                f"{', '.join(accepted) or 'none'}"
+            )
 
 
 @torch.no_grad()
-def sample(model, sde, shape: tuple[int, ...], *, method: str = "dpmpp_2m",
-           steps: int | None = None, nfe: int | None = None, schedule: str | None = None,
-           generator: torch.Generator | None = None, noise: Tensor | None = None,
-           dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-           denoise_final: bool = True, return_trajectory: bool = False,
-           **options) -> SolveResult:
+def sample(
+    model,
+    sde,
+    shape: tuple[int, ...],
+    *,
+    method: str = "dpmpp_2m",
+    steps: int | None = None,
+    nfe: int | None = None,
+    schedule: str | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    denoise_final: bool = True,
+    return_trajectory: bool = False,
+    **options,
+) -> SolveResult:
     """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
 
     Args:
@@ -169,10 +241,10 @@ def sample(model, sde, shape: tuple[int, ...], *, method: str = "dpmpp_2m",
         kwargs["noise_final"] = denoise_final
     x = m.fn(counted, sde, x, ts, record=traj.append if traj is not None else None, **kwargs)
     if denoise_final:
-        x = counted.denoise(x, torch.full((shape[0],), sde.t_min, dtype=x.dtype,
-                                          device=x.device))
+        x = counted.denoise(x, torch.full((shape[0],), sde.t_min, dtype=x.dtype, device=x.device))
         if traj is not None:
             traj.append(x)
     trajectory = torch.stack(traj) if traj is not None else None
-    return SolveResult(x=x, nfe=counted.nfe, nfe_backward=0, ts=ts, trajectory=trajectory,
-                       method=method)
+    return SolveResult(
+        x=x, nfe=counted.nfe, nfe_backward=0, ts=ts, trajectory=trajectory, method=method
+    )

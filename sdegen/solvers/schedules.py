@@ -28,8 +28,10 @@ def karras(sde, steps: int, rho: float = 7.0) -> Tensor:
     """Karras et al. 2022 (EDM, eq. 5) in the noise level sigma/alpha = exp(-lambda), rho = 7."""
     rho = check_finite_number("rho", rho, positive=True)
     lo, hi = sde.log_snr_range()
-    s_max, s_min = torch.exp(torch.tensor(-lo, dtype=torch.float64)), torch.exp(
-        torch.tensor(-hi, dtype=torch.float64))
+    s_max, s_min = (
+        torch.exp(torch.tensor(-lo, dtype=torch.float64)),
+        torch.exp(torch.tensor(-hi, dtype=torch.float64)),
+    )
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
     return _endpoints(sde, sde.t_of_log_snr(-torch.log(s)))

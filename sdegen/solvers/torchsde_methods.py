@@ -40,8 +40,7 @@ class _ReverseSDE(torch.nn.Module):
         x = y.reshape(self.shape)
         t = self._t(tau, y)
         g2 = self.sde.g2(t).to(y.dtype)[:, None]
-        drift = self.sde.drift(x, t).reshape(y.shape) - g2 * self.model.score(x, t).reshape(
-            y.shape)
+        drift = self.sde.drift(x, t).reshape(y.shape) - g2 * self.model.score(x, t).reshape(y.shape)
         return -drift
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:
@@ -60,8 +59,15 @@ def _make(method: str):
         taus = ts[0] - ts  # float64: float32 time sums would add a sliver step
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         y0 = x.reshape(x.shape[0], -1)
-        bm = torchsde.BrownianInterval(t0=float(taus[0]), t1=float(taus[-1]), size=y0.shape, dtype=x.dtype,
-                                       device=x.device, entropy=seed, levy_area_approximation=levy)
+        bm = torchsde.BrownianInterval(
+            t0=float(taus[0]),
+            t1=float(taus[-1]),
+            size=y0.shape,
+            dtype=x.dtype,
+            device=x.device,
+            entropy=seed,
+            levy_area_approximation=levy,
+        )
         rsde = _ReverseSDE(model, sde, float(ts[0]), x.shape, sde_type)
         # dt a hair above the grid gap makes exactly one solver step per grid interval.
         dt = float(gaps[0]) * (1 + 1e-9)

@@ -24,9 +24,15 @@ from .._utils import append_dims, check_choice, check_tensor_finite, sum_except_
 WEIGHTINGS = ("simple", "sigma2", "likelihood")
 
 
-def sample_times(sde, n: int, *, importance_sampling: bool = False,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str | None = None) -> Tensor:
+def sample_times(
+    sde,
+    n: int,
+    *,
+    importance_sampling: bool = False,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """Training times of shape (n,): uniform on [t_min, T], or uniform in log-SNR (the
     importance distribution proportional to g^2/sigma^2)."""
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
@@ -36,9 +42,17 @@ def sample_times(sde, n: int, *, importance_sampling: bool = False,
     return (sde.t_min + u * (sde.T - sde.t_min)).to(dtype)
 
 
-def dsm_loss(model, x0: Tensor, *, weighting: str = "simple",
-             importance_sampling: bool | None = None, generator: torch.Generator | None = None,
-             t: Tensor | None = None, noise: Tensor | None = None, reduce: bool = True) -> Tensor:
+def dsm_loss(
+    model,
+    x0: Tensor,
+    *,
+    weighting: str = "simple",
+    importance_sampling: bool | None = None,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    reduce: bool = True,
+) -> Tensor:
     """Denoising score-matching loss of a score model on clean data x0.
 
     Args:
@@ -59,13 +73,21 @@ def dsm_loss(model, x0: Tensor, *, weighting: str = "simple",
     if importance_sampling is None:
         importance_sampling = weighting == "likelihood"
     if importance_sampling and weighting != "likelihood":
-        raise ValueError(f"importance_sampling applies to weighting='likelihood' only, "
-                         f"got weighting={weighting!r}")
+        raise ValueError(
+            f"importance_sampling applies to weighting='likelihood' only, "
+            f"got weighting={weighting!r}"
+        )
     sde = model.sde
     B = x0.shape[0]
     if t is None:
-        t = sample_times(sde, B, importance_sampling=importance_sampling, generator=generator,
-                         dtype=x0.dtype, device=x0.device)
+        t = sample_times(
+            sde,
+            B,
+            importance_sampling=importance_sampling,
+            generator=generator,
+            dtype=x0.dtype,
+            device=x0.device,
+        )
     elif t.shape != (B,):
         raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
     if noise is None:
