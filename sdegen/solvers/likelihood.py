@@ -9,55 +9,17 @@ chunks) or estimated by Hutchinson's trick with probes drawn once per solve (Gra
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .._utils import check_choice, check_finite_number, check_tensor_finite
+from ..divergence import PROBE_NOISES, exact_divergence, hutchinson_divergence, probes_like
+from ..models.density import bits_per_dim
 from .counting import CountingModel, LikelihoodResult
 from .pf_ode import integrate, ode_drift
 from .reverse_sde import batch_t
 
 TRACES = ("exact", "hutchinson")
-PROBE_NOISES = ("rademacher", "gaussian")
-
-
-def _vjps(out: Tensor, x: Tensor, vs: Tensor, create_graph: bool) -> Tensor:
-    """v^T J for a stack of vectors vs of shape (K, B, *D), one batched backward pass."""
-    (g,) = torch.autograd.grad(
-        out, x, grad_outputs=vs, is_grads_batched=True, create_graph=create_graph, retain_graph=True
-    )
-    return g
-
-
-def exact_divergence(
-    out: Tensor, x: Tensor, *, chunk: int | None = None, create_graph: bool = False
-) -> Tensor:
-    """Exact trace of d out / d x per example; out = v(x) of shape (B, *D) -> (B,).
-
-    Row i of each Jacobian comes from one VJP with the basis vector e_i; D VJPs are batched
-    `chunk` at a time (default: as many as fit in ~2^24 elements).
-    """
-    B, D = x.shape[0], x[0].numel()
-    chunk = chunk or max(1, min(D, (1 << 24) // max(1, B * D)))
-    div = torch.zeros(B, dtype=out.dtype, device=out.device)
-    for start in range(0, D, chunk):
-        idx = torch.arange(start, min(D, start + chunk), device=x.device)
-        basis = torch.zeros(len(idx), B, D, dtype=out.dtype, device=out.device)
-        basis[torch.arange(len(idx)), :, idx] = 1
-        rows = _vjps(out, x, basis.reshape(len(idx), *x.shape), create_graph)
-        # diagonal entries: element idx[k] of row idx[k]
-        div = div + rows.reshape(len(idx), B, D)[torch.arange(len(idx)), :, idx].sum(0)
-    return div
-
-
-def hutchinson_divergence(
-    out: Tensor, x: Tensor, probes: Tensor, *, create_graph: bool = False
-) -> Tensor:
-    """Hutchinson estimate mean_k e_k^T (d out/d x) e_k for probes of shape (K, B, *D) -> (B,)."""
-    rows = _vjps(out, x, probes, create_graph)
-    return (rows * probes).reshape(probes.shape[0], x.shape[0], -1).sum(-1).mean(0)
 
 
 def log_likelihood(
@@ -107,14 +69,7 @@ def log_likelihood(
             f"{x.dtype} of shape {tuple(x.shape)}"
         )
     counted = CountingModel(model)
-    eps = None
-    if trace == "hutchinson":
-        shape = (probes, *x.shape)
-        if noise == "rademacher":
-            eps = torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype)
-            eps = 2 * eps - 1
-        else:
-            eps = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    eps = probes_like(x, probes, noise, generator) if trace == "hutchinson" else None
     vjp_count = [0]
     dim = x[0].numel()
 
@@ -156,16 +111,4 @@ def log_likelihood(
     )
 
 
-def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
-    """Bits per dimension of discrete data from a continuous log-density under uniform
-    dequantization.
-
-    For data quantized into bins of width `bin_width` (2/256 for 8-bit data scaled to [-1, 1];
-    2/2^b for b bits; 1/17 for digits with 17 grey levels in [0, 1]) and x + u with u uniform in a
-    bin, the discrete log-probability is at least log p(x + u) + D log(bin_width) (Theis et al.
-    2016). So bpd = -(log_prob + D log bin_width) / (D log 2). log_prob: (B,) in nats -> (B,).
-    """
-    if not isinstance(num_dims, int) or num_dims < 1:
-        raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
-    bin_width = check_finite_number("bin_width", bin_width, positive=True)
-    return -(log_prob + num_dims * math.log(bin_width)) / (num_dims * math.log(2))
+__all__ = ["log_likelihood", "bits_per_dim", "exact_divergence", "hutchinson_divergence"]

@@ -1,0 +1,79 @@
+"""One density API for every model family, and bits per dimension.
+
+Every density model has `log_prob(x) -> (B,)` in nats, `sample(n, generator=None)`,
+`sample_and_log_prob(n, generator=None)`, `event_shape`, `bits_per_dim(x, bin_width)` and
+`log_prob_kind`, which says what kind of number `log_prob` is:
+
+    "exact"     exact (RealNVP, Glow)
+    "ode"       exact up to an ODE tolerance, with an exact or Hutchinson trace (FFJORD, score SDE)
+    "bound"     a lower bound on log p (VAE's ELBO)
+    "estimate"  a stochastic estimate (importance-weighted)
+    "none"      no density (GAN): log_prob raises
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .._utils import check_finite_number
+
+LOG_PROB_KINDS = ("exact", "ode", "bound", "estimate", "none")
+
+
+def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
+    """Bits per dimension of discrete data from a continuous log-density under uniform
+    dequantization.
+
+    For data quantized into bins of width `bin_width` (2/256 for 8-bit data scaled to [-1, 1];
+    2/2^b for b bits; 1/17 for digits with 17 grey levels in [0, 1]) and x + u with u uniform in a
+    bin, the discrete log-probability is at least log p(x + u) + D log(bin_width) (Theis et al.
+    2016). So bpd = -(log_prob + D log bin_width) / (D log 2). log_prob: (B,) in nats -> (B,).
+    """
+    if not isinstance(num_dims, int) or num_dims < 1:
+        raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
+    bin_width = check_finite_number("bin_width", bin_width, positive=True)
+    return -(log_prob + num_dims * math.log(bin_width)) / (num_dims * math.log(2))
+
+
+class DensityModel(nn.Module):
+    """Base class of the density models. Subclasses set `event_shape` and `log_prob_kind` and
+    implement `log_prob`, `sample` and `loss` (the training objective on a batch)."""
+
+    event_shape: tuple[int, ...] = ()
+    log_prob_kind: str = "exact"
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log p(x) in nats, x of shape (B, *event_shape) -> (B,)."""
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples of shape (n, *event_shape)."""
+        raise NotImplementedError
+
+    def sample_and_log_prob(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples and their log-density; models that can do both in one pass override this."""
+        x = self.sample(n, generator=generator)
+        return x, self.log_prob(x)
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The scalar training objective on a batch x (negative log-likelihood by default)."""
+        return -self.log_prob(x).mean()
+
+    def bits_per_dim(self, x: Tensor, bin_width: float) -> Tensor:
+        """Bits per dimension of x (B, *event_shape) -> (B,); see `bits_per_dim`."""
+        return bits_per_dim(self.log_prob(x), math.prod(self.event_shape), bin_width)
+
+    def check_x(self, x: Tensor) -> None:
+        """Raise ValueError unless x is a finite tensor of shape (B, *event_shape)."""
+        if not torch.is_tensor(x) or tuple(x.shape[1:]) != tuple(self.event_shape):
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(
+                f"x must have shape (batch, {', '.join(map(str, self.event_shape))}), got {got}"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x holds NaN or inf")
