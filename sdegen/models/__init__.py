@@ -2,9 +2,15 @@
 
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, ScoreModelLike, from_x0_eps, to_x0_eps
+from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
+from .unet import UNet
 
 __all__ = [
+    "MLP",
+    "UNet",
+    "SinusoidalEmbedding",
+    "GaussianFourierEmbedding",
     "ScoreModel",
     "GaussianScore",
     "GaussianMixtureScore",

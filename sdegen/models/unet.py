@@ -1,0 +1,205 @@
+"""A small DDPM-style U-Net (Ho et al. 2020) for noise-conditional score models of images."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .networks import SinusoidalEmbedding, check_noise_levels, check_positive_int
+
+
+class ResBlock(nn.Module):
+    """Residual block of DDPM (Ho et al. 2020): two GroupNorm-SiLU-conv3x3 stages.
+
+    The time embedding (B, embed_dim) is projected to a per-channel shift added between the two
+    convolutions. Maps (B, in_ch, H, W) to (B, out_ch, H, W).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, embed_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(embed_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.drop = nn.Dropout(dropout)
+        # Not zero-initialised (unlike DDPM's conv2): every parameter then gets a gradient and the
+        # output depends on the input at initialisation.
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the H*W positions of each image (Ho et al. 2020).
+
+    GroupNorm, 1x1 qkv projection, scaled dot-product attention and a 1x1 output projection added
+    back to the input. Positions attend only within their own image, never across the batch.
+    Maps (B, C, H, W) to (B, C, H, W).
+    """
+
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        # (B, 3C, H, W) -> three (B, 1, H*W, C): a head axis of 1 for the attention kernel.
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(2, 3)
+        q, k, v = qkv.unbind(dim=1)
+        out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
+        return x + self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """Small DDPM U-Net (Ho et al. 2020) for 8x8 to 32x32 images: (B, C, H, W), (B,) -> image.
+
+    Level i of `channel_mult` works at resolution H / 2^i with channels * channel_mult[i]
+    channels and `num_res_blocks` residual blocks; levels in `attention_levels` add self-attention
+    after each block. Levels are joined by stride-2 convs going down and nearest-neighbour
+    upsampling + conv going up, with every down-path activation concatenated into the up path. The
+    middle block is ResBlock-Attention-ResBlock at the lowest resolution. c_noise is embedded by a
+    `SinusoidalEmbedding` of width `channels` (rounded up to even) and a 2-layer MLP of width
+    `embed_dim`; like DDPM's, the embedding wants c_noise on a scale of 1 to 1000 (log-SNR or
+    timestep indices), not t in [0, 1].
+
+    Args:
+        in_channels: image channels C.
+        channels: base width; divisible by `groups`.
+        channel_mult: width multiplier per resolution level; H and W must be divisible by
+            2^(len(channel_mult) - 1).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_levels: indices into `channel_mult` of the levels with self-attention.
+        groups: GroupNorm groups.
+        embed_dim: width of the time embedding MLP; default 4 * channels.
+        dropout: dropout probability inside residual blocks, in [0, 1).
+        out_channels: output channels; default `in_channels`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 1,
+        attention_levels: tuple[int, ...] = (1,),
+        groups: int = 8,
+        embed_dim: int | None = None,
+        dropout: float = 0.0,
+        out_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int(
+            "out_channels", in_channels if out_channels is None else out_channels
+        )
+        check_positive_int("channels", channels)
+        check_positive_int("groups", groups)
+        check_positive_int("num_res_blocks", num_res_blocks)
+        if channels % groups:
+            raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
+        channel_mult = tuple(channel_mult)
+        if not channel_mult:
+            raise ValueError("channel_mult must name at least one level, got ()")
+        if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in channel_mult):
+            raise ValueError(f"channel_mult entries must be integers >= 1, got {channel_mult}")
+        attention_levels = tuple(attention_levels)
+        bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
+        if bad:
+            raise ValueError(
+                f"attention_levels {attention_levels} must index channel_mult {channel_mult} "
+                f"(0 to {len(channel_mult) - 1}); out of range: {bad}"
+            )
+        embed_dim = 4 * channels if embed_dim is None else embed_dim
+        check_positive_int("embed_dim", embed_dim)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.factor = 2 ** (len(channel_mult) - 1)
+
+        # The sinusoidal width must be even; channels + channels % 2 rounds it up.
+        self.embed = SinusoidalEmbedding(channels + channels % 2)
+        # The trailing SiLU is DDPM's nonlinearity before each block's projection, applied once.
+        self.time_mlp = nn.Sequential(
+            nn.Linear(self.embed.dim, embed_dim),
+            nn.SiLU(),
+            nn.Linear(embed_dim, embed_dim),
+            nn.SiLU(),
+        )
+
+        def res(a: int, b: int) -> ResBlock:
+            return ResBlock(a, b, embed_dim, groups, dropout)
+
+        def attn(level: int, ch: int) -> nn.Module:
+            return AttentionBlock(ch, groups) if level in attention_levels else nn.Identity()
+
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips, ch = [channels], channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                self.down.append(
+                    nn.ModuleList([res(ch, channels * mult), attn(level, channels * mult)])
+                )
+                ch = channels * mult
+                skips.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+
+        self.mid = nn.ModuleList([res(ch, ch), AttentionBlock(ch, groups), res(ch, ch)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for _ in range(num_res_blocks + 1):
+                block = res(ch + skips.pop(), channels * mult)
+                self.up.append(nn.ModuleList([block, attn(level, channels * mult)]))
+                ch = channels * mult
+            if level > 0:
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2.0, mode="nearest"),
+                        nn.Conv2d(ch, ch, 3, padding=1),
+                    )
+                )
+
+        self.norm_out = nn.GroupNorm(groups, ch)
+        # Default init rather than DDPM's zero init, so the untrained output depends on (x, t).
+        self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
+        """Output of shape (B, out_channels, H, W) for x (B, in_channels, H, W), c_noise (B,)."""
+        if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(
+                f"x must have shape (batch, {self.in_channels}, height, width), got {got}"
+            )
+        if x.shape[2] % self.factor or x.shape[3] % self.factor:
+            raise ValueError(
+                f"x height and width must be divisible by {self.factor} "
+                f"(2 ** (len(channel_mult) - 1)), got shape {tuple(x.shape)}"
+            )
+        check_noise_levels(c_noise, x.shape[0])
+        emb = self.time_mlp(self.embed(c_noise.to(x.dtype)))
+
+        h = self.conv_in(x)
+        hs = [h]
+        for module in self.down:
+            if isinstance(module, nn.ModuleList):
+                h = module[1](module[0](h, emb))
+            else:
+                h = module(h)
+            hs.append(h)
+        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        for module in self.up:
+            if isinstance(module, nn.ModuleList):
+                h = module[1](module[0](torch.cat([h, hs.pop()], dim=1), emb))
+            else:
+                h = module(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
