@@ -44,47 +44,78 @@ def _metrics(x: torch.Tensor, model, reference: torch.Tensor) -> dict[str, float
     }
 
 
-def run(n: int, nfes: list[int], sdes: list[str], seed: int, methods: list[str]) -> dict:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def noise_floor(model, reference: torch.Tensor, n: int, seed: int, sets: int) -> dict:
+    """The metrics between `sets` independent true sample sets and the reference set."""
+    runs = [
+        _metrics(
+            model.sample(n, generator=torch.Generator().manual_seed(seed + 100 + k)),
+            model,
+            reference,
+        )
+        for k in range(sets)
+    ]
+    out = {"sets": sets}
+    for key in ("frechet", "sliced_w2"):
+        out[key], out[key + "_std"] = _mean_std([r[key] for r in runs])
+    return out
+
+
+def run(
+    n: int,
+    nfes: list[int],
+    sdes: list[str],
+    seed: int,
+    methods: list[str],
+    seeds: int = 3,
+    floor_sets: int = 5,
+) -> dict:
     records, floors = [], {}
     for sde_name in sdes:
         sde = SDES[sde_name]()
         model = ring_mixture(sde)
         reference = model.sample(
-            n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64
+            n, generator=torch.Generator().manual_seed(seed + 99), dtype=torch.float64
         )
-        other = model.sample(
-            n, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64
-        )
-        floors[sde_name] = _metrics(other, model, reference)
+        floors[sde_name] = noise_floor(model, reference, n, seed, floor_sets)
         for method in methods:
             adaptive = METHODS[method].nfe is None
             for budget in [None] if adaptive else nfes:
                 kw = {} if adaptive else {"nfe": budget}
+                rec = {"sde": sde_name, "method": method, "nfe_budget": budget}
                 try:
-                    start = time.perf_counter()
-                    res = sdegen.sample(
-                        model,
-                        sde,
-                        (n, 2),
-                        method=method,
-                        generator=torch.Generator().manual_seed(seed),
-                        **kw,
-                    )
-                    elapsed = time.perf_counter() - start
+                    runs = []
+                    for k in range(seeds):
+                        start = time.perf_counter()
+                        res = sdegen.sample(
+                            model,
+                            sde,
+                            (n, 2),
+                            method=method,
+                            generator=torch.Generator().manual_seed(seed + k),
+                            **kw,
+                        )
+                        runs.append(
+                            {
+                                "seconds": time.perf_counter() - start,
+                                **_metrics(res.x, model, reference),
+                            }
+                        )
                 except ValueError as e:  # budget below one step of this method
-                    records.append(
-                        {"sde": sde_name, "method": method, "nfe_budget": budget, "skipped": str(e)}
-                    )
+                    records.append({**rec, "skipped": str(e)})
                     continue
-                rec = {
-                    "sde": sde_name,
-                    "method": method,
-                    "nfe_budget": budget,
-                    "nfe": res.nfe,
-                    "steps": len(res.ts) - 1,
-                    "seconds": elapsed,
-                    **_metrics(res.x, model, reference),
-                }
+                rec.update(
+                    nfe=res.nfe,
+                    steps=len(res.ts) - 1,
+                    seeds=seeds,
+                    schedule=METHODS[method].schedule,
+                )
+                for key in ("frechet", "sliced_w2", "seconds"):
+                    rec[key], rec[key + "_std"] = _mean_std([r[key] for r in runs])
                 records.append(rec)
                 print(
                     f"{sde_name:6s} {method:26s} budget={budget!s:>4} nfe={res.nfe:4d} "
@@ -100,9 +131,12 @@ def markdown(result: dict, nfes: list[int]) -> str:
         "# Sampler error against NFE on an analytic 8-Gaussian ring (exact score)",
         "",
         f"Sliced W2 to {meta['n']} independent true samples (lower is better; Frechet distance "
-        f"in the JSON). Seed {meta['seed']}, {meta['n']} samples per cell, NFE as counted "
-        f"(denoising step included), float32, {meta['threads']} torch thread(s). A cell of '-' "
-        "is a budget below one step of that method.",
+        f"to the true moments in the JSON), mean over {meta['seeds']} sampler seeds from "
+        f"{meta['seed']}, {meta['n']} samples each, NFE as counted (denoising step included), "
+        f"float32, each method's default grid, {meta['threads']} torch thread(s). The noise "
+        f"floor is the same metric for {meta['floor_sets']} independent true sample sets "
+        "(mean +- std): differences inside it are not significant. A cell of '-' is a budget "
+        "below one step of that method.",
         "",
     ]
     for sde_name, floor in result["noise_floor"].items():
@@ -161,16 +195,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sdes", nargs="+", default=list(SDES), choices=list(SDES))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="sampler seeds averaged per cell")
+    p.add_argument("--floor-sets", type=int, default=5, help="true sets for the noise floor")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "solvers_mixture"
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = run(args.n, args.nfe, args.sdes, args.seed, args.methods)
+    result = run(args.n, args.nfe, args.sdes, args.seed, args.methods, args.seeds, args.floor_sets)
     result["meta"] = {
         "n": args.n,
         "seed": args.seed,
+        "seeds": args.seeds,
+        "floor_sets": args.floor_sets,
         "nfe": args.nfe,
         "torch": torch.__version__,
         "sdegen": sdegen.__version__,

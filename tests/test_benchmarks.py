@@ -43,3 +43,27 @@ def test_solvers_mixture_benchmark_smoke(tmp_path):
     assert result["noise_floor"]["vp"]["sliced_w2"] > 0
     assert "| dpmpp_2m |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "sw_vs_nfe.png").stat().st_size > 1000
+
+
+def test_schedules_benchmark_smoke(tmp_path):
+    bench = _load("schedules")
+    bench.main(
+        [
+            "--n",
+            "200",
+            "--nfe",
+            "5",
+            "--seeds",
+            "1",
+            "--sdes",
+            "vp",
+            "--methods",
+            "heun",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert {r["schedule"] for r in result["records"]} == {"uniform", "log_snr", "karras"}
+    assert "**" in (tmp_path / "table.md").read_text()  # the default grid is marked
+    assert (tmp_path / "grid_vs_method.png").stat().st_size > 1000

@@ -179,6 +179,7 @@ def test_ancestral_reproduces_ddpm_algorithm_2(variance):
         sde,
         (8, 2),
         method="ancestral",
+        schedule="uniform",
         steps=N - 1,
         generator=_gen(7),
         dtype=torch.float64,

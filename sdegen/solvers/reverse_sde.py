@@ -76,14 +76,15 @@ def ancestral_step(
 def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: float) -> Tensor:
     """One annealed Langevin corrector step at time t (Song et al. 2021, Algorithm 5).
 
-    Step size 2 a^2 (snr ||z|| / ||score||)^2 with a^2 = (alpha_t/alpha_s)^2 (1 - beta_i for VP,
-    1 for VE); norms are per example, not averaged over the batch.
+    Step size 2 a^2 (snr ||z|| / ||score||)^2, a^2 = (alpha_t/alpha_s)^2 (1 - beta_i for VP, 1 for
+    VE), with the norms averaged over the batch as in Song et al.'s code: per-example norms make
+    the step explode wherever the score vanishes (at a mode), which low-dimensional data hit.
     """
     tb = batch_t(t, x)
     grad = model.score(x, tb)
     a, _ = sde.transition(batch_t(s, x), tb)
-    g_norm = grad.reshape(x.shape[0], -1).norm(dim=1)
-    z_norm = z.reshape(x.shape[0], -1).norm(dim=1)
+    g_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()
+    z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
     step = 2 * a.to(x.dtype) ** 2 * (snr * z_norm / g_norm.clamp_min(1e-12)) ** 2
     return x + _coef(step, x) * grad + _coef((2 * step).sqrt(), x) * z
 

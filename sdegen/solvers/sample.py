@@ -38,95 +38,42 @@ def _per_step(k: int) -> Callable[[int, dict], int]:
     return lambda n, _: k * n
 
 
+# Default grids were chosen by measurement (benchmarks/schedules.py): uniform t fails badly on
+# EDM and VE at low NFE; Karras and log-SNR grids never do. torchsde steps a fixed dt: uniform.
+# fmt: off
 METHODS: dict[str, Method] = {
-    "euler_maruyama": Method(
-        reverse_sde.euler_maruyama,
-        "sde",
-        "uniform",
-        _per_step(1),
-        "Euler-Maruyama on the reverse SDE",
-    ),
-    "reverse_diffusion": Method(
-        reverse_sde.reverse_diffusion,
-        "sde",
-        "uniform",
-        _per_step(1),
-        "reverse diffusion predictor (Song et al. 2021)",
-    ),
-    "ancestral": Method(
-        reverse_sde.ancestral,
-        "sde",
-        "uniform",
-        _per_step(1),
-        "ancestral sampling: DDPM for VP, SMLD for VE",
-    ),
-    "pc": Method(
-        reverse_sde.pc,
-        "sde",
-        "uniform",
-        lambda n, o: n * (1 + o.get("corrector_steps", 1)),
-        "predictor-corrector with a Langevin corrector (snr)",
-    ),
+    "euler_maruyama": Method(reverse_sde.euler_maruyama, "sde", "karras", _per_step(1),
+                             "Euler-Maruyama on the reverse SDE"),
+    "reverse_diffusion": Method(reverse_sde.reverse_diffusion, "sde", "karras", _per_step(1),
+                                "reverse diffusion predictor (Song et al. 2021)"),
+    "ancestral": Method(reverse_sde.ancestral, "sde", "karras", _per_step(1),
+                        "ancestral sampling: DDPM for VP, SMLD for VE"),
+    "pc": Method(reverse_sde.pc, "sde", "karras",
+                 lambda n, o: n * (1 + o.get("corrector_steps", 1)),
+                 "predictor-corrector with a Langevin corrector (snr)"),
     # torchsde calls the drift once more, to check its shape, before integrating.
-    "torchsde_euler": Method(
-        torchsde_methods.torchsde_euler,
-        "sde",
-        "uniform",
-        lambda n, _: n + 1,
-        "torchsde euler on the reverse SDE",
-    ),
-    "torchsde_milstein": Method(
-        torchsde_methods.torchsde_milstein,
-        "sde",
-        "uniform",
-        lambda n, _: n + 1,
-        "torchsde milstein on the reverse SDE",
-    ),
-    "torchsde_srk": Method(
-        torchsde_methods.torchsde_srk,
-        "sde",
-        "uniform",
-        lambda n, _: 10 * n + 1,
-        "torchsde stochastic Runge-Kutta (strong order 1.5)",
-    ),
-    "torchsde_reversible_heun": Method(
-        torchsde_methods.torchsde_reversible_heun,
-        "sde",
-        "uniform",
-        lambda n, _: n + 2,
-        "torchsde reversible Heun (unstable at few steps)",
-    ),
-    "dopri5": Method(
-        pf_ode.dopri5,
-        "ode",
-        "uniform",
-        None,
-        "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
-    ),
-    "euler": Method(pf_ode.euler, "ode", "uniform", _per_step(1), "Euler on the PF-ODE"),
-    "rk4": Method(pf_ode.rk4, "ode", "uniform", _per_step(4), "classical RK4 on the PF-ODE"),
-    "heun": Method(
-        pf_ode.heun,
-        "ode",
-        "karras",
-        lambda n, _: 2 * n - 1,
-        "Heun on the PF-ODE, last step Euler (EDM)",
-    ),
-    "ddim": Method(
-        exponential.ddim,
-        "ode",
-        "log_snr",
-        _per_step(1),
-        "DDIM: first-order exponential integrator (eta > 0: stochastic)",
-    ),
-    "dpmpp_2m": Method(
-        exponential.dpmpp_2m,
-        "ode",
-        "log_snr",
-        _per_step(1),
-        "DPM-Solver++(2M) multistep exponential integrator",
-    ),
+    "torchsde_euler": Method(torchsde_methods.torchsde_euler, "sde", "uniform",
+                             lambda n, _: n + 1, "torchsde euler on the reverse SDE"),
+    "torchsde_milstein": Method(torchsde_methods.torchsde_milstein, "sde", "uniform",
+                                lambda n, _: n + 1, "torchsde milstein on the reverse SDE"),
+    "torchsde_srk": Method(torchsde_methods.torchsde_srk, "sde", "uniform",
+                           lambda n, _: 10 * n + 1,
+                           "torchsde stochastic Runge-Kutta (strong order 1.5)"),
+    "torchsde_reversible_heun": Method(torchsde_methods.torchsde_reversible_heun, "sde",
+                                       "uniform", lambda n, _: n + 2,
+                                       "torchsde reversible Heun (unstable at few steps)"),
+    "dopri5": Method(pf_ode.dopri5, "ode", "uniform", None,
+                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)"),
+    "euler": Method(pf_ode.euler, "ode", "karras", _per_step(1), "Euler on the PF-ODE"),
+    "rk4": Method(pf_ode.rk4, "ode", "karras", _per_step(4), "classical RK4 on the PF-ODE"),
+    "heun": Method(pf_ode.heun, "ode", "karras", lambda n, _: 2 * n - 1,
+                   "Heun on the PF-ODE, last step Euler (EDM)"),
+    "ddim": Method(exponential.ddim, "ode", "log_snr", _per_step(1),
+                   "DDIM: first-order exponential integrator (eta > 0: stochastic)"),
+    "dpmpp_2m": Method(exponential.dpmpp_2m, "ode", "log_snr", _per_step(1),
+                       "DPM-Solver++(2M) multistep exponential integrator"),
 }
+# fmt: on
 
 
 def available() -> dict[str, str]:
