@@ -1,5 +1,21 @@
-"""Training objectives (and, later, the trainer)."""
+"""Training: objectives, the trainer, checkpoints."""
 
-from .losses import WEIGHTINGS, dsm_loss, sample_times
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .losses import WEIGHTINGS, dsm_loss, sample_times, times_from_uniform
+from .objectives import density_loss, score_matching
+from .trainer import StepRandom, Trainer, init_distributed
 
-__all__ = ["dsm_loss", "sample_times", "WEIGHTINGS"]
+__all__ = [
+    "dsm_loss",
+    "sample_times",
+    "times_from_uniform",
+    "WEIGHTINGS",
+    "score_matching",
+    "density_loss",
+    "Trainer",
+    "StepRandom",
+    "init_distributed",
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+]

@@ -24,6 +24,16 @@ from .._utils import append_dims, check_choice, check_tensor_finite, sum_except_
 WEIGHTINGS = ("simple", "sigma2", "likelihood")
 
 
+def times_from_uniform(sde, u: Tensor, *, importance_sampling: bool = False) -> Tensor:
+    """Map u ~ U(0, 1) to training times: uniform on [t_min, T], or uniform in log-SNR (the
+    importance distribution proportional to g^2/sigma^2). Shape preserved, float64 inside."""
+    u = u.to(torch.float64)
+    if importance_sampling:
+        lo, hi = sde.log_snr_range()
+        return sde.t_of_log_snr(lo + u * (hi - lo))
+    return sde.t_min + u * (sde.T - sde.t_min)
+
+
 def sample_times(
     sde,
     n: int,
@@ -33,13 +43,9 @@ def sample_times(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Training times of shape (n,): uniform on [t_min, T], or uniform in log-SNR (the
-    importance distribution proportional to g^2/sigma^2)."""
+    """n training times, shape (n,); see `times_from_uniform`."""
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-    if importance_sampling:
-        lo, hi = sde.log_snr_range()
-        return sde.t_of_log_snr(lo + u * (hi - lo)).to(dtype)
-    return (sde.t_min + u * (sde.T - sde.t_min)).to(dtype)
+    return times_from_uniform(sde, u, importance_sampling=importance_sampling).to(dtype)
 
 
 def dsm_loss(

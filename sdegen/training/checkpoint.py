@@ -1,0 +1,139 @@
+"""Checkpoints as safetensors plus JSON, written atomically, loaded without unpickling.
+
+A checkpoint is a folder `ckpt-{step:08d}/` in the run folder holding
+    model.safetensors      the model's state dict
+    ema.safetensors        the EMA weights (if any)
+    optim.safetensors      the optimizer's tensors (Adam moments, step counts)
+    state.json             step, the optimizer's param groups and tensor layout, extra metadata
+and the file `latest` names the newest one. Each checkpoint is written into a temporary folder
+that is renamed into place, and `latest` is replaced with os.replace, so a process killed at any
+moment leaves the previous checkpoint intact and `latest` pointing to a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+LATEST = "latest"
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, layout = {}, {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            name = f"state.{pid}.{key}"
+            if torch.is_tensor(value):
+                tensors[name] = value.detach().contiguous().cpu()
+                layout[name] = "tensor"
+            else:
+                layout[name] = value
+    return tensors, {"param_groups": state["param_groups"], "layout": layout}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, kind in meta["layout"].items():
+        _, pid, key = name.split(".", 2)
+        value = tensors[name] if kind == "tensor" else kind
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: torch.nn.Module | None = None,
+    extra: dict | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` into run_dir atomically and point `latest` at it.
+
+    Keeps the newest `keep` checkpoints. Returns the checkpoint folder.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"ckpt-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{step:08d}-", dir=run_dir))
+    try:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+            tmp / "model.safetensors",
+        )
+        meta: dict[str, Any] = {"step": step, "extra": extra or {}}
+        if ema is not None:
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()},
+                tmp / "ema.safetensors",
+            )
+        if optimizer is not None:
+            tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, tmp / "optim.safetensors")
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        for f in tmp.iterdir():  # data on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    pointer = run_dir / f".{LATEST}.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, run_dir / LATEST)
+    for old in sorted(run_dir.glob("ckpt-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(".ckpt-*"):  # temporaries of a killed writer
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `latest` points to, or None if the run has no checkpoint yet."""
+    pointer = Path(run_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    path = Path(run_dir) / pointer.read_text().strip()
+    if not (path / "state.json").is_file():
+        raise ValueError(
+            f"checkpoint pointer {pointer} names {path}, which is not a complete "
+            "checkpoint (no state.json)"
+        )
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: torch.nn.Module | None = None,
+) -> dict:
+    """Load a checkpoint folder into model (and optimizer, ema); returns its state.json dict."""
+    path = Path(path)
+    for name in ("state.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint file missing: {path / name}")
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        if ema is not None and (path / "ema.safetensors").is_file():
+            ema.load_state_dict(load_file(path / "ema.safetensors"))
+        if optimizer is not None and "optimizer" in meta:
+            tensors = load_file(path / "optim.safetensors")
+            optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    except (json.JSONDecodeError, SafetensorError, RuntimeError, KeyError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"corrupt or incompatible checkpoint {path}: {e}") from e
+    return meta

@@ -1,0 +1,324 @@
+"""One training loop for every model family: AdamW, warm-up, clipping, EMA, checkpoints, DDP.
+
+Reproducibility is by construction, not by saved RNG state: step k's batch comes from the
+epoch permutation of DistributedSampler (seeded by the run seed and the epoch), and every random
+number the objective draws comes from `StepRandom`, seeded by (seed, step) and drawn for the
+*global* batch, each process taking its rows. So a resumed run repeats an uninterrupted one step
+for step, and a run on W processes sees the same examples with the same noise as one process
+with the same global batch.
+
+Multi-process training uses PyTorch's DDP under torchrun (gloo on CPU, nccl on CUDA); rank 0
+alone writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from .._utils import check_finite_number
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+Objective = Callable[[nn.Module, Tensor, "StepRandom"], Tensor]
+
+_MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the seed space
+
+
+def _step_seed(seed: int, step: int, stream: int = 0) -> int:
+    return (seed * _MIX + step * 1_000_003 + stream * 7919) % (2**63 - 1)
+
+
+class StepRandom:
+    """Random numbers for one training step, the same per example however the batch is split.
+
+    Each draw makes a tensor for the whole global batch from a generator seeded by (seed, step)
+    and returns this process's rows [rank::world] (DistributedSampler's interleaving), so
+    example i of the global batch gets the same numbers on 1 process or on W.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        step: int,
+        rank: int,
+        world: int,
+        global_batch: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.rank, self.world, self.global_batch = rank, world, global_batch
+        self.device = device
+        self._gen = torch.Generator().manual_seed(_step_seed(seed, step))
+        # for objectives that need no split invariance (e.g. a VAE's sampling inside `loss`)
+        self.generator = torch.Generator(device=device).manual_seed(
+            _step_seed(seed, step, stream=1 + rank)
+        )
+
+    def _rows(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        return t[self.rank :: self.world].to(dtype=dtype, device=self.device)
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """U(0, 1) of shape (local_batch, *shape)."""
+        return self._rows(
+            torch.rand(self.global_batch, *shape, generator=self._gen, dtype=torch.float64), dtype
+        )
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """N(0, 1) of shape (local_batch, *shape)."""
+        return self._rows(
+            torch.randn(self.global_batch, *shape, generator=self._gen, dtype=torch.float64), dtype
+        )
+
+
+class _ObjectiveModule(nn.Module):
+    """DDP synchronises gradients only through its module's forward: make the objective it."""
+
+    def __init__(self, model: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, x: Tensor, rnd: StepRandom) -> Tensor:
+        return self.objective(self.model, x, rnd)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """Join the torchrun process group if launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return _dist_info()
+
+
+class Trainer:
+    """Train `model` on the tensor `data` by minimising objective(model, batch, rnd).
+
+    Args:
+        model: any nn.Module (a ScoreModel, a density model...).
+        objective: (model, x, StepRandom) -> scalar loss.
+        data: training examples, shape (N, *D), held in memory.
+        batch_size: the global batch (split evenly over processes).
+        lr, weight_decay, betas: AdamW.
+        warmup: steps of linear learning-rate warm-up from 0.
+        grad_clip: max global gradient norm (None: no clipping).
+        ema_decay: decay of the EMA of the weights (None: no EMA).
+        seed: the run seed (batches, noise, dropout).
+        device: "cpu", "cuda", ...
+        run_dir: folder for checkpoints and metrics.jsonl (None: keep nothing).
+        ckpt_every, log_every: in steps.
+        eval_fn: (model_or_ema, step) -> dict of numbers, run every `eval_every` steps on rank 0.
+        config: JSON-able description of the run, stored in each checkpoint.
+        progress: show a tqdm bar on rank 0.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        data: Tensor,
+        *,
+        batch_size: int = 128,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup: int = 0,
+        grad_clip: float | None = 1.0,
+        ema_decay: float | None = 0.999,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        run_dir: str | Path | None = None,
+        ckpt_every: int = 1000,
+        log_every: int = 10,
+        eval_fn: Callable[[nn.Module, int], dict] | None = None,
+        eval_every: int = 0,
+        config: dict | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.rank, self.world = init_distributed(str(device))
+        if batch_size % self.world:
+            raise ValueError(
+                f"batch_size {batch_size} must be divisible by the number of processes {self.world}"
+            )
+        if data.shape[0] < batch_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the {data.shape[0]} examples")
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("training data hold NaN or inf")
+        self.lr = check_finite_number("lr", lr, positive=True)
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.objective, self.data, self.batch_size, self.seed = objective, data, batch_size, seed
+        self.warmup, self.grad_clip = int(warmup), grad_clip
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ckpt_every, self.log_every = ckpt_every, log_every
+        self.eval_fn, self.eval_every = eval_fn, eval_every
+        self.config, self.progress = config or {}, progress
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay
+        )
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            if ema_decay is not None
+            else None
+        )
+        loss_module = _ObjectiveModule(model, objective)
+        self.net = (
+            nn.parallel.DistributedDataParallel(loss_module) if self.world > 1 else loss_module
+        )
+        self.sampler = DistributedSampler(
+            TensorDataset(data),
+            num_replicas=self.world,
+            rank=self.rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,
+        )
+        self.steps_per_epoch = len(self.sampler) // (batch_size // self.world)
+        self.step = 0
+        self._epoch, self._order = -1, None
+
+    # ---- state -----------------------------------------------------------------------------
+
+    def resume(self) -> bool:
+        """Load the run folder's latest checkpoint, if any; True if one was loaded."""
+        if self.run_dir is None:
+            return False
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            return False
+        meta = load_checkpoint(path, self.model, self.optimizer, self.ema)
+        self.step = int(meta["step"])
+        self._truncate_log()
+        return True
+
+    def save(self) -> None:
+        if self.run_dir is not None and self.rank == 0:
+            save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.model,
+                self.optimizer,
+                self.ema,
+                extra={"config": self.config, "world": self.world},
+            )
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The EMA weights if kept, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ---- loop ------------------------------------------------------------------------------
+
+    def _batch(self, step: int) -> Tensor:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._order, self._epoch = torch.tensor(list(self.sampler)), epoch
+        local = self.batch_size // self.world
+        idx = self._order[k * local : (k + 1) * local]
+        return self.data[idx].to(self.device)
+
+    def _lr(self, step: int) -> float:
+        return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
+
+    def train_step(self) -> dict:
+        """One optimisation step; returns its metrics (loss, lr, grad_norm)."""
+        step = self.step
+        torch.manual_seed(_step_seed(self.seed, step, stream=10_000 + self.rank))  # dropout
+        rnd = StepRandom(self.seed, step, self.rank, self.world, self.batch_size, self.device)
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.net.train()
+        loss = self.net(self._batch(step), rnd)
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.grad_clip if self.grad_clip is not None else math.inf
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        loss_value = float(loss.detach())
+        if self.world > 1:  # the global mean loss, so every rank logs the same curve
+            t = torch.tensor([loss_value], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            loss_value = float(t) / self.world
+        return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    def fit(self, steps: int) -> list[dict]:
+        """Train until `steps` total steps; returns the metrics of the steps run here."""
+        history = []
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, initial=self.step, desc="train", dynamic_ncols=True)
+        start = time.perf_counter()
+        while self.step < steps:
+            m = self.train_step()
+            m["seconds"] = time.perf_counter() - start
+            history.append(m)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+            if self.step % self.log_every == 0 or self.step == steps:
+                self._log(m)
+            if self.eval_fn is not None and self.eval_every and self.step % self.eval_every == 0:
+                self._eval()
+            if self.ckpt_every and self.step % self.ckpt_every == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.save()
+        return history
+
+    def _eval(self) -> None:
+        if self.rank != 0:
+            return
+        was = self.eval_model.training
+        self.eval_model.eval()
+        result = self.eval_fn(self.eval_model, self.step)
+        self.eval_model.train(was)
+        self._log({"step": self.step, "eval": result})
+
+    # ---- metrics log -----------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.run_dir / "metrics.jsonl" if self.run_dir is not None else None
+
+    def _log(self, record: dict) -> None:
+        if self.log_path is None or self.rank != 0:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self) -> None:
+        # A killed run may have logged steps after its last checkpoint; they are redone.
+        if self.log_path is None or self.rank != 0 or not self.log_path.is_file():
+            return
+        kept = [
+            line
+            for line in self.log_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= self.step
+        ]
+        tmp = self.log_path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.log_path)
