@@ -142,7 +142,9 @@ def markdown(result: dict, nfes: list[int]) -> str:
     for sde_name, floor in result["noise_floor"].items():
         recs = [r for r in result["records"] if r["sde"] == sde_name]
         lines += [
-            f"## {sde_name} (noise floor: SW2 {floor['sliced_w2']:.4f}, FD {floor['frechet']:.2e})",
+            f"## {sde_name} (noise floor: SW2 {floor['sliced_w2']:.4f} +- "
+            f"{floor['sliced_w2_std']:.4f}, FD {floor['frechet']:.2e} +- "
+            f"{floor['frechet_std']:.1e})",
             "",
             "| method | " + " | ".join(f"NFE {b}" for b in nfes) + " | adaptive |",
             "|---|" + "---|" * (len(nfes) + 1),
@@ -201,7 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "solvers_mixture"
     )
+    p.add_argument("--replot", action="store_true", help="rebuild table and PNG from the JSON")
     args = p.parse_args(argv)
+    if args.replot:
+        result = json.loads((args.out / "results.json").read_text())
+        (args.out / "table.md").write_text(markdown(result, result["meta"]["nfe"]))
+        plot(result, args.out / "sw_vs_nfe.png")
+        return
     torch.set_num_threads(args.threads)
     result = run(args.n, args.nfe, args.sdes, args.seed, args.methods, args.seeds, args.floor_sets)
     result["meta"] = {
