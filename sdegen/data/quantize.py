@@ -87,10 +87,19 @@ def to_levels(x: Tensor, levels: int) -> Tensor:
     return k.clamp_(0, levels - 1).to(torch.int64)
 
 
-def dequantize(x: Tensor, bin_width: float, *, generator: torch.Generator | None = None) -> Tensor:
-    """Uniform dequantization: x + u with u ~ U(-bin_width/2, bin_width/2) drawn independently
-    per element from `generator` (torch's global RNG when None). x: float tensor of bin centres,
-    any shape -> same shape and dtype. Pass the same `bin_width` to `bits_per_dim`."""
+def dequantize(
+    x: Tensor,
+    bin_width: float,
+    *,
+    generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
+) -> Tensor:
+    """Uniform dequantization: x + (u - 1/2) bin_width with u ~ U(0, 1) per element.
+
+    u is drawn from `generator` (torch's global RNG when None) unless given as `uniform`
+    (shape of x), as the trainer does to keep each example's noise fixed across processes.
+    x: float tensor of bin centres, any shape -> same shape and dtype. Pass the same `bin_width`
+    to `bits_per_dim`."""
     width = check_finite_number("bin_width", bin_width, positive=True)
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -100,5 +109,12 @@ def dequantize(x: Tensor, bin_width: float, *, generator: torch.Generator | None
             "map integer levels with to_centres first"
         )
     check_tensor_finite("x", x)
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if uniform is None:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    elif uniform.shape != x.shape:
+        raise ValueError(
+            f"uniform must have the shape of x {tuple(x.shape)}, got {tuple(uniform.shape)}"
+        )
+    else:
+        u = uniform.to(x.dtype)
     return x + (u - 0.5) * width

@@ -10,14 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice
+from ..data.quantize import dequantize
 from .losses import WEIGHTINGS, dsm_loss, times_from_uniform
 
 
 def _dequantize(x: Tensor, rnd, bin_width: float | None) -> Tensor:
-    """Uniform dequantization: add U(-bin/2, bin/2) to data stored at bin centres."""
     if bin_width is None:
         return x
-    return x + (rnd.rand(*x.shape[1:], dtype=x.dtype) - 0.5) * bin_width
+    return dequantize(x, bin_width, uniform=rnd.rand(*x.shape[1:], dtype=x.dtype))
 
 
 def score_matching(
