@@ -1,0 +1,248 @@
+"""RealNVP (Dinh et al. 2017) flows for vectors and images, with optional Glow layers.
+
+Both models are exact-likelihood `DensityModel`s with a standard normal base:
+log p(x) = log N(z; 0, I) + log|det dz/dx| with (z, logdet) = model(x), and sampling runs the
+layers backwards from z ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..density import DensityModel
+from ..networks import check_positive_int
+from .layers import (
+    ActNorm,
+    AffineCoupling,
+    InvConv1x1,
+    Invert,
+    Squeeze,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+)
+
+
+def _zero_last(net: nn.Sequential, zero_init: bool) -> nn.Sequential:
+    # A zero last layer makes every coupling the identity at init (Dinh et al. 2017).
+    if zero_init:
+        nn.init.zeros_(net[-1].weight)
+        nn.init.zeros_(net[-1].bias)
+    return net
+
+
+def coupling_mlp(dim: int, hidden: int, zero_init: bool = True) -> nn.Sequential:
+    """The RealNVP vector conditioner: an MLP (B, dim) -> (B, 2 dim) with two SiLU hidden layers."""
+    net = nn.Sequential(
+        nn.Linear(dim, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, 2 * dim),
+    )
+    return _zero_last(net, zero_init)
+
+
+def coupling_convnet(channels: int, hidden: int, zero_init: bool = True) -> nn.Sequential:
+    """The RealNVP image conditioner: 3x3, 1x1 and 3x3 convs with SiLU in between,
+    (B, C, H, W) -> (B, 2C, H, W)."""
+    net = nn.Sequential(
+        nn.Conv2d(channels, hidden, 3, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.SiLU(),
+        nn.Conv2d(hidden, 2 * channels, 3, padding=1),
+    )
+    return _zero_last(net, zero_init)
+
+
+def _check_bool(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+class _Flow(DensityModel):
+    """A stack of invertible layers over a standard normal base; subclasses fill `layers`."""
+
+    log_prob_kind = "exact"
+    layers: nn.ModuleList
+
+    def _check_z(self, z: Tensor) -> None:
+        if not torch.is_tensor(z) or tuple(z.shape[1:]) != tuple(self.event_shape):
+            got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+            shape = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"z must have shape (batch, {shape}), got {got}")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Data to latent: x (B, *event_shape) -> z of the same shape and log|det dz/dx| (B,)."""
+        self.check_x(x)
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse_and_logdet(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent to data: z (B, *event_shape) -> x of the same shape and log|det dx/dz| (B,)."""
+        self._check_z(z)
+        logdet = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            z, ld = layer.inverse(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Latent to data: z (B, *event_shape) -> x of the same shape."""
+        return self.inverse_and_logdet(z)[0]
+
+    @staticmethod
+    def base_log_prob(z: Tensor) -> Tensor:
+        """log N(z; 0, I) of z (B, *event) -> (B,)."""
+        d = math.prod(z.shape[1:])
+        return -0.5 * z.reshape(z.shape[0], -1).pow(2).sum(dim=1) - 0.5 * d * math.log(2 * math.pi)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log p(x) in nats, x (B, *event_shape) -> (B,); ValueError on a bad shape or NaN."""
+        z, logdet = self(x)
+        return self.base_log_prob(z) + logdet
+
+    def _base_sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        p = next(self.parameters())
+        shape = (n, *self.event_shape)
+        return torch.randn(shape, generator=generator, dtype=p.dtype, device=p.device)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples (n, *event_shape): z ~ N(0, I) drawn with `generator`, then the inverse."""
+        return self.inverse(self._base_sample(n, generator))
+
+    def sample_and_log_prob(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """n samples (n, *event_shape) and their exact log p (n,) in one inverse pass:
+        log p(x) = log N(z) - log|det dx/dz|. Differentiable (e.g. for reverse-KL training)."""
+        z = self._base_sample(n, generator)
+        x, logdet_inverse = self.inverse_and_logdet(z)
+        return x, self.base_log_prob(z) - logdet_inverse
+
+
+class RealNVP(_Flow):
+    """RealNVP (Dinh et al. 2017) for vectors (B, dim), with optional Glow layers.
+
+    `num_layers` affine couplings with alternating masks and MLP conditioners; before each
+    coupling an optional ActNorm and an optional invertible linear map (Kingma & Dhariwal 2018).
+
+    Args:
+        dim: data dimension; an integer >= 2.
+        num_layers: number of couplings; an integer >= 1.
+        hidden: width of the conditioner MLPs; an integer >= 1.
+        actnorm: put an ActNorm before each coupling.
+        inv_conv: put an LU-parametrised invertible linear map before each coupling.
+        zero_init: zero the conditioners' last layers, so the flow starts as the identity
+            (ActNorm aside). False keeps PyTorch's random init (used by the tests).
+        scale_bound: bound on each coupling's log-scale.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int = 8,
+        hidden: int = 128,
+        actnorm: bool = False,
+        inv_conv: bool = False,
+        *,
+        zero_init: bool = True,
+        scale_bound: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+            raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("hidden", hidden)
+        _check_bool("actnorm", actnorm)
+        _check_bool("inv_conv", inv_conv)
+        self.event_shape = (dim,)
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            if actnorm:
+                layers.append(ActNorm(dim))
+            if inv_conv:
+                layers.append(InvConv1x1(dim))
+            net = coupling_mlp(dim, hidden, zero_init)
+            layers.append(AffineCoupling(alternating_mask(dim, i % 2), net, scale_bound))
+        self.layers = nn.ModuleList(layers)
+
+
+class RealNVPImage(_Flow):
+    """RealNVP (Dinh et al. 2017) for images (B, C, H, W), with optional Glow layers.
+
+    Each of `num_scales` scales applies `blocks_per_scale` checkerboard couplings (alternating
+    parity), a squeeze (C, H, W) -> (4C, H/2, W/2), then `blocks_per_scale` channel-wise
+    couplings; each coupling is preceded by an optional ActNorm and an optional invertible 1x1
+    convolution (Kingma & Dhariwal 2018). No factoring-out: the latent is un-squeezed at the end,
+    so z has the shape of x.
+
+    Args:
+        shape: (C, H, W), with H and W divisible by 2 ** num_scales.
+        num_scales: number of squeezes; an integer >= 1.
+        blocks_per_scale: couplings of each kind per scale; an integer >= 1.
+        hidden: channels of the conv conditioners; an integer >= 1.
+        actnorm: put an ActNorm before each coupling.
+        inv_conv: put an invertible 1x1 convolution before each coupling.
+        zero_init: zero the conditioners' last convs (identity flow at init, ActNorm aside).
+        scale_bound: bound on each coupling's log-scale.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        num_scales: int = 2,
+        blocks_per_scale: int = 2,
+        hidden: int = 64,
+        actnorm: bool = True,
+        inv_conv: bool = True,
+        *,
+        zero_init: bool = True,
+        scale_bound: float = 3.0,
+    ) -> None:
+        super().__init__()
+        shape = tuple(shape)
+        if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) for s in shape):
+            raise ValueError(f"shape must be (C, H, W) of integers, got {shape!r}")
+        if min(shape) < 1:
+            raise ValueError(f"shape must be positive, got {shape!r}")
+        check_positive_int("num_scales", num_scales)
+        check_positive_int("blocks_per_scale", blocks_per_scale)
+        check_positive_int("hidden", hidden)
+        _check_bool("actnorm", actnorm)
+        _check_bool("inv_conv", inv_conv)
+        c, h, w = shape
+        factor = 2**num_scales
+        if h % factor or w % factor:
+            raise ValueError(
+                f"H and W of shape {shape} must be divisible by 2 ** num_scales = {factor}"
+            )
+        self.event_shape = shape
+
+        def block(mask: Tensor, channels: int) -> list[nn.Module]:
+            net = coupling_convnet(channels, hidden, zero_init)
+            pre: list[nn.Module] = [ActNorm(channels)] if actnorm else []
+            pre += [InvConv1x1(channels)] if inv_conv else []
+            return [*pre, AffineCoupling(mask, net, scale_bound)]
+
+        layers: list[nn.Module] = []
+        for _ in range(num_scales):
+            for b in range(blocks_per_scale):
+                layers += block(checkerboard_mask((c, h, w), b % 2), c)
+            layers.append(Squeeze())
+            c, h, w = 4 * c, h // 2, w // 2
+            for b in range(blocks_per_scale):
+                layers += block(channel_mask((c, h, w), b % 2), c)
+        layers += [Invert(Squeeze()) for _ in range(num_scales)]
+        self.layers = nn.ModuleList(layers)
