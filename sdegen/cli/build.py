@@ -1,0 +1,135 @@
+"""Names in a run config -> objects: data, SDE, network, score model; and loading a run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import data as datasets
+from .._utils import check_choice
+from ..models import MLP, ScoreModel, UNet
+from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE
+from ..training import latest_checkpoint, load_checkpoint
+from .config import TrainConfig, read_run_config
+
+SDES: dict[str, Callable] = {
+    "vp": lambda **p: VPSDE(**p),
+    "vp_cosine": lambda **p: VPSDE("cosine", **p),
+    "subvp": lambda **p: SubVPSDE(**p),
+    "ve": lambda **p: VESDE(**p),
+    "edm": lambda **p: EDMSDE(**p),
+}
+NETWORKS = ("auto", "mlp", "unet")
+DATA_KINDS = ("toy:NAME", "digits", "mnist:FOLDER", "cifar10:FOLDER")
+TEST_SIZE_TOY = 2000
+
+
+@dataclass(frozen=True)
+class Data:
+    """A data set split for training and evaluation.
+
+    bin_width is the dequantization bin of discrete data (None for continuous toy data);
+    true_log_prob is the closed-form density where one exists (toy sets).
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    bin_width: float | None
+    true_log_prob: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.event_shape) == 3
+
+
+def load_data(spec: str, *, n_train: int = 20000, seed: int = 0) -> Data:
+    """Resolve a data spec: "toy:NAME", "digits", "mnist:FOLDER" or "cifar10:FOLDER"."""
+    kind, _, arg = spec.partition(":")
+    if kind == "toy":
+        check_choice("toy data set", arg, datasets.TOY_DATASETS)
+        train = datasets.toy_sample(arg, n_train, generator=torch.Generator().manual_seed(seed))
+        test = datasets.toy_sample(
+            arg, TEST_SIZE_TOY, generator=torch.Generator().manual_seed(seed + 1_000_003)
+        )
+        try:
+            datasets.toy_log_prob(arg, test[:1].double())
+            true = lambda x: datasets.toy_log_prob(arg, x)  # noqa: E731
+        except ValueError:
+            true = None
+        return Data(spec, train, test, None, true)
+    loaders = {
+        "digits": lambda split: datasets.load_digits(split),
+        "mnist": lambda split: datasets.load_mnist(arg, split),
+        "cifar10": lambda split: datasets.load_cifar10(arg, split),
+    }
+    if kind not in loaders or (kind in ("mnist", "cifar10") and not arg):
+        raise ValueError(f"unknown data {spec!r}; expected one of: {', '.join(DATA_KINDS)}")
+    train, test = loaders[kind]("train"), loaders[kind]("test")
+    return Data(spec, train.x, test.x, train.bin_width)
+
+
+def build_sde(cfg: TrainConfig):
+    check_choice("sde", cfg.sde, SDES)
+    return SDES[cfg.sde](**cfg.sde_params)
+
+
+def build_network(cfg: TrainConfig, event_shape: tuple[int, ...]) -> torch.nn.Module:
+    check_choice("network", cfg.network, NETWORKS)
+    kind = cfg.network
+    if kind == "auto":
+        kind = "unet" if len(event_shape) == 3 else "mlp"
+    if kind == "mlp":
+        if len(event_shape) != 1:
+            raise ValueError(
+                f"network 'mlp' needs vector data, got examples of shape "
+                f"{event_shape}; use 'unet' for images"
+            )
+        return MLP(event_shape[0], **cfg.network_params)
+    if len(event_shape) != 3:
+        raise ValueError(f"network 'unet' needs images (C, H, W), got {event_shape}")
+    params = {"channels": 32, "channel_mult": (1, 2), **cfg.network_params}
+    return UNet(in_channels=event_shape[0], **params)
+
+
+def build_model(cfg: TrainConfig, event_shape: tuple[int, ...]) -> ScoreModel:
+    torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
+    sde = build_sde(cfg)
+    # float32 whatever torch's default dtype is: the data loaders produce float32
+    return ScoreModel(build_network(cfg, event_shape), sde, cfg.parametrization).float()
+
+
+@dataclass
+class LoadedRun:
+    cfg: TrainConfig
+    data: Data
+    model: ScoreModel
+    step: int
+
+
+def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
+    """Rebuild a run's model from its folder and load its latest checkpoint (EMA weights)."""
+    cfg = read_run_config(run_dir)
+    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
+    model = build_model(cfg, data.event_shape)
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"run folder {run_dir} has no checkpoint yet (no 'latest')")
+    if ema and (path / "ema.safetensors").is_file():
+        from torch.optim.swa_utils import AveragedModel
+
+        holder = AveragedModel(model)
+        meta = load_checkpoint(path, model, None, holder)
+        model.load_state_dict(holder.module.state_dict())
+    else:
+        meta = load_checkpoint(path, model)
+    model.eval()
+    return LoadedRun(cfg, data, model, int(meta["step"]))

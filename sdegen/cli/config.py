@@ -1,0 +1,136 @@
+"""Run configuration: one dataclass, loaded from YAML or TOML, with KEY=VALUE overrides.
+
+The resolved configuration is saved beside the checkpoints (config.json), so `sample` and
+`likelihood` need only the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Names are resolved by sdegen.cli.build."""
+
+    data: str = "toy:8gaussians"  # toy:NAME | digits | mnist:FOLDER | cifar10:FOLDER
+    n_train: int = 20000  # examples drawn for toy data sets
+    sde: str = "vp"  # vp | vp_cosine | subvp | ve | edm
+    sde_params: dict = field(default_factory=dict)
+    parametrization: str = "eps"
+    network: str = "auto"  # mlp | unet | auto (mlp for vectors, unet for images)
+    network_params: dict = field(default_factory=dict)
+    weighting: str = "simple"
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 2e-3
+    warmup: int = 100
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+    seed: int = 0
+    device: str = "cpu"
+    ckpt_every: int = 500
+    log_every: int = 50
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars: 1e-3 -> float, true -> bool, null -> None, {a: 1} -> dict, else a string
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """A TrainConfig from a YAML/TOML file (optional) with KEY=VALUE overrides applied last."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text()
+        try:
+            if path.suffix == ".toml":
+                values = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml", ".json"):
+                values = yaml.safe_load(text) or {}
+            else:
+                raise ValueError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+        except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot parse config file {path}: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like KEY=VALUE")
+        values[key.strip()] = _parse_value(value)
+    return from_dict(values)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from a mapping, rejecting unknown keys and values of the wrong type."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
+        )
+    values = dict(values)
+    for name, v in values.items():
+        # PyYAML reads 1e-4 as a string (YAML 1.1); numbers in any spelling are numbers.
+        if isinstance(v, str) and known[name].type in ("float", "float | None", "int"):
+            try:
+                values[name] = int(v) if known[name].type == "int" else float(v)
+            except ValueError:
+                pass
+    cfg = TrainConfig(**values)
+    for name, f in known.items():
+        v = getattr(cfg, name)
+        expected = f.type if isinstance(f.type, str) else f.type.__name__
+        ok = {
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": isinstance(v, str),
+            "dict": isinstance(v, dict),
+            "float | None": v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+        }[expected]
+        if not ok:
+            raise ValueError(f"config key {name} must be {expected}, got {v!r}")
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {cfg.steps}, {cfg.batch_size}")
+    return cfg
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
+    tmp.replace(run_dir / "config.json")
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config saved in a run folder."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder: no config.json (made by `sdegen train --run DIR`)"
+        )
+    try:
+        return from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"corrupt run config {path}: {e}") from None

@@ -1,0 +1,204 @@
+"""The command line end to end on tiny budgets, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sdegen.cli import main
+from sdegen.cli.config import load_config
+
+TINY = [
+    "--set",
+    "steps=20",
+    "--set",
+    "n_train=512",
+    "--set",
+    "batch_size=64",
+    "--set",
+    "ckpt_every=10",
+    "--set",
+    "log_every=5",
+    "--set",
+    "warmup=5",
+    "--set",
+    "network_params={hidden: 32, depth: 2}",
+]
+
+
+def _checkpoint_bytes(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_train_sample_likelihood_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--run", str(run), "--quiet", *TINY]) == 0
+    assert (run / "config.json").is_file() and (run / "latest").is_file()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["steps"] == 20 and cfg["network_params"] == {"hidden": 32, "depth": 2}
+
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(run),
+                "--method",
+                "heun",
+                "--nfe",
+                "10",
+                "--n",
+                "50",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
+    npz = np.load(tmp_path / "s.npz")
+    assert npz["x"].shape == (50, 2) and int(npz["nfe"]) == 10
+    assert (tmp_path / "s.png").stat().st_size > 1000
+    assert "NFE 10 (counted)" in capsys.readouterr().out
+
+    assert (
+        main(["likelihood", "--run", str(run), "--n", "20", "--rtol", "1e-4", "--atol", "1e-4"])
+        == 0
+    )
+    result = json.loads((run / "likelihood-test.json").read_text())
+    assert result["n"] == 20 and result["nfe"] > 0 and np.isfinite(result["nll_nats"])
+    assert "true_nll_nats" in result  # 8 Gaussians has a closed-form density
+
+    assert main(["train", "--run", str(run), "--resume", "--quiet", "--set", "steps=30"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_digits_run_writes_an_image_grid(tmp_path):
+    run = tmp_path / "digits"
+    assert (
+        main(
+            [
+                "train",
+                "--run",
+                str(run),
+                "--quiet",
+                "--set",
+                "data=digits",
+                "--set",
+                "steps=2",
+                "--set",
+                "batch_size=16",
+                "--set",
+                "network_params={channels: 8, groups: 4}",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["sample", "--run", str(run), "--nfe", "3", "--n", "4", "--out", str(tmp_path / "g")])
+        == 0
+    )
+    assert np.load(tmp_path / "g.npz")["x"].shape == (4, 1, 8, 8)
+
+
+def test_config_files_and_overrides(tmp_path):
+    (tmp_path / "a.yaml").write_text("sde: ve\nsteps: 7\nsde_params: {sigma_max: 10.0}\n")
+    (tmp_path / "b.toml").write_text('sde = "edm"\nsteps = 9\n[network_params]\nhidden = 8\n')
+    a = load_config(tmp_path / "a.yaml", ["lr=1e-4"])
+    assert (a.sde, a.steps, a.sde_params, a.lr) == ("ve", 7, {"sigma_max": 10.0}, 1e-4)
+    b = load_config(tmp_path / "b.toml")
+    assert (b.sde, b.steps, b.network_params) == ("edm", 9, {"hidden": 8})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "sde=vx"], "unknown sde 'vx'; expected one of: vp, vp_cosine, subvp, ve, edm"),
+        (["--set", "data=toy:moon"], "unknown toy data set 'moon'; expected one of: 8gaussians"),
+        (["--set", "data=imagenet"], "unknown data 'imagenet'; expected one of"),
+        (["--set", "stepz=3"], "unknown config key(s) stepz; valid keys: data"),
+        (["--set", "steps=many"], "config key steps must be int, got 'many'"),
+        (["--set", "parametrization=noise"], "unknown parametrization 'noise'"),
+        (["--set", "data=mnist:/nowhere"], "/nowhere"),
+        (["--config", "/nowhere.yaml"], "config file not found: /nowhere.yaml"),
+    ],
+)
+def test_bad_train_input_is_a_one_line_error(tmp_path, capsys, argv, message):
+    assert main(["train", "--run", str(tmp_path / "r"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdegen: error: ") and message in err and "Traceback" not in err
+
+
+def test_sample_and_likelihood_need_a_run_with_a_checkpoint(tmp_path, capsys):
+    assert main(["sample", "--run", str(tmp_path / "none")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["likelihood", "--run", str(tmp_path / "empty")]) == 2
+    assert "not a run folder: no config.json" in capsys.readouterr().err
+
+
+def test_an_existing_checkpoint_is_never_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--run", str(run), "--quiet", *TINY]) == 0
+    before = _checkpoint_bytes(run)
+    assert main(["train", "--run", str(run), "--quiet", *TINY]) == 2
+    assert "already holds a checkpoint; use --resume" in capsys.readouterr().err
+    assert main(["train", "--run", str(run), "--resume", "--quiet", "--set", "sde=ve"]) == 2
+    assert _checkpoint_bytes(run) == before
+
+
+def test_errors_exit_2_without_traceback_in_a_real_process(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdegen", "sample", "--run", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "sdegen", "sample", "--run", str(tmp_path), "--method", "fast"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "invalid choice: 'fast'" in proc.stderr
+
+
+def test_bench_lists_the_benchmarks(capsys):
+    assert main(["bench", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'nope'; available:" in err and "solvers_mixture" in err
+
+
+def test_demo_runs(capsys):
+    assert main(["demo", "--n", "300", "--nfe", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "dpmpp_2m" in out and "PF-ODE log-likelihood" in out
+
+
+def test_quickstart_fast_writes_its_report(tmp_path):
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--fast", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert "bits/dim" in report and "nats" in report
+    for name in ("toy_density.png", "toy_nfe_vs_quality.png", "digits_dpmpp_2m.png", "loss.png"):
+        assert (out / name).stat().st_size > 1000, name
+    assert {s["method"] for s in results["toy"]["samplers"]} == {
+        "dpmpp_2m",
+        "heun",
+        "euler_maruyama",
+    }
+    assert results["toy"]["likelihood"]["nfe"] > 0
+
+
+def test_unknown_or_missing_device_is_rejected(tmp_path, capsys):
+    assert main(["train", "--run", str(tmp_path / "r"), "--quiet", "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        assert main(["train", "--run", str(tmp_path / "r"), "--quiet", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
