@@ -192,3 +192,20 @@ def test_event_shape_lets_the_model_stand_in_for_images():
 def test_mixture_rejects_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureScore(sde=rectified_flow(), **kwargs)
+
+
+def test_v_is_salimans_ho_for_vp_and_edm_preconditioning_for_any_sde():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    vp = VPSDE()
+    t = torch.linspace(0.01, 0.99, 5)
+    a, s = vp.alpha(t)[:, None], vp.sigma(t)[:, None]
+    torch.testing.assert_close(from_x0_eps("v", x0, eps, a[:, 0], s[:, 0]), a * eps - s * x0)
+    # EDM (Karras et al. 2022, Table 1, sigma_data = 1): D = c_skip x + c_out F with
+    # c_skip = 1/(sigma^2 + 1), c_out = sigma/sqrt(sigma^2 + 1); the ideal F is (x0 - c_skip x)/c_out
+    ve = VESDE()
+    t = torch.linspace(0.1, 0.9, 5)
+    sig = ve.sigma(t)[:, None]
+    x = x0 + sig * eps
+    F = (x0 - x / (sig**2 + 1)) / (sig / torch.sqrt(sig**2 + 1))
+    torch.testing.assert_close(from_x0_eps("v", x0, eps, ve.alpha(t), ve.sigma(t)), -F)

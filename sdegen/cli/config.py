@@ -29,7 +29,7 @@ class TrainConfig:
     n_train: int = 20000  # examples drawn for toy data sets
     sde: str = "vp"  # vp | vp_cosine | subvp | ve | edm
     sde_params: dict = field(default_factory=dict)
-    parametrization: str = "eps"
+    parametrization: str = "v"  # eps | x0 | v | score; v is well scaled for every SDE
     network: str = "auto"  # mlp | unet | auto (mlp for vectors, unet for images)
     network_params: dict = field(default_factory=dict)
     weighting: str = "simple"

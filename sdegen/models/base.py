@@ -1,11 +1,17 @@
 """The score-model protocol and the one place where parametrizations are converted.
 
-A model predicts one of: noise eps, clean data x0, velocity v = alpha eps - sigma x0, or the score
-grad log p_t(x). With x_t = alpha x0 + sigma eps, each determines the others through alpha(t) and
-sigma(t) alone, so solvers never need to know which one a network was trained in:
+A model predicts one of: noise eps, clean data x0, velocity v, or the score grad log p_t(x).
+With x_t = alpha x0 + sigma eps, each determines the others through alpha(t) and sigma(t) alone,
+so solvers never need to know which one a network was trained in:
 
     score = -eps / sigma,     x0 = (x - sigma eps) / alpha,     eps = (x - alpha x0) / sigma,
-    from v:  x0 = (alpha x - sigma v) / (alpha^2 + sigma^2),  eps = (sigma x + alpha v) / (...).
+    v = (alpha eps - sigma x0) / n,   n = sqrt(alpha^2 + sigma^2),
+    from v:  x0 = (alpha x - sigma n v) / n^2,   eps = (sigma x + alpha n v) / n^2.
+
+v is Salimans & Ho's velocity (2022) for VP, where n = 1. The normalisation by n keeps it at unit
+scale for every SDE: it is EDM's preconditioned network target F (Karras et al. 2022, eq. 8,
+sigma_data = 1), negated, in any linear SDE. Unlike eps it determines x0 without dividing by a
+small alpha(T), so data-prediction samplers (DDIM, DPM-Solver++) do not amplify its errors.
 """
 
 from __future__ import annotations
@@ -49,8 +55,9 @@ def to_x0_eps(
     if kind == "x0":
         return out, (x - a * out) / s
     if kind == "v":
-        norm = a**2 + s**2
-        return (a * x - s * out) / norm, (s * x + a * out) / norm
+        n2 = a**2 + s**2
+        n = n2.sqrt()
+        return (a * x - s * n * out) / n2, (s * x + a * n * out) / n2
     if kind == "score":
         eps = -s * out
         return (x - s * eps) / a, eps
@@ -64,7 +71,7 @@ def from_x0_eps(kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor
     targets = {
         "eps": lambda: eps,
         "x0": lambda: x0,
-        "v": lambda: a * eps - s * x0,
+        "v": lambda: (a * eps - s * x0) / (a**2 + s**2).sqrt(),
         "score": lambda: -eps / s,
     }
     return targets[check_choice("parametrization", kind, PARAMETRIZATIONS)]()
