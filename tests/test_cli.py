@@ -17,6 +17,8 @@ TINY = [
     "--set",
     "steps=20",
     "--set",
+    "eval_every=10",
+    "--set",
     "n_train=512",
     "--set",
     "batch_size=64",
@@ -39,6 +41,9 @@ def test_train_sample_likelihood_resume(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--run", str(run), "--quiet", *TINY]) == 0
     assert (run / "config.json").is_file() and (run / "latest").is_file()
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval" in r]
+    assert [r["step"] for r in evals] == [10, 20] and evals[1]["eval"]["test_loss"] > 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["steps"] == 20 and cfg["network_params"] == {"hidden": 32, "depth": 2}
 
@@ -74,8 +79,8 @@ def test_train_sample_likelihood_resume(tmp_path, capsys):
     assert "true_nll_nats" in result  # 8 Gaussians has a closed-form density
 
     assert main(["train", "--run", str(run), "--resume", "--quiet", "--set", "steps=30"]) == 0
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [5, 10, 15, 20, 25, 30]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [5, 10, 15, 20, 25, 30]
 
 
 def test_digits_run_writes_an_image_grid(tmp_path):

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: the config's, 'cpu')")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1... (default: the config's, auto)")
     p.set_defaults(run_command=commands.train)
 
     p = sub.add_parser("sample", help="sample a trained run; writes .npz and .png")
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument("--out", help="output path without suffix (default: RUN/samples/...)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda...")
     p.set_defaults(run_command=commands.sample)
 
     p = sub.add_parser("likelihood", help="NLL (nats) and bits/dim of a split under the PF-ODE")
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="dequantization / probe seed")
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda...")
     p.set_defaults(run_command=commands.likelihood)
 
     p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")

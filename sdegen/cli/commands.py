@@ -17,7 +17,7 @@ from ..data import dequantize
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import ring_mixture
 from ..models.density import bits_per_dim
-from ..training import Trainer, latest_checkpoint, score_matching
+from ..training import Trainer, held_out_loss, latest_checkpoint, score_matching
 from . import plots
 from .build import SDES, Data, build_model, load_data, load_run
 from .config import load_config, read_run_config, save_config
@@ -26,6 +26,8 @@ BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _check_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -56,12 +58,13 @@ def train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set)
     if args.device:
         cfg.device = args.device
-    _check_device(cfg.device)
+    device = _check_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
     model = build_model(cfg, data.event_shape)
+    objective = score_matching(cfg.weighting, bin_width=data.bin_width)
     trainer = Trainer(
         model,
-        score_matching(cfg.weighting, bin_width=data.bin_width),
+        objective,
         data.train,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -69,10 +72,12 @@ def train(args: argparse.Namespace) -> int:
         grad_clip=cfg.grad_clip,
         ema_decay=cfg.ema_decay,
         seed=cfg.seed,
-        device=cfg.device,
+        device=device,
         run_dir=run,
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
+        eval_fn=held_out_loss(objective, data.test[:2000]),
+        eval_every=cfg.eval_every,
         config=cfg.to_dict(),
         progress=not args.quiet,
     )

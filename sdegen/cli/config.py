@@ -40,9 +40,10 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     ckpt_every: int = 500
     log_every: int = 50
+    eval_every: int = 0  # steps between test-set loss evaluations (0: none)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,7 +3,7 @@
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .losses import WEIGHTINGS, dsm_loss, sample_times, times_from_uniform
 from .objectives import density_loss, score_matching
-from .trainer import StepRandom, Trainer, init_distributed
+from .trainer import StepRandom, Trainer, held_out_loss, init_distributed
 
 __all__ = [
     "dsm_loss",
@@ -13,6 +13,7 @@ __all__ = [
     "score_matching",
     "density_loss",
     "Trainer",
+    "held_out_loss",
     "StepRandom",
     "init_distributed",
     "save_checkpoint",

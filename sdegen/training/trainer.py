@@ -90,6 +90,24 @@ class _ObjectiveModule(nn.Module):
         return self.objective(self.model, x, rnd)
 
 
+def held_out_loss(
+    objective: Objective, x: Tensor, *, seed: int = 12345, batch: int = 1024
+) -> Callable[[nn.Module, int], dict]:
+    """An eval_fn for Trainer: the objective on held-out data with fixed noise, so successive
+    evaluations differ only through the model."""
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module, step: int) -> dict:
+        device = next(model.parameters()).device
+        total = 0.0
+        for i, chunk in enumerate(x.split(batch)):
+            rnd = StepRandom(seed, i, 0, 1, len(chunk), device)
+            total += float(objective(model, chunk.to(device), rnd)) * len(chunk)
+        return {"test_loss": total / len(x)}
+
+    return evaluate
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
