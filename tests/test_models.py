@@ -202,7 +202,7 @@ def test_v_is_salimans_ho_for_vp_and_edm_preconditioning_for_any_sde():
     a, s = vp.alpha(t)[:, None], vp.sigma(t)[:, None]
     torch.testing.assert_close(from_x0_eps("v", x0, eps, a[:, 0], s[:, 0]), a * eps - s * x0)
     # EDM (Karras et al. 2022, Table 1, sigma_data = 1): D = c_skip x + c_out F with
-    # c_skip = 1/(sigma^2 + 1), c_out = sigma/sqrt(sigma^2 + 1); the ideal F is (x0 - c_skip x)/c_out
+    # c_skip = 1/(sigma^2 + 1), c_out = sigma/sqrt(sigma^2 + 1); ideal F = (x0 - c_skip x)/c_out
     ve = VESDE()
     t = torch.linspace(0.1, 0.9, 5)
     sig = ve.sigma(t)[:, None]

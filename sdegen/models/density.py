@@ -30,7 +30,8 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
     For data quantized into bins of width `bin_width` (2/256 for 8-bit data scaled to [-1, 1];
     2/2^b for b bits; 2/17 for the 8x8 digits, 17 grey levels in [-1, 1]) and x + u with u
     uniform in a bin, the discrete log-probability is at least log p(x + u) + D log(bin_width)
-    (Theis et al. 2016). So bpd = -(log_prob + D log bin_width) / (D log 2). log_prob: (B,) in nats -> (B,).
+    (Theis et al. 2016). So bpd = -(log_prob + D log bin_width) / (D log 2).
+    log_prob: (B,) in nats -> (B,).
     """
     if not isinstance(num_dims, int) or num_dims < 1:
         raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
