@@ -13,7 +13,7 @@ from .. import data as datasets
 from .._utils import check_choice
 from ..models import MLP, ScoreModel, UNet
 from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE
-from ..training import latest_checkpoint, load_checkpoint
+from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
 from .config import TrainConfig, read_run_config
 
 SDES: dict[str, Callable] = {
@@ -133,3 +133,36 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
         meta = load_checkpoint(path, model)
     model.eval()
     return LoadedRun(cfg, data, model, int(meta["step"]))
+
+
+def make_trainer(
+    cfg: TrainConfig,
+    data: Data,
+    model: ScoreModel,
+    run_dir: Path,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Trainer:
+    """The Trainer a run config describes: DSM with its weighting, dequantizing discrete data,
+    and the held-out loss every `eval_every` steps."""
+    objective = score_matching(cfg.weighting, bin_width=data.bin_width)
+    return Trainer(
+        model,
+        objective,
+        data.train,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        grad_clip=cfg.grad_clip,
+        ema_decay=cfg.ema_decay,
+        seed=cfg.seed,
+        device=device,
+        run_dir=run_dir,
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+        eval_fn=held_out_loss(objective, data.test[:2000]),
+        eval_every=cfg.eval_every,
+        config=cfg.to_dict(),
+        progress=progress,
+    )

@@ -17,9 +17,9 @@ from ..data import dequantize
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import ring_mixture
 from ..models.density import bits_per_dim
-from ..training import Trainer, held_out_loss, latest_checkpoint, score_matching
+from ..training import latest_checkpoint
 from . import plots
-from .build import SDES, Data, build_model, load_data, load_run
+from .build import SDES, Data, build_model, load_data, load_run, make_trainer
 from .config import load_config, read_run_config, save_config
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -61,26 +61,7 @@ def train(args: argparse.Namespace) -> int:
     device = _check_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
     model = build_model(cfg, data.event_shape)
-    objective = score_matching(cfg.weighting, bin_width=data.bin_width)
-    trainer = Trainer(
-        model,
-        objective,
-        data.train,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        grad_clip=cfg.grad_clip,
-        ema_decay=cfg.ema_decay,
-        seed=cfg.seed,
-        device=device,
-        run_dir=run,
-        ckpt_every=cfg.ckpt_every,
-        log_every=cfg.log_every,
-        eval_fn=held_out_loss(objective, data.test[:2000]),
-        eval_every=cfg.eval_every,
-        config=cfg.to_dict(),
-        progress=not args.quiet,
-    )
+    trainer = make_trainer(cfg, data, model, run, device=device, progress=not args.quiet)
     if trainer.rank == 0:
         save_config(cfg, run)
     if args.resume and not trainer.resume():

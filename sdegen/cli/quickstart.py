@@ -19,9 +19,8 @@ import torch
 
 from .. import __version__, solvers
 from ..metrics import frechet_distance_from_samples, sliced_wasserstein
-from ..training import Trainer, score_matching
 from . import plots
-from .build import build_model, load_data
+from .build import build_model, load_data, make_trainer
 from .commands import evaluate_likelihood
 from .config import TrainConfig, save_config
 
@@ -60,21 +59,7 @@ def _train(name: str, cfg: TrainConfig, out: Path):
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
     model = build_model(cfg, data.event_shape)
     save_config(cfg, run_dir)
-    trainer = Trainer(
-        model,
-        score_matching(cfg.weighting, bin_width=data.bin_width),
-        data.train,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        grad_clip=cfg.grad_clip,
-        ema_decay=cfg.ema_decay,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        ckpt_every=cfg.ckpt_every,
-        log_every=cfg.log_every,
-        config=cfg.to_dict(),
-    )
+    trainer = make_trainer(cfg, data, model, run_dir)
     start = time.perf_counter()
     history = trainer.fit(cfg.steps)
     model = trainer.eval_model.eval()

@@ -8,6 +8,7 @@ leaves the noise out of the last step (Song et al.'s convention when no denoisin
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -106,28 +107,14 @@ def euler_maruyama(
     model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False, record: Record = None
 ) -> Tensor:
     """Euler-Maruyama on the reverse SDE; one evaluation per step."""
-    return _run(
-        lambda x, t, s, z: euler_maruyama_step(model, sde, x, t, s, z),
-        x,
-        ts,
-        generator,
-        noise_final,
-        record,
-    )
+    return _run(partial(euler_maruyama_step, model, sde), x, ts, generator, noise_final, record)
 
 
 def reverse_diffusion(
     model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False, record: Record = None
 ) -> Tensor:
     """Song et al.'s reverse diffusion predictor alone; one evaluation per step."""
-    return _run(
-        lambda x, t, s, z: reverse_diffusion_step(model, sde, x, t, s, z),
-        x,
-        ts,
-        generator,
-        noise_final,
-        record,
-    )
+    return _run(partial(reverse_diffusion_step, model, sde), x, ts, generator, noise_final, record)
 
 
 def ancestral(
