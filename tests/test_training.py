@@ -199,3 +199,12 @@ def test_trainer_rejects_bad_input(tmp_path):
         Trainer(model, score_matching(), data, batch_size=32)
     with pytest.raises(ValueError, match="training data hold NaN"):
         Trainer(model, score_matching(), torch.full((64, 2), float("nan")), batch_size=8)
+
+
+def test_ema_copy_takes_the_model_buffers(tmp_path):
+    tr = _trainer(tmp_path, ckpt_every=0, ema_decay=0.9)
+    tr.model.register_buffer("counter", torch.zeros(()))
+    tr.ema.module.register_buffer("counter", torch.zeros(()))
+    tr.model.counter += 5
+    tr.fit(1)
+    assert float(tr.ema.module.counter) == 5.0

@@ -2,11 +2,18 @@
 
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, ScoreModelLike, from_x0_eps, to_x0_eps
+from .flows import RealNVP, RealNVPImage
+from .gan import GAN
 from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
 from .unet import UNet
+from .vae import VAE
 
 __all__ = [
+    "RealNVP",
+    "RealNVPImage",
+    "VAE",
+    "GAN",
     "MLP",
     "UNet",
     "SinusoidalEmbedding",

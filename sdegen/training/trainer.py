@@ -271,6 +271,10 @@ class Trainer:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+            # Buffers (batch-norm statistics, ActNorm's init flag) are state, not weights:
+            # the EMA copy takes the model's.
+            for b_ema, b in zip(self.ema.module.buffers(), self.model.buffers()):
+                b_ema.copy_(b)
         self.step += 1
         loss_value = float(loss.detach())
         if self.world > 1:  # the global mean loss, so every rank logs the same curve

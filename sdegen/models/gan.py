@@ -1,0 +1,281 @@
+"""Generative adversarial networks (Goodfellow et al. 2014) behind the DensityModel API.
+
+A generator G maps z ~ N(0, I) to samples; a discriminator (critic) D scores them. Two objectives:
+
+    "nonsaturating"  D minimises -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))); G minimises
+                     -log sigmoid(D(G(z))) (Goodfellow et al. 2014, section 3).
+    "wgan-gp"        the critic minimises D(G(z)) - D(x) + lambda (|grad D(x_hat)| - 1)^2 on
+                     random interpolates x_hat; G minimises -D(G(z)) (Gulrajani et al. 2017).
+
+A GAN defines no density (`log_prob_kind = "none"`): `log_prob` raises TypeError; compare GANs
+on samples. Two ways to train it:
+
+    `discriminator_loss` / `generator_loss`: alternate them with two optimizers, as in the papers.
+    `loss`: the one objective the shared Trainer minimises with ONE optimizer. Its gradient gives
+        each player the gradient of its own loss only, so one step is *simultaneous* gradient
+        descent on the game (both players move from the same point), not alternating updates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .._utils import check_choice, check_finite_number
+from .density import DensityModel
+from .networks import check_positive_int
+
+OBJECTIVES = ("nonsaturating", "wgan-gp")
+NO_DENSITY = "a GAN defines no density; compare it on samples (FID, sliced Wasserstein)"
+
+
+def _image_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    shape = tuple(shape)
+    ok = len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)
+    if not ok or shape[1] % 4 or shape[2] % 4:
+        raise ValueError(f"shape must be (C, H, W) with H and W divisible by 4, got {shape!r}")
+    return shape
+
+
+def _mlp(d_in: int, hidden: int, depth: int, d_out: int, act: type[nn.Module]) -> nn.Sequential:
+    widths = [d_in] + [hidden] * depth
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), act()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], d_out))
+
+
+class _LeakyReLU(nn.LeakyReLU):
+    def __init__(self) -> None:
+        super().__init__(0.2)
+
+
+class GAN(DensityModel):
+    """GAN (Goodfellow et al. 2014) with the non-saturating or the WGAN-GP (Gulrajani et al.
+    2017) objective; a sample-only model.
+
+    Args:
+        generator_net: z (n, latent_dim) -> samples (n, *event_shape).
+        discriminator_net: x (B, *event_shape) -> logits or critic values, (B,) or (B, 1). For
+            "wgan-gp" it must treat examples independently (no batch norm): the penalty is a
+            per-example gradient.
+        event_shape: shape of one example, e.g. (dim,) or (C, H, W).
+        latent_dim: dimension of z; an integer >= 1.
+        objective: "nonsaturating" or "wgan-gp".
+        gp_weight: lambda, the weight of the gradient penalty ("wgan-gp" only); >= 0.
+    """
+
+    log_prob_kind = "none"
+
+    def __init__(
+        self,
+        generator_net: nn.Module,
+        discriminator_net: nn.Module,
+        event_shape: tuple[int, ...],
+        latent_dim: int,
+        objective: str = "nonsaturating",
+        *,
+        gp_weight: float = 10.0,
+    ) -> None:
+        super().__init__()
+        for name, net in (
+            ("generator_net", generator_net),
+            ("discriminator_net", discriminator_net),
+        ):
+            if not isinstance(net, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        self.generator_net, self.discriminator_net = generator_net, discriminator_net
+        shape = tuple(event_shape)
+        if not shape or any(type(s) is not int or s < 1 for s in shape):
+            raise ValueError(f"event_shape must be a non-empty tuple of positive ints, got {shape}")
+        self.event_shape = shape
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.objective = check_choice("objective", objective, OBJECTIVES)
+        self.gp_weight = check_finite_number("gp_weight", gp_weight, nonnegative=True)
+
+    @classmethod
+    def mlp(
+        cls,
+        dim: int,
+        latent_dim: int = 8,
+        hidden: int = 128,
+        depth: int = 2,
+        objective: str = "nonsaturating",
+        **kwargs,
+    ) -> GAN:
+        """A GAN for vectors (B, dim): MLP generator (SiLU, linear output) and discriminator
+        (LeakyReLU 0.2), each with `depth` hidden layers of width `hidden`; keyword arguments go
+        to `GAN`."""
+        for name, value in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden)):
+            check_positive_int(name, value)
+        check_positive_int("depth", depth)
+        generator_net = _mlp(latent_dim, hidden, depth, dim, nn.SiLU)
+        discriminator_net = _mlp(dim, hidden, depth, 1, _LeakyReLU)
+        return cls(generator_net, discriminator_net, (dim,), latent_dim, objective, **kwargs)
+
+    @classmethod
+    def dcgan(
+        cls,
+        shape: tuple[int, int, int],
+        latent_dim: int = 64,
+        hidden: int = 64,
+        objective: str = "nonsaturating",
+        *,
+        batch_norm: bool = True,
+        **kwargs,
+    ) -> GAN:
+        """A DCGAN-style pair (Radford et al. 2016) for images (B, C, H, W) in [-1, 1], H and W
+        divisible by 4 (8x8 to 32x32).
+
+        Generator: linear to (2 hidden, H/4, W/4), two stride-2 4x4 transposed convs, ReLU,
+        batch norm if `batch_norm`, tanh output. Discriminator: two stride-2 4x4 convs with
+        LeakyReLU 0.2 and a linear layer, without normalisation (so it also serves as a WGAN-GP
+        critic). Keyword arguments go to `GAN`."""
+        c, h, w = _image_shape(shape)
+        check_positive_int("latent_dim", latent_dim)
+        inner = (2 * check_positive_int("hidden", hidden), h // 4, w // 4)
+        if not isinstance(batch_norm, bool):
+            raise TypeError(f"batch_norm must be a bool, got {batch_norm!r}")
+
+        def norm(channels: int) -> nn.Module:
+            return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
+        generator_net = nn.Sequential(
+            nn.Linear(latent_dim, math.prod(inner)),
+            nn.Unflatten(1, inner),
+            norm(inner[0]),
+            nn.ReLU(),
+            nn.ConvTranspose2d(inner[0], hidden, 4, 2, 1),
+            norm(hidden),
+            nn.ReLU(),
+            nn.ConvTranspose2d(hidden, c, 4, 2, 1),
+            nn.Tanh(),
+        )
+        discriminator_net = nn.Sequential(
+            nn.Conv2d(c, hidden, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, inner[0], 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(math.prod(inner), 1),
+        )
+        return cls(generator_net, discriminator_net, (c, h, w), latent_dim, objective, **kwargs)
+
+    def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """z ~ N(0, I) of shape (n, latent_dim), drawn with `generator`."""
+        check_positive_int("n", n)
+        ref = next(self.generator_net.parameters(), None)
+        ref = ref if ref is not None else next(self.parameters())
+        shape = (n, self.latent_dim)
+        return torch.randn(shape, generator=generator, dtype=ref.dtype, device=ref.device)
+
+    def generate(self, z: Tensor) -> Tensor:
+        """G(z): z (n, latent_dim) -> (n, *event_shape), in the generator's current mode."""
+        out = self.generator_net(z)
+        want = (z.shape[0], *self.event_shape)
+        if not torch.is_tensor(out) or tuple(out.shape) != want:
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            raise ValueError(f"generator_net must return shape {want}, got {got}")
+        return out
+
+    def critic(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """D(x): x (B, *event_shape) -> (B,) logits or critic values; `params` replaces the
+        discriminator's parameters (by name) for this call."""
+        if params is None:
+            out = self.discriminator_net(x)
+        else:
+            out = functional_call(self.discriminator_net, params, (x,))
+        if not torch.is_tensor(out) or out.numel() != x.shape[0]:
+            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+            b = x.shape[0]
+            raise ValueError(f"discriminator_net must return shape ({b},) or ({b}, 1), got {got}")
+        return out.reshape(x.shape[0])
+
+    def gradient_penalty(
+        self, real: Tensor, fake: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """WGAN-GP penalty (Gulrajani et al. 2017): mean over the batch of (|grad_x D(x_hat)| - 1)^2
+        at x_hat = u real + (1 - u) fake, u ~ U(0, 1) per example drawn with `generator`.
+
+        real, fake: (B, *event_shape), treated as constants. Returns an unweighted scalar,
+        differentiable in the discriminator's parameters."""
+        u = torch.rand(real.shape[0], generator=generator, dtype=real.dtype, device=real.device)
+        u = u.reshape(-1, *([1] * len(self.event_shape)))
+        x_hat = (u * real + (1 - u) * fake).detach().requires_grad_(True)
+        with torch.enable_grad():  # also when a loss is evaluated under no_grad
+            (grad,) = torch.autograd.grad(self.critic(x_hat).sum(), x_hat, create_graph=True)
+            return (grad.reshape(grad.shape[0], -1).norm(dim=1) - 1).square().mean()
+
+    def _discriminator_term(
+        self, x: Tensor, fake: Tensor, generator: torch.Generator | None
+    ) -> Tensor:
+        fake = fake.detach()
+        d_real, d_fake = self.critic(x), self.critic(fake)
+        if self.objective == "nonsaturating":
+            return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        penalty = self.gradient_penalty(x, fake, generator) if self.gp_weight else 0.0
+        return d_fake.mean() - d_real.mean() + self.gp_weight * penalty
+
+    def _generator_term(self, fake: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        d_fake = self.critic(fake, params)
+        return F.softplus(-d_fake).mean() if self.objective == "nonsaturating" else -d_fake.mean()
+
+    def discriminator_loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The discriminator's (critic's) loss on real x (B, *event_shape) and B fakes -> scalar.
+
+        Draws z (B, latent_dim) then, for "wgan-gp", the interpolation weights (B,), both with
+        `generator`. The fakes are detached: only the discriminator gets gradients."""
+        self.check_x(x)
+        with torch.no_grad():
+            fake = self.generate(self.noise(x.shape[0], generator))
+        return self._discriminator_term(x, fake, generator)
+
+    def generator_loss(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """The generator's loss on n fakes (z (n, latent_dim) drawn with `generator`) -> scalar.
+
+        Its gradient also reaches the discriminator's parameters; with two optimizers, zero
+        them before the discriminator's step."""
+        return self._generator_term(self.generate(self.noise(n, generator)))
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """discriminator_loss + generator_loss on one set of B fakes, for ONE optimizer: x
+        (B, *event_shape) -> scalar.
+
+        The discriminator term sees detached fakes, and the generator term calls the
+        discriminator with detached copies of its parameters (`torch.func.functional_call`,
+        no requires_grad toggling, so DDP is unaffected). So the discriminator's parameters get
+        exactly the gradient of `discriminator_loss` and the generator's exactly that of
+        `generator_loss` (same noise for the same `generator` state): a step is simultaneous
+        gradient descent on the game, not alternating updates. The value itself (a sum of the
+        two players' losses) is not a measure of progress."""
+        self.check_x(x)
+        fake = self.generate(self.noise(x.shape[0], generator))
+        d_loss = self._discriminator_term(x, fake, generator)
+        frozen = {name: p.detach() for name, p in self.discriminator_net.named_parameters()}
+        return d_loss + self._generator_term(fake, frozen)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Always raises TypeError: a GAN defines no density (log_prob_kind = "none")."""
+        raise TypeError(NO_DENSITY)
+
+    def sample_and_log_prob(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Always raises TypeError: a GAN defines no density; use `sample`."""
+        raise TypeError(NO_DENSITY)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples G(z) (n, *event_shape), z ~ N(0, I) drawn with `generator`; the generator
+        runs in eval mode (batch norm uses its running statistics), so the same generator seed
+        gives the same samples. The module's train/eval mode is restored afterwards."""
+        was_training = self.generator_net.training
+        self.generator_net.eval()
+        try:
+            return self.generate(self.noise(n, generator))
+        finally:
+            self.generator_net.train(was_training)

@@ -1,0 +1,348 @@
+"""Variational autoencoders (Kingma & Welling 2014) with beta-VAE weighting (Higgins et al. 2017)
+and importance-weighted log-likelihood estimates (Burda et al. 2016).
+
+Encoder q(z|x) = N(mu(x), diag sigma(x)^2), prior p(z) = N(0, I), and a decoder p(x|z) whose
+per-dimension scale s is learned (parameter `log_scale`, shape event_shape, initialised to 0) or
+fixed (a buffer), never a function of z:
+
+    "gaussian"     N(x; m(z), diag s^2).
+    "bernoulli"    Bernoulli(x; sigmoid(l(z))), for data in [0, 1]; normalised for binary data
+                   only (for grey values it is the usual unnormalised surrogate).
+    "discretized"  the discretized logistic (Salimans et al. 2017) over the `levels` bins of
+                   width w = 2 / levels of `sdegen.data.quantize`: P(bin k | z) = F(c_k + w/2) -
+                   F(c_k - w/2), F the logistic CDF (location m(z), scale s), tails to end bins.
+                   Its numbers are log-densities of P(bin of x) / w^D on [-1, 1]^D, so
+                   `bits_per_dim(x, 2 / levels)` is exactly the discrete -log2 P(x) / D, on the
+                   scale of continuous models on dequantized data; any point of a bin (the
+                   encoder sees its centre) gives the same number.
+
+`elbo(x)` is a lower bound on log p(x) (`elbo_kind = "bound"`); `log_prob(x, k)` the
+importance-weighted estimate (`log_prob_kind = "estimate"`), consistent as k -> inf and biased
+downwards for finite k (its expectation is a bound that rises with k).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._utils import check_choice, check_finite_number, sum_except_batch
+from ..data.quantize import to_centres, to_levels
+from .density import DensityModel
+from .density import bits_per_dim as _bits_per_dim
+from .networks import check_positive_int
+
+LIKELIHOODS = ("gaussian", "bernoulli", "discretized")
+_CHUNK_ELEMENTS = 2**22  # decoder outputs per importance-sampling chunk, counted as max(D, 256)
+
+
+def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def _check_output(name: str, out: Tensor, want: tuple[int, ...], what: str) -> Tensor:
+    if not torch.is_tensor(out) or tuple(out.shape) != want:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(f"{name} must return shape {what} = {want}, got {got}")
+    return out
+
+
+def _mlp(d_in: int, hidden: int, depth: int, d_out: int) -> nn.Sequential:
+    widths = [d_in] + [hidden] * depth
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.SiLU()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], d_out))
+
+
+class VAE(DensityModel):
+    """VAE (Kingma & Welling 2014) with a diagonal Gaussian encoder and a standard normal prior.
+
+    Args:
+        encoder: x (B, *event_shape) -> (B, 2 * latent_dim), the mean and log-std of q(z|x)
+            (first and second half).
+        decoder: z (N, latent_dim) -> (N, *event_shape): the Gaussian mean, Bernoulli logits or
+            logistic location.
+        event_shape: shape of one example, e.g. (dim,) or (C, H, W).
+        latent_dim: dimension of z; an integer >= 1.
+        likelihood: "gaussian", "bernoulli" or "discretized" (see the module docstring).
+        beta: weight of the KL term in `loss` (beta-VAE); 1 gives the negative ELBO.
+        decoder_scale: the per-dimension Gaussian std or logistic scale; None learns it.
+        levels: number of bins of the "discretized" decoder (e.g. 256, or 17 for the digits).
+    """
+
+    log_prob_kind = "estimate"
+    elbo_kind = "bound"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        event_shape: tuple[int, ...],
+        latent_dim: int,
+        likelihood: str = "gaussian",
+        *,
+        beta: float = 1.0,
+        decoder_scale: float | None = None,
+        levels: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, net in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(net, nn.Module):
+                raise TypeError(f"{name} must be an nn.Module, got {type(net).__name__}")
+        self.encoder, self.decoder = encoder, decoder
+        shape = tuple(event_shape)
+        if not shape or any(type(s) is not int or s < 1 for s in shape):
+            raise ValueError(f"event_shape must be a non-empty tuple of positive ints, got {shape}")
+        self.event_shape = shape
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
+        self.beta = beta
+        bad = levels is not None and (type(levels) is not int or levels < 2)
+        if bad or (likelihood == "discretized") != (levels is not None):
+            raise ValueError(
+                f"levels must be an integer >= 2 with likelihood 'discretized' and None "
+                f"otherwise, got levels={levels!r} with likelihood={likelihood!r}"
+            )
+        self.levels = levels
+        if likelihood == "bernoulli":
+            if decoder_scale is not None:
+                raise ValueError(f"'bernoulli' has no decoder_scale, got {decoder_scale!r}")
+        elif decoder_scale is None:
+            self.log_scale = nn.Parameter(torch.zeros(shape))
+        else:
+            scale = check_finite_number("decoder_scale", decoder_scale, positive=True)
+            self.register_buffer("log_scale", torch.full(shape, math.log(scale)))
+
+    @property
+    def beta(self) -> float:
+        """Weight of the KL term in `loss`; a finite number >= 0."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = check_finite_number("beta", value, nonnegative=True)
+
+    @classmethod
+    def mlp(
+        cls,
+        dim: int,
+        latent_dim: int = 2,
+        hidden: int = 128,
+        depth: int = 2,
+        likelihood: str = "gaussian",
+        **kwargs,
+    ) -> VAE:
+        """A VAE for vectors (B, dim) with MLP encoder and decoder (`depth` SiLU layers of width
+        `hidden`); keyword arguments go to `VAE`."""
+        for name, value in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden)):
+            check_positive_int(name, value)
+        check_positive_int("depth", depth)
+        encoder = _mlp(dim, hidden, depth, 2 * latent_dim)
+        decoder = _mlp(latent_dim, hidden, depth, dim)
+        return cls(encoder, decoder, (dim,), latent_dim, likelihood, **kwargs)
+
+    @classmethod
+    def conv(
+        cls,
+        shape: tuple[int, int, int],
+        latent_dim: int = 16,
+        hidden: int = 32,
+        likelihood: str = "gaussian",
+        **kwargs,
+    ) -> VAE:
+        """A small conv VAE for images (B, C, H, W) with H, W divisible by 4 (8x8, 28x28, 32x32).
+
+        Encoder: two stride-2 4x4 convs (hidden, 2 hidden channels) and a linear layer; decoder
+        the mirror image with transposed convs. Keyword arguments go to `VAE`."""
+        shape = tuple(shape)
+        ok = len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)
+        if not ok or shape[1] % 4 or shape[2] % 4:
+            raise ValueError(f"shape must be (C, H, W) with H and W divisible by 4, got {shape!r}")
+        check_positive_int("latent_dim", latent_dim)
+        c, h, w = shape
+        inner = (2 * check_positive_int("hidden", hidden), h // 4, w // 4)
+        encoder = nn.Sequential(
+            nn.Conv2d(c, hidden, 4, 2, 1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, 2 * hidden, 4, 2, 1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(math.prod(inner), 2 * latent_dim),
+        )
+        decoder = nn.Sequential(
+            nn.Linear(latent_dim, math.prod(inner)),
+            nn.SiLU(),
+            nn.Unflatten(1, inner),
+            nn.ConvTranspose2d(2 * hidden, hidden, 4, 2, 1),
+            nn.SiLU(),
+            nn.ConvTranspose2d(hidden, c, 4, 2, 1),
+        )
+        return cls(encoder, decoder, shape, latent_dim, likelihood, **kwargs)
+
+    @classmethod
+    def linear_gaussian(
+        cls, W: Tensor, b: Tensor, noise_std: float, encoder: nn.Module | None = None
+    ) -> VAE:
+        """Probabilistic PCA (Tipping & Bishop 1999) as a VAE: x = W z + b + N(0, noise_std^2 I),
+        W (dim, latent_dim), b (dim,), with exact marginal N(b, W W^T + noise_std^2 I). encoder:
+        (B, dim) -> (B, 2 latent_dim); None: a random nn.Linear. The exact posterior is Gaussian,
+        diagonal (so a linear encoder can represent it) when W^T W is."""
+        if not torch.is_tensor(W) or W.ndim != 2:
+            raise ValueError(f"W must be a (dim, latent_dim) tensor, got {getattr(W, 'shape', W)}")
+        dim, latent_dim = W.shape
+        if not torch.is_tensor(b) or tuple(b.shape) != (dim,):
+            raise ValueError(f"b must have shape ({dim},), got {getattr(b, 'shape', b)}")
+        decoder = nn.Linear(latent_dim, dim)
+        with torch.no_grad():
+            decoder.weight.copy_(W)
+            decoder.bias.copy_(b)
+        encoder = nn.Linear(dim, 2 * latent_dim) if encoder is None else encoder
+        model = cls(encoder, decoder, (dim,), latent_dim, "gaussian", decoder_scale=noise_std)
+        return model.to(device=W.device, dtype=W.dtype)
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        self.check_x(x)
+        lo = {"bernoulli": 0.0, "discretized": -1.0}.get(self.likelihood)
+        if lo is not None and x.numel() and (float(x.min()) < lo or float(x.max()) > 1.0):
+            raise ValueError(
+                f"x must lie in [{lo:g}, 1] for the {self.likelihood!r} decoder, got values in "
+                f"[{float(x.min()):g}, {float(x.max()):g}]"
+            )
+        if self.likelihood == "discretized":
+            return to_centres(to_levels(x, self.levels), self.levels, dtype=x.dtype)
+        return x
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x): x (B, *event_shape) -> mean and log-std, each of shape (B, latent_dim)."""
+        want = (x.shape[0], 2 * self.latent_dim)
+        h = _check_output("encoder", self.encoder(x), want, "(batch, 2 * latent_dim)")
+        return h[:, : self.latent_dim], h[:, self.latent_dim :]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder output (N, *event_shape) for z (N, latent_dim): mean, logits or location."""
+        want = (z.shape[0], *self.event_shape)
+        return _check_output("decoder", self.decoder(z), want, "(batch, *event_shape)")
+
+    def log_likelihood(self, x: Tensor, out: Tensor) -> Tensor:
+        """log p(x|z) in nats from the decoder output: x (B, *event_shape) and out
+        (*S, B, *event_shape) -> (*S, B), summed over the event dims."""
+        if self.likelihood == "gaussian":
+            s = self.log_scale
+            lp = -0.5 * ((x - out) * torch.exp(-s)).square() - s - 0.5 * math.log(2 * math.pi)
+        elif self.likelihood == "bernoulli":
+            lp = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
+        else:
+            w = 2.0 / self.levels
+            k = to_levels(x, self.levels)
+            inv_s = torch.exp(-self.log_scale)
+            a = (-1.0 + (k + 1).to(out.dtype) * w - out) * inv_s  # upper edge of x's bin
+            b = a - w * inv_s  # lower edge
+            # log(sigmoid(a) - sigmoid(b)) = log(e^a - e^b) - softplus(a) - softplus(b), stably
+            mid = a + torch.log(-torch.expm1(-w * inv_s)) - F.softplus(a) - F.softplus(b)
+            lp = torch.where(k == 0, F.logsigmoid(a), F.logsigmoid(-b))
+            lp = torch.where((k > 0) & (k < self.levels - 1), mid, lp) - math.log(w)
+        return lp.sum(dim=tuple(range(-len(self.event_shape), 0)))
+
+    def elbo_terms(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, *event_shape) -> log p(x|z) at one reparameterised z = mu + sigma eps ~ q(z|x)
+        (eps drawn with `generator`) and the analytic KL(q(z|x) || N(0, I)), each (B,) in nats."""
+        x = self._prepare(x)
+        mu, log_sigma = self.encode(x)
+        eps = _randn(mu.shape, mu, generator)
+        rec = self.log_likelihood(x, self.decode(mu + torch.exp(log_sigma) * eps))
+        kl = 0.5 * sum_except_batch(mu.square() + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma)
+        return rec, kl
+
+    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The evidence lower bound E_q[log p(x|z)] - KL(q(z|x) || p(z)) <= log p(x), one-sample
+        estimate of the first term, analytic KL: x (B, *event_shape) -> (B,) in nats."""
+        rec, kl = self.elbo_terms(x, generator)
+        return rec - kl
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """-(E_q[log p(x|z)] - beta KL) averaged over the batch x (B, *event_shape) -> scalar;
+        the negative ELBO when beta = 1."""
+        rec, kl = self.elbo_terms(x, generator)
+        return -(rec - self.beta * kl).mean()
+
+    def log_prob(
+        self,
+        x: Tensor,
+        k: int = 1000,
+        generator: torch.Generator | None = None,
+        chunk: int | None = None,
+    ) -> Tensor:
+        """Importance-weighted estimate (Burda et al. 2016) log (1/k) sum_i p(x, z_i) / q(z_i|x),
+        z_i ~ q(z|x): x (B, *event_shape) -> (B,) in nats.
+
+        A stochastic estimate, biased downwards (k = 1 is a one-sample ELBO with a sampled KL),
+        converging to log p(x) as k grows. The k samples are decoded `chunk` at a time and
+        combined by a running logsumexp, so at most (chunk * B, *event_shape) decoder outputs
+        exist at once; None picks the largest chunk with chunk * B * max(D, 256) <= 2^22. The
+        noise is drawn one importance sample (B, latent_dim) at a time, so the estimate does not
+        depend on `chunk`. Differentiable: under autograd the graph of every chunk is kept, so
+        evaluate large k under torch.no_grad()."""
+        check_positive_int("k", k)
+        if chunk is not None:
+            check_positive_int("chunk", chunk)
+        x = self._prepare(x)
+        mu, log_sigma = self.encode(x)
+        sigma, batch = torch.exp(log_sigma), x.shape[0]
+        if chunk is None:
+            chunk = max(1, _CHUNK_ELEMENTS // (batch * max(math.prod(self.event_shape), 256)))
+        total = None
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            eps = torch.stack([_randn(mu.shape, mu, generator) for _ in range(c)])
+            z = mu + sigma * eps  # (c, B, latent_dim)
+            out = self.decode(z.reshape(c * batch, -1)).reshape(c, batch, *self.event_shape)
+            # log p(z) - log q(z|x); the log(2 pi) terms cancel
+            log_ratio = (0.5 * (eps.square() - z.square()) + log_sigma).sum(dim=2)
+            log_w = torch.logsumexp(self.log_likelihood(x, out) + log_ratio, dim=0)
+            total = log_w if total is None else torch.logaddexp(total, log_w)
+        return total - math.log(k)
+
+    def bits_per_dim(self, x: Tensor, bin_width: float, *, k: int = 1000) -> Tensor:
+        """Bits per dimension of x (B, *event_shape) -> (B,) from `log_prob(x, k)`. For the
+        "discretized" decoder bin_width must be 2 / levels, and the result is exactly the
+        discrete -log2 P(x) / D (up to the estimate's bias)."""
+        if self.likelihood == "discretized" and not math.isclose(bin_width, 2.0 / self.levels):
+            raise ValueError(
+                f"bin_width must be 2 / levels = {2.0 / self.levels!r} for the 'discretized' "
+                f"decoder with levels={self.levels}, got {bin_width!r}"
+            )
+        return _bits_per_dim(self.log_prob(x, k=k), math.prod(self.event_shape), bin_width)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, *, mean: bool = False
+    ) -> Tensor:
+        """n samples (n, *event_shape): z ~ N(0, I) decoded, then x ~ p(x|z) (default: the
+        model's own distribution, the one its log_prob describes), all drawn with `generator`.
+
+        mean=True returns the decoder's mean instead: the Gaussian mean, the Bernoulli
+        probabilities, or the logistic location snapped to its bin centre ("discretized")."""
+        check_positive_int("n", n)
+        ref = next(self.parameters(), None)
+        ref = ref if ref is not None else next(self.buffers())
+        out = self.decode(_randn((n, self.latent_dim), ref, generator))
+        if self.likelihood == "bernoulli":
+            p = torch.sigmoid(out)
+            return p if mean else torch.bernoulli(p, generator=generator)
+        if not mean:
+            if self.likelihood == "gaussian":
+                noise = _randn(out.shape, out, generator)
+            else:  # logistic noise log(u) - log(1 - u)
+                u = torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+                u = u.clamp(1e-12, 1 - 1e-12)
+                noise = torch.log(u) - torch.log1p(-u)
+            out = out + torch.exp(self.log_scale) * noise
+        if self.likelihood == "discretized":
+            out = to_centres(to_levels(out, self.levels), self.levels, dtype=out.dtype)
+        return out
