@@ -195,7 +195,8 @@ def _report(results: dict) -> str:
         "",
         f"sdegen {results['meta']['sdegen']}, torch {results['meta']['torch']}, "
         f"{results['meta']['machine']}, seed 0, total {results['meta']['seconds']:.0f} s. "
-        "VP SDE (linear beta), eps-parametrised score models, EMA weights. NFE are counted "
+        f"VP SDE (linear beta), {results['meta']['parametrization']}-parametrised score models, "
+        "EMA weights. NFE are counted "
         "network evaluations, the final denoising step included.",
         "",
         f"## 2-D: 8 Gaussians (MLP, {toy['steps']} steps, {toy['train_seconds']:.0f} s)",
@@ -255,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         "sdegen": __version__,
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "parametrization": cfgs["toy"].parametrization,
         "fast": args.fast,
         "seconds": time.perf_counter() - start,
     }
