@@ -67,3 +67,27 @@ def test_schedules_benchmark_smoke(tmp_path):
     assert {r["schedule"] for r in result["records"]} == {"uniform", "log_snr", "karras"}
     assert "**" in (tmp_path / "table.md").read_text()  # the default grid is marked
     assert (tmp_path / "grid_vs_method.png").stat().st_size > 1000
+
+
+def test_likelihood_benchmark_smoke(tmp_path):
+    bench = _load("likelihood")
+    bench.main(
+        [
+            "--quick",
+            "--toy",
+            "moons",
+            "--no-digits",
+            "--families",
+            "realnvp",
+            "vae",
+            "gan",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = json.loads((tmp_path / "results.json").read_text())
+    kinds = {r["family"]: r["kind"] for r in result["records"]}
+    assert kinds["realnvp"] == "exact" and kinds["gan"] == "none"
+    assert kinds["vae"].startswith("estimate")
+    assert "-ELBO" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "density_moons.png").stat().st_size > 1000

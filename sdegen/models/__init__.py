@@ -2,7 +2,7 @@
 
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, ScoreModelLike, from_x0_eps, to_x0_eps
-from .flows import RealNVP, RealNVPImage
+from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
 from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
@@ -10,6 +10,7 @@ from .unet import UNet
 from .vae import VAE
 
 __all__ = [
+    "FFJORD",
     "RealNVP",
     "RealNVPImage",
     "VAE",

@@ -1,5 +1,6 @@
-"""Normalizing flows: RealNVP / Glow invertible layers and exact-likelihood flow models."""
+"""Normalizing flows: RealNVP / Glow layers and models (exact), and FFJORD (continuous, ODE)."""
 
+from .ffjord import FFJORD, ConcatSquashLinear, FFJORDStats, ODENet
 from .layers import (
     ActNorm,
     AffineCoupling,
@@ -13,6 +14,10 @@ from .layers import (
 from .realnvp import RealNVP, RealNVPImage, coupling_convnet, coupling_mlp
 
 __all__ = [
+    "FFJORD",
+    "FFJORDStats",
+    "ConcatSquashLinear",
+    "ODENet",
     "RealNVP",
     "RealNVPImage",
     "AffineCoupling",

@@ -1,0 +1,337 @@
+"""FFJORD (Grathwohl et al. 2019): a continuous normalizing flow with a free-form ODE network.
+
+dx/dt = f(x, t) carries data at t = 0 to a standard normal base at t = T, T learnable, and
+d log p_t(x_t)/dt = -div f, so log p(x) = log N(z; 0, I) + int_0^T div f(x_t, t) dt, z = x(T).
+The solve runs in normalised time s = t / T in [0, 1] with velocity v(x, s) = T f(x, s T), so T
+is an ordinary parameter of the dynamics (its gradient comes from backprop or the adjoint alike).
+Optional regularisers of Finlay et al. 2020 ("How to train your neural ODE"): the kinetic energy
+int_0^1 ||v||^2 ds and the Jacobian Frobenius norm int_0^1 ||eps^T dv/dx||^2 ds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torchdiffeq
+from torch import Tensor, nn
+from torchdiffeq._impl.odeint import SOLVERS
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+from ..._utils import batch_times, check_choice, check_finite_number
+from ...divergence import PROBE_NOISES, exact_divergence, hutchinson_divergence, probes_like
+from ..density import DensityModel
+from ..networks import check_positive_int
+
+TRACES = ("exact", "hutchinson")
+ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh}
+
+
+class ConcatSquashLinear(nn.Module):
+    """FFJORD's concat-squash layer (Grathwohl et al. 2019): a linear map gated and shifted by
+    time, y = (W x + b) * sigmoid(W_g t + b_g) + W_b t; x (B, in), t () or (B,) -> (B, out)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.hyper_gate = nn.Linear(1, out_features)
+        self.hyper_bias = nn.Linear(1, out_features, bias=False)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        t = batch_times(t, x.shape[0], x).unsqueeze(1)
+        return self.linear(x) * torch.sigmoid(self.hyper_gate(t)) + self.hyper_bias(t)
+
+
+class ODENet(nn.Module):
+    """FFJORD's dynamics network (Grathwohl et al. 2019): concat-squash layers
+    dim -> hidden_dims -> dim with an activation between them; f(t, x): x (B, dim) -> (B, dim)."""
+
+    def __init__(self, dim: int, hidden_dims: tuple[int, ...], activation: str) -> None:
+        super().__init__()
+        widths = (dim, *hidden_dims, dim)
+        self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in zip(widths, widths[1:]))
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = self.act(layer(t, x))
+        return self.layers[-1](t, x)
+
+
+@dataclass(frozen=True)
+class FFJORDStats:
+    """Cost and regularisers of one FFJORD solve.
+
+    Attributes:
+        nfe_forward: calls of the dynamics during the solve (each with its trace VJPs): every
+            Runge-Kutta stage, the solver's initial-step probe and rejected steps included.
+        kinetic: int_0^1 ||v(x_s, s)||^2 ds per example, shape (B,), v = T f the velocity in
+            normalised time; None when not accumulated.
+        jacobian_frobenius: int_0^1 mean_k ||eps_k^T dv/dx||^2 ds per example, shape (B,), an
+            unbiased estimate of int ||dv/dx||_F^2 ds; None when not accumulated.
+        nfe_backward (property): calls of the dynamics in the backward pass, read live, so it
+            grows when `.backward()` runs after the solve. With adjoint=True these are the
+            adjoint solve's evaluations; without, backprop replays the recorded graph and never
+            calls the dynamics, so it stays 0.
+    """
+
+    nfe_forward: int
+    kinetic: Tensor | None
+    jacobian_frobenius: Tensor | None
+    _counts: dict[str, int] = field(repr=False, compare=False)
+
+    @property
+    def nfe_backward(self) -> int:
+        return self._counts["backward"]
+
+
+class FFJORD(DensityModel):
+    """FFJORD (Grathwohl et al. 2019) for vectors (B, dim), with learnable integration time and
+    the kinetic and Jacobian regularisers of Finlay et al. (2020).
+
+    Args:
+        dim: data dimension; an integer >= 1.
+        hidden_dims: widths of the ConcatSquashLinear hidden layers; positive integers.
+        activation: "softplus" or "tanh".
+        T: initial integration time; > 0. Parametrised as softplus(raw_T).
+        train_T: learn T (else it is a buffer).
+        trace: default divergence: "exact" (dim VJPs per evaluation) or "hutchinson" (one VJP
+            per probe, probes drawn once per solve); None = "exact" when dim <= 16.
+        rtol, atol, method: default torchdiffeq tolerances and method.
+        adjoint: integrate with torchdiffeq.odeint_adjoint (memory O(1) in the steps).
+        kinetic_weight, jacobian_weight: weights of the regularisers in `loss`; >= 0.
+        options: extra torchdiffeq options (e.g. {"step_size": 0.05} for fixed-grid methods).
+    """
+
+    log_prob_kind = "ode"
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dims: tuple[int, ...] = (64, 64),
+        activation: str = "softplus",
+        *,
+        T: float = 1.0,
+        train_T: bool = True,
+        trace: str | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        method: str = "dopri5",
+        adjoint: bool = False,
+        kinetic_weight: float = 0.0,
+        jacobian_weight: float = 0.0,
+        options: dict | None = None,
+    ) -> None:
+        super().__init__()
+        check_positive_int("dim", dim)
+        if not isinstance(hidden_dims, (tuple, list)) or not hidden_dims:
+            raise ValueError(f"hidden_dims must be a non-empty tuple of ints, got {hidden_dims!r}")
+        for h in hidden_dims:
+            check_positive_int("every entry of hidden_dims", h)
+        check_choice("activation", activation, ACTIVATIONS)
+        T = check_finite_number("T", T, positive=True)
+        if trace is None:
+            trace = "exact" if dim <= 16 else "hutchinson"
+        self.trace = check_choice("trace", trace, TRACES)
+        self.rtol = check_finite_number("rtol", rtol, positive=True)
+        self.atol = check_finite_number("atol", atol, positive=True)
+        self.method = check_choice("method", method, SOLVERS)
+        self.adjoint = bool(adjoint)
+        self.kinetic_weight = check_finite_number(
+            "kinetic_weight", kinetic_weight, nonnegative=True
+        )
+        self.jacobian_weight = check_finite_number(
+            "jacobian_weight", jacobian_weight, nonnegative=True
+        )
+        self.options = dict(options or {})
+        self.event_shape = (dim,)
+        self.net = ODENet(dim, tuple(hidden_dims), activation)
+        raw_T = torch.tensor(T + math.log(-math.expm1(-T)))  # softplus^-1(T)
+        if train_T:
+            self.raw_T = nn.Parameter(raw_T)
+        else:
+            self.register_buffer("raw_T", raw_T)
+        self.last_stats: FFJORDStats | None = None
+
+    @property
+    def T(self) -> Tensor:
+        """The integration time softplus(raw_T), a 0-dim tensor."""
+        return nn.functional.softplus(self.raw_T)
+
+    def dynamics(self, t: Tensor, x: Tensor) -> Tensor:
+        """The velocity f(x, t), t in [0, T] of shape () or (B,), x (B, dim) -> (B, dim)."""
+        return self.net(t, x)
+
+    def _settings(
+        self, trace=None, probes=1, noise="rademacher", rtol=None, atol=None, method=None
+    ) -> dict:
+        check_positive_int("probes", probes)
+        return dict(
+            trace=check_choice("trace", trace or self.trace, TRACES),
+            probes=probes,
+            noise=check_choice("noise", noise, PROBE_NOISES),
+            rtol=self.rtol if rtol is None else check_finite_number("rtol", rtol, positive=True),
+            atol=self.atol if atol is None else check_finite_number("atol", atol, positive=True),
+            method=check_choice("method", method or self.method, SOLVERS),
+        )
+
+    def _solve(
+        self,
+        x: Tensor,
+        reverse: bool,
+        cfg: dict,
+        generator: torch.Generator | None,
+        logdet: bool = True,
+        kinetic: bool = False,
+        frobenius: bool = False,
+    ) -> tuple[list[Tensor], FFJORDStats]:
+        """Integrate (x, [delta_logp, kinetic, frobenius]) over s from 0 to 1 (1 to 0 when
+        `reverse`); each accumulator starts at 0 and integrates ds of its integrand. Returns the
+        end states in that order, (B, dim) then (B,) each, and the solve's stats."""
+        draw = (x, cfg["probes"], cfg["noise"], generator)
+        eps = probes_like(*draw) if logdet and cfg["trace"] == "hutchinson" else None
+        # The Frobenius estimate reuses the trace probes; an exact trace draws its own.
+        jac_eps = probes_like(*draw) if frobenius and eps is None else eps
+        counts = {"phase": "forward", "forward": 0, "backward": 0}
+
+        def func(s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            counts[counts["phase"]] += 1
+            # Keep the graph whenever gradients are wanted: backprop training, the adjoint's
+            # backward pass, or a differentiable sample_and_log_prob.
+            create_graph = torch.is_grad_enabled()
+            with torch.set_grad_enabled(create_graph or logdet or frobenius):
+                y = state[0]
+                if torch.is_grad_enabled() and not y.requires_grad:
+                    y = y.detach().requires_grad_(True)
+                T = self.T.to(y.dtype)
+                v = T * self.dynamics(s * T, y)
+                out = [v]
+                if logdet and eps is None:
+                    out.append(exact_divergence(v, y, create_graph=create_graph))
+                elif logdet:
+                    out.append(hutchinson_divergence(v, y, eps, create_graph=create_graph))
+                if kinetic:
+                    out.append(v.pow(2).sum(1))
+                if frobenius:
+                    (rows,) = torch.autograd.grad(
+                        v, y, jac_eps, is_grads_batched=True, create_graph=create_graph
+                    )
+                    out.append(rows.pow(2).sum(-1).mean(0))
+            return tuple(out) if create_graph else tuple(o.detach() for o in out)
+
+        y0 = (x,) + (x.new_zeros(x.shape[0]),) * (logdet + kinetic + frobenius)
+        span = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x.dtype, device=x.device)
+        options, kwargs = dict(self.options), {}
+        if issubclass(SOLVERS[cfg["method"]], RKAdaptiveStepsizeODESolver):
+            # Adaptive solvers step past the end and interpolate back; land on it instead, so
+            # the final state is a Runge-Kutta step (and the adjoint's on s = span[0]).
+            options.setdefault("step_t", span[-1:])
+            adjoint_options = {k: v for k, v in options.items() if k != "norm"}
+            kwargs = {"adjoint_options": {**adjoint_options, "step_t": span[:1]}}
+        common = dict(rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=options)
+        try:
+            if self.adjoint:
+                params = tuple(p for p in self.parameters() if p.requires_grad)
+                ys = torchdiffeq.odeint_adjoint(
+                    func, y0, span, adjoint_params=params, **common, **kwargs
+                )
+            else:
+                ys = torchdiffeq.odeint(func, y0, span, **common)
+        finally:
+            counts["phase"] = "backward"  # later calls come from the adjoint's backward pass
+        ends = [y[-1] for y in ys]
+        k = 1 + logdet
+        stats = FFJORDStats(
+            nfe_forward=counts["forward"],
+            kinetic=ends[k] if kinetic else None,
+            jacobian_frobenius=ends[k + kinetic] if frobenius else None,
+            _counts=counts,
+        )
+        self.last_stats = stats
+        return ends, stats
+
+    @staticmethod
+    def base_log_prob(z: Tensor) -> Tensor:
+        """log N(z; 0, I) of z (B, dim) -> (B,)."""
+        return -0.5 * z.pow(2).sum(1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+
+    def log_prob_with_stats(
+        self,
+        x: Tensor,
+        *,
+        trace: str | None = None,
+        probes: int = 1,
+        noise: str = "rademacher",
+        rtol: float | None = None,
+        atol: float | None = None,
+        method: str | None = None,
+        generator: torch.Generator | None = None,
+        regularize: bool = True,
+    ) -> tuple[Tensor, FFJORDStats]:
+        """log p(x) in nats (B,) of x (B, dim) and the solve's FFJORDStats.
+
+        trace, rtol, atol, method: None = the model's defaults. probes, noise ("rademacher" or
+        "gaussian"): Hutchinson probes per example, drawn once per solve from `generator` (also
+        used for the Frobenius estimate). regularize: accumulate the kinetic energy and the
+        Jacobian Frobenius norm (one more VJP per probe and evaluation); else they are None.
+        Differentiable (in x and every parameter, T included) when grad is enabled.
+        """
+        self.check_x(x)
+        cfg = self._settings(trace, probes, noise, rtol, atol, method)
+        (z, delta, *_), stats = self._solve(x, False, cfg, generator, True, regularize, regularize)
+        return self.base_log_prob(z) + delta, stats
+
+    def log_prob(
+        self,
+        x: Tensor,
+        *,
+        trace: str | None = None,
+        probes: int = 1,
+        noise: str = "rademacher",
+        rtol: float | None = None,
+        atol: float | None = None,
+        method: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """log p(x) in nats of x (B, dim) -> (B,): exact up to the ODE tolerance with the exact
+        trace, an unbiased estimate with Hutchinson's; see `log_prob_with_stats`."""
+        self.check_x(x)
+        cfg = self._settings(trace, probes, noise, rtol, atol, method)
+        (z, delta), _ = self._solve(x, False, cfg, generator)
+        return self.base_log_prob(z) + delta
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """NLL + kinetic_weight * kinetic + jacobian_weight * Frobenius, means over the batch x
+        (B, dim), with the model's default settings (Hutchinson probes from `generator`)."""
+        self.check_x(x)
+        kw, jw = self.kinetic_weight, self.jacobian_weight
+        (z, delta, *_), stats = self._solve(
+            x, False, self._settings(), generator, True, kw > 0, jw > 0
+        )
+        regs = ((kw, stats.kinetic), (jw, stats.jacobian_frobenius))
+        return -(self.base_log_prob(z) + delta).mean() + sum(w * r.mean() for w, r in regs if w > 0)
+
+    def _base_sample(self, n: int, generator: torch.Generator | None) -> Tensor:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        p = self.raw_T
+        return torch.randn(
+            (n, *self.event_shape), generator=generator, dtype=p.dtype, device=p.device
+        )
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples (n, dim): z ~ N(0, I) drawn with `generator`, integrated from T back to 0."""
+        z = self._base_sample(n, generator)
+        return self._solve(z, True, self._settings(), None, logdet=False)[0][0]
+
+    def sample_and_log_prob(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """n samples (n, dim) and their log p (n,) from one solve from T back to 0 carrying
+        delta = int_1^0 div v ds = -int_0^1 div v ds, so log p(x) = log N(z) - delta. Model's
+        default settings (Hutchinson probes from `generator`); differentiable."""
+        z = self._base_sample(n, generator)
+        (x, delta), _ = self._solve(z, True, self._settings(), generator)
+        return x, self.base_log_prob(z) - delta
