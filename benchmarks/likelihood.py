@@ -159,6 +159,7 @@ def run(args) -> dict:
         for family in args.families:
             torch.manual_seed(args.seed)
             model, objective, dens = build(family, data.event_shape)
+            model.float()  # in place, whatever torch's default dtype; the data are float32
             train_x = _flat_if_needed(family, data.train)
             trainer = Trainer(
                 model,
