@@ -89,7 +89,7 @@ def test_training_an_mlp_learns_the_mixture_score():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     after = score_error()
     assert sum(losses[-50:]) / 50 < 0.7 * sum(losses[:50]) / 50
     assert after < 0.15 * before and after < 0.1

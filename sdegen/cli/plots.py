@@ -36,9 +36,9 @@ def scatter(x: Tensor, path: Path, reference: Tensor | None = None, title: str =
     """Save a scatter plot of 2-D points (first two coordinates), over reference points if given."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     if reference is not None:
-        r = reference.detach().float().cpu()
+        r = reference.detach().float().cpu().numpy()
         ax.scatter(r[:, 0], r[:, 1], s=1, c="0.75", label="data")
-    p = x.detach().float().cpu()
+    p = x.detach().float().cpu().numpy()
     ax.scatter(p[:, 0], p[:, 1], s=1, c="C0", label="samples")
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
