@@ -141,6 +141,22 @@ def noise_floor(data) -> float:
     return sliced_wasserstein(other, data.test.double(), generator=torch.Generator().manual_seed(0))
 
 
+def true_nll(data, n_eval: int) -> float | None:
+    """-mean log p of the test points under the data's closed-form density, where it has one."""
+    if data.true_log_prob is None:
+        return None
+    return float(-data.true_log_prob(data.test[:n_eval].double()).mean())
+
+
+def fill_reference(result: dict, n_eval: int, seed: int) -> None:
+    """Add dims and true_nll to records made before the script recorded them."""
+    for rec in result["records"]:
+        if "dims" not in rec or "true_nll" not in rec:
+            data = load_data(rec["data"], seed=seed)
+            rec.setdefault("dims", math.prod(data.event_shape))
+            rec.setdefault("true_nll", true_nll(data, n_eval))
+
+
 @torch.no_grad()
 def density_grid(family: str, dens, k: int = 48, lim: float = 4.0):
     ax = torch.linspace(-lim, lim, k, dtype=torch.float64)
@@ -164,6 +180,7 @@ def run(args) -> dict:
     for spec in datasets:
         data = load_data(spec, n_train=args.n_train, seed=args.seed)
         floor = noise_floor(data)
+        truth = true_nll(data, args.n_eval)
         steps = args.image_steps if data.is_image else args.steps
         for family in args.families:
             torch.manual_seed(args.seed)
@@ -196,6 +213,8 @@ def run(args) -> dict:
                 "family": family,
                 "steps": steps,
                 "batch": args.batch,
+                "dims": math.prod(data.event_shape),
+                "true_nll": truth,
                 "train_seconds": train_seconds,
                 "noise_floor": floor,
             }
@@ -262,7 +281,12 @@ def markdown(result: dict) -> str:
         image = spec == "digits"
         unit = "bits/dim" if image else "NLL (nats)"
         lines += [
-            f"## {spec} (sample-quality noise floor {recs[0]['noise_floor']:.4g})",
+            f"## {spec} (sample-quality noise floor {recs[0]['noise_floor']:.4g}"
+            + (
+                f"; the true density's NLL is {recs[0]['true_nll']:.3f} nats)"
+                if recs[0].get("true_nll") is not None
+                else ")"
+            ),
             "",
             f"| family | {unit} | kind | other bound | NFE | samples | train s | eval s |",
             "|---|---|---|---|---|---|---|---|",
@@ -302,7 +326,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few steps, for a smoke test")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "likelihood")
+    p.add_argument("--replot", action="store_true", help="rebuild table.md from results.json")
     args = p.parse_args(argv)
+    if args.replot:
+        result = json.loads((args.out / "results.json").read_text())
+        fill_reference(result, result["meta"]["n_eval"], result["meta"]["seed"])
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+        (args.out / "table.md").write_text(markdown(result))
+        return
     if args.quick:
         args.steps, args.image_steps, args.n_eval, args.n_train = 5, 2, 32, 2000
     torch.set_num_threads(1)
