@@ -96,7 +96,7 @@ def from_dict(values: dict) -> TrainConfig:
             try:
                 values[name] = int(v) if known[name].type == "int" else float(v)
             except ValueError:
-                pass
+                pass  # not a number: the type check below reports it with the key's name
     cfg = TrainConfig(**values)
     for name, f in known.items():
         v = getattr(cfg, name)
