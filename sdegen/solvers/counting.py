@@ -72,7 +72,8 @@ class SolveResult:
         nfe_backward: vector-Jacobian products taken (0 for sampling).
         ts: the time grid used, float64, shape (steps + 1,), from T down to t_min
             (for adaptive methods, the accepted endpoints only).
-        trajectory: states at the grid times, shape (len(ts), B, *D), if requested.
+        trajectory: if requested, the states at the grid times, then the denoised output when
+            denoise_final: shape (len(ts) [+ 1], B, *D).
         method: the method name.
     """
 

@@ -139,7 +139,8 @@ def sample(
         generator: the random source for the prior draw and every noise increment.
         noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
             increments of stochastic methods).
-        dtype, device: of the samples (default: noise's, else float32 on CPU).
+        dtype, device: of the samples (default: noise's; else float32 on the model's device
+            if it is an nn.Module, else on the CPU).
         denoise_final: end with x0 = E[x0 | x(t_min)] (one more evaluation, counted), as DDPM's
             last step and EDM's step to sigma = 0 do; otherwise stochastic methods add no noise
             on their last step.
@@ -164,6 +165,11 @@ def sample(
         dtype = dtype or noise.dtype
         device = device or noise.device
     dtype = dtype or torch.float32
+    if device is None and isinstance(model, torch.nn.Module):
+        # default to where the model lives, so a CUDA model gets a CUDA prior draw
+        tensor = next(iter(model.parameters()), None)
+        tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+        device = tensor.device if tensor is not None else None
     extra = 1 if denoise_final else 0
     if m.nfe is None:
         if steps is not None or nfe is not None:
