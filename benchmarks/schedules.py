@@ -118,7 +118,7 @@ def plot(records: list[dict], path: Path, nfe: int) -> None:
                 grid[methods.index(r["method"]), list(SCHEDULES).index(r["schedule"])] = math.log10(
                     min(r["frechet"], 1e6)
                 )
-        im = ax.imshow(grid, cmap="viridis_r", vmin=-3.5, vmax=1)
+        im = ax.imshow(grid.numpy(), cmap="viridis_r", vmin=-3.5, vmax=1)
         ax.set(
             title=f"{sde_name}, NFE {nfe}",
             xticks=range(len(SCHEDULES)),
