@@ -208,3 +208,16 @@ def test_ema_copy_takes_the_model_buffers(tmp_path):
     tr.model.counter += 5
     tr.fit(1)
     assert float(tr.ema.module.counter) == 5.0
+
+
+def test_saving_the_same_step_twice_never_breaks_latest(tmp_path):
+    tr = _trainer(tmp_path, ckpt_every=0)
+    tr.fit(2)
+    first = latest_checkpoint(tmp_path)
+    second = save_checkpoint(tmp_path, 2, tr.model)  # e.g. a final save after a periodic one
+    assert second != first and latest_checkpoint(tmp_path) == second
+    assert (second / "state.json").is_file()
+    save_checkpoint(tmp_path, 3, tr.model)
+    save_checkpoint(tmp_path, 4, tr.model)
+    names = sorted(p.name for p in tmp_path.glob("ckpt-*"))
+    assert names == ["ckpt-00000003", "ckpt-00000004"]  # keep=2, newest by (step, index)

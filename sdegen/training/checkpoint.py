@@ -1,6 +1,6 @@
 """Checkpoints as safetensors plus JSON, written atomically, loaded without unpickling.
 
-A checkpoint is a folder `ckpt-{step:08d}/` in the run folder holding
+A checkpoint is a folder `ckpt-{step:08d}/` (`-K` appended when a step is saved again) holding
     model.safetensors      the model's state dict
     ema.safetensors        the EMA weights (if any)
     optim.safetensors      the optimizer's tensors (Adam moments, step counts)
@@ -63,7 +63,13 @@ def save_checkpoint(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Never overwrite: a second save of the same step gets a new name, so the folder `latest`
+    # names is not touched until the pointer has moved to a complete replacement.
     final = run_dir / f"ckpt-{step:08d}"
+    k = 0
+    while final.exists():
+        k += 1
+        final = run_dir / f"ckpt-{step:08d}-{k}"
     tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{step:08d}-", dir=run_dir))
     try:
         save_file(
@@ -83,8 +89,6 @@ def save_checkpoint(
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,11 +96,18 @@ def save_checkpoint(
     pointer = run_dir / f".{LATEST}.tmp"
     pointer.write_text(final.name)
     os.replace(pointer, run_dir / LATEST)
-    for old in sorted(run_dir.glob("ckpt-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in sorted(run_dir.glob("ckpt-*"), key=_order)[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     for stale in run_dir.glob(".ckpt-*"):  # temporaries of a killed writer
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _order(path: Path) -> tuple[int, int]:
+    """(step, re-save index) of a checkpoint folder name ckpt-SSSSSSSS[-K]."""
+    parts = path.name.split("-")
+    return int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

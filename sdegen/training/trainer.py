@@ -307,7 +307,8 @@ class Trainer:
                 self.save()
         if bar is not None:
             bar.close()
-        self.save()
+        if not (history and self.ckpt_every and self.step % self.ckpt_every == 0):
+            self.save()  # the end state, unless the loop just saved it
         return history
 
     def _eval(self) -> None:
