@@ -207,3 +207,51 @@ def test_unknown_or_missing_device_is_rejected(tmp_path, capsys):
     if not __import__("torch").cuda.is_available():
         assert main(["train", "--run", str(tmp_path / "r"), "--quiet", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_train_under_torchrun_matches_one_process(tmp_path):
+    # torchrun claims --run as an abbreviation of its own --run-path, hence --run-dir
+    args = [
+        "train",
+        "--quiet",
+        "--set",
+        "steps=10",
+        "--set",
+        "n_train=512",
+        "--set",
+        "batch_size=64",
+        "--set",
+        "log_every=5",
+        "--set",
+        "network_params={hidden: 32}",
+    ]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "sdegen",
+            *args[:1],
+            "--run-dir",
+            str(tmp_path / "ddp"),
+            *args[1:],
+        ],
+        check=True,
+        timeout=300,
+        env=env,
+        capture_output=True,
+    )
+    assert main([*args[:1], "--run", str(tmp_path / "one"), *args[1:]]) == 0
+
+    def losses(run):
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+    ddp, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
+    assert len(ddp) == len(one) == 2
+    assert max(abs(a - b) for a, b in zip(ddp, one)) < 1e-5

@@ -16,7 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a score model from a config file")
     p.add_argument("--config", help="YAML or TOML run config (defaults apply without one)")
-    p.add_argument("--run", required=True, help="run folder for checkpoints and logs")
+    p.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        required=True,
+        help="run folder for checkpoints and logs (--run-dir under torchrun)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -30,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run_command=commands.train)
 
     p = sub.add_parser("sample", help="sample a trained run; writes .npz and .png")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", "--run-dir", dest="run", required=True)
     p.add_argument("--method", default="dpmpp_2m", choices=list(METHODS))
     p.add_argument("--nfe", type=int, default=None, help="network-evaluation budget")
     p.add_argument("--steps", type=int, default=50, help="steps (when --nfe is not given)")
@@ -42,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run_command=commands.sample)
 
     p = sub.add_parser("likelihood", help="NLL (nats) and bits/dim of a split under the PF-ODE")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", "--run-dir", dest="run", required=True)
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--n", type=int, default=0, help="first N examples (0: all)")
     p.add_argument("--trace", choices=["exact", "hutchinson"], default="exact")

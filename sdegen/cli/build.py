@@ -103,8 +103,15 @@ def build_network(cfg: TrainConfig, event_shape: tuple[int, ...]) -> torch.nn.Mo
 def build_model(cfg: TrainConfig, event_shape: tuple[int, ...]) -> ScoreModel:
     torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
     sde = build_sde(cfg)
-    # float32 whatever torch's default dtype is: the data loaders produce float32
-    return ScoreModel(build_network(cfg, event_shape), sde, cfg.parametrization).float()
+    # Built in float32 whatever torch's default dtype is (the data are float32): initialising
+    # in float64 and casting would draw different random numbers, hence different weights.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        net = build_network(cfg, event_shape)
+    finally:
+        torch.set_default_dtype(default)
+    return ScoreModel(net, sde, cfg.parametrization)
 
 
 @dataclass
