@@ -81,6 +81,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return from_dict(values)
 
 
+def _as_number(value: Any, annotation: str) -> Any:
+    """A numeric string as the number a numeric key expects (PyYAML reads 1e-4 as a string, per
+    YAML 1.1); anything else unchanged, for the type check to report with the key's name."""
+    if not isinstance(value, str) or annotation not in ("int", "float", "float | None"):
+        return value
+    convert = int if annotation == "int" else float
+    try:
+        return convert(value)
+    except ValueError:
+        return value
+
+
 def from_dict(values: dict) -> TrainConfig:
     """A TrainConfig from a mapping, rejecting unknown keys and values of the wrong type."""
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -89,14 +101,7 @@ def from_dict(values: dict) -> TrainConfig:
         raise ValueError(
             f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
         )
-    values = dict(values)
-    for name, v in values.items():
-        # PyYAML reads 1e-4 as a string (YAML 1.1); numbers in any spelling are numbers.
-        if isinstance(v, str) and known[name].type in ("float", "float | None", "int"):
-            try:
-                values[name] = int(v) if known[name].type == "int" else float(v)
-            except ValueError:
-                pass  # not a number: the type check below reports it with the key's name
+    values = {name: _as_number(v, known[name].type) for name, v in values.items()}
     cfg = TrainConfig(**values)
     for name, f in known.items():
         v = getattr(cfg, name)

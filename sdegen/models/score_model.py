@@ -63,7 +63,9 @@ class ScoreModel(ParametrizedModel):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """The raw network prediction in this model's parametrization; shape (B, *D)."""
-        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        return self._predict(x, t, self.sde.alpha(t), self.sde.sigma(t))
+
+    def _predict(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
         x_in = x
         if self.sigma_data is not None:
             c_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
@@ -76,5 +78,6 @@ class ScoreModel(ParametrizedModel):
         return out
 
     def x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        out = self(x, t)
-        return to_x0_eps(self.parametrization, out, x, self.sde.alpha(t), self.sde.sigma(t))
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        out = self._predict(x, t, alpha, sigma)
+        return to_x0_eps(self.parametrization, out, x, alpha, sigma)
