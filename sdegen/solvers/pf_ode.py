@@ -6,12 +6,10 @@ it shares the SDE's marginals, so integrating it from the prior at T to t_min dr
 
 from __future__ import annotations
 
-import sys
-
 import torchdiffeq
 from torch import Tensor
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
+from .._ode import landing_options
 from .._utils import append_dims
 from .reverse_sde import Record, batch_t
 
@@ -33,14 +31,7 @@ def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = 
     def clamped(t: Tensor, y):
         return func(t.clamp(lo, hi), y)
 
-    options = dict(options or {})
-    solvers = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
-    if method not in solvers:
-        raise ValueError(
-            f"unknown torchdiffeq method {method!r}; expected one of: {', '.join(solvers)}"
-        )
-    if issubclass(solvers[method], RKAdaptiveStepsizeODESolver):
-        options.setdefault("step_t", ts[-1:])
+    options = landing_options(method, ts, options)
     return torchdiffeq.odeint(clamped, y0, ts, method=method, options=options or None, **kwargs)
 
 

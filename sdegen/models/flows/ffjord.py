@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torchdiffeq
 from torch import Tensor, nn
-from torchdiffeq._impl.odeint import SOLVERS
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
+from ..._ode import SOLVERS, landing_options
 from ..._utils import batch_times, check_choice, check_finite_number
 from ...divergence import PROBE_NOISES, exact_divergence, hutchinson_divergence, probes_like
 from ..density import DensityModel
@@ -222,13 +221,11 @@ class FFJORD(DensityModel):
 
         y0 = (x,) + (x.new_zeros(x.shape[0]),) * (logdet + kinetic + frobenius)
         span = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x.dtype, device=x.device)
-        options, kwargs = dict(self.options), {}
-        if issubclass(SOLVERS[cfg["method"]], RKAdaptiveStepsizeODESolver):
-            # Adaptive solvers step past the end and interpolate back; land on it instead, so
-            # the final state is a Runge-Kutta step (and the adjoint's on s = span[0]).
-            options.setdefault("step_t", span[-1:])
-            adjoint_options = {k: v for k, v in options.items() if k != "norm"}
-            kwargs = {"adjoint_options": {**adjoint_options, "step_t": span[:1]}}
+        # land on the end (and, for the adjoint's backward solve, on s = span[0])
+        options, kwargs = landing_options(cfg["method"], span, self.options), {}
+        if "step_t" in options:
+            adjoint_options = {k: v for k, v in options.items() if k not in ("norm", "step_t")}
+            kwargs = {"adjoint_options": landing_options(cfg["method"], span[:1], adjoint_options)}
         common = dict(rtol=cfg["rtol"], atol=cfg["atol"], method=cfg["method"], options=options)
         try:
             if self.adjoint:
