@@ -151,9 +151,10 @@ def true_nll(data, n_eval: int) -> float | None:
 def fill_reference(result: dict, n_eval: int, seed: int) -> None:
     """Add dims and true_nll to records made before the script recorded them."""
     for rec in result["records"]:
-        if "dims" not in rec or "true_nll" not in rec:
+        if not {"dims", "true_nll", "n_samples"} <= set(rec):
             data = load_data(rec["data"], seed=seed)
             rec.setdefault("dims", math.prod(data.event_shape))
+            rec.setdefault("n_samples", len(data.test))
             rec.setdefault("true_nll", true_nll(data, n_eval))
 
 
@@ -214,6 +215,7 @@ def run(args) -> dict:
                 "steps": steps,
                 "batch": args.batch,
                 "dims": math.prod(data.event_shape),
+                "n_samples": len(data.test),
                 "true_nll": truth,
                 "train_seconds": train_seconds,
                 "noise_floor": floor,
@@ -281,7 +283,8 @@ def markdown(result: dict) -> str:
         image = spec == "digits"
         unit = "bits/dim" if image else "NLL (nats)"
         lines += [
-            f"## {spec} (sample-quality noise floor {recs[0]['noise_floor']:.4g}"
+            f"## {spec} ({recs[0]['n']} test points; {recs[0]['n_samples']} samples, "
+            f"sample-quality noise floor {recs[0]['noise_floor']:.4g}"
             + (
                 f"; the true density's NLL is {recs[0]['true_nll']:.3f} nats)"
                 if recs[0].get("true_nll") is not None
