@@ -4,6 +4,10 @@ With data sum_k w_k N(mu_k, C_k) and kernel N(alpha x0, sigma^2 I), the marginal
 sum_k w_k N(alpha mu_k, alpha^2 C_k + sigma^2 I). Writing C_k = U_k diag(l_k) U_k^T, the
 component covariance is U_k diag(alpha^2 l_k + sigma^2) U_k^T, so log-densities and scores need
 no matrix inverse and stay accurate for near-singular C_k. Everything inside runs in float64.
+
+The component index is a class label: p_t(x | y = k) is the k-th diffused component exactly,
+NULL_LABEL (-1) is the whole mixture, and the responsibilities p(k | x_t) are the exact
+noise-conditional classifier. This gives closed forms for every kind of guided sampling.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import Tensor
 
 from .._utils import batch_times
 from .base import ParametrizedModel, to_x0_eps
+from .labels import NULL_LABEL, check_labels
 
 
 class GaussianMixtureScore(ParametrizedModel):
@@ -27,6 +32,9 @@ class GaussianMixtureScore(ParametrizedModel):
         sde: any object with alpha(t), sigma(t).
         event_shape: shape of one example, with prod(event_shape) = D (default (D,)), so the
             model can stand in for an image model.
+
+    Labels y (B,) in score/denoise/eps/log_prob select component y (NULL_LABEL: the mixture);
+    `num_classes` is K.
     """
 
     def __init__(
@@ -68,6 +76,21 @@ class GaussianMixtureScore(ParametrizedModel):
     def dim(self) -> int:
         return self.means.shape[1]
 
+    @property
+    def num_classes(self) -> int:
+        """K: the component index is the class label."""
+        return self.means.shape[0]
+
+    def _log_joint(self, logn: Tensor, y: Tensor | None) -> Tensor:
+        """log w_k + log N_k (B, K); where y_i is a class, every other component is masked out."""
+        logits = self.log_weights + logn
+        if y is None:
+            return logits
+        y = check_labels(y, logn.shape[0], self.num_classes).to(logn.device)
+        k = torch.arange(self.num_classes, device=logn.device)
+        keep = (y[:, None] == NULL_LABEL) | (k[None, :] == y[:, None])
+        return logits.masked_fill(~keep, -math.inf)
+
     def _flat(self, x: Tensor) -> Tensor:
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
@@ -77,7 +100,7 @@ class GaussianMixtureScore(ParametrizedModel):
         return x.reshape(x.shape[0], -1).to(torch.float64)
 
     def _components(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-component log N, rotated residual y and variances; shapes (B,K), (B,K,D), (B,K,D)."""
+        """Per-component log N, rotated residual and variances; shapes (B,K), (B,K,D), (B,K,D)."""
         xf = self._flat(x)
         a = self.sde.alpha(t).to(torch.float64)[:, None, None]
         s = self.sde.sigma(t).to(torch.float64)[:, None, None]
@@ -89,24 +112,34 @@ class GaussianMixtureScore(ParametrizedModel):
         )
         return logn, y, var
 
-    def log_prob(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """log p_t(x) of the diffused mixture in nats; x (B, *D), t (B,) -> (B,), float64."""
+    def log_prob(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """log p_t(x) (or log p_t(x | y) given labels y (B,)) in nats; x (B, *D), t (B,) -> (B,),
+        float64."""
         t = batch_times(t, x.shape[0], x.to(torch.float64))
         logn, _, _ = self._components(x, t)
-        return torch.logsumexp(self.log_weights + logn, dim=-1)
+        logits = self._log_joint(logn, y)
+        if y is not None:  # p(x | y = k) = N_k: drop the prior weight of the kept component
+            logits = logits - torch.where(y[:, None] == NULL_LABEL, 0.0, self.log_weights)
+        return torch.logsumexp(logits, dim=-1)
 
     def posterior(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Responsibilities p(k | x_t = x), shape (B, K), float64."""
+        return self.classifier_log_prob(x, t).exp()
+
+    def classifier_log_prob(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The exact noise-conditional classifier log p(y = k | x_t = x): log responsibilities of
+        shape (B, K), float64, differentiable in x (for classifier guidance)."""
         t = batch_times(t, x.shape[0], x.to(torch.float64))
         logn, _, _ = self._components(x, t)
-        return torch.softmax(self.log_weights + logn, dim=-1)
+        return torch.log_softmax(self.log_weights + logn, dim=-1)
 
-    def x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         t64 = t.to(torch.float64)
-        logn, y, var = self._components(x, t64)
-        r = torch.softmax(self.log_weights + logn, dim=-1)
-        # grad log N_k = -U_k (y_k / var_k); the mixture score is its responsibility-weighted mean.
-        score = -torch.einsum("bk,kde,bke->bd", r, self.evecs, y / var)
+        logn, resid, var = self._components(x, t64)
+        r = torch.softmax(self._log_joint(logn, y), dim=-1)
+        # grad log N_k = -U_k (resid_k / var_k), resid_k rotated into U_k's basis; the score is
+        # their responsibility-weighted mean (one-hot on y_i where a label is given).
+        score = -torch.einsum("bk,kde,bke->bd", r, self.evecs, resid / var)
         x0, eps = to_x0_eps("score", score, self._flat(x), self.sde.alpha(t64), self.sde.sigma(t64))
         return x0.reshape(x.shape).to(x.dtype), eps.reshape(x.shape).to(x.dtype)
 
@@ -129,12 +162,17 @@ class GaussianMixtureScore(ParametrizedModel):
         *,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
+        y: Tensor | None = None,
     ) -> Tensor:
-        """Draw n samples of the (undiffused) data mixture, shape (n, *event_shape)."""
+        """Draw n samples of the (undiffused) data mixture, shape (n, *event_shape); given labels
+        y (n,), sample i comes from component y_i (from the mixture where y_i = NULL_LABEL)."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n!r}")
         dev = self.means.device
         k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        if y is not None:
+            y = check_labels(y, n, self.num_classes).to(dev)
+            k = torch.where(y == NULL_LABEL, k, y)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=dev)
         x = self.means[k] + torch.einsum("nde,ne->nd", self.evecs[k], self.evals[k].sqrt() * z)
         return x.reshape(n, *self.event_shape).to(dtype)

@@ -28,7 +28,11 @@ PARAMETRIZATIONS = ("eps", "x0", "v", "score")
 
 @runtime_checkable
 class ScoreModelLike(Protocol):
-    """What every solver needs: score, x0-estimate and noise-estimate at (x, t), t of shape (B,)."""
+    """What every solver needs: score, x0-estimate and noise-estimate at (x, t), t of shape (B,).
+
+    Conditional models also take labels y of shape (B,) as a third argument; solvers never pass
+    them: `sdegen.solvers.guidance` binds them in a wrapper that has this two-argument form.
+    """
 
     def score(self, x: Tensor, t: Tensor) -> Tensor: ...
 
@@ -80,35 +84,41 @@ def from_x0_eps(kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor
 class ParametrizedModel(torch.nn.Module):
     """Base for models that predict (x0, eps) at (x, t); derives score, denoise and eps.
 
-    Subclasses implement `x0_eps(x, t)`. Each public call is one model evaluation.
+    Subclasses implement `x0_eps(x, t, y=None)`, y being optional class labels of shape (B,)
+    (`sdegen.models.labels`); `num_classes` is None for an unconditional model. Each public call
+    is one model evaluation.
     """
+
+    num_classes: int | None = None
 
     def __init__(self, sde) -> None:
         super().__init__()
         self.sde = sde
 
-    def x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def _call(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor, Tensor]:
+    def _call(
+        self, x: Tensor, t: Tensor | float, y: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         if not torch.is_tensor(x) or x.ndim < 2:
             raise ValueError(
                 f"x must be a tensor of shape (batch, *event_shape), got "
                 f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
             )
         t = batch_times(t, x.shape[0], x)
-        x0, eps = self.x0_eps(x, t)
+        x0, eps = self.x0_eps(x, t) if y is None else self.x0_eps(x, t, y)
         return x0, eps, t
 
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Score grad_x log p_t(x) = -eps / sigma(t); x of shape (B, *D), t of shape (B,)."""
-        _, eps, t = self._call(x, t)
+    def score(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """Score grad_x log p_t(x | y) = -eps / sigma(t); x (B, *D), t (B,), labels y (B,)."""
+        _, eps, t = self._call(x, t, y)
         return -eps / append_dims(self.sde.sigma(t), x.ndim)
 
-    def denoise(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Estimate of E[x0 | x_t = x]; shape (B, *D)."""
-        return self._call(x, t)[0]
+    def denoise(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """Estimate of E[x0 | x_t = x, y]; shape (B, *D)."""
+        return self._call(x, t, y)[0]
 
-    def eps(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Estimate of the noise E[eps | x_t = x]; shape (B, *D)."""
-        return self._call(x, t)[1]
+    def eps(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """Estimate of the noise E[eps | x_t = x, y]; shape (B, *D)."""
+        return self._call(x, t, y)[1]

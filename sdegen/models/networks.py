@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_finite_number
+from .labels import LabelEmbedding, check_labels
 
 EMBEDDINGS = ("sinusoidal", "fourier")
 
@@ -117,6 +118,15 @@ class GaussianFourierEmbedding(nn.Module):
         return f"dim={self.dim}, scale={self.scale}"
 
 
+def add_label_embedding(embed: LabelEmbedding | None, emb: Tensor, y: Tensor | None) -> Tensor:
+    """emb (B, W) plus the embedding of labels y (B,); an unconditional network refuses labels."""
+    if embed is None:
+        if y is not None:
+            check_labels(y, emb.shape[0], None)  # raises: the network takes no labels
+        return emb
+    return emb + embed(y, emb.shape[0], emb.device).to(emb.dtype)
+
+
 def make_embedding(name: str, dim: int) -> nn.Module:
     """The noise-level embedding called `name` ("sinusoidal" or "fourier") of width `dim`."""
     check_choice("embedding", name, EMBEDDINGS)
@@ -136,6 +146,9 @@ class MLP(nn.Module):
         depth: number of hidden layers (>= 1).
         embed_dim: width of the noise-level embedding; even and >= 2.
         embedding: "sinusoidal" (`SinusoidalEmbedding`) or "fourier" (`GaussianFourierEmbedding`).
+        num_classes: make it class-conditional: a learned label embedding (with a null row for
+            `NULL_LABEL`) is added to the time features; None (default): unconditional.
+        out_dim: output width; default `dim` (a noise-conditional classifier sets its classes).
     """
 
     def __init__(
@@ -145,6 +158,8 @@ class MLP(nn.Module):
         depth: int = 3,
         embed_dim: int = 64,
         embedding: str = "sinusoidal",
+        num_classes: int | None = None,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = check_positive_int("dim", dim)
@@ -164,15 +179,22 @@ class MLP(nn.Module):
             nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.act = nn.SiLU()
-        self.out = nn.Linear(hidden, dim)
+        self.out_dim = check_positive_int("out_dim", dim if out_dim is None else out_dim)
+        self.out = nn.Linear(hidden, self.out_dim)
+        self.num_classes = num_classes
+        self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        """Network output of shape (B, dim) for x of shape (B, dim) and c_noise of shape (B,)."""
+    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+        """Output (B, out_dim) for x (B, dim), c_noise (B,) and optional labels y (B,).
+
+        y = None on a conditional network means every example is unconditional (NULL_LABEL).
+        """
         if not torch.is_tensor(x) or x.ndim != 2 or x.shape[1] != self.dim:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must have shape (batch, {self.dim}), got {got}")
         check_noise_levels(c_noise, x.shape[0])
         temb = self.time_mlp(self.embed(c_noise.to(x.dtype)))
+        temb = add_label_embedding(self.label_embed, temb, y)
         shifts = self.time_proj(temb).chunk(self.depth, dim=1)
         h = x
         for layer, shift in zip(self.layers, shifts, strict=True):

@@ -9,17 +9,19 @@ from torch import Tensor, nn
 
 from .._utils import append_dims, check_choice, check_finite_number
 from .base import PARAMETRIZATIONS, ParametrizedModel, to_x0_eps
+from .labels import check_labels
 
 TIME_INPUTS = ("log_snr", "t")
 
 
 class ScoreModel(ParametrizedModel):
-    """Wrap `net(x_in, c_noise) -> out` as a score model for `sde`.
+    """Wrap `net(x_in, c_noise[, y]) -> out` as a score model for `sde`.
 
     The network sees c_in(t) * x with c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2), the inverse
     std of x_t for data of std sigma_data (EDM's input preconditioning; it is exactly 1 for VP with
     sigma_data = 1, and keeps VE/EDM inputs of std up to 80 at unit scale), and the noise level
-    c_noise = time_input(t).
+    c_noise = time_input(t). Class labels y, when given, are passed to the network as its third
+    argument; `num_classes` is the network's (None: unconditional).
 
     Args:
         net: module mapping (B, *D) and (B,) to (B, *D).
@@ -61,23 +63,33 @@ class ScoreModel(ParametrizedModel):
             return self.sde.check_t(t)
         return self.time_input(t)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """The raw network prediction in this model's parametrization; shape (B, *D)."""
-        return self._predict(x, t, self.sde.alpha(t), self.sde.sigma(t))
+    @property
+    def num_classes(self) -> int | None:
+        """The network's number of classes; None for an unconditional network."""
+        return getattr(self.net, "num_classes", None)
 
-    def _predict(self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """The raw network prediction in this model's parametrization; shape (B, *D)."""
+        return self._predict(x, t, self.sde.alpha(t), self.sde.sigma(t), y)
+
+    def _predict(
+        self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, y: Tensor | None = None
+    ) -> Tensor:
         x_in = x
         if self.sigma_data is not None:
             c_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
             x_in = append_dims(c_in, x.ndim) * x
-        out = self.net(x_in, self.c_noise(t))
+        if y is not None and self.num_classes is None:
+            check_labels(y, x.shape[0], None)  # raises: names the unconditional network
+        # Unconditional networks are called without y, so any net(x, c_noise) still works.
+        out = self.net(x_in, self.c_noise(t)) if y is None else self.net(x_in, self.c_noise(t), y)
         if out.shape != x.shape:
             raise ValueError(
                 f"net must return the shape of x {tuple(x.shape)}, got {tuple(out.shape)}"
             )
         return out
 
-    def x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
-        out = self._predict(x, t, alpha, sigma)
+        out = self._predict(x, t, alpha, sigma, y)
         return to_x0_eps(self.parametrization, out, x, alpha, sigma)

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .networks import SinusoidalEmbedding, check_noise_levels, check_positive_int
+from .labels import LabelEmbedding
+from .networks import (
+    SinusoidalEmbedding,
+    add_label_embedding,
+    check_noise_levels,
+    check_positive_int,
+)
 
 
 class ResBlock(nn.Module):
@@ -81,6 +87,8 @@ class UNet(nn.Module):
         embed_dim: width of the time embedding MLP; default 4 * channels.
         dropout: dropout probability inside residual blocks, in [0, 1).
         out_channels: output channels; default `in_channels`.
+        num_classes: make it class-conditional: a learned label embedding (with a null row for
+            `NULL_LABEL`) is added to the time embedding, as in ADM; None: unconditional.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class UNet(nn.Module):
         embed_dim: int | None = None,
         dropout: float = 0.0,
         out_channels: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_positive_int("in_channels", in_channels)
@@ -131,6 +140,11 @@ class UNet(nn.Module):
             nn.SiLU(),
             nn.Linear(embed_dim, embed_dim),
             nn.SiLU(),
+        )
+
+        self.num_classes = num_classes
+        self.label_embed = (
+            LabelEmbedding(num_classes, embed_dim) if num_classes is not None else None
         )
 
         def res(a: int, b: int) -> ResBlock:
@@ -173,8 +187,9 @@ class UNet(nn.Module):
         # Default init rather than DDPM's zero init, so the untrained output depends on (x, t).
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
 
-    def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        """Output of shape (B, out_channels, H, W) for x (B, in_channels, H, W), c_noise (B,)."""
+    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+        """Output (B, out_channels, H, W) for x (B, in_channels, H, W), c_noise (B,) and
+        optional labels y (B,); y = None on a conditional network is NULL_LABEL throughout."""
         if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(
@@ -186,7 +201,9 @@ class UNet(nn.Module):
                 f"(2 ** (len(channel_mult) - 1)), got shape {tuple(x.shape)}"
             )
         check_noise_levels(c_noise, x.shape[0])
-        emb = self.time_mlp(self.embed(c_noise.to(x.dtype)))
+        emb = add_label_embedding(
+            self.label_embed, self.time_mlp(self.embed(c_noise.to(x.dtype))), y
+        )
 
         h = self.conv_in(x)
         hs = [h]

@@ -75,6 +75,11 @@ class SolveResult:
         trajectory: if requested, the states at the grid times, then the denoised output when
             denoise_final: shape (len(ts) [+ 1], B, *D).
         method: the method name.
+        batch_factor: examples passed through the network per sample per evaluation: 2 under
+            classifier-free guidance (conditional and unconditional in one doubled batch), else
+            1. The network saw nfe * batch_factor * B examples in all.
+        nfe_classifier: classifier forward-and-backward passes (classifier guidance), not
+            counted in nfe.
     """
 
     x: Tensor
@@ -83,6 +88,8 @@ class SolveResult:
     ts: Tensor
     trajectory: Tensor | None
     method: str
+    batch_factor: int = 1
+    nfe_classifier: int = 0
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,12 @@ def sample(
     device: torch.device | str | None = None,
     denoise_final: bool = True,
     return_trajectory: bool = False,
+    y: Tensor | int | None = None,
+    guidance: float | None = None,
+    classifier: Callable | None = None,
+    classifier_scale: float = 1.0,
+    known: Tensor | None = None,
+    mask: Tensor | None = None,
     **options,
 ) -> SolveResult:
     """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
@@ -145,11 +151,24 @@ def sample(
             last step and EDM's step to sigma = 0 do; otherwise stochastic methods add no noise
             on their last step.
         return_trajectory: also return the states at every grid time.
+        y: class labels for a conditional model (one with `num_classes`): an int for the whole
+            batch or an int tensor (B,); NULL_LABEL (-1) entries sample unconditionally.
+        guidance: classifier-free guidance weight w (Ho & Salimans 2022): w = 0 unconditional,
+            1 conditional, > 1 guided; each evaluation is one network call on a doubled batch
+            (the result's `batch_factor` is 2).
+        classifier: a noise-conditional classifier (x, t) -> logits (B, K) for classifier
+            guidance towards y (Dhariwal & Nichol 2021), at `classifier_scale`; the model is
+            then used unconditionally unless `guidance` is also set.
+        known, mask: inpainting / imputation (Song et al. 2021, App. I.2): the entries where the
+            bool `mask` is True are observed with values `known` (both broadcastable to
+            `shape`); the output holds them exactly. See `sdegen.solvers.guidance.Inpainted`.
         **options: method options, e.g. eta (ddim), snr and corrector_steps (pc), rtol and
             atol (dopri5), variance (ancestral).
     Returns:
         SolveResult with samples `x` of shape `shape` and the counted `nfe`.
     """
+    from .guidance import ClassifierGuided, Inpainted, guided_model
+
     check_choice("method", method, METHODS)
     m = METHODS[method]
     _check_options(method, m.fn, options)
@@ -180,7 +199,20 @@ def sample(
             steps = _steps_for_nfe(method, m, nfe, extra, options)
         ts = get_schedule(sde, schedule or m.schedule, 50 if steps is None else steps)
 
-    counted = CountingModel(model)
+    guided = guided_model(
+        model,
+        sde,
+        shape[0],
+        y=y,
+        guidance=guidance,
+        classifier=classifier,
+        classifier_scale=classifier_scale,
+        known=known,
+        mask=mask,
+        generator=generator,
+        device=device,
+    )
+    counted = CountingModel(guided)
     if noise is None:
         x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     else:
@@ -197,7 +229,21 @@ def sample(
         x = counted.denoise(x, torch.full((shape[0],), sde.t_min, dtype=x.dtype, device=x.device))
         if traj is not None:
             traj.append(x)
+    if isinstance(guided, Inpainted):
+        x = guided.fill(x)
+        if traj is not None:
+            traj[-1] = x
     trajectory = torch.stack(traj) if traj is not None else None
+    wrappers = [guided]
+    while hasattr(wrappers[-1], "own_batch_factor"):
+        wrappers.append(wrappers[-1].model)
     return SolveResult(
-        x=x, nfe=counted.nfe, nfe_backward=0, ts=ts, trajectory=trajectory, method=method
+        x=x,
+        nfe=counted.nfe,
+        nfe_backward=0,
+        ts=ts,
+        trajectory=trajectory,
+        method=method,
+        batch_factor=getattr(guided, "batch_factor", 1),
+        nfe_classifier=sum(w.classifier_nfe for w in wrappers if isinstance(w, ClassifierGuided)),
     )
