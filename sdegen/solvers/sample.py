@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_choice, check_tensor_finite
-from . import exponential, pf_ode, reverse_sde, torchsde_methods
+from . import dpm, exponential, pf_ode, reverse_sde, torchsde_methods
 from .counting import CountingModel, SolveResult
 from .schedules import get_schedule
 
@@ -72,6 +72,20 @@ METHODS: dict[str, Method] = {
                    "DDIM: first-order exponential integrator (eta > 0: stochastic)"),
     "dpmpp_2m": Method(exponential.dpmpp_2m, "ode", "log_snr", _per_step(1),
                        "DPM-Solver++(2M) multistep exponential integrator"),
+    "dpmpp_3m": Method(dpm.dpmpp_3m, "ode", "log_snr", _per_step(1),
+                       "DPM-Solver++(3M) multistep (order 1-4; eta > 0: stochastic)"),
+    "dpmpp_sde": Method(dpm.dpmpp_sde, "sde", "log_snr", _per_step(1),
+                        "SDE-DPM-Solver++(2M) on the reverse SDE"),
+    "unipc": Method(dpm.unipc, "ode", "log_snr", _per_step(1),
+                    "UniPC-style multistep predictor-corrector, corrector free"),
+    "dpmpp_2s": Method(dpm.dpmpp_2s, "ode", "log_snr", _per_step(2),
+                       "DPM-Solver++(2S) singlestep"),
+    "dpmpp_3s": Method(dpm.dpmpp_3s, "ode", "log_snr", _per_step(3),
+                       "DPM-Solver++(3S) singlestep"),
+    "dpm_adaptive": Method(dpm.dpm_adaptive, "ode", "uniform", None,
+                           "adaptive DPM-Solver-23 in log-SNR (rtol, atol)"),
+    "edm_sde": Method(dpm.edm_sde, "sde", "karras", lambda n, _: 2 * n - 1,
+                      "EDM stochastic sampler (churn) with Heun steps"),
 }
 # fmt: on
 
