@@ -91,3 +91,13 @@ def test_likelihood_benchmark_smoke(tmp_path):
     assert kinds["vae"].startswith("estimate")
     assert "-ELBO" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "density_moons.png").stat().st_size > 1000
+
+
+def test_digits_classifier_script(tmp_path):
+    from sdegen.metrics import load_digits_classifier
+
+    out = tmp_path / "clf.safetensors"
+    report = _load("digits_classifier").main(["--out", str(out), "--steps", "10", "--seed", "2"])
+    assert report["path"] == str(out) and report["steps"] == 10 and report["test_count"] == 297
+    meta = load_digits_classifier(out).metadata["training"]
+    assert (meta["seed"], meta["test_accuracy"]) == (2, report["test_accuracy"])

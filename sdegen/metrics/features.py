@@ -1,0 +1,208 @@
+"""Feature extractors for FID/KID: "raw" (data space), "digits" (our 8x8 classifier) and
+"inception" (the pool3 features of the FID InceptionV3 network, from a local TorchScript file).
+
+Each entry of `FEATURES` builds a callable ``x (B, *D) -> (B, F)`` returning float64 features on
+x's device; `get_features(name, **kw)` picks one by name. Images are expected on the package's
+data scale, [-1, 1] (`sdegen.data`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from .._utils import check_choice, check_tensor_finite
+
+__all__ = [
+    "FeatureFn",
+    "FEATURES",
+    "get_features",
+    "raw_features",
+    "digits_features",
+    "inception_features",
+    "load_inception",
+]
+
+FeatureFn = Callable[[Tensor], Tensor]
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+_INCEPTION_HELP = (
+    f"the FID network is not downloaded: pass path= or set SDEGEN_INCEPTION to a local copy of "
+    f"{INCEPTION_FILE}, the TorchScript InceptionV3 (pool3, 2048 features) of StyleGAN2-ADA "
+    "(nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt, "
+    "also used by clean-fid); pytorch-fid's pt_inception-2015-12-05-6726825d.pth is a state "
+    "dict of its own InceptionV3 class and cannot be loaded here"
+)
+
+
+def _batches(x: Tensor, batch_size: int):
+    for a in range(0, x.shape[0], batch_size):
+        yield x[a : a + batch_size]
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _check_input(x: Tensor) -> None:
+    check_tensor_finite("x", x)
+    if x.ndim < 2 or x.shape[0] == 0 or x[:1].numel() == 0:
+        raise ValueError(f"x must have shape (B, *D) with B >= 1, D nonempty; got {tuple(x.shape)}")
+
+
+def raw_features() -> FeatureFn:
+    """Identity features: x (B, *D) -> x flattened to (B, prod(D)), float64. For
+    low-dimensional data, where the Gaussian fit of the data themselves is meaningful."""
+
+    def extract(x: Tensor) -> Tensor:
+        _check_input(x)
+        return x.detach().reshape(x.shape[0], -1).to(torch.float64)
+
+    return extract
+
+
+def digits_features(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 2048,
+) -> FeatureFn:
+    """Penultimate-layer features (64 by default) of the 8x8 digits classifier.
+
+    The weights are read once, from `path` or the cache (`default_digits_classifier_path()`);
+    a missing file raises FileNotFoundError naming it and the command that creates it
+    (``python benchmarks/digits_classifier.py``). Returns ``x (B, 1, 8, 8) in [-1, 1] ->
+    (B, hidden)`` float64 on x's device, computed on `device` (default: x's device) in
+    batches of `batch_size`, without gradients.
+    """
+    from .digits import load_digits_classifier
+
+    batch_size = _check_batch_size(batch_size)
+    model = load_digits_classifier(path)
+
+    @torch.no_grad()
+    def extract(x: Tensor) -> Tensor:
+        _check_input(x)
+        dev = torch.device(device) if device is not None else x.device
+        net = model.to(dev)
+        out = [net.features(b.to(dev)).to(torch.float64) for b in _batches(x, batch_size)]
+        return torch.cat(out).to(x.device)
+
+    return extract
+
+
+def _inception_path(path: str | os.PathLike[str] | None) -> Path:
+    if path is None:
+        env = os.environ.get("SDEGEN_INCEPTION")
+        if not env:
+            raise FileNotFoundError(f"no InceptionV3 file given; {_INCEPTION_HELP}")
+        path = env
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"InceptionV3 file not found: {p}; {_INCEPTION_HELP}")
+    return p
+
+
+def load_inception(path: str | os.PathLike[str] | None = None) -> torch.jit.ScriptModule:
+    """The TorchScript FID network from `path` or the env var SDEGEN_INCEPTION, in eval mode.
+
+    Raises:
+        FileNotFoundError: no path given or no file there, saying which file is needed.
+        ValueError: the file is not a TorchScript archive.
+    """
+    p = _inception_path(path)
+    try:
+        with warnings.catch_warnings():
+            # the network exists only as TorchScript; torch's advice to move to torch.export
+            # is for authors of models, not for loading a published file
+            warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+            net = torch.jit.load(str(p), map_location="cpu")
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{p} is not a TorchScript file ({type(err).__name__}: {err}); {_INCEPTION_HELP}"
+        ) from err
+    return net.eval()
+
+
+def inception_features(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    batch_size: int = 64,
+    resize: int | None = None,
+) -> FeatureFn:
+    """Pool3 features (2048) of the FID InceptionV3 (Heusel et al. 2017) from a local file.
+
+    The file is StyleGAN2-ADA's TorchScript ``inception-2015-12-05.pt`` (a translation of the
+    TensorFlow graph used for the original FID; clean-fid loads the same file), given as `path`
+    or by the env var SDEGEN_INCEPTION; it is never downloaded. It is called the way
+    StyleGAN2-ADA's metrics call it: ``net(images, return_features=True)`` on uint8 NCHW
+    images with 3 channels and values 0..255, resized inside the network to 299x299.
+
+    So each image x (B, C, H, W), C in {1, 3}, values in [-1, 1] is mapped to its 256-level
+    pixel values with `sdegen.data.to_levels` (the inverse of the package's bin centres;
+    values outside [-1, 1] clip), grey images are repeated to 3 channels, and, only when
+    `resize` is given, resized bilinearly to resize x resize before quantizing (for a network
+    that does not resize itself). uint8 inputs are taken as pixel values as they are.
+
+    Returns:
+        ``x -> (B, F)`` float64 features on x's device, computed on `device` (default: x's
+        device) in batches of `batch_size`, without gradients.
+    """
+    from ..data import to_levels
+
+    batch_size = _check_batch_size(batch_size)
+    if resize is not None and (
+        isinstance(resize, bool) or not isinstance(resize, int) or resize < 1
+    ):
+        raise ValueError(f"resize must be None or an integer >= 1, got {resize!r}")
+    net = load_inception(path)
+
+    def to_pixels(b: Tensor) -> Tensor:
+        if b.dtype != torch.uint8:
+            if resize is not None:
+                b = F.interpolate(b.to(torch.float32), size=(resize, resize), mode="bilinear")
+            b = to_levels(b, 256).to(torch.uint8)
+        elif resize is not None:
+            size = (resize, resize)
+            b = F.interpolate(b.float(), size=size, mode="bilinear").round().to(torch.uint8)
+        return b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
+
+    @torch.no_grad()
+    def extract(x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+            raise ValueError(
+                f"x must be images of shape (B, C, H, W) with C in (1, 3), got {tuple(x.shape)}"
+            )
+        check_tensor_finite("x", x)
+        dev = torch.device(device) if device is not None else x.device
+        model = net.to(dev)
+        out = []
+        for b in _batches(x, batch_size):
+            f = model(to_pixels(b.to(dev)).contiguous(), return_features=True)
+            out.append(f.reshape(f.shape[0], -1).to(torch.float64))
+        return torch.cat(out).to(x.device)
+
+    return extract
+
+
+FEATURES: dict[str, Callable[..., FeatureFn]] = {
+    "raw": raw_features,
+    "digits": digits_features,
+    "inception": inception_features,
+}
+
+
+def get_features(name: str, **kwargs) -> FeatureFn:
+    """The feature extractor `name` in `FEATURES` built with `kwargs`: a callable
+    ``x (B, *D) -> (B, F)`` of float64 features."""
+    check_choice("features", name, FEATURES)
+    return FEATURES[name](**kwargs)
