@@ -10,10 +10,18 @@ import torch
 
 import sdegen
 from sdegen.models import MLP, GaussianMixtureScore, GaussianScore, ScoreModel, UNet
+from sdegen.models.classifier import ConvClassifier, NoiseConditionalClassifier
 from sdegen.models.labels import NULL_LABEL
 from sdegen.sde import VPSDE
 from sdegen.solvers import METHODS
 from sdegen.solvers.guidance import ClassifierFree, ClassifierGuided, Conditioned
+from sdegen.training import (
+    StepRandom,
+    Trainer,
+    classifier_loss,
+    classifier_training,
+    score_matching,
+)
 
 from .conftest import SDE_FACTORIES, mixture
 
@@ -288,3 +296,123 @@ def test_classifier_guidance_errors() -> None:
             ).x.sum()
         )
     )
+
+
+# ---------------------------------------------------------------- training
+
+
+def _mixture_data(mix: GaussianMixtureScore, n: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    g = _gen(0)
+    k = torch.multinomial(mix.log_weights.exp(), n, replacement=True, generator=g)
+    return mix.sample(n, generator=g, dtype=F64, y=k), k
+
+
+def test_label_dropout_replaces_labels_with_probability_p() -> None:
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        sde = VPSDE()
+
+        def eps(self, x, t, y=None):
+            seen.append(y)
+            return torch.zeros_like(x)
+
+    y = torch.arange(4000) % 3
+    x = torch.zeros(4000, 2, dtype=F64)
+    objective = score_matching(p_uncond=0.25)
+    objective(Recorder(), x, StepRandom(0, 7, 0, 1, 4000), y)
+    objective(Recorder(), x, StepRandom(0, 7, 0, 1, 4000), y)
+    dropped = seen[0] == NULL_LABEL
+    assert abs(float(dropped.double().mean()) - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 4000)
+    assert torch.equal(seen[0][~dropped], y[~dropped])
+    assert torch.equal(seen[0], seen[1])  # drawn from the step's randomness: reproducible
+    objective(Recorder(), x, StepRandom(0, 7, 0, 1, 4000))
+    assert seen[2] is None
+    with pytest.raises(ValueError, match="p_uncond must be in"):
+        score_matching(p_uncond=1.5)
+
+
+def test_one_network_trained_with_label_dropout_is_conditional_and_unconditional() -> None:
+    sde = VPSDE()
+    mix = mixture(sde)
+    x, k = _mixture_data(mix)
+    torch.manual_seed(0)
+    model = ScoreModel(MLP(2, hidden=64, depth=2, embed_dim=16, num_classes=2), sde, "v")
+    trainer = Trainer(
+        model,
+        score_matching(p_uncond=0.2),
+        x,
+        labels=k,
+        batch_size=256,
+        lr=3e-3,
+        ema_decay=None,
+        progress=False,
+    )
+    trainer.fit(300)
+    y = torch.arange(400) % 2
+    r = sdegen.sample(model, sde, (400, 2), y=y, steps=20, generator=_gen(), dtype=F64)
+    nearest = ((r.x[:, None] - mix.means[None]) ** 2).sum(-1).argmin(1)
+    assert float((nearest == y).double().mean()) >= 0.95
+    # unconditionally (null label) it draws both components in their proportions 0.35 : 0.65
+    r = sdegen.sample(model, sde, (2000, 2), steps=20, generator=_gen(), dtype=F64)
+    frac = float((((r.x[:, None] - mix.means[None]) ** 2).sum(-1).argmin(1) == 1).double().mean())
+    assert abs(frac - 0.65) < 0.06  # sampling s.e. 0.011; measured 0.675 when written
+
+
+def test_trained_classifier_approaches_the_exact_responsibilities() -> None:
+    sde = VPSDE()
+    mix = mixture(sde)
+    x, k = _mixture_data(mix)
+    torch.manual_seed(0)
+    clf = NoiseConditionalClassifier(MLP(2, hidden=64, depth=2, embed_dim=16, out_dim=2), sde)
+    probe = 2 * torch.randn(2000, 2, dtype=F64, generator=_gen(1))
+    t = sde.t_min + (sde.T - sde.t_min) * torch.rand(2000, dtype=F64, generator=_gen(2))
+
+    def error() -> float:
+        with torch.no_grad():
+            return float((clf.log_prob(probe, t).exp() - mix.posterior(probe, t)).abs().mean())
+
+    before = error()
+    Trainer(
+        clf,
+        classifier_training(),
+        x,
+        labels=k,
+        batch_size=256,
+        lr=3e-3,
+        ema_decay=None,
+        progress=False,
+    ).fit(200)
+    after = error()
+    # measured when written: 0.31 untrained, 0.03 after 200 steps (mean |p - p_exact|)
+    assert after < 0.06 and after < before / 4
+    # guiding the exact unconditional score with it lands samples on the target component
+    y = torch.arange(200) % 2
+    r = sdegen.sample(
+        mix, sde, (200, 2), steps=20, generator=_gen(), y=y, classifier=clf, dtype=F64
+    )
+    nearest = ((r.x[:, None] - mix.means[None]) ** 2).sum(-1).argmin(1)
+    assert float((nearest == y).double().mean()) >= 0.95
+    assert r.nfe_classifier == r.nfe
+
+
+def test_classifier_loss_is_the_cross_entropy_on_perturbed_data() -> None:
+    sde = VPSDE()
+    torch.manual_seed(0)
+    clf = NoiseConditionalClassifier(
+        ConvClassifier(1, 3, channels=8, groups=4, channel_mult=(1, 2)), sde
+    ).double()
+    x0 = torch.randn(4, 1, 8, 8, dtype=F64, generator=_gen())
+    y = torch.tensor([0, 2, 1, 2])
+    t = torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=F64)
+    noise = torch.randn(x0.shape, dtype=F64, generator=_gen(1))
+    loss = classifier_loss(clf, x0, y, t=t, noise=noise, reduce=False)
+    logits = clf(sde.perturb(x0, t, noise), t)
+    torch.testing.assert_close(loss, -torch.log_softmax(logits, -1)[torch.arange(4), y])
+    loss.mean().backward()
+    for name, p in clf.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    with pytest.raises(ValueError, match="labels must be in 0..2"):
+        classifier_loss(clf, x0, torch.tensor([0, 1, 2, 3]), t=t, noise=noise)
+    with pytest.raises(ValueError, match="classifier training needs labels"):
+        classifier_training()(clf, x0, StepRandom(0, 0, 0, 1, 4))

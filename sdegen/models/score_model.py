@@ -14,6 +14,31 @@ from .labels import check_labels
 TIME_INPUTS = ("log_snr", "t")
 
 
+def check_time_input(time_input: str | Callable[[Tensor], Tensor]):
+    """A time-input name from TIME_INPUTS or a callable t -> c_noise; else an error."""
+    if isinstance(time_input, str):
+        return check_choice("time_input", time_input, TIME_INPUTS)
+    if not callable(time_input):
+        raise TypeError(f"time_input must be a name or a callable, got {time_input!r}")
+    return time_input
+
+
+def noise_level(sde, t: Tensor, time_input: str | Callable[[Tensor], Tensor]) -> Tensor:
+    """The network's noise-level input c_noise at times t (B,): log-SNR, t, or time_input(t)."""
+    if time_input == "log_snr":
+        return sde.log_snr(t)
+    if time_input == "t":
+        return sde.check_t(t)
+    return time_input(t)
+
+
+def scale_input(x: Tensor, alpha: Tensor, sigma: Tensor, sigma_data: float | None) -> Tensor:
+    """c_in x with c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM); x itself if None."""
+    if sigma_data is None:
+        return x
+    return append_dims(torch.rsqrt(alpha**2 * sigma_data**2 + sigma**2), x.ndim) * x
+
+
 class ScoreModel(ParametrizedModel):
     """Wrap `net(x_in, c_noise[, y]) -> out` as a score model for `sde`.
 
@@ -44,11 +69,7 @@ class ScoreModel(ParametrizedModel):
         super().__init__(sde)
         self.net = net
         self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
-        if isinstance(time_input, str):
-            check_choice("time_input", time_input, TIME_INPUTS)
-        elif not callable(time_input):
-            raise TypeError(f"time_input must be a name or a callable, got {time_input!r}")
-        self.time_input = time_input
+        self.time_input = check_time_input(time_input)
         self.sigma_data = (
             None
             if sigma_data is None
@@ -57,11 +78,7 @@ class ScoreModel(ParametrizedModel):
 
     def c_noise(self, t: Tensor) -> Tensor:
         """The noise-level input of the network at times t of shape (B,)."""
-        if self.time_input == "log_snr":
-            return self.sde.log_snr(t)
-        if self.time_input == "t":
-            return self.sde.check_t(t)
-        return self.time_input(t)
+        return noise_level(self.sde, t, self.time_input)
 
     @property
     def num_classes(self) -> int | None:
@@ -75,10 +92,7 @@ class ScoreModel(ParametrizedModel):
     def _predict(
         self, x: Tensor, t: Tensor, alpha: Tensor, sigma: Tensor, y: Tensor | None = None
     ) -> Tensor:
-        x_in = x
-        if self.sigma_data is not None:
-            c_in = torch.rsqrt(alpha**2 * self.sigma_data**2 + sigma**2)
-            x_in = append_dims(c_in, x.ndim) * x
+        x_in = scale_input(x, alpha, sigma, self.sigma_data)
         if y is not None and self.num_classes is None:
             check_labels(y, x.shape[0], None)  # raises: names the unconditional network
         # Unconditional networks are called without y, so any net(x, c_noise) still works.

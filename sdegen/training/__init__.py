@@ -1,12 +1,14 @@
 """Training: objectives, the trainer, checkpoints."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .losses import WEIGHTINGS, dsm_loss, sample_times, times_from_uniform
-from .objectives import density_loss, score_matching
+from .losses import WEIGHTINGS, classifier_loss, dsm_loss, sample_times, times_from_uniform
+from .objectives import classifier_training, density_loss, score_matching
 from .trainer import StepRandom, Trainer, held_out_loss, init_distributed
 
 __all__ = [
     "dsm_loss",
+    "classifier_loss",
+    "classifier_training",
     "sample_times",
     "times_from_uniform",
     "WEIGHTINGS",

@@ -48,42 +48,7 @@ def sample_times(
     return times_from_uniform(sde, u, importance_sampling=importance_sampling).to(dtype)
 
 
-def dsm_loss(
-    model,
-    x0: Tensor,
-    *,
-    weighting: str = "simple",
-    importance_sampling: bool | None = None,
-    generator: torch.Generator | None = None,
-    t: Tensor | None = None,
-    noise: Tensor | None = None,
-    reduce: bool = True,
-) -> Tensor:
-    """Denoising score-matching loss of a score model on clean data x0.
-
-    Args:
-        model: a score model with `.sde` and `eps(x, t)` (e.g. ScoreModel); whatever its
-            parametrization, the loss is taken on its noise prediction.
-        x0: clean data, shape (B, *D).
-        weighting: "simple", "sigma2" or "likelihood" (see the module docstring).
-        importance_sampling: draw t uniformly in log-SNR and weight accordingly; default True
-            for "likelihood", False otherwise (only "likelihood" supports it).
-        generator: random source for t and the noise.
-        t, noise: fix the times (B,) and the noise (B, *D) instead of drawing them.
-        reduce: mean over the batch; otherwise per-example losses of shape (B,).
-    Returns:
-        the loss, a scalar (or shape (B,) if not reduce).
-    """
-    check_choice("weighting", weighting, WEIGHTINGS)
-    check_tensor_finite("x0", x0)
-    if importance_sampling is None:
-        importance_sampling = weighting == "likelihood"
-    if importance_sampling and weighting != "likelihood":
-        raise ValueError(
-            f"importance_sampling applies to weighting='likelihood' only, "
-            f"got weighting={weighting!r}"
-        )
-    sde = model.sde
+def _times_and_noise(sde, x0, t, noise, importance_sampling, generator) -> tuple[Tensor, Tensor]:
     B = x0.shape[0]
     if t is None:
         t = sample_times(
@@ -98,8 +63,51 @@ def dsm_loss(
         raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return t, noise
+
+
+def dsm_loss(
+    model,
+    x0: Tensor,
+    *,
+    weighting: str = "simple",
+    importance_sampling: bool | None = None,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    reduce: bool = True,
+    y: Tensor | None = None,
+) -> Tensor:
+    """Denoising score-matching loss of a score model on clean data x0.
+
+    Args:
+        model: a score model with `.sde` and `eps(x, t)` (e.g. ScoreModel); whatever its
+            parametrization, the loss is taken on its noise prediction.
+        x0: clean data, shape (B, *D).
+        weighting: "simple", "sigma2" or "likelihood" (see the module docstring).
+        importance_sampling: draw t uniformly in log-SNR and weight accordingly; default True
+            for "likelihood", False otherwise (only "likelihood" supports it).
+        generator: random source for t and the noise.
+        t, noise: fix the times (B,) and the noise (B, *D) instead of drawing them.
+        reduce: mean over the batch; otherwise per-example losses of shape (B,).
+        y: class labels (B,) of x0 for a conditional model (NULL_LABEL entries: unconditional).
+    Returns:
+        the loss, a scalar (or shape (B,) if not reduce).
+    """
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_tensor_finite("x0", x0)
+    if importance_sampling is None:
+        importance_sampling = weighting == "likelihood"
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError(
+            f"importance_sampling applies to weighting='likelihood' only, "
+            f"got weighting={weighting!r}"
+        )
+    sde = model.sde
+    B = x0.shape[0]
+    t, noise = _times_and_noise(sde, x0, t, noise, importance_sampling, generator)
     x_t = sde.perturb(x0, t, noise)
-    sq = (model.eps(x_t, t) - noise) ** 2
+    sq = ((model.eps(x_t, t) if y is None else model.eps(x_t, t, y)) - noise) ** 2
     if weighting == "simple":
         per_example = sq.reshape(B, -1).mean(dim=1)
     elif weighting == "sigma2":
@@ -111,3 +119,42 @@ def dsm_loss(
         w = 0.5 * (sde.T - sde.t_min) * sde.g2(t) / sde.sigma(t) ** 2
         per_example = append_dims(w, 1) * sum_except_batch(sq)
     return per_example.mean() if reduce else per_example
+
+
+def classifier_loss(
+    classifier,
+    x0: Tensor,
+    y: Tensor,
+    *,
+    importance_sampling: bool = False,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    reduce: bool = True,
+) -> Tensor:
+    """Cross-entropy of a noise-conditional classifier on perturbed data x_t = alpha x0 + sigma eps.
+
+    Times are drawn as for `dsm_loss` (uniform in t, or uniform in log-SNR with
+    importance_sampling), so the classifier learns p(y | x_t) at every noise level it will guide.
+
+    Args:
+        classifier: (x_t (B, *D), t (B,)) -> logits (B, K), with `.sde`
+            (e.g. NoiseConditionalClassifier).
+        x0: clean data, shape (B, *D).
+        y: their labels, int64 of shape (B,) in [0, K).
+        importance_sampling, generator, t, noise: as for `dsm_loss`.
+        reduce: mean over the batch; otherwise per-example losses (B,).
+    Returns:
+        the loss in nats, a scalar (or shape (B,)).
+    """
+    check_tensor_finite("x0", x0)
+    if not torch.is_tensor(y) or y.shape != (x0.shape[0],) or y.is_floating_point():
+        got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"y must be integer labels of shape ({x0.shape[0]},), got {got}")
+    sde = classifier.sde
+    t, noise = _times_and_noise(sde, x0, t, noise, importance_sampling, generator)
+    logits = classifier(sde.perturb(x0, t, noise), t)
+    if bool(((y < 0) | (y >= logits.shape[1])).any()):
+        raise ValueError(f"labels must be in 0..{logits.shape[1] - 1}, got {y.tolist()[:8]}...")
+    loss = torch.nn.functional.cross_entropy(logits, y.long(), reduction="none")
+    return loss.mean() if reduce else loss

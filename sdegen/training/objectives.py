@@ -1,4 +1,4 @@
-"""Training objectives for the Trainer: (model, batch, StepRandom) -> scalar loss.
+"""Training objectives for the Trainer: (model, batch, StepRandom[, labels]) -> scalar loss.
 
 All randomness is drawn through StepRandom, per example, so that resumed and multi-process runs
 repeat single-process ones exactly.
@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice
+from .._utils import check_choice, check_finite_number
 from ..data.quantize import dequantize
-from .losses import WEIGHTINGS, dsm_loss, times_from_uniform
+from ..models.labels import NULL_LABEL
+from .losses import WEIGHTINGS, classifier_loss, dsm_loss, times_from_uniform
 
 
 def _dequantize(x: Tensor, rnd, bin_width: float | None) -> Tensor:
@@ -24,24 +25,60 @@ def score_matching(
     weighting: str = "simple",
     importance_sampling: bool | None = None,
     bin_width: float | None = None,
+    p_uncond: float = 0.0,
 ):
     """Denoising score matching (see `dsm_loss`) with per-example times and noise.
 
     bin_width: dequantize discrete data by this bin width first (None: continuous data).
+    p_uncond: label dropout for a conditional model (Ho & Salimans 2022): each example's label
+        is replaced by NULL_LABEL with this probability, so one network learns both the
+        conditional and the unconditional score. Labels reach the objective when the Trainer is
+        given `labels`; without them the model is trained unconditionally.
     """
     check_choice("weighting", weighting, WEIGHTINGS)
+    p_uncond = check_finite_number("p_uncond", p_uncond, nonnegative=True)
+    if p_uncond > 1:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
     if importance_sampling is None:
         importance_sampling = weighting == "likelihood"
 
-    def objective(model: nn.Module, x: Tensor, rnd) -> Tensor:
+    def objective(model: nn.Module, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         x = _dequantize(x, rnd, bin_width)
-        t = times_from_uniform(
-            model.sde, rnd.rand(dtype=torch.float64), importance_sampling=importance_sampling
-        ).to(x.dtype)
-        noise = rnd.randn(*x.shape[1:], dtype=x.dtype)
+        t, noise = _times_and_noise(model, x, rnd, importance_sampling)
+        if y is not None and p_uncond > 0:
+            # drawn after t and noise, so an unconditional run's numbers are unchanged
+            drop = rnd.rand(dtype=torch.float64) < p_uncond
+            y = torch.where(drop, NULL_LABEL, y)
         return dsm_loss(
-            model, x, weighting=weighting, importance_sampling=importance_sampling, t=t, noise=noise
+            model,
+            x,
+            weighting=weighting,
+            importance_sampling=importance_sampling,
+            t=t,
+            noise=noise,
+            y=y,
         )
+
+    return objective
+
+
+def _times_and_noise(model, x: Tensor, rnd, importance_sampling: bool) -> tuple[Tensor, Tensor]:
+    t = times_from_uniform(
+        model.sde, rnd.rand(dtype=torch.float64), importance_sampling=importance_sampling
+    ).to(x.dtype)
+    return t, rnd.randn(*x.shape[1:], dtype=x.dtype)
+
+
+def classifier_training(importance_sampling: bool = False, bin_width: float | None = None):
+    """Cross-entropy of a noise-conditional classifier on perturbed data (see
+    `classifier_loss`), with per-example times and noise; the Trainer must be given labels."""
+
+    def objective(model: nn.Module, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
+        if y is None:
+            raise ValueError("classifier training needs labels: pass labels= to the Trainer")
+        x = _dequantize(x, rnd, bin_width)
+        t, noise = _times_and_noise(model, x, rnd, importance_sampling)
+        return classifier_loss(model, x, y, t=t, noise=noise)
 
     return objective
 

@@ -29,7 +29,8 @@ from torch.utils.data import DistributedSampler, TensorDataset
 from .._utils import check_finite_number
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
-Objective = Callable[[nn.Module, Tensor, "StepRandom"], Tensor]
+# (model, x, rnd) -> loss; with labels given to the Trainer, (model, x, rnd, y) -> loss.
+Objective = Callable[..., Tensor]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the seed space
 
@@ -86,15 +87,24 @@ class _ObjectiveModule(nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, x: Tensor, rnd: StepRandom) -> Tensor:
-        return self.objective(self.model, x, rnd)
+    def forward(self, x: Tensor, rnd: StepRandom, y: Tensor | None = None) -> Tensor:
+        if y is None:
+            return self.objective(self.model, x, rnd)
+        return self.objective(self.model, x, rnd, y)
 
 
 def held_out_loss(
-    objective: Objective, x: Tensor, *, seed: int = 12345, batch: int = 1024
+    objective: Objective,
+    x: Tensor,
+    *,
+    seed: int = 12345,
+    batch: int = 1024,
+    labels: Tensor | None = None,
 ) -> Callable[[nn.Module, int], dict]:
-    """An eval_fn for Trainer: the objective on held-out data with fixed noise, so successive
-    evaluations differ only through the model."""
+    """An eval_fn for Trainer: the objective on held-out data (and their labels, if given) with
+    fixed noise, so successive evaluations differ only through the model."""
+    if labels is not None:
+        _check_labels(labels, x)
 
     @torch.no_grad()
     def evaluate(model: nn.Module, step: int) -> dict:
@@ -102,10 +112,25 @@ def held_out_loss(
         total = 0.0
         for i, chunk in enumerate(x.split(batch)):
             rnd = StepRandom(seed, i, 0, 1, len(chunk), device)
-            total += float(objective(model, chunk.to(device), rnd)) * len(chunk)
+            args = (model, chunk.to(device), rnd)
+            if labels is not None:
+                args += (labels[i * batch : i * batch + len(chunk)].to(device),)
+            total += float(objective(*args)) * len(chunk)
         return {"test_loss": total / len(x)}
 
     return evaluate
+
+
+def _check_labels(labels: Tensor, data: Tensor) -> None:
+    if (
+        not torch.is_tensor(labels)
+        or labels.shape != (data.shape[0],)
+        or labels.is_floating_point()
+    ):
+        got = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
+        raise ValueError(
+            f"labels must be an integer tensor of shape ({data.shape[0]},) matching data, got {got}"
+        )
 
 
 def _dist_info() -> tuple[int, int]:
@@ -141,6 +166,8 @@ class Trainer:
         eval_fn: (model_or_ema, step) -> dict of numbers, run every `eval_every` steps on rank 0.
         config: JSON-able description of the run, stored in each checkpoint.
         progress: show a tqdm bar on rank 0.
+        labels: class labels of `data`, int64 of shape (N,); given, each batch's labels reach
+            the objective as a fourth argument (conditional models, classifiers).
     """
 
     def __init__(
@@ -165,8 +192,12 @@ class Trainer:
         eval_every: int = 0,
         config: dict | None = None,
         progress: bool = True,
+        labels: Tensor | None = None,
     ) -> None:
         self.rank, self.world = init_distributed(str(device))
+        if labels is not None:
+            _check_labels(labels, data)
+        self.labels = labels
         if batch_size % self.world:
             raise ValueError(
                 f"batch_size {batch_size} must be divisible by the number of processes {self.world}"
@@ -240,14 +271,15 @@ class Trainer:
 
     # ---- loop ------------------------------------------------------------------------------
 
-    def _batch(self, step: int) -> Tensor:
+    def _batch(self, step: int) -> tuple[Tensor, Tensor | None]:
         epoch, k = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self.sampler.set_epoch(epoch)
             self._order, self._epoch = torch.tensor(list(self.sampler)), epoch
         local = self.batch_size // self.world
         idx = self._order[k * local : (k + 1) * local]
-        return self.data[idx].to(self.device)
+        y = self.labels[idx].to(self.device) if self.labels is not None else None
+        return self.data[idx].to(self.device), y
 
     def _lr(self, step: int) -> float:
         return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
@@ -261,7 +293,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
-        loss = self.net(self._batch(step), rnd)
+        x, y = self._batch(step)
+        loss = self.net(x, rnd, y)
         if not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"loss is {float(loss)} at step {step}")
         self.optimizer.zero_grad(set_to_none=True)
