@@ -2,8 +2,10 @@
 
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, ScoreModelLike, from_x0_eps, to_x0_eps
+from .classifier import ConvClassifier, NoiseConditionalClassifier
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
+from .labels import NULL_LABEL, LabelEmbedding, check_labels
 from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
 from .unet import UNet
@@ -28,4 +30,9 @@ __all__ = [
     "to_x0_eps",
     "from_x0_eps",
     "ring_mixture",
+    "NoiseConditionalClassifier",
+    "ConvClassifier",
+    "NULL_LABEL",
+    "LabelEmbedding",
+    "check_labels",
 ]

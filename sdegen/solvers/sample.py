@@ -130,7 +130,7 @@ def sample(
     method: str = "dpmpp_2m",
     steps: int | None = None,
     nfe: int | None = None,
-    schedule: str | None = None,
+    schedule: str | Tensor | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
     dtype: torch.dtype | None = None,
@@ -143,6 +143,7 @@ def sample(
     classifier_scale: float = 1.0,
     known: Tensor | None = None,
     mask: Tensor | None = None,
+    inpaint: str = "replace",
     **options,
 ) -> SolveResult:
     """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
@@ -155,7 +156,8 @@ def sample(
         steps: number of grid steps; or give `nfe`, the budget of network evaluations, and the
             largest number of steps that fits is used (the result reports the counted NFE).
             Neither: 50 steps. Adaptive methods ("dopri5") take rtol/atol instead.
-        schedule: "uniform", "log_snr" or "karras"; default per method.
+        schedule: "uniform", "log_snr" or "karras" (default per method), or the grid itself:
+            a strictly decreasing tensor of times from T to t_min, e.g. `tune_schedule(...).ts`.
         generator: the random source for the prior draw and every noise increment.
         noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
             increments of stochastic methods).
@@ -175,7 +177,11 @@ def sample(
             then used unconditionally unless `guidance` is also set.
         known, mask: inpainting / imputation (Song et al. 2021, App. I.2): the entries where the
             bool `mask` is True are observed with values `known` (both broadcastable to
-            `shape`); the output holds them exactly. See `sdegen.solvers.guidance.Inpainted`.
+            `shape`); the output holds them exactly.
+        inpaint: "replace" (Song et al.'s replacement; biased where known and unknown entries
+            are correlated) or "moment" (Gaussian posterior-moment guidance: exact for Gaussian
+            data, one VJP per known entry per evaluation, counted in `nfe_backward`). See
+            `sdegen.solvers.guidance.Inpainted`.
         **options: method options, e.g. eta (ddim), snr and corrector_steps (pc), rtol and
             atol (dopri5), variance (ancestral).
     Returns:
@@ -208,6 +214,10 @@ def sample(
         if steps is not None or nfe is not None:
             raise ValueError(f"method {method!r} is adaptive: set rtol/atol, not steps or nfe")
         ts = get_schedule(sde, "uniform", 1)
+    elif torch.is_tensor(schedule):
+        ts = check_grid(sde, schedule)
+        if steps is not None or nfe is not None:
+            raise ValueError("a schedule given as a grid sets the steps; give no steps or nfe")
     else:
         if nfe is not None:
             steps = _steps_for_nfe(method, m, nfe, extra, options)
@@ -223,6 +233,7 @@ def sample(
         classifier_scale=classifier_scale,
         known=known,
         mask=mask,
+        inpaint=inpaint,
         generator=generator,
         device=device,
     )
@@ -254,7 +265,7 @@ def sample(
     return SolveResult(
         x=x,
         nfe=counted.nfe,
-        nfe_backward=0,
+        nfe_backward=guided.vjps if isinstance(guided, Inpainted) else 0,
         ts=ts,
         trajectory=trajectory,
         method=method,
