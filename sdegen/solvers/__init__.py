@@ -6,6 +6,7 @@ from .likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, l
 from .pf_ode import ode_drift
 from .sample import METHODS, available, sample
 from .schedules import SCHEDULES, get_schedule
+from .tuning import optimise_schedule, tune_schedule
 
 __all__ = [
     "sample",
@@ -17,6 +18,8 @@ __all__ = [
     "hutchinson_divergence",
     "ode_drift",
     "get_schedule",
+    "tune_schedule",
+    "optimise_schedule",
     "SCHEDULES",
     "SolveResult",
     "LikelihoodResult",

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._utils import check_choice, check_tensor_finite
 from . import dpm, exponential, pf_ode, reverse_sde, torchsde_methods
 from .counting import CountingModel, SolveResult
-from .schedules import get_schedule
+from .schedules import check_grid, get_schedule
 
 
 @dataclass(frozen=True)

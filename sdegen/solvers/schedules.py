@@ -57,3 +57,22 @@ def get_schedule(sde, name: str, steps: int, **kwargs) -> Tensor:
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"schedule {name!r} with {steps} steps is not strictly decreasing")
     return ts
+
+
+def check_grid(sde, ts) -> Tensor:
+    """A user-given grid as float64 (steps+1,): strictly decreasing from sde.T to sde.t_min."""
+    if not torch.is_tensor(ts) or ts.ndim != 1 or ts.numel() < 2:
+        got = tuple(ts.shape) if torch.is_tensor(ts) else type(ts).__name__
+        raise ValueError(f"a grid must be a 1-D tensor of at least 2 times, got {got}")
+    ts = ts.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError("the grid must be finite, got NaN or inf")
+    scale = max(1.0, abs(sde.T))
+    if abs(float(ts[0]) - sde.T) > 1e-9 * scale or abs(float(ts[-1]) - sde.t_min) > 1e-9 * scale:
+        raise ValueError(
+            f"the grid must run from T = {sde.T:.6g} to t_min = {sde.t_min:.6g}, "
+            f"got {float(ts[0]):.6g} to {float(ts[-1]):.6g}"
+        )
+    if not bool((ts[1:] < ts[:-1]).all()):
+        raise ValueError("the grid must be strictly decreasing")
+    return ts
