@@ -114,6 +114,33 @@ def test_digits_run_writes_an_image_grid(tmp_path):
     assert np.load(tmp_path / "g.npz")["x"].shape == (4, 1, 8, 8)
 
 
+def test_conditional_digits_run_samples_a_class_with_guidance(tmp_path, capsys):
+    run = tmp_path / "cond"
+    tiny = ["--set", "data=digits", "--set", "steps=2", "--set", "batch_size=16"]
+    net = ["--set", "network_params={channels: 8, groups: 4}"]
+    assert main(["train", "--run", str(run), "--quiet", "--conditional", *tiny, *net]) == 0
+    assert "trained conditional (p_uncond 0.1) digits" in capsys.readouterr().out
+    ckpt = sorted(run.glob("ckpt-*"))[-1]
+    assert json.loads((ckpt / "state.json").read_text())["extra"]["config"]["num_classes"] == 10
+    out = tmp_path / "g"
+    argv = ["sample", "--run", str(run), "--nfe", "3", "--n", "4", "--out", str(out)]
+    assert main([*argv, "--class", "3", "--guidance", "2.0"]) == 0
+    assert "class 3, guidance 2 with dpmpp_2m: NFE 3 on a doubled batch" in capsys.readouterr().out
+    saved = np.load(out.with_suffix(".npz"))
+    assert saved["x"].shape == (4, 1, 8, 8) and int(saved["label"]) == 3
+    assert main([*argv, "--class", "10"]) == 2
+    assert "label 10 is out of range; expected 0..9" in capsys.readouterr().err
+    assert main([*argv, "--guidance", "2"]) == 2
+    assert "--guidance needs --class" in capsys.readouterr().err
+    # an unconditional run refuses a class; toy data have no labels to condition on
+    plain = tmp_path / "plain"
+    assert main(["train", "--run", str(plain), "--quiet", *tiny, *net]) == 0
+    assert main(["sample", "--run", str(plain), "--nfe", "3", "--n", "2", "--class", "1"]) == 2
+    assert "unconditional model" in capsys.readouterr().err
+    assert main(["train", "--run", str(tmp_path / "toy"), "--quiet", "--conditional"]) == 2
+    assert "'toy:8gaussians' has no class labels" in capsys.readouterr().err
+
+
 def test_config_files_and_overrides(tmp_path):
     (tmp_path / "a.yaml").write_text("sde: ve\nsteps: 7\nsde_params: {sigma_max: 10.0}\n")
     (tmp_path / "b.toml").write_text('sde = "edm"\nsteps = 9\n[network_params]\nhidden = 8\n')
@@ -194,7 +221,8 @@ def test_quickstart_fast_writes_its_report(tmp_path):
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     assert "bits/dim" in report and "nats" in report
-    for name in ("toy_density.png", "toy_nfe_vs_quality.png", "digits_dpmpp_2m.png", "loss.png"):
+    names = ("toy_density.png", "toy_nfe_vs_quality.png", "digits_dpmpp_2m.png", "loss.png")
+    for name in (*names, "digits_classes_w1.png", "digits_classes_w3.png"):
         assert (out / name).stat().st_size > 1000, name
     assert {s["method"] for s in results["toy"]["samplers"]} == {
         "dpmpp_2m",

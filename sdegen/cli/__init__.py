@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set steps=500 --set sde=ve",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --run")
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        help="class-conditional model with label dropout (config keys conditional, p_uncond)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1... (default: the config's, auto)")
     p.set_defaults(run_command=commands.train)
@@ -43,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
+    p.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        default=None,
+        help="sample this class (conditional runs; -1: unconditional)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight w with --class (0 uncond., 1 cond., >1 guided)",
+    )
     p.add_argument("--out", help="output path without suffix (default: RUN/samples/...)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda...")
     p.set_defaults(run_command=commands.sample)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ class Data:
     """A data set split for training and evaluation.
 
     bin_width is the dequantization bin of discrete data (None for continuous toy data);
-    true_log_prob is the closed-form density where one exists (toy sets).
+    true_log_prob is the closed-form density where one exists (toy sets); train_labels and
+    test_labels the class labels of labelled sets (images), with num_classes.
     """
 
     name: str
@@ -41,6 +43,9 @@ class Data:
     test: Tensor
     bin_width: float | None
     true_log_prob: Callable[[Tensor], Tensor] | None = None
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    num_classes: int | None = None
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -74,7 +79,27 @@ def load_data(spec: str, *, n_train: int = 20000, seed: int = 0) -> Data:
     if kind not in loaders or (kind in ("mnist", "cifar10") and not arg):
         raise ValueError(f"unknown data {spec!r}; expected one of: {', '.join(DATA_KINDS)}")
     train, test = loaders[kind]("train"), loaders[kind]("test")
-    return Data(spec, train.x, test.x, train.bin_width)
+    return Data(
+        spec,
+        train.x,
+        test.x,
+        train.bin_width,
+        train_labels=train.y,
+        test_labels=test.y,
+        num_classes=train.num_classes,
+    )
+
+
+def run_classes(cfg: TrainConfig, data: Data) -> int | None:
+    """The number of classes a run's network is conditioned on: None unless cfg.conditional."""
+    if not cfg.conditional:
+        return None
+    if data.num_classes is None:
+        raise ValueError(
+            f"conditional: true needs labelled data; {cfg.data!r} has no class labels "
+            "(use digits, mnist:FOLDER or cifar10:FOLDER)"
+        )
+    return data.num_classes
 
 
 def build_sde(cfg: TrainConfig):
@@ -82,7 +107,9 @@ def build_sde(cfg: TrainConfig):
     return SDES[cfg.sde](**cfg.sde_params)
 
 
-def build_network(cfg: TrainConfig, event_shape: tuple[int, ...]) -> torch.nn.Module:
+def build_network(
+    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
+) -> torch.nn.Module:
     check_choice("network", cfg.network, NETWORKS)
     kind = cfg.network
     if kind == "auto":
@@ -93,14 +120,17 @@ def build_network(cfg: TrainConfig, event_shape: tuple[int, ...]) -> torch.nn.Mo
                 f"network 'mlp' needs vector data, got examples of shape "
                 f"{event_shape}; use 'unet' for images"
             )
-        return MLP(event_shape[0], **cfg.network_params)
+        return MLP(event_shape[0], num_classes=num_classes, **cfg.network_params)
     if len(event_shape) != 3:
         raise ValueError(f"network 'unet' needs images (C, H, W), got {event_shape}")
     params = {"channels": 32, "channel_mult": (1, 2), **cfg.network_params}
-    return UNet(in_channels=event_shape[0], **params)
+    return UNet(in_channels=event_shape[0], num_classes=num_classes, **params)
 
 
-def build_model(cfg: TrainConfig, event_shape: tuple[int, ...]) -> ScoreModel:
+def build_model(
+    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
+) -> ScoreModel:
+    """The run's score model; class-conditional on num_classes classes when given."""
     torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
     sde = build_sde(cfg)
     # Built in float32 whatever torch's default dtype is (the data are float32): initialising
@@ -108,7 +138,7 @@ def build_model(cfg: TrainConfig, event_shape: tuple[int, ...]) -> ScoreModel:
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        net = build_network(cfg, event_shape)
+        net = build_network(cfg, event_shape, num_classes)
     finally:
         torch.set_default_dtype(default)
     return ScoreModel(net, sde, cfg.parametrization)
@@ -126,10 +156,17 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     """Rebuild a run's model from its folder and load its latest checkpoint (EMA weights)."""
     cfg = read_run_config(run_dir)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape)
+    num_classes = run_classes(cfg, data)
+    model = build_model(cfg, data.event_shape, num_classes)
     path = latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"run folder {run_dir} has no checkpoint yet (no 'latest')")
+    saved = json.loads((path / "state.json").read_text()).get("extra", {}).get("config", {})
+    if saved.get("num_classes", num_classes) != num_classes:
+        raise ValueError(
+            f"checkpoint {path} was trained with num_classes={saved['num_classes']}, but its "
+            f"run config builds num_classes={num_classes}"
+        )
     if ema and (path / "ema.safetensors").is_file():
         from torch.optim.swa_utils import AveragedModel
 
@@ -152,12 +189,18 @@ def make_trainer(
     progress: bool = True,
 ) -> Trainer:
     """The Trainer a run config describes: DSM with its weighting, dequantizing discrete data,
-    and the held-out loss every `eval_every` steps."""
-    objective = score_matching(cfg.weighting, bin_width=data.bin_width)
+    and the held-out loss every `eval_every` steps; a conditional run trains on the labels with
+    label dropout p_uncond, and its checkpoints record num_classes."""
+    num_classes = run_classes(cfg, data)
+    objective = score_matching(
+        cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if num_classes else 0.0
+    )
+    test_labels = data.test_labels[:2000] if num_classes else None
     return Trainer(
         model,
         objective,
         data.train,
+        labels=data.train_labels if num_classes else None,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         warmup=cfg.warmup,
@@ -168,8 +211,8 @@ def make_trainer(
         run_dir=run_dir,
         ckpt_every=cfg.ckpt_every,
         log_every=cfg.log_every,
-        eval_fn=held_out_loss(objective, data.test[:2000]),
+        eval_fn=held_out_loss(objective, data.test[:2000], labels=test_labels),
         eval_every=cfg.eval_every,
-        config=cfg.to_dict(),
+        config={**cfg.to_dict(), "num_classes": num_classes},
         progress=progress,
     )

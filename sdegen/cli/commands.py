@@ -19,7 +19,7 @@ from ..models import ring_mixture
 from ..models.density import bits_per_dim
 from ..training import latest_checkpoint
 from . import plots
-from .build import SDES, Data, build_model, load_data, load_run, make_trainer
+from .build import SDES, Data, build_model, load_data, load_run, make_trainer, run_classes
 from .config import load_config, read_run_config, save_config
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -49,6 +49,10 @@ def train(args: argparse.Namespace) -> int:
             )
         if args.set:
             cfg.steps = extra.steps
+        if getattr(args, "conditional", False) and not cfg.conditional:
+            raise ValueError(
+                "--conditional cannot make an unconditional run conditional on --resume"
+            )
     else:
         if latest_checkpoint(run) is not None:
             raise ValueError(
@@ -56,11 +60,13 @@ def train(args: argparse.Namespace) -> int:
                 "continue it or choose a new --run folder"
             )
         cfg = load_config(args.config, args.set)
+        if getattr(args, "conditional", False):
+            cfg.conditional = True
     if args.device:
         cfg.device = args.device
     device = _check_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape)
+    model = build_model(cfg, data.event_shape, run_classes(cfg, data))
     trainer = make_trainer(cfg, data, model, run, device=device, progress=not args.quiet)
     if trainer.rank == 0:
         save_config(cfg, run)
@@ -70,8 +76,9 @@ def train(args: argparse.Namespace) -> int:
     history = trainer.fit(cfg.steps)
     if trainer.rank == 0:
         last = history[-1]["loss"] if history else float("nan")
+        kind = f"conditional (p_uncond {cfg.p_uncond}) " if cfg.conditional else ""
         print(
-            f"trained {cfg.data} with {cfg.sde}/{cfg.parametrization}: steps {start} -> "
+            f"trained {kind}{cfg.data} with {cfg.sde}/{cfg.parametrization}: steps {start} -> "
             f"{trainer.step}, last loss {last:.4f}; run folder {run}"
         )
     return 0
@@ -95,6 +102,14 @@ def sample(args: argparse.Namespace) -> int:
     kw = {"nfe": args.nfe} if args.nfe is not None else {"steps": args.steps}
     if args.method == "dopri5":
         kw = {}
+    label = getattr(args, "class_label", None)
+    guidance = getattr(args, "guidance", None)
+    if label is not None:
+        kw["y"] = label  # checked against the model's classes by sample()
+    if guidance is not None:
+        if label is None:
+            raise ValueError("--guidance needs --class (the class to guide towards)")
+        kw["guidance"] = guidance
     res = solvers.sample(
         run.model,
         sde,
@@ -105,10 +120,11 @@ def sample(args: argparse.Namespace) -> int:
         **kw,
     )
     x = res.x.cpu()
+    tag = "" if label is None else f"-class{label}" + (f"-w{guidance:g}" if guidance else "")
     out = (
         Path(args.out)
         if args.out
-        else (Path(args.run) / "samples" / f"{args.method}-nfe{res.nfe}-seed{args.seed}")
+        else (Path(args.run) / "samples" / f"{args.method}-nfe{res.nfe}-seed{args.seed}{tag}")
     )
     np.savez(
         out.with_suffix(".npz"),
@@ -117,12 +133,21 @@ def sample(args: argparse.Namespace) -> int:
         method=args.method,
         seed=args.seed,
         step=run.step,
+        label=-1 if label is None else label,
+        guidance=float("nan") if guidance is None else guidance,
+        batch_factor=res.batch_factor,
+    )
+    what = (
+        ""
+        if label is None
+        else f", class {label}" + (f", guidance {guidance:g}" if guidance else "")
     )
     png = _save_samples(
-        x, run.data, out, f"{args.method}, NFE {res.nfe}, step {run.step}, seed {args.seed}"
+        x, run.data, out, f"{args.method}, NFE {res.nfe}{what}, step {run.step}, seed {args.seed}"
     )
+    batch = " on a doubled batch (classifier-free guidance)" if res.batch_factor == 2 else ""
     print(
-        f"sampled {args.n} with {args.method}: NFE {res.nfe} (counted); wrote "
+        f"sampled {args.n}{what} with {args.method}: NFE {res.nfe}{batch} (counted); wrote "
         f"{out.with_suffix('.npz')} and {png}"
     )
     return 0

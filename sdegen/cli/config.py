@@ -33,6 +33,8 @@ class TrainConfig:
     network: str = "auto"  # mlp | unet | auto (mlp for vectors, unet for images)
     network_params: dict = field(default_factory=dict)
     weighting: str = "simple"
+    conditional: bool = False  # class-conditional network (needs labelled data, e.g. digits)
+    p_uncond: float = 0.1  # label dropout of a conditional run: one net, cond. and uncond.
     steps: int = 2000
     batch_size: int = 256
     lr: float = 2e-3
@@ -110,11 +112,14 @@ def from_dict(values: dict) -> TrainConfig:
             "int": isinstance(v, int) and not isinstance(v, bool),
             "float": isinstance(v, (int, float)) and not isinstance(v, bool),
             "str": isinstance(v, str),
+            "bool": isinstance(v, bool),
             "dict": isinstance(v, dict),
             "float | None": v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
         }[expected]
         if not ok:
             raise ValueError(f"config key {name} must be {expected}, got {v!r}")
+    if not 0.0 <= cfg.p_uncond <= 1.0:
+        raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {cfg.steps}, {cfg.batch_size}")
     return cfg
