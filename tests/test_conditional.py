@@ -9,7 +9,14 @@ import pytest
 import torch
 
 import sdegen
-from sdegen.models import MLP, GaussianMixtureScore, GaussianScore, ScoreModel, UNet
+from sdegen.models import (
+    MLP,
+    GaussianMixtureScore,
+    GaussianScore,
+    ParametrizedModel,
+    ScoreModel,
+    UNet,
+)
 from sdegen.models.classifier import ConvClassifier, NoiseConditionalClassifier
 from sdegen.models.labels import NULL_LABEL
 from sdegen.sde import VPSDE
@@ -219,6 +226,20 @@ def test_cfg_is_one_batched_call_equal_to_two_separate_calls() -> None:
     r = sdegen.sample(model, sde, (5, 2), method="heun", steps=4, y=y, guidance=3.0, dtype=F64)
     assert r.nfe == 2 * 4 - 1 + 1 and r.batch_factor == 2
     assert calls == [10] * r.nfe
+
+    class TwoCalls(ParametrizedModel):
+        """Guidance from two separate network calls: the reference for the batched one."""
+
+        def x0_eps(self, x, t, labels=None):
+            x0_c, eps_c = model.x0_eps(x, t, y)
+            x0_u, eps_u = model.x0_eps(x, t, torch.full((5,), NULL_LABEL))
+            return x0_u + 3.0 * (x0_c - x0_u), eps_u + 3.0 * (eps_c - eps_u)
+
+    for method in ("heun", "euler_maruyama", "dpmpp_2m"):
+        kw = dict(method=method, steps=6, dtype=F64)
+        batched = sdegen.sample(model, sde, (5, 2), y=y, guidance=3.0, generator=_gen(1), **kw)
+        separate = sdegen.sample(TwoCalls(sde), sde, (5, 2), generator=_gen(1), **kw)
+        torch.testing.assert_close(batched.x, separate.x, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("method", ["dpmpp_2m", "euler_maruyama", "pc"])
