@@ -311,9 +311,13 @@ def guided_model(
             labels = check_labels(labels, batch, getattr(model, "num_classes", None))
         elif getattr(classifier, "num_classes", None) is not None:
             labels = check_labels(labels, batch, classifier.num_classes, allow_null=False)
-        elif not torch.is_tensor(labels) or bool((labels < 0).any()):
-            # checked fully, against the classifier's output width, at its first call
-            raise ValueError(f"classifier guidance needs labels >= 0 (no null label), got {y!r}")
+        else:  # the classifier's output width is known at its first call: checked fully there
+            if tuple(labels.shape) != (batch,):
+                raise ValueError(f"labels y must have shape ({batch},), got {tuple(labels.shape)}")
+            if bool((labels < 0).any()):
+                raise ValueError(
+                    f"classifier guidance needs labels >= 0 (no null label), got {y!r}"
+                )
         if guidance is not None:
             if check_finite_number("guidance", guidance) < 0:
                 raise ValueError(f"guidance must be >= 0, got {guidance!r}")
