@@ -101,3 +101,305 @@ def test_digits_classifier_script(tmp_path):
     assert report["path"] == str(out) and report["steps"] == 10 and report["test_count"] == 297
     meta = load_digits_classifier(out).metadata["training"]
     assert (meta["seed"], meta["test_accuracy"]) == (2, report["test_accuracy"])
+
+
+# ---- peers and likelihood_speed: the harness is tested without the peers; the peers' parts
+# run where they are installed (`pip install --no-deps k-diffusion==0.1.1.post1 diffusers`).
+
+
+def _peers():
+    import sys
+
+    if "peers" not in sys.modules:  # likelihood_speed imports the same module object
+        sys.modules["peers"] = _load("peers")
+    return sys.modules["peers"]
+
+
+def _kdiff_or_skip():
+    import pytest
+
+    ks, _ = _peers().load_k_diffusion()
+    if ks is None:
+        pytest.skip("k-diffusion is not installed")
+    return ks
+
+
+def test_peers_fit_steps_is_the_largest_count_within_budget():
+    import torch
+
+    peers = _peers()
+    like = torch.zeros(4, 2)
+
+    def runner(cost):  # a sampler whose counted NFE for n steps is cost(n)
+        return lambda n: lambda z, seed: (z, cost(n))
+
+    heun = runner(lambda n: 2 * n - 1)
+    assert [peers.fit_steps(heun, b, like) for b in (1, 2, 5, 10, 20)] == [1, 1, 3, 5, 10]
+    assert peers.fit_steps(runner(lambda n: n), 7, like) == 7
+    assert peers.fit_steps(runner(lambda n: 10 * n + 1), 5, like) is None
+    assert peers.fit_steps(runner(lambda n: 10 * n + 1), 50, like) == 4
+
+
+def test_peers_ddpm_setup_is_diffusers_published_schedule():
+    import torch
+
+    peers = _peers()
+    sde = peers.make_sde("ddpm")
+    # diffusers' "linear" beta_schedule: a float32 linspace; alphas_cumprod its cumprod of 1 - beta
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32).double()
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    i = torch.tensor([0, 1, 17, 500, 998, 999])
+    t = peers.diffusers_time(17, 3, torch.zeros(3))
+    assert torch.equal(t, torch.full((3,), 18 / 1000))
+    a2 = sde.alpha((i + 1).double() / 1000) ** 2
+    assert torch.allclose(a2, alphas_cumprod[i], rtol=1e-12, atol=0)
+    assert (sde.t_min, sde.T) == (1e-3, 1.0)
+    wide = peers.make_sde("ddpm", 0.1)  # the model's longer interval: the same process
+    ts = torch.linspace(1e-3, 1, 7)
+    assert wide.t_min == 1e-4 and torch.allclose(wide.alpha(ts), sde.alpha(ts), rtol=1e-14)
+
+
+def test_peers_diffusers_mapping_checked_against_diffusers():
+    import pytest
+
+    diffusers = pytest.importorskip("diffusers")
+    peers = _peers()
+    out = peers.check_diffusers_mapping(diffusers, peers.make_sde("ddpm"))
+    assert out["betas_max_abs"] == 0 and out["cumprod64_max_rel"] < 1e-12
+    assert out["alphas_cumprod_max_rel"] < 1e-5  # diffusers' own float32 product
+
+
+def test_peers_k_denoiser_is_the_posterior_mean_in_ve_variables():
+    import torch
+
+    from sdegen.models import GaussianScore
+    from sdegen.solvers import CountingModel
+
+    peers = _peers()
+    mu, c = torch.tensor([0.5, -1.0]), 0.3
+    for setup in ("vp", "edm", "ddpm"):
+        sde = peers.make_sde(setup)
+        model = GaussianScore(mu, c * torch.eye(2), sde)
+        counted = CountingModel(model)
+        den = peers.KDenoiser(counted, sde)
+        x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+        for s in (0.05, 1.0, 30.0):
+            # x_ve = x0 + s eps: E[x0 | x_ve] = mu + c / (c + s^2) (x_ve - mu)
+            want = mu + c / (c + s**2) * (x - mu)
+            assert torch.allclose(den(x, torch.full((5,), s)), want, atol=1e-10), (setup, s)
+        assert counted.nfe == 3
+
+
+def test_peers_verdict_is_paired_and_computed():
+    peers = _peers()
+
+    def rec(lib, name, b, runs):
+        return {
+            "mixture": "m",
+            "setup": "s",
+            "lib": lib,
+            "sampler": name,
+            "nfe_budget": b,
+            "nfe": b,
+            "frechet": sum(runs) / len(runs),
+            "frechet_runs": runs,
+        }
+
+    result = {
+        "noise_floor": {"m/s": {"frechet": 0.01}},
+        "records": [
+            rec("sdegen", "a", 5, [1.0, 2.0, 3.0]),
+            rec("sdegen", "b", 5, [4.0, 4.0, 4.0]),
+            rec("k-diffusion", "c", 5, [1.1, 2.1, 3.1]),  # worse by 0.1 on every seed
+            rec("sdegen", "a", 10, [1.0, 2.0, 3.0]),
+            rec("diffusers", "d", 10, [0.5, 3.0, 1.0]),
+            {**rec("diffusers", "e", 10, [1.0]), "skipped": "nfe too small"},
+        ],
+    }
+    v5, v10 = peers.verdicts(result)
+    assert (v5["sdegen"], v5["peer"], v5["sdegen_lower"], v5["significant"]) == (
+        "a",
+        "k-diffusion:c",
+        True,
+        True,
+    )
+    assert (v10["peer"], v10["sdegen_lower"], v10["significant"]) == ("diffusers:d", False, False)
+
+
+def test_peers_benchmark_smoke_sdegen_side(tmp_path):
+    import json
+
+    _peers().main(
+        [
+            "--n",
+            "200",
+            "--nfe",
+            "5",
+            "--seeds",
+            "2",
+            "--floor-sets",
+            "2",
+            "--tables",
+            "ring/edm",
+            "--methods",
+            "dpmpp_2m",
+            "heun",
+            "--kdiff",
+            "--diffusers",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = json.loads((tmp_path / "results.json").read_text())
+    recs = {r["sampler"]: r for r in result["records"]}
+    assert set(recs) == {"dpmpp_2m", "heun"} and recs["heun"]["nfe"] == 4
+    assert len(recs["dpmpp_2m"]["frechet_runs"]) == 2
+    assert result["meta"]["n"] == {"ring/edm": 200}
+    table = (tmp_path / "table.md").read_text()
+    assert "| sdegen:dpmpp_2m | " in table and table.count("**") == 2  # one best per column
+    assert (tmp_path / "fid_vs_nfe.png").stat().st_size > 1000
+
+
+def test_peers_benchmark_smoke_with_peers(tmp_path):
+    import json
+
+    import pytest
+
+    _kdiff_or_skip()
+    pytest.importorskip("diffusers")
+    _peers().main(
+        [
+            "--n",
+            "100",
+            "--nfe",
+            "5",
+            "--seeds",
+            "1",
+            "--floor-sets",
+            "1",
+            "--tables",
+            "ring/ddpm",
+            "--methods",
+            "ddim",
+            "--kdiff",
+            "euler",
+            "heun",
+            "dpmpp_2m_sde",
+            "--diffusers",
+            "DDIM",
+            "DPMSolverMultistep-2M",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = json.loads((tmp_path / "results.json").read_text())
+    nfe = {(r["lib"], r["sampler"]): r["nfe"] for r in result["records"]}
+    # counted, within the budget: heun is 2 per step but 1 for its last (Euler) step to 0
+    assert nfe == {
+        ("sdegen", "ddim"): 5,
+        ("k-diffusion", "euler"): 5,
+        ("k-diffusion", "heun"): 5,
+        ("k-diffusion", "dpmpp_2m_sde"): 5,
+        ("diffusers", "DDIM"): 5,
+        ("diffusers", "DPMSolverMultistep-2M"): 5,
+    }
+    assert result["meta"]["diffusers"] and result["meta"]["k-diffusion"]
+    assert "ring/ddpm" in result["diffusers_mapping"]
+    assert "sdegen's best is" in (tmp_path / "table.md").read_text()
+
+
+def test_peers_k_diffusion_euler_is_sdegen_ddim_on_the_karras_grid():
+    # Euler in the VE variables is DDIM (both step x0 exactly in log-SNR), and k-diffusion's last
+    # step to sigma = 0 is sdegen's final denoise: the adapter must reproduce sdegen's samples.
+    import torch
+
+    import sdegen
+    from sdegen.solvers import CountingModel
+
+    ks = _kdiff_or_skip()
+    peers = _peers()
+    for setup in ("vp", "edm"):
+        sde = peers.make_sde(setup)
+        model = peers.make_mixture("ring", sde)
+        z = sde.prior_sample(
+            (64, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64
+        )
+        ours = sdegen.sample(model, sde, (64, 2), method="ddim", schedule="karras", nfe=6, noise=z)
+        s_min, s_max = peers.ve_sigmas(sde)
+        counted = CountingModel(model)
+        a_T = sde.alpha(torch.full((1,), sde.T))
+        x = ks.sample_euler(
+            peers.KDenoiser(counted, sde),
+            z / a_T,
+            ks.get_sigmas_karras(6, s_min, s_max),
+            disable=True,
+        )
+        assert counted.nfe == ours.nfe == 6
+        assert torch.allclose(x, ours.x, atol=1e-8), (setup, float((x - ours.x).abs().max()))
+
+
+def test_likelihood_speed_smoke(tmp_path):
+    import json
+
+    ks, _ = _peers().load_k_diffusion()
+    bench = _load("likelihood_speed")
+    bench.main(
+        [
+            "--n",
+            "8",
+            "--tols",
+            "1e-4",
+            "--repeats",
+            "1",
+            "--mixtures",
+            "ring",
+            "--setups",
+            "vp",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    result = json.loads((tmp_path / "results.json").read_text())
+    recs = {r["solver"]: r for r in result["records"]}
+    assert recs["sdegen:exact"]["mean_abs_ode_err"] < 1e-3  # exact trace, tol 1e-4
+    assert recs["sdegen:exact"]["nfe"] > 0 and recs["sdegen:exact"]["seconds"] > 0
+    # the two Hutchinson estimators see the same probe signs (as the script's docstring says)
+    import torch
+
+    from sdegen.divergence import probes_like
+
+    x = torch.zeros(8, 2)
+    ours = probes_like(x, 1, "rademacher", torch.Generator().manual_seed(0))[0]
+    torch.manual_seed(0)
+    assert torch.equal(ours, torch.randint_like(x, 2) * 2 - 1)
+    if ks is not None:
+        kd = recs["k-diffusion:hutchinson"]
+        assert kd["nfe"] == kd["fevals_reported"]  # our count agrees with k-diffusion's own
+        assert "time_ratio" in recs["sdegen:hutchinson"]
+    assert "| 1e-04 | sdegen:exact |" in (tmp_path / "table.md").read_text()
+
+
+def test_likelihood_speed_k_diffusion_density_in_x_variables():
+    # In 1-D a Rademacher probe squares to 1, so k-diffusion's Hutchinson trace is exact and its
+    # log-likelihood, converted from x_ve = x / alpha, must hit the exact PF-ODE value.
+    import torch
+
+    from sdegen.models import GaussianMixtureScore
+    from sdegen.solvers import log_likelihood
+
+    ks = _kdiff_or_skip()
+    bench = _load("likelihood_speed")
+    for setup in ("vp", "edm"):
+        sde = bench.peers.make_sde(setup)
+        model = GaussianMixtureScore(
+            torch.tensor([0.3, 0.7]),
+            torch.tensor([[-1.0], [1.5]]),
+            torch.tensor([[[0.2]], [[0.05]]]),
+            bench.wide_sde(setup),
+        )
+        x = torch.linspace(-2, 2, 7)[:, None]
+        targets = bench.pf_ode_targets(model, sde, x)
+        kd = bench.run_kdiff(ks, model, sde, x, 1e-8, seed=0, repeats=1)
+        assert torch.allclose(kd["log_prob"], targets["k-diffusion"], atol=1e-5), setup
+        ours = log_likelihood(model, sde, x, rtol=1e-8, atol=1e-8).log_prob
+        assert torch.allclose(ours, targets["sdegen"], atol=1e-5), setup

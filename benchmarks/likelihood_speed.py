@@ -1,0 +1,364 @@
+"""PF-ODE log-likelihood: sdegen's `log_likelihood` against k-diffusion's, same model, same points.
+
+The model is an analytic Gaussian mixture diffused by the SDE, so the truth is exact: the
+density of a point x at t_min is log p_{t_min}(x) of the diffused mixture. Both libraries
+integrate with torchdiffeq's dopri5 at the same (rtol, atol), on the same points drawn from
+p_{t_min}, calling the same model through one `CountingModel`; recorded are the counted NFE, the
+wall time (median of repeats), the per-point error against the truth, and the ratios
+sdegen / k-diffusion. Because T is finite and the prior is not exactly p_T, even an exact solve
+misses the truth by log prior(z) - log p_T(z) at the endpoint z = x(T); that term is computed
+(tight solve of the same ODE) and the solver's own "ODE error" reported beside the total.
+
+What each computes:
+  sdegen       log_likelihood(model, sde, x, trace=..., method="dopri5"): ODE in t in the
+               SDE's own variables, from t_min to T; prior N(0, prior_std^2). Exact trace (D
+               vector-Jacobian products per evaluation) or Hutchinson with one Rademacher probe.
+  k-diffusion  k_diffusion.sampling.log_likelihood(D, x / alpha(t_min), sigma_min, sigma_max):
+               ODE in the VE variables x_ve = x / alpha, in sigma = sigma(t)/alpha(t), with a
+               Hutchinson trace of one Rademacher probe (drawn from torch's global generator,
+               seeded here), prior N(0, sigma_max^2) of x_ve. Its density is of x_ve, so
+               log p(x) = log p_ve(x / alpha(t_min)) - D log alpha(t_min).
+So the like-for-like pair is sdegen hutchinson against k-diffusion: the same estimator, and the
+same probe signs (sdegen draws them from Generator().manual_seed(seed), k-diffusion from
+torch.manual_seed(seed), one tensor of the points' shape: the same stream). sdegen exact is what
+sdegen recommends (no estimator noise) and costs D VJPs per evaluation.
+
+    pip install --no-deps k-diffusion==0.1.1.post1    # see benchmarks/peers.py
+    python benchmarks/likelihood_speed.py             # full run (a few minutes on one core)
+    python benchmarks/likelihood_speed.py --n 32 --tols 1e-3 --repeats 1   # smoke run
+    python benchmarks/likelihood_speed.py --replot
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import sdegen
+from sdegen.solvers import CountingModel, log_likelihood
+
+HERE = Path(__file__).resolve().parent
+
+
+def _peers():
+    if "peers" in sys.modules:
+        return sys.modules["peers"]
+    spec = importlib.util.spec_from_file_location("peers", HERE / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["peers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+peers = _peers()  # mixtures, SDE setups, the k-diffusion loader and denoiser adapter
+
+SETUPS = ("vp", "edm")
+# the exact model is built on a longer interval than the solve, as torchdiffeq's dopri5 probes
+# and steps past the final sigma before interpolating back to it (k-diffusion does not clamp)
+WIDE = {"vp": dict(t_min=1e-4, T=2.0), "edm": dict(sigma_min=2e-4, sigma_max=8e5)}
+
+
+def wide_sde(setup: str):
+    sde = peers.make_sde(setup)
+    return type(sde)(**WIDE[setup])
+
+
+def _median_time(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times), times
+
+
+def run_sdegen(model, sde, x, tol: float, trace: str, seed: int, repeats: int) -> dict:
+    def once():
+        return log_likelihood(
+            model,
+            sde,
+            x,
+            trace=trace,
+            probes=1,
+            noise="rademacher",
+            rtol=tol,
+            atol=tol,
+            method="dopri5",
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    res, seconds, times = _median_time(once, repeats)
+    return {"log_prob": res.log_prob, "nfe": res.nfe, "seconds": seconds, "times": times}
+
+
+def run_kdiff(ks, model, sde, x, tol: float, seed: int, repeats: int) -> dict:
+    s_min, s_max = peers.ve_sigmas(sde)
+    t0 = torch.full((x.shape[0],), sde.t_min, dtype=torch.float64)
+    a0 = float(sde.alpha(t0)[0])
+    x_ve = x / a0
+    d = x[0].numel()
+    counts = []
+
+    def once():
+        counted = CountingModel(model)
+        den = peers.KDenoiser(counted, model.sde)
+        torch.manual_seed(seed)
+        ll, info = ks.log_likelihood(den, x_ve, s_min, s_max, atol=tol, rtol=tol)
+        counts.append((counted.nfe, info["fevals"]))
+        return ll
+
+    ll_ve, seconds, times = _median_time(once, repeats)
+    return {
+        "log_prob": ll_ve - d * math.log(a0),
+        "nfe": counts[-1][0],
+        "fevals_reported": counts[-1][1],
+        "seconds": seconds,
+        "times": times,
+    }
+
+
+def pf_ode_targets(model, sde, x: torch.Tensor, tol: float = 1e-10) -> dict[str, torch.Tensor]:
+    """What an exact PF-ODE solve returns with each library's prior, per point, shape (B,).
+
+    A solve gives log prior(z) + int div = log p_t_min(x) + log prior(z) - log p_T(z) with z the
+    exact endpoint x(T); the last two terms (T is finite, the prior is not p_T) are the same for
+    every solver. So "ODE error" = result - target is the solver's own error (integration and
+    trace estimate), and target - truth is the prior's part of the error against the truth.
+    sdegen's prior is N(0, prior_std^2) of x(T); k-diffusion's is N(0, sigma_max^2) of
+    x_ve(T) = x(T) / alpha(T), whose density carries the Jacobian alpha(T)^D.
+    """
+    import torchdiffeq
+
+    from sdegen.solvers import ode_drift
+
+    wide = model.sde  # torchdiffeq probes past T; the model's SDE covers it
+
+    def f(t, y):
+        return ode_drift(model, wide, y, t.expand(y.shape[0]))
+
+    ts = torch.tensor([sde.t_min, sde.T], dtype=x.dtype)
+    with torch.no_grad():
+        z = torchdiffeq.odeint(f, x, ts, rtol=tol, atol=tol, method="dopri5")[-1]
+    t0 = torch.full((x.shape[0],), sde.t_min, dtype=x.dtype)
+    tT = torch.full((x.shape[0],), sde.T, dtype=x.dtype)
+    truth = model.log_prob(x, t0)
+    log_pT = model.log_prob(z, tT)
+    a_T = float(sde.alpha(tT[:1]))
+    s_max = peers.ve_sigmas(sde)[1]
+    kd_prior = torch.distributions.Normal(0.0, s_max).log_prob(z / a_T).flatten(1).sum(1)
+    return {
+        "truth": truth,
+        "sdegen": truth + sde.prior_log_prob(z) - log_pT,
+        "k-diffusion": truth + kd_prior - x[0].numel() * math.log(a_T) - log_pT,
+    }
+
+
+def _row(out: dict, target: torch.Tensor, truth: torch.Tensor, prior: torch.Tensor) -> dict:
+    """Errors of one solve: against the truth, and against its exact solve `target`; `prior` is
+    the exact solve with the library's prior, exact trace, minus the truth (per point)."""
+    ll = out.pop("log_prob")
+    err, ode_err = ll - truth, ll - target
+    return {
+        **out,
+        "mean_abs_err": float(err.abs().mean()),
+        "mean_err": float(err.mean()),
+        "mean_abs_ode_err": float(ode_err.abs().mean()),
+        "mean_ode_err": float(ode_err.mean()),
+        "prior_term": float(prior.abs().mean()),
+    }
+
+
+def run(args, ks) -> dict:
+    records = []
+    for mix in args.mixtures:
+        for setup in args.setups:
+            sde = peers.make_sde(setup)
+            model = peers.make_mixture(mix, wide_sde(setup))
+            g = torch.Generator().manual_seed(args.seed)
+            x0 = model.sample(args.n, generator=g, dtype=torch.float64)
+            t0 = torch.full((args.n,), sde.t_min, dtype=torch.float64)
+            noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+            x = sde.perturb(x0, t0, noise)  # points from p_{t_min}
+            targets = pf_ode_targets(model, sde, x)
+            # A Hutchinson solve's exact value is the integral with its probe, not the density:
+            # a tight solve with the same probe signs (both libraries draw the same ones) is its
+            # target, so its "ODE error" is integration error alone, not estimator noise.
+            tight = log_likelihood(
+                model,
+                sde,
+                x,
+                trace="hutchinson",
+                probes=1,
+                noise="rademacher",
+                rtol=1e-10,
+                atol=1e-10,
+                generator=torch.Generator().manual_seed(args.seed),
+            ).log_prob
+            truth = targets["truth"]
+            target = {
+                "sdegen:exact": targets["sdegen"],
+                "sdegen:hutchinson": tight,
+                "k-diffusion:hutchinson": tight + targets["k-diffusion"] - targets["sdegen"],
+            }
+            prior = {
+                "sdegen:exact": targets["sdegen"] - truth,
+                "sdegen:hutchinson": targets["sdegen"] - truth,
+                "k-diffusion:hutchinson": targets["k-diffusion"] - truth,
+            }
+            for tol in args.tols:
+                rows = {}
+                for trace in ("exact", "hutchinson"):
+                    name = f"sdegen:{trace}"
+                    out = run_sdegen(model, sde, x, tol, trace, args.seed, args.repeats)
+                    rows[name] = _row(out, target[name], truth, prior[name])
+                if ks is not None:
+                    name = "k-diffusion:hutchinson"
+                    out = run_kdiff(ks, model, sde, x, tol, args.seed, args.repeats)
+                    rows[name] = _row(out, target[name], truth, prior[name])
+                kd = rows.get("k-diffusion:hutchinson")
+                for name, r in rows.items():
+                    rec = {"mixture": mix, "dim": x[0].numel(), "setup": setup, "tol": tol}
+                    rec.update(solver=name, **r)
+                    if kd is not None and name != "k-diffusion:hutchinson":
+                        rec["time_ratio"] = r["seconds"] / kd["seconds"]
+                        rec["nfe_ratio"] = r["nfe"] / kd["nfe"]
+                        rec["err_ratio"] = r["mean_abs_err"] / kd["mean_abs_err"]
+                        rec["ode_err_ratio"] = r["mean_abs_ode_err"] / kd["mean_abs_ode_err"]
+                    records.append(rec)
+                    print(
+                        f"{mix:6s} {setup:4s} tol={tol:.0e} {name:24s} nfe={r['nfe']:5d} "
+                        f"time={r['seconds']:.3f}s |err|={r['mean_abs_err']:.3g} "
+                        f"|ode err|={r['mean_abs_ode_err']:.3g}",
+                        flush=True,
+                    )
+    return {"records": records}
+
+
+def markdown(result: dict) -> str:
+    meta = result["meta"]
+    lines = [
+        "# PF-ODE log-likelihood: sdegen against k-diffusion (analytic mixture, exact score)",
+        "",
+        f"{meta['n']} points from p_t_min per table (seed {meta['seed']}), float64, dopri5 with "
+        f"rtol = atol = tol on both sides; wall time is the median of {meta['repeats']} runs on "
+        f"{meta['threads']} torch thread(s); NFE counted by one wrapper around the model (a "
+        "batch is one evaluation). err = result - exact log p_t_min(x); ODE err = result - what "
+        "an exact solve returns with that library's prior and, for Hutchinson, the same probe "
+        "(a 1e-10 solve): the integration error alone; prior = mean |exact solve - truth| "
+        "(finite T, prior not p_T; the same for any solver). "
+        "Nats per point. Ratios are sdegen / k-diffusion at the same tol. k-diffusion's trace is "
+        "Hutchinson with one Rademacher probe, like sdegen:hutchinson; sdegen:exact has no "
+        f"estimator noise. torch {meta['torch']}, sdegen {meta['sdegen']}, k-diffusion "
+        f"{meta['k-diffusion']} ({meta['k_diffusion_import']}).",
+        "",
+    ]
+    keys = list(dict.fromkeys((r["mixture"], r["dim"], r["setup"]) for r in result["records"]))
+    ratio_keys = ("time_ratio", "nfe_ratio", "err_ratio", "ode_err_ratio")
+    for mix, dim, setup in keys:
+        recs = [r for r in result["records"] if (r["mixture"], r["setup"]) == (mix, setup)]
+        lines += [
+            f"## {mix} ({dim}-D), {setup}",
+            "",
+            "| tol | solver | NFE | time (s) | mean abs err | mean abs ODE err | mean ODE err "
+            "| prior | time ratio | NFE ratio | err ratio | ODE err ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in recs:
+            ratios = [f"{r[k]:.2g}" if k in r else "" for k in ratio_keys]
+            lines.append(
+                f"| {r['tol']:.0e} | {r['solver']} | {r['nfe']} | {r['seconds']:.3f} | "
+                f"{r['mean_abs_err']:.2e} | {r['mean_abs_ode_err']:.2e} | "
+                f"{r['mean_ode_err']:+.1e} | {r['prior_term']:.1e} | " + " | ".join(ratios) + " |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in result["records"]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
+    styles = {"sdegen:exact": "o-", "sdegen:hutchinson": "s-", "k-diffusion:hutchinson": "^--"}
+    for ax, (mix, setup) in zip(axes[0], keys):
+        for solver, style in styles.items():
+            pts = sorted(
+                (r["seconds"], r["mean_abs_ode_err"])
+                for r in result["records"]
+                if (r["mixture"], r["setup"], r["solver"]) == (mix, setup, solver)
+            )
+            if pts:
+                ax.plot(*zip(*pts), style, label=solver)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="wall time (s, median)",
+            ylabel="mean |ODE error| (nats)",
+            title=f"{mix}, {setup}",
+        )
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=256, help="points per table")
+    p.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
+    p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
+    p.add_argument("--mixtures", nargs="+", default=list(peers.MIXTURES), choices=peers.MIXTURES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "likelihood_speed")
+    p.add_argument("--replot", action="store_true", help="rebuild table and PNG from the JSON")
+    args = p.parse_args(argv)
+    if args.replot:
+        result = json.loads((args.out / "results.json").read_text())
+    else:
+        if args.n < 1 or args.repeats < 1:
+            raise ValueError(f"--n and --repeats must be >= 1, got {args.n}, {args.repeats}")
+        if any(not (0 < t < 1) for t in args.tols):
+            raise ValueError(f"--tols must lie in (0, 1), got {args.tols}")
+        torch.set_num_threads(args.threads)
+        ks, how = peers.load_k_diffusion()
+        if ks is None:
+            print("k-diffusion is not installed: only sdegen rows (see --help)")
+        result = run(args, ks)
+        result["meta"] = {
+            "n": args.n,
+            "seed": args.seed,
+            "repeats": args.repeats,
+            "tols": args.tols,
+            "torch": torch.__version__,
+            "sdegen": sdegen.__version__,
+            "sdegen_commit": peers.git_commit(),
+            "k-diffusion": peers.version("k-diffusion") if ks is not None else None,
+            "k_diffusion_import": how,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(result, indent=1))
+    (args.out / "table.md").write_text(markdown(result))
+    plot(result, args.out / "error_vs_time.png")
+    print(f"wrote {args.out}/results.json, table.md, error_vs_time.png")
+
+
+if __name__ == "__main__":
+    main()
