@@ -295,11 +295,11 @@ def plot(result: dict, path: Path) -> None:
     styles = {"sdegen:exact": "o-", "sdegen:hutchinson": "s-", "k-diffusion:hutchinson": "^--"}
     for ax, (mix, setup) in zip(axes[0], keys):
         for solver, style in styles.items():
-            pts = sorted(
+            pts = [  # joined in tolerance order, loosest first
                 (r["seconds"], r["mean_abs_ode_err"])
-                for r in result["records"]
+                for r in sorted(result["records"], key=lambda r: -r["tol"])
                 if (r["mixture"], r["setup"], r["solver"]) == (mix, setup, solver)
-            )
+            ]
             if pts:
                 ax.plot(*zip(*pts), style, label=solver)
         ax.set(
