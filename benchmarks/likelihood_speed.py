@@ -357,7 +357,12 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "results.json").write_text(json.dumps(result, indent=1))
     (args.out / "table.md").write_text(markdown(result))
     plot(result, args.out / "error_vs_time.png")
-    print(f"wrote {args.out}/results.json, table.md, error_vs_time.png")
+    written = (
+        "table.md, error_vs_time.png"
+        if args.replot
+        else "results.json, table.md, error_vs_time.png"
+    )
+    print(f"wrote {written} in {args.out}")
 
 
 if __name__ == "__main__":

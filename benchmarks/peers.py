@@ -740,7 +740,10 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "results.json").write_text(json.dumps(result, indent=1))
     (args.out / "table.md").write_text(markdown(result))
     plot(result, args.out / "fid_vs_nfe.png")
-    print(f"wrote {args.out}/results.json, table.md, fid_vs_nfe.png")
+    written = (
+        "table.md, fid_vs_nfe.png" if args.replot else "results.json, table.md, fid_vs_nfe.png"
+    )
+    print(f"wrote {written} in {args.out}")
 
 
 if __name__ == "__main__":
