@@ -244,6 +244,10 @@ def test_peers_benchmark_smoke_sdegen_side(tmp_path):
             "--methods",
             "dpmpp_2m",
             "heun",
+            "--tuned",
+            "unipc",
+            "--pilot-batch",
+            "32",
             "--kdiff",
             "--diffusers",
             "--out",
@@ -252,8 +256,12 @@ def test_peers_benchmark_smoke_sdegen_side(tmp_path):
     )
     result = json.loads((tmp_path / "results.json").read_text())
     recs = {r["sampler"]: r for r in result["records"]}
-    assert set(recs) == {"dpmpp_2m", "heun"} and recs["heun"]["nfe"] == 4
+    assert set(recs) == {"dpmpp_2m", "heun", "unipc+opt"} and recs["heun"]["nfe"] == 4
     assert len(recs["dpmpp_2m"]["frechet_runs"]) == 2
+    # a tuned grid costs exactly the budget per sample, and its one-off pilot is on record
+    tuned = recs["unipc+opt"]
+    assert tuned["nfe"] == 5 and tuned["pilot_batch"] == 32 and tuned["pilot_nfe"] > 5
+    assert len(tuned["grid"]) == 5
     assert result["meta"]["n"] == {"ring/edm": 200}
     table = (tmp_path / "table.md").read_text()
     assert "| sdegen:dpmpp_2m | " in table and table.count("**") == 2  # one best per column

@@ -110,6 +110,12 @@ def _steps_for_nfe(name: str, m: Method, nfe: int, extra: int, options: dict) ->
     return steps
 
 
+def steps_for_nfe(method: str, nfe: int, *, denoise_final: bool = True, **options) -> int:
+    """The number of steps `sample(..., method=method, nfe=nfe)` uses: the most that fit."""
+    check_choice("method", method, METHODS)
+    return _steps_for_nfe(method, METHODS[method], nfe, 1 if denoise_final else 0, options)
+
+
 def _check_options(name: str, fn: Callable, options: dict) -> None:
     params = inspect.signature(fn).parameters
     accepted = [p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p != "record"]
