@@ -289,6 +289,7 @@ def test_peers_benchmark_smoke_with_peers(tmp_path):
             "ring/ddpm",
             "--methods",
             "ddim",
+            "--tuned",
             "--kdiff",
             "euler",
             "heun",
