@@ -412,3 +412,37 @@ def test_likelihood_speed_k_diffusion_density_in_x_variables():
         assert torch.allclose(kd["log_prob"], targets["k-diffusion"], atol=1e-5), setup
         ours = log_likelihood(model, sde, x, rtol=1e-8, atol=1e-8).log_prob
         assert torch.allclose(ours, targets["sdegen"], atol=1e-5), setup
+
+
+def test_nfe_fid_benchmark_smoke(tmp_path):
+    # tiny: 3 training steps, 32 digits samples, NFE 5 only, two samplers, its own classifier
+    bench = _load("nfe_fid")
+    clf = tmp_path / "clf.safetensors"
+    _load("digits_classifier").main(["--out", str(clf), "--steps", "10"])
+    args = ["--nfe", "5", "--sdes", "vp", "--methods", "dpmpp_2m", "heun", "--mixtures", "ring"]
+    args += ["--mixture-n", "200", "--seeds", "2", "--floor-sets", "2", "--n", "32"]
+    args += ["--train-steps", "3", "--classifier", str(clf), "--cache", str(tmp_path / "c")]
+    args += ["--out", str(tmp_path / "out")]
+    result = bench.main(args)
+    # counted NFE, denoising step included: dpmpp_2m 4 + 1; Heun 2N - 1 + 1 <= 5 gives N = 2
+    for part in ("analytic", "digits"):
+        nfe = {r["method"]: r["nfe"] for r in result[part]["records"]}
+        assert nfe == {"dpmpp_2m": 5, "heun": 4}, part
+    assert {tuple(r["nfe_runs"]) for r in result["analytic"]["records"]} == {(5, 5), (4, 4)}
+    digits = result["digits"]
+    assert {r["n"] for r in digits["records"]} == {32} and digits["noise_floor"]["n"] == 32
+    assert digits["noise_floor"]["n_test"] == 297 and digits["noise_floor"]["n_train_ref"] == 1468
+    assert digits["noise_floor"]["fid_test"] > 0 and result["analytic"]["noise_floor"]["ring/vp"]
+    training = digits["training"]["vp"]
+    assert training["trained_now"] and training["config"]["steps"] == 3
+    out = tmp_path / "out"
+    for name in ("results.json", "table.md", "analytic_ring.png", "digits_fid_test.png"):
+        assert (out / name).stat().st_size > 200, name
+    assert "| dpmpp_2m | **" in (out / "table.md").read_text()
+    # a digits-only rerun loads the cached model (same weights: the same FIDs) and keeps (a)
+    again = bench.main(args + ["--parts", "digits"])
+    assert not again["digits"]["training"]["vp"]["trained_now"]
+    assert [r["fid_test"] for r in again["digits"]["records"]] == [
+        r["fid_test"] for r in digits["records"]
+    ]
+    assert again["analytic"]["records"] == result["analytic"]["records"]
