@@ -241,16 +241,13 @@ def dpmpp_sde(
     (quadrature of 2 e^{-2(h-u)} x0) + sigma_s sqrt(1 - e^{-2h}) z. With order 1 it is DDIM with
     eta = 1 (DDPM's ancestral step).
     """
-    order = _positive_int("order", order, 1, 4)
-    eta = check_finite_number("eta", eta, nonnegative=True)
-    return _multistep(
+    return dpmpp_3m(
         model,
         sde,
         x,
         ts,
         order=order,
         eta=eta,
-        corrector=False,
         lower_order_final=lower_order_final,
         generator=generator,
         noise_final=noise_final,
