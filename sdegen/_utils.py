@@ -63,3 +63,17 @@ def batch_times(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
     if t.shape != (batch,):
         raise ValueError(f"t must have shape () or ({batch},), got {tuple(t.shape)}")
     return t
+
+
+def check_int(name: str, value, low: int = 1, high: int | None = None) -> int:
+    """Return `value` when it is an integer in [low, high] (high None: no bound), else raise
+    ValueError naming `name`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        rng = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+    return value

@@ -287,7 +287,7 @@ def test_exact_classifier_guidance_at_scale_one_is_conditional_sampling(name) ->
     x0_c, eps_c = Conditioned(mix, sde, y).x0_eps(x, t)
     torch.testing.assert_close(eps, eps_c, rtol=1e-7, atol=1e-7)
     torch.testing.assert_close(x0, x0_c, rtol=1e-7, atol=1e-7 * (1 + float(x0_c.abs().max())))
-    assert guided.classifier_nfe == 1
+    assert guided.nfe_classifier == 1
     # through the sampler, on a deterministic and a stochastic method
     for method in ("heun", "euler_maruyama"):
         kw = dict(method=method, steps=10, dtype=F64)

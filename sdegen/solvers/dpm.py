@@ -29,21 +29,9 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import check_finite_number
+from .._utils import check_finite_number, check_int
 from .exponential import _sched
 from .reverse_sde import Record, batch_t, randn_like
-
-
-def _positive_int(name: str, value, low: int = 1, high: int | None = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        rng = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer in {rng}, got {value!r}")
-    return value
 
 
 def _phi_moments(y: float, m: int) -> list[float]:
@@ -205,7 +193,7 @@ def dpmpp_3m(
     with fewer than 15 steps `lower_order_final` lowers the order on the last steps, as
     DPM-Solver does (on longer grids it would cost global order, and stability is no issue).
     """
-    order = _positive_int("order", order, 1, 4)
+    order = check_int("order", order, 1, 4)
     eta = check_finite_number("eta", eta, nonnegative=True)
     return _multistep(
         model,
@@ -273,7 +261,7 @@ def unipc(
     corrector costs no evaluation. The last step is not corrected (that would cost one). UniPC's
     own coefficients come from its B(h) choices; here they are the exact integrals.
     """
-    order = _positive_int("order", order, 1, 3)
+    order = check_int("order", order, 1, 3)
     return _multistep(
         model,
         sde,

@@ -48,10 +48,23 @@ class _Wrapper(ParametrizedModel):
         super().__init__(sde)
         self.model = model
 
+    own_nfe_classifier = 0
+    own_nfe_backward = 0
+
     @property
     def batch_factor(self) -> int:
         """Examples passed through the network per example sampled, per evaluation."""
         return self.own_batch_factor * getattr(self.model, "batch_factor", 1)
+
+    @property
+    def nfe_classifier(self) -> int:
+        """Classifier forward-and-backward passes made by this wrapper and those inside it."""
+        return self.own_nfe_classifier + getattr(self.model, "nfe_classifier", 0)
+
+    @property
+    def nfe_backward(self) -> int:
+        """Vector-Jacobian products of the model taken by this wrapper and those inside it."""
+        return self.own_nfe_backward + getattr(self.model, "nfe_backward", 0)
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if y is not None:
@@ -124,8 +137,8 @@ class ClassifierGuided(_Wrapper):
             score gives the exact conditional score grad log p_t(x | y).
 
     In (x0, eps): eps -= s sigma grad and x0 += s (sigma^2 / alpha) grad. The gradient is taken
-    with autograd enabled even inside the samplers' no_grad; `classifier_nfe` counts the
-    classifier's forward-and-backward passes.
+    with autograd enabled even inside the samplers' no_grad; `nfe_classifier` counts the
+    classifier's forward-and-backward passes (`nfe_classifier`).
     """
 
     def __init__(self, model, sde, classifier: Callable, y: Tensor, scale: float = 1.0) -> None:
@@ -135,7 +148,7 @@ class ClassifierGuided(_Wrapper):
         self.classifier = classifier
         self.y = y
         self.scale = check_finite_number("classifier_scale", scale)
-        self.classifier_nfe = 0
+        self.own_nfe_classifier = 0
 
     def log_prob_grad(self, x: Tensor, t: Tensor) -> Tensor:
         """grad_x log p(y | x_t = x, t), shape (B, *D)."""
@@ -151,7 +164,7 @@ class ClassifierGuided(_Wrapper):
             check_labels(y, x.shape[0], logits.shape[1], allow_null=False)
             logp = torch.log_softmax(logits, dim=-1).gather(1, y[:, None]).sum()
             (grad,) = torch.autograd.grad(logp, xg)
-        self.classifier_nfe += 1
+        self.own_nfe_classifier += 1
         return grad.to(x.dtype)
 
     def _x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,9 +200,9 @@ class Inpainted(_Wrapper):
     + J_k^T Sigma_kk^-1 (a - D_k(x_t)), J_k the Jacobian rows of the known entries. That is
     grad log p_t(x | x0_k = a) exactly when the data are Gaussian (and the score exact), so it
     samples the closed-form conditional Gaussian; elsewhere it is an approximation. Each call
-    costs one evaluation plus one vector-Jacobian product per known entry (`vjps` counts them);
-    the mask must be the same for every example. The whole x is sampled, the known entries
-    being pulled to a; the output holds a exactly.
+    costs one evaluation plus one vector-Jacobian product per known entry (counted in
+    `nfe_backward`); the mask must be the same for every example. The whole x is sampled, the
+    known entries being pulled to a; the output holds a exactly.
 
     Args:
         model, sde: the score model and its SDE.
@@ -220,7 +233,7 @@ class Inpainted(_Wrapper):
             ) from None
         check_tensor_finite("known (observed entries)", known)
         self.known, self.mask, self.generator = known, mask, generator
-        self.vjps = 0
+        self.own_nfe_backward = 0
 
     def replace(self, x: Tensor, t: Tensor) -> Tensor:
         """x with its known entries set to alpha_t a + sigma_t z, z ~ N(0, I)."""
@@ -263,7 +276,7 @@ class Inpainted(_Wrapper):
                 torch.autograd.grad(x0f[:, i].sum(), xg, retain_graph=True)[0].reshape(b, -1)
                 for i in idx.tolist()
             ]
-        self.vjps += len(rows)
+        self.own_nfe_backward += len(rows)
         J = torch.stack(rows, dim=1)  # (B, m, D)
         alpha, sigma = self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype)
         cov = (sigma**2 / alpha)[:, None, None] * J[:, :, idx]

@@ -16,6 +16,7 @@ from torch import Tensor
 from .._utils import check_choice, check_tensor_finite
 from . import dpm, exponential, pf_ode, reverse_sde, torchsde_methods
 from .counting import CountingModel, SolveResult
+from .guidance import Inpainted, guided_model
 from .schedules import check_grid, get_schedule
 
 
@@ -193,8 +194,6 @@ def sample(
     Returns:
         SolveResult with samples `x` of shape `shape` and the counted `nfe`.
     """
-    from .guidance import ClassifierGuided, Inpainted, guided_model
-
     check_choice("method", method, METHODS)
     m = METHODS[method]
     _check_options(method, m.fn, options)
@@ -265,16 +264,13 @@ def sample(
         if traj is not None:
             traj[-1] = x
     trajectory = torch.stack(traj) if traj is not None else None
-    wrappers = [guided]
-    while hasattr(wrappers[-1], "own_batch_factor"):
-        wrappers.append(wrappers[-1].model)
     return SolveResult(
         x=x,
         nfe=counted.nfe,
-        nfe_backward=guided.vjps if isinstance(guided, Inpainted) else 0,
+        nfe_backward=getattr(guided, "nfe_backward", 0),
         ts=ts,
         trajectory=trajectory,
         method=method,
         batch_factor=getattr(guided, "batch_factor", 1),
-        nfe_classifier=sum(w.classifier_nfe for w in wrappers if isinstance(w, ClassifierGuided)),
+        nfe_classifier=getattr(guided, "nfe_classifier", 0),
     )

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import check_finite_number
+from .._utils import check_finite_number, check_int
 from .counting import CountingModel
 from .dpm import dpmpp_3m
 from .schedules import get_schedule
@@ -63,12 +63,6 @@ class _Recorder:
         return self.model.eps(x, t)
 
 
-def _positive(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
 @torch.no_grad()
 def tune_schedule(
     model,
@@ -101,9 +95,9 @@ def tune_schedule(
         TunedSchedule with the grid `ts` (pass it as `sample(..., schedule=ts)`) and the pilot
         cost.
     """
-    steps = _positive("steps", steps, 1)
-    order = _positive("order", order, 1)
-    pilot_steps = _positive("pilot_steps", pilot_steps, order + 2)
+    steps = check_int("steps", steps, 1)
+    order = check_int("order", order, 1)
+    pilot_steps = check_int("pilot_steps", pilot_steps, order + 2)
     floor = check_finite_number("floor", floor, positive=True)
     grid = get_schedule(sde, "log_snr", pilot_steps)
     rec = _Recorder(model)
@@ -195,7 +189,7 @@ def optimise_schedule(
 
     from .sample import METHODS, sample
 
-    steps = _positive("steps", steps, 1)
+    steps = check_int("steps", steps, 1)
     if method not in METHODS or METHODS[method].kind != "ode" or METHODS[method].nfe is None:
         fixed = [k for k, m in METHODS.items() if m.kind == "ode" and m.nfe is not None]
         raise ValueError(
@@ -209,11 +203,11 @@ def optimise_schedule(
         counted, sde, shape, method="dpm_adaptive", noise=noise, rtol=reference_tol,
         atol=reference_tol,
     ).x  # fmt: skip
+    start_nfe = 0
     if start is None:
         tuned = tune_schedule(model, sde, shape, steps, generator=generator, dtype=dtype,
                               device=device)  # fmt: skip
-        counted.nfe += tuned.pilot_nfe
-        start = tuned.ts
+        start, start_nfe = tuned.ts, tuned.pilot_nfe
     lam0, lam1 = sde.log_snr_range()
     lam_start = sde.log_snr(start.to(torch.float64))
     theta0 = torch.log(torch.diff(lam_start) / (lam1 - lam0)).numpy()
@@ -235,7 +229,9 @@ def optimise_schedule(
 
     start_error = error(theta0)
     if steps == 1:
-        return OptimisedSchedule(grid(theta0), start_error, start_error, counted.nfe, shape[0])
+        return OptimisedSchedule(
+            grid(theta0), start_error, start_error, counted.nfe + start_nfe, shape[0]
+        )
     trials = max_trials if max_trials is not None else 60 * steps
     res = minimize(
         error, theta0, method="Nelder-Mead",
@@ -243,5 +239,5 @@ def optimise_schedule(
     )  # fmt: skip
     best = res.x if res.fun < start_error else theta0
     return OptimisedSchedule(
-        grid(best), min(float(res.fun), start_error), start_error, counted.nfe, shape[0]
+        grid(best), min(float(res.fun), start_error), start_error, counted.nfe + start_nfe, shape[0]
     )
