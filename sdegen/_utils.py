@@ -77,3 +77,28 @@ def check_int(name: str, value, low: int = 1, high: int | None = None) -> int:
         rng = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
     return value
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device | None:
+    """`device` as a torch.device that exists on this machine ("auto": cuda if available, else
+    cpu; None stays None). ValueError naming the device and the accepted ones otherwise."""
+    if device is None or isinstance(device, torch.device) and device.type == "cpu":
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accepted = "auto, cpu, cuda or cuda:N"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; expected {accepted}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} asked for, but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported; expected {accepted}")
+    return dev

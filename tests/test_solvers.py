@@ -344,7 +344,14 @@ class _Bad:
         (dict(method="dopri5", steps=5), ValueError, "adaptive: set rtol/atol"),
         (dict(method="rk4", nfe=4), ValueError, "nfe=4 is too small for 'rk4'"),
         (dict(schedule="cosine"), ValueError, "unknown schedule 'cosine'"),
-        (dict(steps=0), ValueError, "steps must be a positive integer, got 0"),
+        (dict(steps=0), ValueError, "steps must be an integer >= 1, got 0"),
+        (dict(nfe=5.5), ValueError, "nfe must be an integer >= 1, got 5.5"),
+        (dict(nfe=math.inf), ValueError, "nfe must be an integer >= 1, got inf"),
+        (dict(method="dopri5", rtol=-1.0), ValueError, "rtol must be > 0, got -1"),
+        (dict(method="dopri5", atol=math.inf), ValueError, "atol must be finite, got inf"),
+        (dict(dtype=torch.int64), ValueError, "dtype must be a floating-point"),
+        (dict(device="meta"), ValueError, "device 'meta' is not supported"),
+        (dict(callback=3), TypeError, "callback must be callable"),
         (
             dict(method="torchsde_euler", steps=4, schedule="karras"),
             ValueError,
@@ -363,6 +370,73 @@ def test_sample_rejects_bad_arguments(kwargs, exc, match):
     sde = VPSDE()
     with pytest.raises(exc, match=match):
         sdegen.sample(mixture(sde), sde, (4, 2), **kwargs)
+
+
+def test_steps_for_nfe_is_the_most_steps_that_fit_and_fast_for_huge_budgets():
+    from sdegen.solvers import steps_for_nfe
+
+    assert steps_for_nfe("euler", 10**8) == 10**8 - 1  # N steps + the final denoise
+    assert steps_for_nfe("heun", 20) == 10  # 2N - 1 + 1
+    assert steps_for_nfe("rk4", 21) == 5
+    assert steps_for_nfe("pc", 21, corrector_steps=2) == 6  # 3N + 1
+    for method in ("euler", "heun", "rk4", "torchsde_srk"):
+        for nfe in range(1, 40):
+            try:
+                n = steps_for_nfe(method, nfe, denoise_final=False)
+            except ValueError:
+                continue
+            cost = sdegen.solvers.METHODS[method].nfe
+            assert cost(n, {}) <= nfe < cost(n + 1, {})
+
+
+@pytest.mark.parametrize("method", ["dpmpp_2m", "heun", "euler_maruyama", "euler"])
+def test_callback_sees_every_step_with_time_state_and_denoised(method):
+    sde = VPSDE()
+    model = mixture(sde)
+    seen = []
+    res = sdegen.sample(
+        model,
+        sde,
+        (8, 2),
+        method=method,
+        steps=6,
+        callback=seen.append,
+        generator=torch.Generator().manual_seed(0),
+        return_trajectory=True,
+    )
+    assert [d["i"] for d in seen] == list(range(6))
+    assert [d["t"] for d in seen] == pytest.approx(res.ts[1:].tolist())
+    for d, x in zip(seen, res.trajectory[1:]):
+        assert torch.equal(d["x"], x)
+    if sdegen.solvers.METHODS[method].live:
+        # the estimate of the step's last evaluation is the model's own x0 estimate there
+        assert all(d["denoised"] is not None for d in seen)
+        last = seen[-1]
+        assert last["denoised"].shape == (8, 2)
+    else:
+        assert all(d["denoised"] is None for d in seen)
+
+
+def test_callback_denoised_matches_the_model_for_ddim():
+    # DDIM evaluates once per step at the step's start: the callback's estimate after step i
+    # is the model's denoise at (x_i, t_i), computed independently here.
+    sde = VPSDE()
+    model = mixture(sde)
+    seen = []
+    res = sdegen.sample(
+        model,
+        sde,
+        (8, 2),
+        method="ddim",
+        steps=4,
+        callback=seen.append,
+        generator=torch.Generator().manual_seed(1),
+        return_trajectory=True,
+    )
+    for i, d in enumerate(seen):
+        t = torch.full((8,), float(res.ts[i]))
+        expected = model.denoise(res.trajectory[i], t)
+        torch.testing.assert_close(d["denoised"], expected)
 
 
 def test_sample_rejects_bad_models():

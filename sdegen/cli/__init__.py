@@ -3,18 +3,74 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
+from .. import __version__
 from ..solvers import METHODS
 from . import commands
 from .build import SDES
+from .config import describe_keys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2), like every other error of the CLI."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every --help, and epilogs printed as written."""
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(*, positive: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value) or (positive and value <= 0):
+            kind = "a finite number > 0" if positive else "a finite number"
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}")
+        return value
+
+    parse.__name__ = "positive number" if positive else "number"
+    return parse
+
+
+positive_int, nonnegative_int = _int_at_least(1), _int_at_least(0)
+
+
+def _add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    p.add_argument("--device", default=default, help="auto (cuda if available), cpu, cuda, cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdegen", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sdegen", description=__doc__, formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=f"sdegen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a score model from a config file")
+    p = sub.add_parser(
+        "train",
+        help="train a score model from a config file",
+        formatter_class=_Help,
+        epilog="config keys (--set KEY=VALUE or a YAML/TOML file):\n" + describe_keys(),
+    )
     p.add_argument("--config", help="YAML or TOML run config (defaults apply without one)")
     p.add_argument(
         "--run",
@@ -28,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set steps=500 --set sde=ve",
+        help="override a config key, e.g. --set steps=500 --set sde=ve (keys listed below)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --run")
     p.add_argument(
@@ -37,16 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-conditional model with label dropout (config keys conditional, p_uncond)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1... (default: the config's, auto)")
+    _add_device(p, default=None)
     p.set_defaults(run_command=commands.train)
 
-    p = sub.add_parser("sample", help="sample a trained run; writes .npz and .png")
+    p = sub.add_parser(
+        "sample", help="sample a trained run; writes .npz and .png", formatter_class=_Help
+    )
     p.add_argument("--run", "--run-dir", dest="run", required=True)
     p.add_argument("--method", default="dpmpp_2m", choices=list(METHODS))
-    p.add_argument("--nfe", type=int, default=None, help="network-evaluation budget")
-    p.add_argument("--steps", type=int, default=50, help="steps (when --nfe is not given)")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nfe", type=positive_int, help="network-evaluation budget")
+    p.add_argument(
+        "--steps", type=positive_int, help="grid steps (default 50 when --nfe is not given)"
+    )
+    p.add_argument("--rtol", type=_number(positive=True), help="adaptive methods only")
+    p.add_argument("--atol", type=_number(positive=True), help="adaptive methods only")
+    p.add_argument("--n", type=positive_int, default=64, help="number of samples")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument(
         "--class",
@@ -57,37 +119,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--guidance",
-        type=float,
+        type=_number(),
         default=None,
         help="classifier-free guidance weight w with --class (0 uncond., 1 cond., >1 guided)",
     )
     p.add_argument("--out", help="output path without suffix (default: RUN/samples/...)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda...")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_device(p)
     p.set_defaults(run_command=commands.sample)
 
-    p = sub.add_parser("likelihood", help="NLL (nats) and bits/dim of a split under the PF-ODE")
+    p = sub.add_parser(
+        "likelihood",
+        help="NLL (nats) and bits/dim of a split under the PF-ODE",
+        formatter_class=_Help,
+    )
     p.add_argument("--run", "--run-dir", dest="run", required=True)
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--n", type=int, default=0, help="first N examples (0: all)")
-    p.add_argument("--trace", choices=["exact", "hutchinson"], default="exact")
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0, help="dequantization / probe seed")
+    p.add_argument("--n", type=nonnegative_int, default=0, help="first N examples (0: all)")
+    p.add_argument(
+        "--trace",
+        choices=["auto", "exact", "hutchinson"],
+        default="auto",
+        help=f"divergence: auto is exact up to {commands.EXACT_TRACE_MAX_DIM} dimensions, "
+        "else a Hutchinson estimate",
+    )
+    p.add_argument("--probes", type=positive_int, default=2, help="Hutchinson probes")
+    p.add_argument("--rtol", type=_number(positive=True), default=1e-5)
+    p.add_argument("--atol", type=_number(positive=True), default=1e-5)
+    p.add_argument("--batch", type=positive_int, default=256)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="dequantization / probe seed")
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda...")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_device(p)
     p.set_defaults(run_command=commands.likelihood)
 
-    p = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
-    p.add_argument("name")
+    p = sub.add_parser(
+        "bench", help="run a benchmark script from benchmarks/", formatter_class=_Help
+    )
+    p.add_argument("name", nargs="?", help="benchmark name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     p.set_defaults(run_command=commands.bench)
 
     p = sub.add_parser(
-        "quickstart", help="train, sample and evaluate on built-in data; writes a report"
+        "quickstart",
+        help="train, sample and evaluate on built-in data; writes a report",
+        formatter_class=_Help,
     )
-    p.add_argument("--out", default="sdegen-quickstart")
-    p.add_argument("--fast", action="store_true", help="a few steps only (for testing)")
+    p.add_argument("--out", default="sdegen-quickstart", help="output folder")
+    p.add_argument("--fast", action="store_true", help="a few steps only (under a minute)")
     p.set_defaults(
         run_command=lambda a: __import__("sdegen.cli.quickstart", fromlist=["run"]).run(a)
     )
@@ -96,21 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="sample an analytic Gaussian mixture with two solvers and "
         "print NFE, sample quality and log-likelihood",
+        formatter_class=_Help,
     )
     p.add_argument("--sde", choices=sorted(SDES), default="vp")
-    p.add_argument("--nfe", type=int, default=20, help="network-evaluation budget per solver")
-    p.add_argument("--n", type=int, default=4000, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--nfe", type=positive_int, default=20, help="network-evaluation budget per solver"
+    )
+    p.add_argument("--n", type=_int_at_least(2), default=4000, help="number of samples")
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.set_defaults(run_command=commands.demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.run_command(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        print(f"sdegen: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        # one line: the message names the value and what is accepted (OSError: the path)
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"sdegen: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sdegen: interrupted", file=sys.stderr)

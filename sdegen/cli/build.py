@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,11 +20,11 @@ from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoin
 from .config import TrainConfig, read_run_config
 
 SDES: dict[str, Callable] = {
-    "vp": lambda **p: VPSDE(**p),
-    "vp_cosine": lambda **p: VPSDE("cosine", **p),
-    "subvp": lambda **p: SubVPSDE(**p),
-    "ve": lambda **p: VESDE(**p),
-    "edm": lambda **p: EDMSDE(**p),
+    "vp": VPSDE,
+    "vp_cosine": partial(VPSDE, "cosine"),
+    "subvp": SubVPSDE,
+    "ve": VESDE,
+    "edm": EDMSDE,
 }
 NETWORKS = ("auto", "mlp", "unet")
 DATA_KINDS = ("toy:NAME", "digits", "mnist:FOLDER", "cifar10:FOLDER")
@@ -102,9 +104,26 @@ def run_classes(cfg: TrainConfig, data: Data) -> int | None:
     return data.num_classes
 
 
+def _call_with_params(key: str, factory: Callable, params: dict, **fixed):
+    """factory(**fixed, **params), with a parameter the factory does not take reported as a
+    config error naming the key and the parameters it accepts."""
+    accepted = [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed
+    ]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"config key {key} has unknown parameter(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted)}"
+        )
+    return factory(**fixed, **params)
+
+
 def build_sde(cfg: TrainConfig):
     check_choice("sde", cfg.sde, SDES)
-    return SDES[cfg.sde](**cfg.sde_params)
+    return _call_with_params("sde_params", SDES[cfg.sde], cfg.sde_params)
 
 
 def build_network(
@@ -120,11 +139,15 @@ def build_network(
                 f"network 'mlp' needs vector data, got examples of shape "
                 f"{event_shape}; use 'unet' for images"
             )
-        return MLP(event_shape[0], num_classes=num_classes, **cfg.network_params)
+        return _call_with_params(
+            "network_params", MLP, cfg.network_params, dim=event_shape[0], num_classes=num_classes
+        )
     if len(event_shape) != 3:
         raise ValueError(f"network 'unet' needs images (C, H, W), got {event_shape}")
     params = {"channels": 32, "channel_mult": (1, 2), **cfg.network_params}
-    return UNet(in_channels=event_shape[0], num_classes=num_classes, **params)
+    return _call_with_params(
+        "network_params", UNet, params, in_channels=event_shape[0], num_classes=num_classes
+    )
 
 
 def build_model(
@@ -144,6 +167,33 @@ def build_model(
     return ScoreModel(net, sde, cfg.parametrization)
 
 
+# Keys that fix the network's shape and meaning: a checkpoint trained with other values cannot
+# be loaded under this config, or would load and be used with the wrong SDE without a word.
+MODEL_KEYS = ("data", "sde", "sde_params", "parametrization", "network", "network_params")
+
+
+def _check_compatible(path: Path, cfg: TrainConfig, num_classes: int | None) -> None:
+    """Refuse a checkpoint whose recorded config differs from the run config in MODEL_KEYS."""
+    state = path / "state.json"
+    try:
+        meta = json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt checkpoint {path}: state.json is not JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("extra", {}), dict):
+        raise ValueError(f"corrupt checkpoint {path}: state.json must hold a JSON object")
+    saved = meta.get("extra", {}).get("config", {})
+    if not isinstance(saved, dict):
+        raise ValueError(f"corrupt checkpoint {path}: its recorded config is not a JSON object")
+    now = {**{k: getattr(cfg, k) for k in MODEL_KEYS}, "num_classes": num_classes}
+    differ = [k for k in now if k in saved and saved[k] != now[k]]
+    if differ:
+        what = "; ".join(f"{k}: checkpoint {saved[k]!r}, config {now[k]!r}" for k in differ)
+        raise ValueError(
+            f"checkpoint {path} was trained with another model than its run config "
+            f"describes ({what}); restore the run's config.json or train a new run"
+        )
+
+
 @dataclass
 class LoadedRun:
     cfg: TrainConfig
@@ -155,18 +205,13 @@ class LoadedRun:
 def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     """Rebuild a run's model from its folder and load its latest checkpoint (EMA weights)."""
     cfg = read_run_config(run_dir)
-    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    num_classes = run_classes(cfg, data)
-    model = build_model(cfg, data.event_shape, num_classes)
     path = latest_checkpoint(run_dir)
     if path is None:
         raise FileNotFoundError(f"run folder {run_dir} has no checkpoint yet (no 'latest')")
-    saved = json.loads((path / "state.json").read_text()).get("extra", {}).get("config", {})
-    if saved.get("num_classes", num_classes) != num_classes:
-        raise ValueError(
-            f"checkpoint {path} was trained with num_classes={saved['num_classes']}, but its "
-            f"run config builds num_classes={num_classes}"
-        )
+    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
+    num_classes = run_classes(cfg, data)
+    _check_compatible(path, cfg, num_classes)
+    model = build_model(cfg, data.event_shape, num_classes)
     if ema and (path / "ema.safetensors").is_file():
         from torch.optim.swa_utils import AveragedModel
 

@@ -6,6 +6,9 @@ import argparse
 import copy
 import importlib.util
 import json
+import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import solvers
+from .._utils import resolve_device
 from ..data import dequantize
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import ring_mixture
@@ -22,19 +26,46 @@ from . import plots
 from .build import SDES, Data, build_model, load_data, load_run, make_trainer, run_classes
 from .config import load_config, read_run_config, save_config
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+# The benchmark scripts live in the source checkout, beside the package; SDEGEN_BENCHMARKS
+# points elsewhere (e.g. for an installed, non-editable package).
+BENCH_DIR = Path(
+    os.environ.get("SDEGEN_BENCHMARKS", Path(__file__).resolve().parents[2] / "benchmarks")
+)
+# `likelihood --trace auto`: the exact divergence costs D vector-Jacobian products per
+# evaluation; above this many dimensions a Hutchinson estimate is used instead.
+EXACT_TRACE_MAX_DIM = 16
 
 
-def _check_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
-    return dev
+class Progress:
+    """Progress of a long loop on stderr: a tqdm bar on a terminal, else a plain line at most
+    every `every` seconds (and at the end), so logs stay readable; nothing when quiet."""
+
+    def __init__(self, total: int, desc: str, *, quiet: bool = False, every: float = 10.0):
+        self.total, self.desc, self.every, self.done = total, desc, every, 0
+        self.quiet, self.bar = quiet, None
+        self.start = self.last = time.perf_counter()
+        if not quiet and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if not self.quiet and (now - self.last >= self.every or self.done == self.total):
+            self.last = now
+            print(
+                f"{self.desc}: {self.done}/{self.total} ({now - self.start:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train(args: argparse.Namespace) -> int:
@@ -64,7 +95,7 @@ def train(args: argparse.Namespace) -> int:
             cfg.conditional = True
     if args.device:
         cfg.device = args.device
-    device = _check_device(cfg.device)
+    device = resolve_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
     model = build_model(cfg, data.event_shape, run_classes(cfg, data))
     trainer = make_trainer(cfg, data, model, run, device=device, progress=not args.quiet)
@@ -85,7 +116,6 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _save_samples(x: torch.Tensor, data: Data, out: Path, title: str) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     if data.is_image:
         plots.image_grid(x, png, title=title)
@@ -94,38 +124,90 @@ def _save_samples(x: torch.Tensor, data: Data, out: Path, title: str) -> Path:
     return png
 
 
+def _sample_kwargs(args: argparse.Namespace) -> dict:
+    """sample()'s grid and budget arguments from --nfe / --steps / --rtol / --atol."""
+    method = solvers.METHODS[args.method]
+    if method.adaptive:
+        if args.nfe is not None or args.steps is not None:
+            raise ValueError(
+                f"--method {args.method} is adaptive: it chooses its own steps; "
+                "give --rtol/--atol instead of --nfe/--steps"
+            )
+        return {k: getattr(args, k) for k in ("rtol", "atol") if getattr(args, k) is not None}
+    if args.rtol is not None or args.atol is not None:
+        raise ValueError(
+            f"--rtol/--atol apply to adaptive methods only "
+            f"({', '.join(n for n, m in solvers.METHODS.items() if m.adaptive)}); "
+            f"--method {args.method} takes --nfe or --steps"
+        )
+    if args.nfe is not None and args.steps is not None:
+        raise ValueError("give --nfe or --steps, not both")
+    return {"nfe": args.nfe} if args.nfe is not None else {"steps": args.steps or 50}
+
+
+def _output_path(out: Path) -> Path:
+    """`out` with its folder made, or an error naming what is in the way, before any work."""
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {out}: {parent} is not a folder") from None
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    return out
+
+
 def sample(args: argparse.Namespace) -> int:
-    run = load_run(args.run, ema=not args.no_ema)
-    device = _check_device(args.device)
-    run.model.to(device)
-    sde = run.model.sde
-    kw = {"nfe": args.nfe} if args.nfe is not None else {"steps": args.steps}
-    if args.method == "dopri5":
-        kw = {}
+    kw = _sample_kwargs(args)
     label = getattr(args, "class_label", None)
     guidance = getattr(args, "guidance", None)
+    if guidance is not None and label is None:
+        raise ValueError("--guidance needs --class (the class to guide towards)")
+    device = resolve_device(args.device)
+    run = load_run(args.run, ema=not args.no_ema)
+    run.model.to(device)
+    sde = run.model.sde
     if label is not None:
         kw["y"] = label  # checked against the model's classes by sample()
     if guidance is not None:
-        if label is None:
-            raise ValueError("--guidance needs --class (the class to guide towards)")
         kw["guidance"] = guidance
-    res = solvers.sample(
-        run.model,
-        sde,
-        (args.n, *run.data.event_shape),
-        method=args.method,
-        generator=torch.Generator(device).manual_seed(args.seed),
-        device=device,
-        **kw,
-    )
-    x = res.x.cpu()
     tag = "" if label is None else f"-class{label}" + (f"-w{guidance:g}" if guidance else "")
-    out = (
+    budget = (
+        f"nfe{args.nfe}"
+        if args.nfe is not None
+        else f"steps{kw['steps']}"
+        if "steps" in kw
+        else "adaptive"
+    )
+    out = _output_path(
         Path(args.out)
         if args.out
-        else (Path(args.run) / "samples" / f"{args.method}-nfe{res.nfe}-seed{args.seed}{tag}")
+        else Path(args.run) / "samples" / f"{args.method}-{budget}-seed{args.seed}{tag}"
     )
+    steps = kw.get("steps") or (
+        solvers.steps_for_nfe(args.method, args.nfe) if args.nfe is not None else 0
+    )
+    progress = Progress(steps, f"sample {args.method}", quiet=args.quiet or not steps)
+    try:
+        res = solvers.sample(
+            run.model,
+            sde,
+            (args.n, *run.data.event_shape),
+            method=args.method,
+            generator=torch.Generator(device).manual_seed(args.seed),
+            device=device,
+            callback=lambda _: progress.update(),
+            **kw,
+        )
+    finally:
+        progress.close()
+    x = res.x.cpu()
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise FloatingPointError(
+            f"sampling produced {bad} non-finite values (NaN or inf); nothing was written"
+            + (f" (is --guidance {guidance:g} too large?)" if guidance else "")
+        )
     np.savez(
         out.with_suffix(".npz"),
         x=x.numpy(),
@@ -153,6 +235,13 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_trace(trace: str, data: Data) -> str:
+    """ "auto": the exact divergence up to EXACT_TRACE_MAX_DIM dimensions, else Hutchinson."""
+    if trace != "auto":
+        return trace
+    return "exact" if math.prod(data.event_shape) <= EXACT_TRACE_MAX_DIM else "hutchinson"
+
+
 def evaluate_likelihood(
     model,
     data: Data,
@@ -164,11 +253,14 @@ def evaluate_likelihood(
     batch: int,
     seed: int,
     probes: int = 1,
+    progress: Progress | None = None,
 ) -> dict:
     """NLL (nats) and, for discrete data, bits/dim of x under the PF-ODE, in float64.
 
-    The model is copied to float64; the caller's model is left as it is.
+    The model is copied to float64; the caller's model is left as it is. With fewer than two
+    examples the standard error is None (JSON null), not NaN.
     """
+    trace = resolve_trace(trace, data)
     model = copy.deepcopy(model).double()
     g = torch.Generator(x.device).manual_seed(seed)
     x = x.double()
@@ -181,11 +273,14 @@ def evaluate_likelihood(
         )
         logps.append(res.log_prob)
         nfe, nfe_b = nfe + res.nfe, nfe_b + res.nfe_backward
+        if progress is not None:
+            progress.update(len(chunk))
     logp = torch.cat(logps)
+    n = x.shape[0]
     out = {
-        "n": x.shape[0],
+        "n": n,
         "nll_nats": float(-logp.mean()),
-        "nll_nats_sem": float(logp.std() / x.shape[0] ** 0.5),
+        "nll_nats_sem": float(logp.std() / n**0.5) if n > 1 else None,
         "nfe": nfe,
         "nfe_backward": nfe_b,
         "trace": trace,
@@ -204,42 +299,77 @@ def evaluate_likelihood(
 
 
 def likelihood(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     run = load_run(args.run, ema=not args.no_ema)
-    device = _check_device(args.device)
     x = run.data.test if args.split == "test" else run.data.train
     x = x[: args.n] if args.n else x
-    start = time.perf_counter()
-    result = evaluate_likelihood(
-        run.model.to(device),
-        run.data,
-        x.to(device),
-        trace=args.trace,
-        rtol=args.rtol,
-        atol=args.atol,
-        batch=args.batch,
-        seed=args.seed,
-    )
-    result.update(split=args.split, step=run.step, seconds=time.perf_counter() - start)
     out = Path(args.run) / f"likelihood-{args.split}.json"
-    out.write_text(json.dumps(result, indent=1))
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"run folder {out.parent} is not writable: cannot write {out.name}")
+    trace = resolve_trace(args.trace, run.data)
+    progress = Progress(len(x), f"likelihood ({trace} trace)", quiet=args.quiet)
+    start = time.perf_counter()
+    try:
+        result = evaluate_likelihood(
+            run.model.to(device),
+            run.data,
+            x.to(device),
+            trace=trace,
+            rtol=args.rtol,
+            atol=args.atol,
+            batch=args.batch,
+            seed=args.seed,
+            probes=args.probes,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    result.update(split=args.split, step=run.step, seconds=time.perf_counter() - start)
+    bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"the likelihood came out non-finite ({', '.join(bad)}); nothing was written"
+        )
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
+    os.replace(tmp, out)
     line = f"{args.split} NLL {result['nll_nats']:.4f} nats"
     if "bits_per_dim" in result:
         line += f", {result['bits_per_dim']:.4f} bits/dim"
     if "true_nll_nats" in result:
         line += f" (true density: {result['true_nll_nats']:.4f} nats)"
+    how = "exact" if trace == "exact" else f"Hutchinson estimate, {args.probes} probes"
     print(
         f"{line}; {result['n']} examples, NFE {result['nfe']} (+{result['nfe_backward']} "
-        f"VJPs), trace {args.trace}; wrote {out}"
+        f"VJPs), trace {how}; wrote {out}"
     )
     return 0
 
 
+def bench_names() -> list[str]:
+    """The benchmark scripts found in BENCH_DIR (those with a main function)."""
+    if not BENCH_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if "def main(" in p.read_text())
+
+
 def bench(args: argparse.Namespace) -> int:
-    names = sorted(p.stem for p in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
+    names = bench_names()
+    where = (
+        f"benchmarks are read from {BENCH_DIR}"
+        if names
+        else f"no benchmarks found in {BENCH_DIR}: they are scripts in the source checkout "
+        "(benchmarks/); run from a clone, or set SDEGEN_BENCHMARKS to that folder"
+    )
+    if args.list or args.name is None:
+        if not names:
+            raise FileNotFoundError(where)
+        for name in names:
+            print(name)
+        return 0
     if args.name not in names:
         raise ValueError(
-            f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'}"
-            f" (scripts in {BENCH_DIR})"
+            f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'} ({where})"
         )
     spec = importlib.util.spec_from_file_location(args.name, BENCH_DIR / f"{args.name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -21,39 +21,63 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def _key(default, help: str, **kw):
+    """A config field with its one-line description (shown by `sdegen train --help`)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run. Names are resolved by sdegen.cli.build."""
 
-    data: str = "toy:8gaussians"  # toy:NAME | digits | mnist:FOLDER | cifar10:FOLDER
-    n_train: int = 20000  # examples drawn for toy data sets
-    sde: str = "vp"  # vp | vp_cosine | subvp | ve | edm
-    sde_params: dict = field(default_factory=dict)
-    parametrization: str = "v"  # eps | x0 | v | score; v is well scaled for every SDE
-    network: str = "auto"  # mlp | unet | auto (mlp for vectors, unet for images)
-    network_params: dict = field(default_factory=dict)
-    weighting: str = "simple"
-    conditional: bool = False  # class-conditional network (needs labelled data, e.g. digits)
-    p_uncond: float = 0.1  # label dropout of a conditional run: one net, cond. and uncond.
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 2e-3
-    warmup: int = 100
-    grad_clip: float | None = 1.0
-    ema_decay: float | None = 0.999
-    seed: int = 0
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    ckpt_every: int = 500
-    log_every: int = 50
-    eval_every: int = 0  # steps between test-set loss evaluations (0: none)
+    data: str = _key("toy:8gaussians", "toy:NAME | digits | mnist:FOLDER | cifar10:FOLDER")
+    n_train: int = _key(20000, "examples drawn for toy data sets")
+    sde: str = _key("vp", "vp | vp_cosine | subvp | ve | edm")
+    sde_params: dict = _key({}, "keyword arguments of the SDE, e.g. {beta_max: 10}")
+    parametrization: str = _key("v", "eps | x0 | v | score (v is well scaled for every SDE)")
+    network: str = _key("auto", "mlp | unet | auto (mlp for vectors, unet for images)")
+    network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
+    weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
+    conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
+    p_uncond: float = _key(0.1, "label dropout of a conditional run, in [0, 1]")
+    steps: int = _key(2000, "optimisation steps in all (>= 1)")
+    batch_size: int = _key(256, "global batch size (>= 1)")
+    lr: float = _key(2e-3, "AdamW learning rate (> 0)")
+    warmup: int = _key(100, "steps of linear learning-rate warm-up (>= 0)")
+    grad_clip: float | None = _key(1.0, "max gradient norm (> 0), or null for none")
+    ema_decay: float | None = _key(0.999, "EMA decay in [0, 1), or null for no EMA")
+    seed: int = _key(0, "seed of weights, batches and noise")
+    device: str = _key("auto", "auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
+    ckpt_every: int = _key(500, "steps between checkpoints (0: only at the end)")
+    log_every: int = _key(50, "steps between lines of metrics.jsonl (>= 1)")
+    eval_every: int = _key(0, "steps between held-out loss evaluations (0: none)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _parse_value(text: str) -> Any:
+def describe_keys() -> str:
+    """One line per config key: name, type, default and meaning."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(
+            f"  {f.name:<16}{f.type:<14}{json.dumps(default):<18}{f.metadata.get('help', '')}"
+        )
+    return "\n".join(lines)
+
+
+def _parse_value(key: str, text: str) -> Any:
     # YAML scalars: 1e-3 -> float, true -> bool, null -> None, {a: 1} -> dict, else a string
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(
+            f"--set {key}={text}: cannot parse the value as YAML ({problem})"
+        ) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
@@ -79,7 +103,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} must look like KEY=VALUE")
-        values[key.strip()] = _parse_value(value)
+        values[key.strip()] = _parse_value(key.strip(), value)
     return from_dict(values)
 
 

@@ -30,15 +30,20 @@ class CountingModel:
     A call on a batch counts as one evaluation, whatever the batch size, as in the literature.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, keep_last: bool = False) -> None:
         check_model(model)
         self.model = model
         self.nfe = 0
         self._checked: set[str] = set()
+        self.keep_last = keep_last
+        # (method name, x, t, output) of the latest call, when keep_last (sampling callbacks)
+        self.last: tuple[str, Tensor, Tensor, Tensor] | None = None
 
     def _call(self, name: str, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         out = getattr(self.model, name)(x, t)
+        if self.keep_last:
+            self.last = (name, x, t, out)
         if name not in self._checked:
             if not torch.is_tensor(out) or out.shape != x.shape:
                 got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__

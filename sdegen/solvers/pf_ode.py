@@ -10,7 +10,7 @@ import torchdiffeq
 from torch import Tensor
 
 from .._ode import landing_options
-from .._utils import append_dims
+from .._utils import append_dims, check_finite_number
 from .reverse_sde import Record, batch_t
 
 
@@ -59,6 +59,8 @@ def dopri5(
     record: Record = None,
 ) -> Tensor:
     """Adaptive Dormand-Prince 5(4) through torchdiffeq from T to t_min (rejected steps count)."""
+    rtol = check_finite_number("rtol", rtol, positive=True)
+    atol = check_finite_number("atol", atol, positive=True)
     return _torchdiffeq(model, sde, x, ts[[0, -1]], "dopri5", record, rtol=rtol, atol=atol)
 
 

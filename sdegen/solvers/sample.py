@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_tensor_finite
+from .._utils import check_choice, check_int, check_tensor_finite, resolve_device
+from ..models.base import to_x0_eps
 from . import dpm, exponential, pf_ode, reverse_sde, torchsde_methods
 from .counting import CountingModel, SolveResult
 from .guidance import Inpainted, guided_model
@@ -33,6 +34,14 @@ class Method:
     schedule: str
     nfe: Callable[[int, dict], int] | None  # None: adaptive, cost not set by steps
     summary: str
+    # False where a library (torchdiffeq, torchsde) integrates the whole grid in one call, so
+    # the states reach `record` only after the solve: callbacks then get no denoised estimate.
+    live: bool = True
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the step count is chosen by error control (rtol, atol), not by the user."""
+        return self.nfe is None
 
 
 def _per_step(k: int) -> Callable[[int, dict], int]:
@@ -54,19 +63,21 @@ METHODS: dict[str, Method] = {
                  "predictor-corrector with a Langevin corrector (snr)"),
     # torchsde calls the drift once more, to check its shape, before integrating.
     "torchsde_euler": Method(torchsde_methods.torchsde_euler, "sde", "uniform",
-                             lambda n, _: n + 1, "torchsde euler on the reverse SDE"),
+                             lambda n, _: n + 1, "torchsde euler on the reverse SDE", False),
     "torchsde_milstein": Method(torchsde_methods.torchsde_milstein, "sde", "uniform",
-                                lambda n, _: n + 1, "torchsde milstein on the reverse SDE"),
+                                lambda n, _: n + 1, "torchsde milstein on the reverse SDE", False),
     "torchsde_srk": Method(torchsde_methods.torchsde_srk, "sde", "uniform",
                            lambda n, _: 10 * n + 1,
-                           "torchsde stochastic Runge-Kutta (strong order 1.5)"),
+                           "torchsde stochastic Runge-Kutta (strong order 1.5)", False),
     "torchsde_reversible_heun": Method(torchsde_methods.torchsde_reversible_heun, "sde",
                                        "uniform", lambda n, _: n + 2,
-                                       "torchsde reversible Heun (unstable at few steps)"),
+                                       "torchsde reversible Heun (unstable at few steps)", False),
     "dopri5": Method(pf_ode.dopri5, "ode", "uniform", None,
-                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)"),
-    "euler": Method(pf_ode.euler, "ode", "karras", _per_step(1), "Euler on the PF-ODE"),
-    "rk4": Method(pf_ode.rk4, "ode", "karras", _per_step(4), "classical RK4 on the PF-ODE"),
+                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)", False),
+    "euler": Method(pf_ode.euler, "ode", "karras", _per_step(1), "Euler on the PF-ODE",
+                   False),
+    "rk4": Method(pf_ode.rk4, "ode", "karras", _per_step(4), "classical RK4 on the PF-ODE",
+                 False),
     "heun": Method(pf_ode.heun, "ode", "karras", lambda n, _: 2 * n - 1,
                    "Heun on the PF-ODE, last step Euler (EDM)"),
     "ddim": Method(exponential.ddim, "ode", "log_snr", _per_step(1),
@@ -97,18 +108,24 @@ def available() -> dict[str, str]:
 
 
 def _steps_for_nfe(name: str, m: Method, nfe: int, extra: int, options: dict) -> int:
-    """The most steps whose cost, plus `extra` evaluations, fits in `nfe`."""
-    if m.nfe is None:
+    """The most steps whose cost, plus `extra` evaluations, fits in `nfe` (costs grow with the
+    step count, so a bisection finds it in O(log nfe) cost evaluations)."""
+    if m.adaptive:
         raise ValueError(f"method {name!r} is adaptive: set rtol/atol, not steps or nfe")
-    steps = 0
-    while m.nfe(steps + 1, options) + extra <= nfe:
-        steps += 1
-    if steps == 0:
+    check_int("nfe", nfe, 1)
+    if m.nfe(1, options) + extra > nfe:
         raise ValueError(
             f"nfe={nfe} is too small for {name!r}: one step costs "
             f"{m.nfe(1, options) + extra} evaluations"
         )
-    return steps
+    lo, hi = 1, nfe  # every step costs at least one evaluation: at most nfe steps fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if m.nfe(mid, options) + extra <= nfe:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def steps_for_nfe(method: str, nfe: int, *, denoise_final: bool = True, **options) -> int:
@@ -126,6 +143,36 @@ def _check_options(name: str, fn: Callable, options: dict) -> None:
                 f"method {name!r} takes no option {key!r}; it takes: "
                 f"{', '.join(accepted) or 'none'}"
             )
+
+
+def _recorder(traj: list[Tensor] | None, callback, counted: CountingModel, sde, ts: Tensor | None):
+    """The `record(x)` hook samplers call after each step: appends to the trajectory and calls
+    the user's callback with the step index, time (None for adaptive steps, whose times the grid
+    does not hold), state and the last x0 estimate."""
+    if traj is None and callback is None:
+        return None
+    step = 0
+
+    def record(x: Tensor) -> None:
+        nonlocal step
+        if traj is not None:
+            traj.append(x)
+        if callback is not None:
+            denoised = None
+            if counted.last is not None:
+                name, x_in, t_in, out = counted.last
+                counted.last = None  # one estimate per step: stale ones are not passed on
+                if name == "denoise":
+                    denoised = out
+                else:
+                    alpha, sigma = sde.alpha(t_in), sde.sigma(t_in)
+                    kind = "score" if name == "score" else "eps"
+                    denoised = to_x0_eps(kind, out, x_in, alpha, sigma)[0]
+            t = float(ts[step + 1]) if ts is not None and step + 1 < len(ts) else None
+            callback({"i": step, "t": t, "x": x, "denoised": denoised})
+        step += 1
+
+    return record
 
 
 @torch.no_grad()
@@ -151,6 +198,7 @@ def sample(
     known: Tensor | None = None,
     mask: Tensor | None = None,
     inpaint: str = "replace",
+    callback: Callable[[dict], None] | None = None,
     **options,
 ) -> SolveResult:
     """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
@@ -189,6 +237,11 @@ def sample(
             are correlated) or "moment" (Gaussian posterior-moment guidance: exact for Gaussian
             data, one VJP per known entry per evaluation, counted in `nfe_backward`). See
             `sdegen.solvers.guidance.Inpainted`.
+        callback: called after every step with a dict (as k-diffusion's samplers do): "i" the
+            step index (0-based), "t" the time reached (float), "x" the state there, and
+            "denoised" the x0 estimate of the step's last network evaluation (None for methods
+            that a library integrates in one call: euler, rk4, dopri5, torchsde_*; their
+            callbacks all come after the solve).
         **options: method options, e.g. eta (ddim), snr and corrector_steps (pc), rtol and
             atol (dopri5), variance (ancestral).
     Returns:
@@ -199,9 +252,20 @@ def sample(
     _check_options(method, m.fn, options)
     if steps is not None and nfe is not None:
         raise ValueError("give steps or nfe, not both")
+    if steps is not None:
+        check_int("steps", steps, 1)
+    if nfe is not None:
+        check_int("nfe", nfe, 1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, dict -> None, got {callback!r}")
     shape = tuple(shape)
-    if len(shape) < 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+    if len(shape) < 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
         raise ValueError(f"shape must be (batch, *event_shape) of positive ints, got {shape}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    device = resolve_device(device)
     if noise is not None:
         check_tensor_finite("noise", noise)
         if tuple(noise.shape) != shape:
@@ -215,9 +279,12 @@ def sample(
         tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
         device = tensor.device if tensor is not None else None
     extra = 1 if denoise_final else 0
-    if m.nfe is None:
-        if steps is not None or nfe is not None:
-            raise ValueError(f"method {method!r} is adaptive: set rtol/atol, not steps or nfe")
+    if m.adaptive:
+        if steps is not None or nfe is not None or torch.is_tensor(schedule):
+            raise ValueError(
+                f"method {method!r} is adaptive: set rtol/atol, not steps, nfe or a grid "
+                "(it chooses its own steps)"
+            )
         ts = get_schedule(sde, "uniform", 1)
     elif torch.is_tensor(schedule):
         ts = check_grid(sde, schedule)
@@ -242,19 +309,20 @@ def sample(
         generator=generator,
         device=device,
     )
-    counted = CountingModel(guided)
+    counted = CountingModel(guided, keep_last=callback is not None and m.live)
     if noise is None:
         x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     else:
         x = noise.to(dtype=dtype, device=device)
     traj: list[Tensor] | None = [x] if return_trajectory else None
+    record = _recorder(traj, callback, counted, sde, None if m.adaptive else ts)
     kwargs = dict(options)
     params = inspect.signature(m.fn).parameters
     if "generator" in params:
         kwargs["generator"] = generator
     if "noise_final" in params:
         kwargs["noise_final"] = denoise_final
-    x = m.fn(counted, sde, x, ts, record=traj.append if traj is not None else None, **kwargs)
+    x = m.fn(counted, sde, x, ts, record=record, **kwargs)
     if denoise_final:
         x = counted.denoise(x, torch.full((shape[0],), sde.t_min, dtype=x.dtype, device=x.device))
         if traj is not None:
