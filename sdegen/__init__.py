@@ -12,6 +12,9 @@ from .models import GaussianMixtureScore, GaussianScore, ScoreModel  # noqa: E40
 from .sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE, rectified_flow  # noqa: E402
 from .solvers import available, bits_per_dim, log_likelihood, sample  # noqa: E402
 
+# the subpackages, so that `import sdegen` is enough for sdegen.training.dsm_loss and the like
+from . import data, metrics, models, sde, solvers, training  # noqa: E402, F401
+
 __version__ = "0.1.0"
 
 __all__ = [
