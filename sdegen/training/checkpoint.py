@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .._utils import check_int
+
 LATEST = "latest"
+# ckpt-SSSSSSSS or ckpt-SSSSSSSS-K (a step saved again); anything else is not ours
+_NAME = re.compile(r"ckpt-([0-9]{8,})(?:-([0-9]+))?")
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -57,10 +62,11 @@ def save_checkpoint(
     extra: dict | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` into run_dir atomically and point `latest` at it.
+    """Write checkpoint `step` (an int >= 0) into run_dir atomically and point `latest` at it.
 
     Keeps the newest `keep` checkpoints. Returns the checkpoint folder.
     """
+    check_int("step", step, 0)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Never overwrite: a second save of the same step gets a new name, so the folder `latest`
@@ -70,7 +76,7 @@ def save_checkpoint(
     while final.exists():
         k += 1
         final = run_dir / f"ckpt-{step:08d}-{k}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".ckpt-{step:08d}-", dir=run_dir))
+    tmp = _make_temporary_folder(run_dir, f".ckpt-{step:08d}-")
     try:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
@@ -96,7 +102,8 @@ def save_checkpoint(
     pointer = run_dir / f".{LATEST}.tmp"
     pointer.write_text(final.name)
     os.replace(pointer, run_dir / LATEST)
-    for old in sorted(run_dir.glob("ckpt-*"), key=_order)[:-keep]:
+    ours = [p for p in run_dir.glob("ckpt-*") if _order(p) is not None and p.is_dir()]
+    for old in sorted(ours, key=_order)[:-keep]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     for stale in run_dir.glob(".ckpt-*"):  # temporaries of a killed writer
@@ -104,10 +111,25 @@ def save_checkpoint(
     return final
 
 
-def _order(path: Path) -> tuple[int, int]:
-    """(step, re-save index) of a checkpoint folder name ckpt-SSSSSSSS[-K]."""
-    parts = path.name.split("-")
-    return int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+def _make_temporary_folder(run_dir: Path, prefix: str) -> Path:
+    # A plain mkdir, not tempfile.mkdtemp: mkdtemp's mode 0700 would survive the rename, and a
+    # checkpoint folder should get the mode (umask, default ACLs) of any folder the user makes.
+    while True:
+        tmp = run_dir / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _order(path: Path) -> tuple[int, int] | None:
+    """(step, re-save index) of a checkpoint folder name ckpt-SSSSSSSS[-K]; None for any other
+    name (a user's file or folder that happens to start with ckpt-)."""
+    m = _NAME.fullmatch(path.name)
+    if m is None:
+        return None
+    return int(m[1]), int(m[2] or 0)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -115,7 +137,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = Path(run_dir) / LATEST
     if not pointer.is_file():
         return None
-    path = Path(run_dir) / pointer.read_text().strip()
+    name = pointer.read_text(errors="replace").strip()
+    # Only a checkpoint name inside the run folder: never follow ../, absolute paths or links out.
+    if _NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"checkpoint pointer {pointer} holds {name!r}; expected the name of a checkpoint "
+            "folder inside the run folder, ckpt-NNNNNNNN or ckpt-NNNNNNNN-K"
+        )
+    path = Path(run_dir) / name
     if not (path / "state.json").is_file():
         raise ValueError(
             f"checkpoint pointer {pointer} names {path}, which is not a complete "
@@ -136,15 +165,34 @@ def load_checkpoint(
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint file missing: {path / name}")
     try:
-        meta = json.loads((path / "state.json").read_text())
+        meta = _read_state(path)
         model.load_state_dict(load_file(path / "model.safetensors"))
         if ema is not None and (path / "ema.safetensors").is_file():
             ema.load_state_dict(load_file(path / "ema.safetensors"))
         if optimizer is not None and "optimizer" in meta:
             tensors = load_file(path / "optim.safetensors")
             optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    except (json.JSONDecodeError, SafetensorError, RuntimeError, KeyError, OSError) as e:
+    except (SafetensorError, RuntimeError, KeyError, OSError) as e:
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"corrupt or incompatible checkpoint {path}: {e}") from e
+    return meta
+
+
+def _read_state(path: Path) -> dict:
+    """state.json of checkpoint folder `path`, checked before any weights are touched."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt checkpoint {path}: state.json is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"corrupt checkpoint {path}: state.json must hold a JSON object, "
+            f"got {type(meta).__name__}"
+        )
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(
+            f"corrupt checkpoint {path}: state.json must hold an integer 'step' >= 0, got {step!r}"
+        )
     return meta
