@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sdegen import GaussianMixtureScore, GaussianScore, ScoreModel
-from sdegen.models import PARAMETRIZATIONS, from_x0_eps, to_x0_eps
+from sdegen.models import MLP, PARAMETRIZATIONS, from_x0_eps, to_x0_eps
 from sdegen.sde import VESDE, VPSDE, rectified_flow
 
 from .conftest import SDE_FACTORIES, mixture
@@ -209,3 +210,165 @@ def test_v_is_salimans_ho_for_vp_and_edm_preconditioning_for_any_sde():
     x = x0 + sig * eps
     F = (x0 - x / (sig**2 + 1)) / (sig / torch.sqrt(sig**2 + 1))
     torch.testing.assert_close(from_x0_eps("v", x0, eps, ve.alpha(t), ve.sigma(t)), -F)
+
+
+def test_mixture_takes_lists_of_tensors_nested_lists_and_arrays():
+    # The README's example: torch.as_tensor cannot convert a list of (D, D) tensors.
+    sde = VPSDE()
+    covs = [torch.eye(2) * 0.3, torch.eye(2) * 0.5]
+    m = GaussianMixtureScore([0.3, 0.7], means=[[-2.0, 0.0], [2.0, 1.0]], covs=covs, sde=sde)
+    ref = GaussianMixtureScore(
+        torch.tensor([0.3, 0.7]),
+        torch.tensor([[-2.0, 0.0], [2.0, 1.0]]),
+        torch.stack(covs),
+        sde,
+    )
+    x, t = torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), torch.full((3,), 0.4)
+    torch.testing.assert_close(m.score(x, t), ref.score(x, t), rtol=0, atol=0)
+    for weights, means, cv in [
+        ((0.3, 0.7), [torch.tensor([-2.0, 0.0]), np.array([2.0, 1.0])], np.stack(covs)),
+        (np.array([0.3, 0.7]), ([-2.0, 0.0], (2.0, 1.0)), [c.tolist() for c in covs]),
+        ([torch.tensor(0.3), 0.7], torch.tensor([[-2.0, 0.0], [2.0, 1.0]]), tuple(covs)),
+    ]:
+        other = GaussianMixtureScore(weights, means, cv, sde)
+        torch.testing.assert_close(other.score(x, t), ref.score(x, t), rtol=0, atol=0)
+    g = GaussianScore([torch.tensor(1.0), 2.0], [torch.eye(2)[0], torch.tensor([0.0, 1.0])], sde)
+    torch.testing.assert_close(g.means[0], torch.tensor([1.0, 2.0]))
+    # one-dimensional data: a list of (1, 1) tensors keeps its three dimensions
+    one = GaussianMixtureScore([1.0], [[0.0]], [torch.ones(1, 1)], sde)
+    assert one.evals.shape == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (
+            dict(weights=[1.0, 1.0], means=[[0.0], [0.0, 1.0]], covs=[[[1.0]]] * 2),
+            ValueError,
+            r"means must be a rectangular array; its entries have shapes \(1,\), \(2,\)",
+        ),
+        (
+            dict(weights=[1.0], means=[[0.0]], covs=[torch.eye(1), torch.eye(2)]),
+            ValueError,
+            "covs must be a rectangular array",
+        ),
+        (dict(weights="ab", means=[[0.0]], covs=[[[1.0]]]), TypeError, "weights must be a tensor"),
+        (dict(weights=[1.0], means=None, covs=[[[1.0]]]), TypeError, "means must be a tensor"),
+        (
+            dict(weights=[1.0], means=[[0.0]], covs=[[[1.0]]], event_shape=(0,)),
+            ValueError,
+            r"event_shape must be a tuple of integers >= 1, got \(0,\)",
+        ),
+    ],
+)
+def test_mixture_names_the_parameter_it_cannot_read(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        GaussianMixtureScore(sde=VPSDE(), **kwargs)
+
+
+def test_gaussian_score_names_mean_and_cov():
+    with pytest.raises(ValueError, match=r"mean must have shape \(D,\), got \(1, 2\)"):
+        GaussianScore([[0.0, 0.0]], torch.eye(2), VPSDE())
+    with pytest.raises(ValueError, match=r"cov must have shape \(2, 2\), got \(3, 3\)"):
+        GaussianScore([0.0, 0.0], torch.eye(3), VPSDE())
+
+
+def test_score_model_refuses_a_missing_network_and_a_named_sde():
+    sde = VPSDE()
+    with pytest.raises(TypeError, match=r"net must be a torch.nn.Module .*got NoneType"):
+        ScoreModel(None, sde, "eps")
+    with pytest.raises(TypeError, match="net must be a torch.nn.Module .*got function; wrap"):
+        ScoreModel(lambda x, c: x, sde)
+    with pytest.raises(
+        TypeError,
+        match=r"sde must be an SDE object with alpha\(t\), sigma\(t\), got str 'vp'; "
+        r"build one with sdegen.sde.VPSDE\(\)",
+    ):
+        ScoreModel(MLP(2), "vp")
+    with pytest.raises(TypeError, match="sde must be an SDE object .*got NoneType"):
+        GaussianScore(torch.zeros(2), torch.eye(2), None)
+    with pytest.raises(
+        ValueError, match="unknown parametrization 'noise'; expected one of: eps, x0, v, score"
+    ):
+        ScoreModel(MLP(2), sde, "noise")
+
+
+def _models(sde):
+    return {
+        "score_model": ScoreModel(MLP(2, hidden=16, depth=1, embed_dim=8), sde),
+        "analytic": mixture(sde),
+    }
+
+
+@pytest.mark.parametrize("which", ["score_model", "analytic"])
+@pytest.mark.parametrize("call", ["score", "denoise", "eps"])
+def test_score_calls_refuse_non_floating_x_and_t(which, call):
+    sde = VPSDE()
+    fn = getattr(_models(sde)[which], call)
+    t = torch.full((3,), 0.5)
+    for dtype in (torch.int64, torch.bool, torch.complex128):
+        x = torch.ones(3, 2, dtype=dtype)
+        # integer x used to be cast into t, giving "t must lie in [t_min, T] ... got 0"
+        with pytest.raises(TypeError, match=f"x must be a floating-point tensor, got {dtype}"):
+            fn(x, t)
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            fn(x, 0.5)
+    with pytest.raises(
+        TypeError, match=r"t must be a real number or a tensor of shape \(\) or \(3,\), got str"
+    ):
+        fn(torch.ones(3, 2), "0.5")
+    with pytest.raises(TypeError, match="t must be a real tensor"):
+        fn(torch.ones(3, 2), torch.full((3,), 0.5 + 0j))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 2\), got \(3, 3\)"):
+        fn(torch.ones(3, 3), t)
+
+
+def test_float64_input_runs_a_float32_network_and_returns_float64():
+    sde = VPSDE()
+    torch.manual_seed(0)
+    model = ScoreModel(MLP(2, hidden=16, depth=1, embed_dim=8), sde, "v").float()
+    x32 = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    t32 = torch.linspace(0.1, 0.9, 5, dtype=torch.float32)
+    for call in ("score", "denoise", "eps"):
+        fn = getattr(model, call)
+        ref = fn(x32, t32)
+        out = fn(x32.double(), t32.double())
+        assert ref.dtype == torch.float32 and out.dtype == torch.float64
+        torch.testing.assert_close(out, ref.double(), rtol=1e-4, atol=1e-5)
+        half = fn(x32.half(), t32)  # half-precision x: computed in float32, returned in half
+        assert half.dtype == torch.float16
+        torch.testing.assert_close(half.float(), fn(x32.half().float(), t32), rtol=1e-3, atol=1e-3)
+    assert model(x32.double(), t32.double()).dtype == torch.float64
+    with torch.enable_grad():  # gradients flow back through the casts
+        x = x32.double().requires_grad_(True)
+        model.score(x, t32.double()).sum().backward()
+    assert x.grad.dtype == torch.float64 and bool(torch.isfinite(x.grad).all())
+
+
+@pytest.mark.parametrize("which", ["score_model", "analytic"])
+def test_empty_batch_gives_an_empty_result(which):
+    model = _models(VPSDE())[which]
+    for t in (0.5, torch.zeros(0) + 0.5):
+        for call in ("score", "denoise", "eps"):
+            out = getattr(model, call)(torch.zeros(0, 2), t)
+            assert out.shape == (0, 2)
+    if which == "analytic":
+        assert model.log_prob(torch.zeros(0, 2), 0.5).shape == (0,)
+
+
+def test_noise_conditional_classifier_checks_like_a_score_model():
+    from sdegen.models import NoiseConditionalClassifier
+
+    sde = VPSDE()
+    with pytest.raises(TypeError, match="net must be a torch.nn.Module"):
+        NoiseConditionalClassifier(None, sde, num_classes=3)
+    with pytest.raises(TypeError, match="sde must be an SDE object .*got str 'vp'"):
+        NoiseConditionalClassifier(MLP(2, out_dim=3), "vp")
+    clf = NoiseConditionalClassifier(MLP(2, hidden=8, depth=1, embed_dim=8, out_dim=3), sde)
+    clf = clf.float()
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.int64"):
+        clf(torch.zeros(2, 2, dtype=torch.int64), 0.5)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    out = clf.log_prob(x.double(), 0.5)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, clf.log_prob(x, 0.5).double(), rtol=1e-4, atol=1e-5)

@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import batch_times
-from .base import ParametrizedModel, to_x0_eps
+from .._utils import batch_times, check_int
+from .base import ParametrizedModel, as_float64, check_event_shape, check_model_input, to_x0_eps
 from .labels import NULL_LABEL, check_labels
 
 
@@ -33,6 +33,9 @@ class GaussianMixtureScore(ParametrizedModel):
         event_shape: shape of one example, with prod(event_shape) = D (default (D,)), so the
             model can stand in for an image model.
 
+    weights, means and covs may each be a tensor, a NumPy array, or (nested) lists and tuples
+    of numbers, arrays or tensors, e.g. covs=[torch.eye(2) * 0.3, torch.eye(2) * 0.5].
+
     Labels y (B,) in score/denoise/eps/log_prob select component y (NULL_LABEL: the mixture);
     `num_classes` is K.
     """
@@ -41,9 +44,9 @@ class GaussianMixtureScore(ParametrizedModel):
         self, weights, means, covs, sde, *, event_shape: tuple[int, ...] | None = None
     ) -> None:
         super().__init__(sde)
-        w = torch.as_tensor(weights, dtype=torch.float64)
-        mu = torch.as_tensor(means, dtype=torch.float64)
-        C = torch.as_tensor(covs, dtype=torch.float64)
+        w = as_float64("weights", weights)
+        mu = as_float64("means", means)
+        C = as_float64("covs", covs)
         if w.ndim != 1 or w.numel() < 1:
             raise ValueError(f"weights must have shape (K,), got {tuple(w.shape)}")
         K = w.numel()
@@ -64,7 +67,7 @@ class GaussianMixtureScore(ParametrizedModel):
             raise ValueError(
                 f"covs must be positive semi-definite; smallest eigenvalue {float(evals.min()):.3g}"
             )
-        self.event_shape = tuple(event_shape) if event_shape is not None else (D,)
+        self.event_shape = check_event_shape(event_shape) if event_shape is not None else (D,)
         if math.prod(self.event_shape) != D:
             raise ValueError(f"event_shape {self.event_shape} does not hold D = {D} values")
         self.register_buffer("log_weights", torch.log(w / w.sum()))
@@ -97,7 +100,7 @@ class GaussianMixtureScore(ParametrizedModel):
                 f"x must have shape (batch, {', '.join(map(str, self.event_shape))})"
                 f", got {tuple(x.shape)}"
             )
-        return x.reshape(x.shape[0], -1).to(torch.float64)
+        return x.reshape(x.shape[0], self.dim).to(torch.float64)
 
     def _components(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-component log N, rotated residual and variances; shapes (B,K), (B,K,D), (B,K,D)."""
@@ -115,6 +118,7 @@ class GaussianMixtureScore(ParametrizedModel):
     def log_prob(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """log p_t(x) (or log p_t(x | y) given labels y (B,)) in nats; x (B, *D), t (B,) -> (B,),
         float64."""
+        check_model_input(x, t)
         t = batch_times(t, x.shape[0], x.to(torch.float64))
         logn, _, _ = self._components(x, t)
         logits = self._log_joint(logn, y)
@@ -129,6 +133,7 @@ class GaussianMixtureScore(ParametrizedModel):
     def classifier_log_prob(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The exact noise-conditional classifier log p(y = k | x_t = x): log responsibilities of
         shape (B, K), float64, differentiable in x (for classifier guidance)."""
+        check_model_input(x, t)
         t = batch_times(t, x.shape[0], x.to(torch.float64))
         logn, _, _ = self._components(x, t)
         return torch.log_softmax(self.log_weights + logn, dim=-1)
@@ -145,6 +150,7 @@ class GaussianMixtureScore(ParametrizedModel):
 
     def data_log_prob(self, x: Tensor) -> Tensor:
         """log-density of the undiffused data mixture (needs full-rank covs); (B, *D) -> (B,)."""
+        check_model_input(x, 0.0)
         if bool((self.evals <= 0).any()):
             raise ValueError("data_log_prob needs positive definite covs")
         xf = self._flat(x)
@@ -166,8 +172,7 @@ class GaussianMixtureScore(ParametrizedModel):
     ) -> Tensor:
         """Draw n samples of the (undiffused) data mixture, shape (n, *event_shape); given labels
         y (n,), sample i comes from component y_i (from the mixture where y_i = NULL_LABEL)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n!r}")
+        check_int("n", n)
         dev = self.means.device
         k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         if y is not None:
@@ -193,8 +198,13 @@ class GaussianScore(GaussianMixtureScore):
     """The exact score of N(mean, cov) diffused by `sde` (a one-component mixture)."""
 
     def __init__(self, mean, cov, sde, *, event_shape: tuple[int, ...] | None = None) -> None:
-        mean = torch.as_tensor(mean, dtype=torch.float64)
-        cov = torch.as_tensor(cov, dtype=torch.float64)
+        mean = as_float64("mean", mean)
+        cov = as_float64("cov", cov)
+        if mean.ndim != 1:
+            raise ValueError(f"mean must have shape (D,), got {tuple(mean.shape)}")
+        D = mean.shape[0]
+        if cov.shape != (D, D):
+            raise ValueError(f"cov must have shape ({D}, {D}), got {tuple(cov.shape)}")
         super().__init__(torch.ones(1), mean[None], cov[None], sde, event_shape=event_shape)
 
 
@@ -210,8 +220,7 @@ def ring_mixture(
     The classic "8 gaussians" toy density with anisotropic components, so that a sampler's
     errors in both mode placement and shape show up in the metrics.
     """
-    if components < 1:
-        raise ValueError(f"components must be >= 1, got {components!r}")
+    check_int("components", components)
     angle = 2 * math.pi * torch.arange(components, dtype=torch.float64) / components
     normal = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
     tangent = torch.stack([-torch.sin(angle), torch.cos(angle)], dim=1)

@@ -16,14 +16,112 @@ small alpha(T), so data-prediction samplers (DDIM, DPM-Solver++) do not amplify 
 
 from __future__ import annotations
 
+import numbers
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._utils import append_dims, batch_times, check_choice
 
 PARAMETRIZATIONS = ("eps", "x0", "v", "score")
+
+# Dtypes the SDE arithmetic runs in; half-precision inputs are computed in float32.
+WORK_DTYPES = (torch.float32, torch.float64)
+
+
+def as_float64(name: str, value) -> Tensor:
+    """`value` as a float64 tensor: a tensor, a NumPy array, a number, or (nested) lists and
+    tuples of these, e.g. a list of (D, D) covariance tensors, which are stacked.
+
+    Raises:
+        TypeError naming `name` for anything else (strings, None, complex values, objects).
+        ValueError naming `name` when nested entries have different shapes.
+    """
+    if torch.is_tensor(value):
+        if value.is_complex():
+            raise TypeError(f"{name} must be real, got a tensor of dtype {value.dtype}")
+        return value.to(torch.float64)
+    if isinstance(value, (list, tuple)) and any(
+        torch.is_tensor(v) or isinstance(v, (list, tuple)) or hasattr(v, "__array__")
+        for v in value
+    ):
+        parts = [as_float64(name, v) for v in value]
+        shapes = sorted({tuple(p.shape) for p in parts})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"{name} must be a rectangular array; its entries have shapes "
+                f"{', '.join(map(str, shapes))}"
+            )
+        return torch.stack(parts)
+    if isinstance(value, (str, bytes)) or value is None or isinstance(value, complex):
+        raise TypeError(
+            f"{name} must be a tensor, an array, a number or nested lists of them, got {value!r}"
+        )
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"{name} must be a tensor, an array, a number or nested lists of them, got "
+            f"{type(value).__name__} ({err})"
+        ) from None
+
+
+def check_event_shape(event_shape) -> tuple[int, ...]:
+    """`event_shape` as a tuple of integers >= 1, else ValueError naming it."""
+    try:
+        shape = tuple(event_shape)
+    except TypeError:
+        shape = None
+    if shape is None or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(f"event_shape must be a tuple of integers >= 1, got {event_shape!r}")
+    return shape
+
+
+def check_sde(sde, needs: tuple[str, ...] = ("alpha", "sigma")):
+    """`sde` when it has every attribute in `needs` (an SDE object), else TypeError."""
+    missing = [m for m in needs if not hasattr(sde, m)]
+    if missing or not all(callable(getattr(sde, m)) for m in ("alpha", "sigma") if m in needs):
+        got = f"{type(sde).__name__} {sde!r}" if isinstance(sde, str) else type(sde).__name__
+        what = ", ".join(f"{m}(t)" if m in ("alpha", "sigma") else m for m in needs)
+        raise TypeError(
+            f"sde must be an SDE object with {what}, got {got}; build one with "
+            "sdegen.sde.VPSDE() (or VESDE(), SubVPSDE(), EDMSDE(), LinearSDE())"
+        )
+    return sde
+
+
+def check_network(name: str, net) -> nn.Module:
+    """`net` when it is a torch.nn.Module (callable as net(x_in, c_noise)), else TypeError."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(
+            f"{name} must be a torch.nn.Module called as {name}(x_in, c_noise), got "
+            f"{type(net).__name__}"
+            + ("; wrap a function in an nn.Module subclass" if callable(net) else "")
+        )
+    return net
+
+
+def check_model_input(x, t) -> None:
+    """Raise unless x is a floating-point tensor of shape (batch, *event_shape), batch >= 0, and
+    t a real number or a real tensor (its shape is checked when it is broadcast to the batch).
+    Dtypes and shapes only: no host synchronisation."""
+    if not torch.is_tensor(x) or x.ndim < 2:
+        raise ValueError(
+            f"x must be a tensor of shape (batch, *event_shape), got "
+            f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    batch = x.shape[0]
+    if torch.is_tensor(t):
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t must be a real tensor of shape () or ({batch},), got {t.dtype}")
+    elif isinstance(t, bool) or not isinstance(t, numbers.Real):
+        raise TypeError(
+            f"t must be a real number or a tensor of shape () or ({batch},), got "
+            f"{type(t).__name__}"
+        )
 
 
 @runtime_checkable
@@ -87,13 +185,17 @@ class ParametrizedModel(torch.nn.Module):
     Subclasses implement `x0_eps(x, t, y=None)`, y being optional class labels of shape (B,)
     (`sdegen.models.labels`); `num_classes` is None for an unconditional model. Each public call
     is one model evaluation.
+
+    score, denoise and eps take x of any floating dtype and return x's dtype. The SDE arithmetic
+    runs in x's dtype for float32 and float64, in float32 for half-precision x; an empty batch
+    (B = 0) gives an empty result. Integer, boolean or complex x is refused with a TypeError.
     """
 
     num_classes: int | None = None
 
     def __init__(self, sde) -> None:
         super().__init__()
-        self.sde = sde
+        self.sde = check_sde(sde)
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -101,24 +203,24 @@ class ParametrizedModel(torch.nn.Module):
     def _call(
         self, x: Tensor, t: Tensor | float, y: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if not torch.is_tensor(x) or x.ndim < 2:
-            raise ValueError(
-                f"x must be a tensor of shape (batch, *event_shape), got "
-                f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}"
-            )
+        """(x0, eps, t) in the working dtype (x's, or float32 for half-precision x)."""
+        check_model_input(x, t)
+        if x.dtype not in WORK_DTYPES:
+            x = x.to(torch.float32)
         t = batch_times(t, x.shape[0], x)
         x0, eps = self.x0_eps(x, t) if y is None else self.x0_eps(x, t, y)
         return x0, eps, t
 
     def score(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """Score grad_x log p_t(x | y) = -eps / sigma(t); x (B, *D), t (B,), labels y (B,)."""
+        """Score grad_x log p_t(x | y) = -eps / sigma(t); x (B, *D), t (B,), labels y (B,);
+        in x's dtype."""
         _, eps, t = self._call(x, t, y)
-        return -eps / append_dims(self.sde.sigma(t), x.ndim)
+        return (-eps / append_dims(self.sde.sigma(t), x.ndim)).to(x.dtype)
 
     def denoise(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """Estimate of E[x0 | x_t = x, y]; shape (B, *D)."""
-        return self._call(x, t, y)[0]
+        """Estimate of E[x0 | x_t = x, y]; shape (B, *D), x's dtype."""
+        return self._call(x, t, y)[0].to(x.dtype)
 
     def eps(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """Estimate of the noise E[eps | x_t = x, y]; shape (B, *D)."""
-        return self._call(x, t, y)[1]
+        """Estimate of the noise E[eps | x_t = x, y]; shape (B, *D), x's dtype."""
+        return self._call(x, t, y)[1].to(x.dtype)

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import batch_times, check_finite_number
+from .base import WORK_DTYPES, check_model_input, check_network, check_sde
 from .networks import SinusoidalEmbedding, check_noise_levels, check_positive_int
-from .score_model import check_time_input, noise_level, scale_input
+from .score_model import check_time_input, noise_level, parameter_dtype, scale_input
 from .unet import AttentionBlock, ResBlock
 
 
@@ -121,7 +122,7 @@ class NoiseConditionalClassifier(nn.Module):
         sigma_data: float | None = 1.0,
     ) -> None:
         super().__init__()
-        self.net, self.sde = net, sde
+        self.net, self.sde = check_network("net", net), check_sde(sde)
         if num_classes is None:
             num_classes = getattr(net, "num_outputs", None) or getattr(net, "out_dim", None)
         self.num_classes = check_positive_int("num_classes", num_classes)
@@ -133,10 +134,21 @@ class NoiseConditionalClassifier(nn.Module):
         )
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """Logits (B, K) at x (B, *D), t () or (B,)."""
-        t = batch_times(t, x.shape[0], x)
-        x_in = scale_input(x, self.sde.alpha(t), self.sde.sigma(t), self.sigma_data)
-        logits = self.net(x_in, noise_level(self.sde, t, self.time_input))
+        """Logits (B, K) at x (B, *D), t () or (B,), in x's dtype; the network runs in the dtype
+        of its parameters (as a `ScoreModel`'s does)."""
+        check_model_input(x, t)
+        xw = x if x.dtype in WORK_DTYPES else x.to(torch.float32)
+        t = batch_times(t, x.shape[0], xw)
+        x_in = scale_input(xw, self.sde.alpha(t), self.sde.sigma(t), self.sigma_data)
+        c_noise = noise_level(self.sde, t, self.time_input)
+        dtype = parameter_dtype(self.net)
+        if dtype is not None and dtype != xw.dtype:
+            x_in = x_in.to(dtype)
+            c_noise = c_noise.to(dtype) if c_noise.is_floating_point() else c_noise
+        logits = self.net(x_in, c_noise)
+        if not torch.is_tensor(logits):
+            raise TypeError(f"net must return a tensor, got {type(logits).__name__}")
+        logits = logits.to(x.dtype)
         if tuple(logits.shape) != (x.shape[0], self.num_classes):
             raise ValueError(
                 f"net must return logits of shape ({x.shape[0]}, {self.num_classes}), "

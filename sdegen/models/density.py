@@ -45,6 +45,9 @@ class DensityModel(nn.Module):
 
     event_shape: tuple[int, ...] = ()
     log_prob_kind: str = "exact"
+    # True for models whose layers do not cast their input: x must then have the dtype of the
+    # parameters, and check_x says so instead of torch's "mat1 and mat2 must have the same dtype".
+    needs_parameter_dtype: bool = False
 
     def log_prob(self, x: Tensor) -> Tensor:
         """log p(x) in nats, x of shape (B, *event_shape) -> (B,)."""
@@ -70,11 +73,24 @@ class DensityModel(nn.Module):
         return bits_per_dim(self.log_prob(x), math.prod(self.event_shape), bin_width)
 
     def check_x(self, x: Tensor) -> None:
-        """Raise ValueError unless x is a finite tensor of shape (B, *event_shape)."""
+        """Raise ValueError unless x is a finite tensor of shape (B, *event_shape) with B >= 1;
+        TypeError unless it is floating-point (of the parameters' dtype where the model needs
+        it, `needs_parameter_dtype`)."""
         if not torch.is_tensor(x) or tuple(x.shape[1:]) != tuple(self.event_shape):
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(
                 f"x must have shape (batch, {', '.join(map(str, self.event_shape))}), got {got}"
             )
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.shape[0] == 0:
+            raise ValueError(f"x must hold at least one example (batch >= 1), got {tuple(x.shape)}")
+        if self.needs_parameter_dtype:
+            dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), x.dtype)
+            if x.dtype != dtype:
+                raise TypeError(
+                    f"x must have the dtype of the model's parameters, {dtype}, got {x.dtype}; "
+                    f"convert x with x.to({dtype}) or the model with model.to({x.dtype})"
+                )
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x holds NaN or inf")

@@ -70,6 +70,7 @@ class GAN(DensityModel):
     """
 
     log_prob_kind = "none"
+    needs_parameter_dtype = True
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import append_dims, check_choice, check_finite_number
-from .base import PARAMETRIZATIONS, ParametrizedModel, to_x0_eps
+from .base import PARAMETRIZATIONS, ParametrizedModel, check_network, to_x0_eps
 from .labels import check_labels
 
 TIME_INPUTS = ("log_snr", "t")
@@ -32,6 +32,14 @@ def noise_level(sde, t: Tensor, time_input: str | Callable[[Tensor], Tensor]) ->
     return time_input(t)
 
 
+def parameter_dtype(net: nn.Module) -> torch.dtype | None:
+    """The dtype of `net`'s first floating-point parameter; None for a parameter-free network."""
+    for p in net.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None
+
+
 def scale_input(x: Tensor, alpha: Tensor, sigma: Tensor, sigma_data: float | None) -> Tensor:
     """c_in x with c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2) (EDM); x itself if None."""
     if sigma_data is None:
@@ -48,9 +56,15 @@ class ScoreModel(ParametrizedModel):
     c_noise = time_input(t). Class labels y, when given, are passed to the network as its third
     argument; `num_classes` is the network's (None: unconditional).
 
+    Dtypes: the network runs in the dtype of its parameters and the SDE arithmetic in x's
+    (float32 for half-precision x); score, denoise, eps and forward return x's dtype. So float64
+    x works with a float32 network: its input and c_noise are cast to float32 and its output
+    back to float64, the conversions between parametrizations staying in float64. A network
+    without parameters gets x's dtype.
+
     Args:
-        net: module mapping (B, *D) and (B,) to (B, *D).
-        sde: the SDE whose alpha, sigma define the conversions.
+        net: an nn.Module mapping (B, *D) and (B,) to (B, *D).
+        sde: the SDE object whose alpha, sigma define the conversions, e.g. `VPSDE()`.
         parametrization: what `net` predicts: "eps", "x0", "v" or "score".
         time_input: "log_snr" (lambda(t), the same scale for every SDE; default), "t", or a
             callable t -> c_noise, e.g. `sde.timestep` for a DDPM network trained on indices.
@@ -67,7 +81,7 @@ class ScoreModel(ParametrizedModel):
         sigma_data: float | None = 1.0,
     ) -> None:
         super().__init__(sde)
-        self.net = net
+        self.net = check_network("net", net)
         self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
         self.time_input = check_time_input(time_input)
         self.sigma_data = (
@@ -86,7 +100,8 @@ class ScoreModel(ParametrizedModel):
         return getattr(self.net, "num_classes", None)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """The raw network prediction in this model's parametrization; shape (B, *D)."""
+        """The raw network prediction in this model's parametrization; shape (B, *D), x's
+        dtype; t of shape (B,)."""
         return self._predict(x, t, self.sde.alpha(t), self.sde.sigma(t), y)
 
     def _predict(
@@ -95,13 +110,20 @@ class ScoreModel(ParametrizedModel):
         x_in = scale_input(x, alpha, sigma, self.sigma_data)
         if y is not None and self.num_classes is None:
             check_labels(y, x.shape[0], None)  # raises: names the unconditional network
+        c_noise = self.c_noise(t)
+        dtype = parameter_dtype(self.net)
+        if dtype is not None and dtype != x.dtype:  # run the network in its own dtype
+            x_in = x_in.to(dtype)
+            c_noise = c_noise.to(dtype) if c_noise.is_floating_point() else c_noise
         # Unconditional networks are called without y, so any net(x, c_noise) still works.
-        out = self.net(x_in, self.c_noise(t)) if y is None else self.net(x_in, self.c_noise(t), y)
+        out = self.net(x_in, c_noise) if y is None else self.net(x_in, c_noise, y)
+        if not torch.is_tensor(out):
+            raise TypeError(f"net must return a tensor, got {type(out).__name__}")
         if out.shape != x.shape:
             raise ValueError(
                 f"net must return the shape of x {tuple(x.shape)}, got {tuple(out.shape)}"
             )
-        return out
+        return out.to(x.dtype)
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)

@@ -75,6 +75,7 @@ class VAE(DensityModel):
     """
 
     log_prob_kind = "estimate"
+    needs_parameter_dtype = True
     elbo_kind = "bound"
 
     def __init__(
