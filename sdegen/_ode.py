@@ -1,5 +1,5 @@
-"""torchdiffeq details shared by the PF-ODE solvers and FFJORD: method names and landing on the
-end time."""
+"""torchdiffeq details shared by the PF-ODE solvers and FFJORD: method names, landing on the end
+time, and the one check of the likelihood-ODE settings (log_likelihood, ScoreSDEDensity, FFJORD)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 from torch import Tensor
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
-from ._utils import check_choice
+from ._utils import check_choice, check_finite_number, check_int
+from .divergence import PROBE_NOISES
 
 # torchdiffeq's method table; `torchdiffeq._impl.odeint` is shadowed by the function of that name
 SOLVERS = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
@@ -17,6 +18,38 @@ SOLVERS = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
 def check_method(method: str) -> str:
     """`method` if torchdiffeq knows it, else ValueError listing the methods it knows."""
     return check_choice("torchdiffeq method", method, SOLVERS)
+
+
+TRACES = ("exact", "hutchinson")
+
+
+def check_ode_settings(
+    *,
+    trace: str,
+    probes: int,
+    noise: str,
+    rtol: float,
+    atol: float,
+    method: str,
+    options: dict | None = None,
+) -> dict:
+    """The settings of a likelihood ODE solve, checked, as a dict of the same names.
+
+    trace: one of TRACES; probes: an integer >= 1; noise: one of PROBE_NOISES; rtol, atol:
+    finite and > 0 (returned as floats); method: a torchdiffeq method name (SOLVERS); options:
+    a dict or None. Raises ValueError (TypeError for a non-number tolerance or a non-dict
+    options) naming the setting, the value received and what is accepted.
+    """
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict of torchdiffeq options or None, got {options!r}")
+    return dict(
+        trace=check_choice("trace", trace, TRACES),
+        probes=check_int("probes", probes),
+        noise=check_choice("noise", noise, PROBE_NOISES),
+        rtol=check_finite_number("rtol", rtol, positive=True),
+        atol=check_finite_number("atol", atol, positive=True),
+        method=check_choice("method", method, SOLVERS),
+    )
 
 
 def landing_options(method: str, ts: Tensor, options: dict | None = None) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._utils import check_choice
+from ._utils import check_choice, check_int
 
 PROBE_NOISES = ("rademacher", "gaussian")
 
@@ -27,10 +27,13 @@ def exact_divergence(
     """Exact trace of d out / d x per example; out = v(x) of shape (B, *D) -> (B,).
 
     Row i of each Jacobian comes from one VJP with the basis vector e_i; D VJPs are batched
-    `chunk` at a time (default: as many as fit in ~2^24 elements).
+    `chunk` at a time: an integer >= 1, or None for as many as fit in ~2^24 elements.
     """
     B, D = x.shape[0], x[0].numel()
-    chunk = chunk or max(1, min(D, (1 << 24) // max(1, B * D)))
+    if chunk is None:
+        chunk = max(1, min(D, (1 << 24) // max(1, B * D)))
+    else:
+        check_chunk(chunk)
     div = torch.zeros(B, dtype=out.dtype, device=out.device)
     for start in range(0, D, chunk):
         idx = torch.arange(start, min(D, start + chunk), device=x.device)
@@ -40,6 +43,16 @@ def exact_divergence(
         # diagonal entries: element idx[k] of row idx[k]
         div = div + rows.reshape(len(idx), B, D)[torch.arange(len(idx)), :, idx].sum(0)
     return div
+
+
+def check_chunk(chunk: int | None) -> int | None:
+    """`chunk` when it is None or an integer >= 1, else ValueError naming it."""
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(
+            f"chunk must be None (automatic) or an integer >= 1 (basis vectors per batched VJP), "
+            f"got {chunk!r}"
+        )
+    return chunk
 
 
 def hutchinson_divergence(
@@ -55,8 +68,7 @@ def probes_like(
 ) -> Tensor:
     """Hutchinson probes of shape (probes, *x.shape): Rademacher signs or standard normals."""
     check_choice("noise", noise, PROBE_NOISES)
-    if not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive integer, got {probes!r}")
+    check_int("probes", probes)
     shape = (probes, *x.shape)
     if noise == "rademacher":
         signs = torch.randint(0, 2, shape, generator=generator, device=x.device)

@@ -12,13 +12,16 @@ import math
 import torch
 from torch import Tensor
 
-from ._utils import append_dims, check_tensor_finite, sum_except_batch
+from ._ode import TRACES, check_ode_settings
+from ._utils import append_dims, check_choice, check_int, sum_except_batch
 from .divergence import exact_divergence, hutchinson_divergence, probes_like
+from .models.base import check_event_shape, check_sde
 from .models.density import DensityModel
 from .solvers.counting import LikelihoodResult
-from .solvers.likelihood import log_likelihood
+from .solvers.likelihood import SDE_NEEDS, check_likelihood_x, log_likelihood
 from .solvers.pf_ode import integrate, ode_drift
 from .solvers.reverse_sde import batch_t
+from .solvers.sample import METHODS
 from .solvers.sample import sample as _sample
 from .training.losses import dsm_loss
 
@@ -34,8 +37,10 @@ class ScoreSDEDensity(DensityModel):
         model: a score model (score/denoise/eps), e.g. ScoreModel or an analytic one.
         sde: its SDE.
         event_shape: shape of one example.
-        trace, probes, noise, rtol, atol, method: default PF-ODE settings; each call may override.
-        sampler, nfe: default sampler and NFE budget of `sample`.
+        trace, probes, noise, rtol, atol, method: default PF-ODE settings, checked here as in
+            `log_likelihood`; each call may override.
+        sampler, nfe: default sampler (a name in `sdegen.solvers.METHODS`) and NFE budget (an
+            integer >= 1) of `sample`.
     """
 
     log_prob_kind = "ode"
@@ -56,12 +61,17 @@ class ScoreSDEDensity(DensityModel):
         nfe: int = 50,
     ) -> None:
         super().__init__()
-        self.model, self.sde = model, sde
-        self.event_shape = tuple(event_shape)
-        self.defaults = dict(
+        if not callable(getattr(model, "score", None)):
+            raise TypeError(
+                f"model must be a score model with score(x, t), got {type(model).__name__}"
+            )
+        self.model, self.sde = model, check_sde(sde, SDE_NEEDS)
+        self.event_shape = check_event_shape(event_shape)
+        self.defaults = check_ode_settings(
             trace=trace, probes=probes, noise=noise, rtol=rtol, atol=atol, method=method
         )
-        self.sampler, self.nfe = sampler, nfe
+        self.sampler = check_choice("sampler", sampler, METHODS)
+        self.nfe = check_int("nfe", nfe)
 
     def log_prob_with_stats(
         self, x: Tensor, *, generator: torch.Generator | None = None, **settings
@@ -100,6 +110,7 @@ class ScoreSDEDensity(DensityModel):
         Along the flow d log p_t(x_t)/dt = -div v, so carrying the divergence backwards from
         log pi(z) gives log p_{t_min}(x) without a second solve. Exact trace.
         """
+        check_int("n", n)
         d = self.defaults
         z = self.sde.prior_sample(
             (n, *self.event_shape), generator=generator, dtype=torch.get_default_dtype()
@@ -145,7 +156,9 @@ class ScoreSDEDensity(DensityModel):
         equals -log p(x).
         """
         self.check_x(x)
-        check_tensor_finite("x", x)
+        check_likelihood_x(x)
+        check_int("time_points", time_points)
+        check_choice("trace", trace, TRACES)
         sde, B, D = self.sde, x.shape[0], math.prod(self.event_shape)
         t0 = torch.full((B,), sde.t_min, dtype=x.dtype)
         # -E log pi(x_T) for x_T ~ N(a_T x, G_T^2 I) and pi = N(0, p^2 I)

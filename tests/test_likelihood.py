@@ -170,9 +170,9 @@ def test_bits_per_dim():
     [
         (dict(trace="approx"), "unknown trace 'approx'; expected one of: exact, hutchinson"),
         (dict(noise="uniform"), "unknown noise 'uniform'"),
-        (dict(probes=0), "probes must be a positive integer"),
+        (dict(probes=0), "probes must be an integer >= 1, got 0"),
         (dict(rtol=-1.0), "rtol must be > 0"),
-        (dict(method="nope"), "unknown torchdiffeq method 'nope'"),
+        (dict(method="nope"), "unknown method 'nope'; expected one of: .*dopri5"),
     ],
 )
 def test_log_likelihood_rejects_bad_arguments(kwargs, match):
@@ -181,3 +181,83 @@ def test_log_likelihood_rejects_bad_arguments(kwargs, match):
         sdegen.log_likelihood(mixture(sde), sde, torch.zeros(2, 2), **kwargs)
     with pytest.raises(ValueError, match="x holds 1 non-finite"):
         sdegen.log_likelihood(mixture(sde), sde, torch.tensor([[0.0, math.nan]]))
+
+
+def _bad_settings_cases():
+    return [
+        (dict(chunk=-1), ValueError, r"chunk must be None \(automatic\) or an integer >= 1.*-1"),
+        (dict(chunk=0), ValueError, "chunk must be None .*got 0"),
+        (dict(chunk=1.5), ValueError, "chunk must be None .*got 1.5"),
+        (dict(rtol=math.nan), ValueError, "rtol must be finite, got nan"),
+        (dict(rtol=-1), ValueError, "rtol must be > 0, got -1"),
+        (dict(atol=math.inf), ValueError, "atol must be finite, got inf"),
+        (dict(atol="small"), TypeError, "atol must be a real number, got 'small'"),
+        (dict(probes=True), ValueError, "probes must be an integer >= 1, got True"),
+        (dict(probes=2.0), ValueError, "probes must be an integer >= 1, got 2.0"),
+        (dict(trace=None), ValueError, "unknown trace None; expected one of: exact, hutchinson"),
+        (dict(method="rk45"), ValueError, "unknown method 'rk45'; expected one of: dopri8, dopri5"),
+        (dict(options=3), TypeError, "options must be a dict of torchdiffeq options or None"),
+    ]
+
+
+@pytest.mark.parametrize("kwargs, error, match", _bad_settings_cases())
+def test_log_likelihood_checks_every_ode_setting(kwargs, error, match):
+    sde = SDE_FACTORIES["vp_linear"]()
+    with pytest.raises(error, match=match):
+        sdegen.log_likelihood(mixture(sde), sde, torch.zeros(2, 2), **kwargs)
+
+
+def test_chunk_sizes_give_the_same_divergence_and_bad_ones_are_refused():
+    # chunk=-1 used to skip every basis vector, returning a divergence of 0 (0.57 nats off).
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, generator=g, requires_grad=True)
+    out = torch.sin(x) * x.flip(1)
+    auto = exact_divergence(out, x)
+    torch.testing.assert_close(exact_divergence(out, x, chunk=2), auto)
+    for bad in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match="chunk must be None"):
+            exact_divergence(out, x, chunk=bad)
+
+
+@pytest.mark.parametrize(
+    "x, error, match",
+    [
+        (torch.zeros(2, 2, dtype=torch.int64), TypeError, "floating-point tensor.*torch.int64"),
+        (torch.zeros(2, 2, dtype=torch.float16), TypeError, "float32 or float64.*torch.float16"),
+        (torch.zeros(0, 2), ValueError, r"batch >= 1.*got \(0, 2\)"),
+        (torch.zeros(2), ValueError, r"x must have shape \(batch, \*event_shape\).*\(2,\)"),
+        (torch.tensor([[0.0, math.inf]]), ValueError, "x holds 1 non-finite"),
+        ([[0.0, 1.0]], TypeError, "x must be a torch.Tensor, got list"),
+    ],
+)
+def test_log_likelihood_refuses_bad_data(x, error, match):
+    sde = SDE_FACTORIES["vp_linear"]()
+    with pytest.raises(error, match=match):
+        sdegen.log_likelihood(mixture(sde), sde, x)
+
+
+def test_log_likelihood_refuses_a_non_sde():
+    sde = SDE_FACTORIES["vp_linear"]()
+    with pytest.raises(TypeError, match=r"sde must be an SDE object.*got str 'vp'.*VPSDE\(\)"):
+        sdegen.log_likelihood(mixture(sde), "vp", torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("kwargs, error, match", _bad_settings_cases())
+def test_ffjord_and_score_density_share_the_ode_setting_checks(kwargs, error, match):
+    # One function checks the ODE settings of all three likelihoods, so they fail alike.
+    from sdegen.models import FFJORD
+    from sdegen.score_density import ScoreSDEDensity
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("chunk", "options")}
+    if not kwargs:
+        return
+    sde = SDE_FACTORIES["vp_linear"]()
+    with pytest.raises(error, match=match):
+        ScoreSDEDensity(mixture(sde), sde, (2,), **kwargs)
+    with pytest.raises(error, match=match):
+        ScoreSDEDensity(mixture(sde), sde, (2,)).log_prob(torch.zeros(2, 2), **kwargs)
+    if None in kwargs.values():
+        return  # FFJORD's None means "the model's default"
+    flow = FFJORD(2, (8,))
+    with pytest.raises(error, match=match):
+        flow.log_prob(torch.zeros(2, 2), **kwargs)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from sdegen.models import GaussianMixtureScore
@@ -80,3 +83,48 @@ def test_sde_bound_exceeds_minus_log_p_for_a_wrong_score():
     )
     gap = b - nll
     assert float(gap.mean()) > 5 * float(gap.std()) / 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(rtol=math.nan), ValueError, "rtol must be finite, got nan"),
+        (dict(atol=-1.0), ValueError, "atol must be > 0, got -1.0"),
+        (dict(method="rk45"), ValueError, "unknown method 'rk45'; expected one of: dopri8"),
+        (dict(trace="approx"), ValueError, "unknown trace 'approx'"),
+        (dict(probes=0), ValueError, "probes must be an integer >= 1, got 0"),
+        (dict(sampler="dpm"), ValueError, "unknown sampler 'dpm'; expected one of: .*dpmpp_2m"),
+        (dict(nfe=0), ValueError, "nfe must be an integer >= 1, got 0"),
+        (dict(event_shape=(0,)), ValueError, r"event_shape must be a tuple .*got \(0,\)"),
+        (dict(event_shape=2), ValueError, "event_shape must be a tuple .*got 2"),
+        (dict(sde="vp"), TypeError, "sde must be an SDE object .*got str 'vp'"),
+        (dict(model=None), TypeError, "model must be a score model with score"),
+    ],
+)
+def test_constructor_checks_its_settings(kwargs, error, match):
+    # rtol=nan used to be kept and surface later as "t must lie in [t_min, T] ... got nan".
+    sde = VPSDE()
+    args = {"model": _mixture(sde), "sde": sde, "event_shape": (2,), **kwargs}
+    with pytest.raises(error, match=match):
+        ScoreSDEDensity(args.pop("model"), args.pop("sde"), args.pop("event_shape"), **args)
+
+
+def test_calls_check_their_arguments():
+    sde = VPSDE()
+    dens = ScoreSDEDensity(_mixture(sde), sde, (2,))
+    x = torch.zeros(3, 2)
+    for n in (0, -1, 1.5):
+        with pytest.raises(ValueError, match=f"n must be an integer >= 1, got {n}"):
+            dens.sample_and_log_prob(n)
+    with pytest.raises(ValueError, match="time_points must be an integer >= 1, got 0"):
+        dens.sde_bound(x, time_points=0)
+    with pytest.raises(ValueError, match="unknown trace 'approx'; expected one of: exact"):
+        dens.sde_bound(x, time_points=2, trace="approx")
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.int64"):
+        dens.sde_bound(torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.int64"):
+        dens.log_prob(torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"at least one example \(batch >= 1\)"):
+        dens.log_prob(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="rtol must be finite, got nan"):
+        dens.log_prob(x, rtol=math.nan)

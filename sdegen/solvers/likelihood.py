@@ -12,14 +12,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_finite_number, check_tensor_finite
-from ..divergence import PROBE_NOISES, exact_divergence, hutchinson_divergence, probes_like
+from .._ode import check_ode_settings
+from .._utils import check_tensor_finite
+from ..divergence import check_chunk, exact_divergence, hutchinson_divergence, probes_like
+from ..models.base import check_sde
 from ..models.density import bits_per_dim
 from .counting import CountingModel, LikelihoodResult
 from .pf_ode import integrate, ode_drift
 from .reverse_sde import batch_t
 
-TRACES = ("exact", "hutchinson")
+# what a likelihood solve uses of the SDE
+SDE_NEEDS = ("alpha", "sigma", "drift", "g2", "prior_log_prob", "t_min", "T")
+# dtypes an ODE solve with likelihood tolerances can run in
+SOLVE_DTYPES = (torch.float32, torch.float64)
+
+
+def check_likelihood_x(x) -> None:
+    """Raise unless x is a finite float32/float64 tensor of shape (B, *D), B >= 1, D nonempty."""
+    check_tensor_finite("x", x)
+    if x.ndim < 2 or x.shape[0] == 0 or x[:1].numel() == 0:
+        raise ValueError(
+            f"x must have shape (batch, *event_shape) with batch >= 1 and a nonempty event, "
+            f"got {tuple(x.shape)}"
+        )
+    if x.dtype not in SOLVE_DTYPES:
+        kind = "a floating-point" if not x.is_floating_point() else "a float32 or float64"
+        raise TypeError(
+            f"x must be {kind} tensor (the dtype of the ODE solve), got {x.dtype}; "
+            "convert it with x.double() (or x.float())"
+        )
 
 
 def log_likelihood(
@@ -49,25 +70,33 @@ def log_likelihood(
             (`probes` VJPs per evaluation; an unbiased estimate).
         probes, noise: Hutchinson probe count and distribution ("rademacher" or "gaussian"),
             drawn once per solve from `generator`.
-        rtol, atol, method, options: passed to torchdiffeq.odeint.
+        rtol, atol, method, options: passed to torchdiffeq.odeint; rtol and atol finite and > 0,
+            method a torchdiffeq method name, options a dict or None.
         differentiable: keep the graph so log_prob can be back-propagated to the model's
             parameters (for maximum-likelihood training); otherwise every step is detached.
-        chunk: basis vectors per batched VJP for the exact trace.
+        chunk: basis vectors per batched VJP for the exact trace: an integer >= 1, or None
+            (default) for as many as fit in ~2^24 elements.
     Returns:
         LikelihoodResult (log_prob, prior_log_prob, delta_log_prob, z, nfe, nfe_backward).
+    Raises:
+        ValueError / TypeError naming the argument: an unknown trace, noise or method; probes
+        not an integer >= 1; rtol or atol not finite and > 0; chunk not None or an integer
+        >= 1; x not a finite float32/float64 tensor of shape (B, *D) with B >= 1; sde not an
+        SDE object.
     """
-    check_choice("trace", trace, TRACES)
-    check_choice("noise", noise, PROBE_NOISES)
-    rtol = check_finite_number("rtol", rtol, positive=True)
-    atol = check_finite_number("atol", atol, positive=True)
-    if not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be a positive integer, got {probes!r}")
-    check_tensor_finite("x", x)
-    if x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(
-            f"x must be a floating tensor of shape (batch, *event_shape), got "
-            f"{x.dtype} of shape {tuple(x.shape)}"
-        )
+    cfg = check_ode_settings(
+        trace=trace,
+        probes=probes,
+        noise=noise,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+    )
+    rtol, atol = cfg["rtol"], cfg["atol"]
+    check_chunk(chunk)
+    check_sde(sde, SDE_NEEDS)
+    check_likelihood_x(x)
     counted = CountingModel(model)
     eps = probes_like(x, probes, noise, generator) if trace == "hutchinson" else None
     vjp_count = [0]

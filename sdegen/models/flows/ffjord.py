@@ -17,13 +17,12 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
-from ..._ode import SOLVERS, landing_options
+from ..._ode import check_ode_settings, landing_options
 from ..._utils import batch_times, check_choice, check_finite_number
-from ...divergence import PROBE_NOISES, exact_divergence, hutchinson_divergence, probes_like
+from ...divergence import exact_divergence, hutchinson_divergence, probes_like
 from ..density import DensityModel
 from ..networks import check_positive_int
 
-TRACES = ("exact", "hutchinson")
 ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh}
 
 
@@ -104,6 +103,7 @@ class FFJORD(DensityModel):
     """
 
     log_prob_kind = "ode"
+    needs_parameter_dtype = True
 
     def __init__(
         self,
@@ -132,10 +132,17 @@ class FFJORD(DensityModel):
         T = check_finite_number("T", T, positive=True)
         if trace is None:
             trace = "exact" if dim <= 16 else "hutchinson"
-        self.trace = check_choice("trace", trace, TRACES)
-        self.rtol = check_finite_number("rtol", rtol, positive=True)
-        self.atol = check_finite_number("atol", atol, positive=True)
-        self.method = check_choice("method", method, SOLVERS)
+        cfg = check_ode_settings(
+            trace=trace,
+            probes=1,
+            noise="rademacher",
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=options,
+        )
+        self.trace, self.rtol, self.atol = cfg["trace"], cfg["rtol"], cfg["atol"]
+        self.method = cfg["method"]
         self.adjoint = bool(adjoint)
         self.kinetic_weight = check_finite_number(
             "kinetic_weight", kinetic_weight, nonnegative=True
@@ -165,14 +172,13 @@ class FFJORD(DensityModel):
     def _settings(
         self, trace=None, probes=1, noise="rademacher", rtol=None, atol=None, method=None
     ) -> dict:
-        check_positive_int("probes", probes)
-        return dict(
-            trace=check_choice("trace", trace or self.trace, TRACES),
+        return check_ode_settings(
+            trace=self.trace if trace is None else trace,
             probes=probes,
-            noise=check_choice("noise", noise, PROBE_NOISES),
-            rtol=self.rtol if rtol is None else check_finite_number("rtol", rtol, positive=True),
-            atol=self.atol if atol is None else check_finite_number("atol", atol, positive=True),
-            method=check_choice("method", method or self.method, SOLVERS),
+            noise=noise,
+            rtol=self.rtol if rtol is None else rtol,
+            atol=self.atol if atol is None else atol,
+            method=self.method if method is None else method,
         )
 
     def _solve(
