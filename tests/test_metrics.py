@@ -3,6 +3,7 @@ loop, sliced Wasserstein in 1-D, the digits classifier and the InceptionV3 file 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 
@@ -117,6 +118,16 @@ def test_identical_rank_deficient_is_zero():
     d = frechet_distance(*gaussian_moments(x), *gaussian_moments(x))
     assert 0.0 <= d < 1e-8
     assert 0.0 <= frechet_distance_from_samples(x, x.clone()) < 1e-8
+
+
+def test_moments_may_be_lists_of_tensors():
+    # torch.as_tensor cannot convert a list of multi-element tensors; the rows are stacked.
+    c1 = [torch.tensor([2.0, 0.5]), torch.tensor([0.5, 1.0])]
+    m1 = [torch.tensor(1.0), 0.0]
+    want = frechet_distance(torch.tensor([1.0, 0.0]), torch.stack(c1), [0.0, 0.0], np.eye(2))
+    assert frechet_distance(m1, c1, (0.0, 0.0), [torch.eye(2)[0], torch.eye(2)[1]]) == want
+    with pytest.raises(ValueError, match="cov1 must be a rectangular array"):
+        frechet_distance(m1, [torch.ones(2), torch.ones(3)], [0.0, 0.0], np.eye(2))
 
 
 def test_symmetric_in_its_arguments():
@@ -470,16 +481,21 @@ def stand_in(tmp_path):
 
 
 def test_inception_features_preprocess_for_the_torchscript_file(stand_in, monkeypatch):
+    monkeypatch.delenv("SDEGEN_INCEPTION_SHA256", raising=False)
     x = torch.rand(5, 1, 8, 8, generator=_gen(50)) * 2.2 - 1.1  # a little outside [-1, 1]
-    f = get_features("inception", path=stand_in, batch_size=2)(x)
+    f = get_features("inception", path=stand_in, batch_size=2, trusted=True)(x)
     assert f.shape == (5, 5) and f.dtype == F64
     pixels = to_levels(x, 256).double().mean(dim=(2, 3))  # grey level, repeated to 3 channels
     torch.testing.assert_close(f[:, :3], pixels.expand(5, 3))
     assert (f[:, 3:] == 8).all()  # native size: the real file resizes to 299 itself
     monkeypatch.setenv("SDEGEN_INCEPTION", str(stand_in))
-    g = inception_features(resize=299)(torch.rand(2, 3, 4, 4, generator=_gen(51)) * 2 - 1)
+    digest = hashlib.sha256(stand_in.read_bytes()).hexdigest()
+    g = inception_features(resize=299, sha256=digest)(
+        torch.rand(2, 3, 4, 4, generator=_gen(51)) * 2 - 1
+    )
     assert g.shape == (2, 5) and (g[:, 3:] == 299).all()
     u = torch.randint(0, 256, (3, 3, 6, 6), generator=_gen(52), dtype=torch.uint8)
+    monkeypatch.setenv("SDEGEN_INCEPTION_SHA256", digest.upper())
     torch.testing.assert_close(inception_features()(u)[:, :3], u.double().mean(dim=(2, 3)))
 
 
@@ -491,4 +507,37 @@ def test_inception_file_errors_name_the_file(tmp_path, monkeypatch):
         load_inception(tmp_path / "nothing.pt")
     (tmp_path / "pt_inception.pth").write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(ValueError, match="not a TorchScript file.*pytorch-fid"):
-        load_inception(tmp_path / "pt_inception.pth")
+        load_inception(tmp_path / "pt_inception.pth", trusted=True)
+
+
+def test_load_inception_checks_the_sha256_before_running_the_file(stand_in, monkeypatch):
+    # TorchScript runs code when loaded: without a matching digest the file is never loaded.
+    monkeypatch.delenv("SDEGEN_INCEPTION_SHA256", raising=False)
+    digest = hashlib.sha256(stand_in.read_bytes()).hexdigest()
+    real_load = torch.jit.load
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.jit.load ran on a file that should have been refused")
+
+    monkeypatch.setattr(torch.jit, "load", no_load)
+    with pytest.raises(ValueError, match=f"refusing to load {stand_in}.*SHA-256 {digest}"):
+        load_inception(stand_in)  # no digest given (and none pinned): refused by default
+    with pytest.raises(ValueError, match=f"refusing to load {stand_in}.*SHA-256 {digest}"):
+        get_features("inception", path=stand_in)
+    wrong = "0" * 64
+    with pytest.raises(
+        ValueError, match=f"refusing to load {stand_in}: its SHA-256 is {digest}, expected {wrong}"
+    ):
+        load_inception(stand_in, sha256=wrong)
+    monkeypatch.setenv("SDEGEN_INCEPTION_SHA256", wrong)
+    with pytest.raises(ValueError, match=f"expected {wrong}"):
+        load_inception(stand_in)
+    monkeypatch.delenv("SDEGEN_INCEPTION_SHA256")
+    with pytest.raises(ValueError, match="sha256 must be a SHA-256 hex digest of 64 characters"):
+        load_inception(stand_in, sha256="abc")
+    with pytest.raises(TypeError, match="trusted must be True or False, got 'yes'"):
+        load_inception(stand_in, trusted="yes")
+    monkeypatch.setattr(torch.jit, "load", real_load)
+    for net in (load_inception(stand_in, sha256=digest), load_inception(stand_in, trusted=True)):
+        out = net(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), return_features=True)
+        assert out.shape == (1, 5) and not net.training

@@ -12,12 +12,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..models.base import as_float64
+
 _F64 = torch.float64
 
 
 def _as_f64(name: str, x: Any) -> Tensor:
-    """`x` (tensor or array-like) as a float64 tensor; ValueError naming `name` if non-finite."""
-    t = x.detach().to(_F64) if torch.is_tensor(x) else torch.as_tensor(x, dtype=_F64)
+    """`x` (a tensor, an array, or nested lists of numbers, arrays or tensors) as a float64
+    tensor; ValueError naming `name` if non-finite."""
+    t = x.detach().to(_F64) if torch.is_tensor(x) else as_float64(name, x).detach()
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf)")

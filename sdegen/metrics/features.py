@@ -8,7 +8,10 @@ data scale, [-1, 1] (`sdegen.data`).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +30,7 @@ __all__ = [
     "digits_features",
     "inception_features",
     "load_inception",
+    "INCEPTION_SHA256",
 ]
 
 FeatureFn = Callable[[Tensor], Tensor]
@@ -39,6 +43,13 @@ _INCEPTION_HELP = (
     "also used by clean-fid); pytorch-fid's pt_inception-2015-12-05-6726825d.pth is a state "
     "dict of its own InceptionV3 class and cannot be loaded here"
 )
+
+
+# SHA-256 of the published inception-2015-12-05.pt. Not pinned: this package does not have a
+# digest it can vouch for, so loading needs the digest of the user's copy (sha256= or the env
+# var SDEGEN_INCEPTION_SHA256) or an explicit trusted=True. Set it to the published hex digest
+# to make the default load check against it.
+INCEPTION_SHA256: str | None = None
 
 
 def _batches(x: Tensor, batch_size: int):
@@ -111,20 +122,63 @@ def _inception_path(path: str | os.PathLike[str] | None) -> Path:
     return p
 
 
-def load_inception(path: str | os.PathLike[str] | None = None) -> torch.jit.ScriptModule:
+def _check_sha256(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise ValueError(f"sha256 must be a SHA-256 hex digest of 64 characters, got {sha256!r}")
+    return sha256.strip().lower()
+
+
+def load_inception(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    sha256: str | None = None,
+    trusted: bool = False,
+) -> torch.jit.ScriptModule:
     """The TorchScript FID network from `path` or the env var SDEGEN_INCEPTION, in eval mode.
 
+    A TorchScript file holds code that runs when it is loaded, so the file's SHA-256 is checked
+    before loading and a mismatch is refused. The expected digest is `sha256`, else the env var
+    SDEGEN_INCEPTION_SHA256, else `INCEPTION_SHA256` (the published file's digest; not pinned in
+    this version, so one of the first two, or trusted=True, is needed). Check your copy's
+    digest (``sha256sum inception-2015-12-05.pt``) against the one its source publishes.
+
+    Args:
+        path: the TorchScript file; None reads SDEGEN_INCEPTION.
+        sha256: the expected SHA-256 hex digest of the file.
+        trusted: load the file without a digest check, for a file you trust.
     Raises:
         FileNotFoundError: no path given or no file there, saying which file is needed.
-        ValueError: the file is not a TorchScript archive.
+        ValueError: the file's SHA-256 is not the expected one (naming the file, the expected
+            and the actual digest), no digest to check against, or the file is not a
+            TorchScript archive.
     """
+    expected = _check_sha256(sha256 or os.environ.get("SDEGEN_INCEPTION_SHA256") or None)
+    expected = expected or INCEPTION_SHA256
+    if not isinstance(trusted, bool):
+        raise TypeError(f"trusted must be True or False, got {trusted!r}")
     p = _inception_path(path)
+    data = p.read_bytes()  # hashed and loaded from the same bytes: no swap in between
+    actual = hashlib.sha256(data).hexdigest()
+    if not trusted and expected is None:
+        raise ValueError(
+            f"refusing to load {p} (SHA-256 {actual}): a TorchScript file runs code when loaded "
+            "and no digest to check it against is known; pass sha256='<expected hex digest>' "
+            "(or set SDEGEN_INCEPTION_SHA256) after checking this one against the file's "
+            "source, or trusted=True to load a file you trust"
+        )
+    if not trusted and actual != expected:
+        raise ValueError(
+            f"refusing to load {p}: its SHA-256 is {actual}, expected {expected}; a TorchScript "
+            "file runs code when loaded; pass trusted=True only for a file you trust"
+        )
     try:
         with warnings.catch_warnings():
             # the network exists only as TorchScript; torch's advice to move to torch.export
             # is for authors of models, not for loading a published file
             warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
-            net = torch.jit.load(str(p), map_location="cpu")
+            net = torch.jit.load(io.BytesIO(data), map_location="cpu")
     except (RuntimeError, ValueError) as err:
         raise ValueError(
             f"{p} is not a TorchScript file ({type(err).__name__}: {err}); {_INCEPTION_HELP}"
@@ -138,6 +192,8 @@ def inception_features(
     device: torch.device | str | None = None,
     batch_size: int = 64,
     resize: int | None = None,
+    sha256: str | None = None,
+    trusted: bool = False,
 ) -> FeatureFn:
     """Pool3 features (2048) of the FID InceptionV3 (Heusel et al. 2017) from a local file.
 
@@ -153,6 +209,9 @@ def inception_features(
     `resize` is given, resized bilinearly to resize x resize before quantizing (for a network
     that does not resize itself). uint8 inputs are taken as pixel values as they are.
 
+    sha256, trusted: the file's expected SHA-256, or trusted=True to skip the check; see
+    `load_inception`, which refuses a file whose digest does not match.
+
     Returns:
         ``x -> (B, F)`` float64 features on x's device, computed on `device` (default: x's
         device) in batches of `batch_size`, without gradients.
@@ -164,7 +223,7 @@ def inception_features(
         isinstance(resize, bool) or not isinstance(resize, int) or resize < 1
     ):
         raise ValueError(f"resize must be None or an integer >= 1, got {resize!r}")
-    net = load_inception(path)
+    net = load_inception(path, sha256=sha256, trusted=trusted)
 
     def to_pixels(b: Tensor) -> Tensor:
         if b.dtype != torch.uint8:
