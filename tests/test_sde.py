@@ -227,3 +227,34 @@ def test_times_outside_the_interval_are_rejected():
         sde.perturb(torch.zeros(2, 3), torch.full((2,), 0.5), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"t must have shape \(batch,\)"):
         sde.marginal(torch.zeros(2, 3), torch.full((3,), 0.5))
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: VPSDE(3), TypeError, "schedule must be one of 'linear', 'cosine' or a schedule"),
+        (lambda: SubVPSDE(None), TypeError, "schedule must be one of .*got None"),
+        (lambda: ddpm_betas(2.5), ValueError, "n must be an integer >= 2, got 2.5"),
+        (lambda: ddpm_betas(10, -0.1), ValueError, r"beta_start must lie in \(0, 1\), got -0.1"),
+        (lambda: ddpm_betas(10, 1e-4, 2.0), ValueError, r"beta_end must lie in \(0, 1\), got 2.0"),
+        (lambda: ddpm_betas(10, math.nan), ValueError, "beta_start must be finite, got nan"),
+        (lambda: VPSDE.from_betas("ab"), ValueError, "betas must be a 1-D array of numbers"),
+    ],
+)
+def test_bad_schedules_name_the_argument(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_times_of_the_wrong_type_are_refused_and_empty_batches_work():
+    sde = VPSDE()
+    with pytest.raises(TypeError, match="t must be a real tensor, got torch.complex64"):
+        sde.alpha(torch.tensor([0.5 + 0j], dtype=torch.complex64))
+    with pytest.raises(TypeError, match="t must be a real tensor, got torch.bool"):
+        sde.sigma(torch.tensor([True]))
+    with pytest.raises(TypeError, match="lam must be a real number or tensor, got str"):
+        sde.t_of_log_snr("a")
+    assert sde.prior_log_prob(torch.zeros(0, 3)).shape == (0,)
+    torch.testing.assert_close(
+        sde.prior_log_prob(torch.zeros(2, 3)), torch.full((2,), -1.5 * math.log(2 * math.pi))
+    )

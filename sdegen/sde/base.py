@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from numbers import Real
 
 import torch
 from torch import Tensor
 
-from .._utils import append_dims, check_finite_number, sum_except_batch
+from .._utils import append_dims, check_finite_number
 
 ScheduleFn = Callable[[Tensor], Tensor]
 
@@ -128,7 +129,11 @@ class LinearSDE:
 
     def t_of_log_snr(self, lam: Tensor) -> Tensor:
         """Inverse of log_snr: the t in [t_min, T] with lambda(t) = lam; shape preserved."""
+        if not torch.is_tensor(lam) and (isinstance(lam, bool) or not isinstance(lam, Real)):
+            raise TypeError(f"lam must be a real number or tensor, got {type(lam).__name__}")
         lam = torch.as_tensor(lam)
+        if lam.is_complex() or lam.dtype == torch.bool:
+            raise TypeError(f"lam must be a real tensor, got {lam.dtype}")
         if not bool(torch.isfinite(lam).all()):
             raise ValueError("lam must be finite, got a value that is NaN or infinite")
         lo, hi = self.log_snr_range()
@@ -191,14 +196,16 @@ class LinearSDE:
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         """log N(z; 0, prior_std^2 I) in nats for z of shape (B, *D); shape (B,)."""
-        d = z[0].numel()
-        quad = sum_except_batch(z**2) / self.prior_std**2
+        d = math.prod(z.shape[1:])
+        quad = (z**2).reshape(z.shape[0], d).sum(dim=1) / self.prior_std**2
         return -0.5 * quad - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
 
     def check_t(self, t: Tensor) -> Tensor:
         """Return t unchanged, or raise ValueError if it is NaN or outside [t_min, T]."""
         if not torch.is_tensor(t):
             raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t must be a real tensor, got {t.dtype}")
         if t.requires_grad or t.numel() == 0:
             # Values are checked on the detached copy; autograd callers (Fokker-Planck, training)
             # still get the error.

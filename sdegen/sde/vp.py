@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_finite_number
+from .._utils import check_choice, check_finite_number, check_int
 from .base import LinearSDE
 
 
@@ -89,7 +89,11 @@ class DiscreteBeta:
     """
 
     def __init__(self, betas: Tensor | np.ndarray | list[float]) -> None:
-        b = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+        try:
+            b = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            msg = f"betas must be a 1-D array of numbers, got {betas!r} ({err})"
+            raise ValueError(msg) from None
         if b.ndim != 1 or b.numel() < 2:
             raise ValueError(
                 f"betas must be a 1-D array of at least 2 values, got shape {tuple(b.shape)}"
@@ -132,8 +136,10 @@ class DiscreteBeta:
 
 def ddpm_betas(n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """DDPM's linear beta array (Ho et al. 2020: 1e-4 to 0.02 over 1000 steps), float64."""
-    if n < 2:
-        raise ValueError(f"n must be >= 2, got {n!r}")
+    check_int("n", n, low=2)
+    for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not 0 < check_finite_number(name, v) < 1:
+            raise ValueError(f"{name} must lie in (0, 1), got {v!r}")
     return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
 
 
@@ -155,6 +161,12 @@ class _VPFamily(LinearSDE):
             check_choice("schedule", schedule, _SCHEDULES)
             schedule = (
                 LinearBeta(beta_min, beta_max) if schedule == "linear" else CosineBeta(cosine_s)
+            )
+        elif not all(callable(getattr(schedule, m, None)) for m in ("B", "beta", "t_of_B")):
+            raise TypeError(
+                f"schedule must be one of {', '.join(map(repr, _SCHEDULES))} or a schedule object "
+                f"with B(t), beta(t) and t_of_B(B) (LinearBeta, CosineBeta, DiscreteBeta), got "
+                f"{schedule!r}"
             )
         self.schedule = schedule
         if isinstance(schedule, DiscreteBeta):
