@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from sdegen.cli import main
 from sdegen.cli.config import load_config
 
+from ._ddp import run_torchrun
 from .test_training import _losses
 
 TINY = [
@@ -240,6 +240,7 @@ def test_unknown_or_missing_device_is_rejected(tmp_path, capsys):
         assert "CUDA is not available" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("ddp")
 def test_train_under_torchrun_matches_one_process(tmp_path):
     # torchrun claims --run as an abbreviation of its own --run-path, hence --run-dir
     args = [
@@ -256,27 +257,7 @@ def test_train_under_torchrun_matches_one_process(tmp_path):
         "--set",
         "network_params={hidden: 32}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "sdegen",
-            *args[:1],
-            "--run-dir",
-            str(tmp_path / "ddp"),
-            *args[1:],
-        ],
-        check=True,
-        timeout=300,
-        env=env,
-        capture_output=True,
-    )
+    run_torchrun("-m", "sdegen", *args[:1], "--run-dir", str(tmp_path / "ddp"), *args[1:])
     assert main([*args[:1], "--run", str(tmp_path / "one"), *args[1:]]) == 0
 
     ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from sdegen.training import (
     save_checkpoint,
     score_matching,
 )
+
+from ._ddp import run_torchrun
 
 WORKER = Path(__file__).parent / "scripts" / "train_worker.py"
 
@@ -78,29 +82,10 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(tmp_path, dropout):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.xdist_group("ddp")
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(WORKER),
-            "--run-dir",
-            str(tmp_path / "ddp"),
-            "--steps",
-            "12",
-            "--batch",
-            "64",
-        ],
-        check=True,
-        timeout=300,
-        env=env,
-    )
+    run_torchrun(str(WORKER), "--run-dir", str(tmp_path / "ddp"), "--steps", "12", "--batch", "64")
     _run("--run-dir", str(tmp_path / "one"), "--steps", "12", "--batch", "64")
     r0 = load_file(tmp_path / "ddp" / "final-rank0.safetensors")
     r1 = load_file(tmp_path / "ddp" / "final-rank1.safetensors")
@@ -199,6 +184,121 @@ def test_trainer_rejects_bad_input(tmp_path):
         Trainer(model, score_matching(), data, batch_size=32)
     with pytest.raises(ValueError, match="training data hold NaN"):
         Trainer(model, score_matching(), torch.full((64, 2), float("nan")), batch_size=8)
+    with pytest.raises(ValueError, match="lr must be finite, got nan"):
+        Trainer(model, score_matching(), data, batch_size=8, lr=float("nan"))
+
+
+def _short(value) -> str:
+    if torch.is_tensor(value):
+        return f"tensor{tuple(value.shape)}-{str(value.dtype).removeprefix('torch.')}"
+    return f"{type(value).__name__}-len{len(value)}" if isinstance(value, list) else repr(value)
+
+
+NAN = float("nan")
+BAD_ARGUMENTS = [
+    ("warmup", -10, ValueError, "warmup must be an integer >= 0, got -10"),
+    ("warmup", 2.5, ValueError, "warmup must be an integer >= 0, got 2.5"),
+    ("grad_clip", -1.0, ValueError, "grad_clip must be a finite number > 0 or None, got -1.0"),
+    ("grad_clip", 0, ValueError, "grad_clip must be a finite number > 0 or None, got 0"),
+    ("grad_clip", NAN, ValueError, "grad_clip must be a finite number > 0 or None, got nan"),
+    ("grad_clip", math.inf, ValueError, "grad_clip must be a finite number > 0 or None, got inf"),
+    ("ema_decay", NAN, ValueError, "ema_decay must be None or a number in [0, 1), got nan"),
+    ("ema_decay", 1.0, ValueError, "ema_decay must be None or a number in [0, 1), got 1.0"),
+    ("ema_decay", -0.1, ValueError, "ema_decay must be None or a number in [0, 1), got -0.1"),
+    ("batch_size", -4, ValueError, "batch_size must be an integer >= 1, got -4"),
+    ("batch_size", 16.0, ValueError, "batch_size must be an integer >= 1, got 16.0"),
+    ("batch_size", True, ValueError, "batch_size must be an integer >= 1, got True"),
+    ("log_every", 0, ValueError, "log_every must be an integer >= 1, got 0"),
+    ("log_every", 2.0, ValueError, "log_every must be an integer >= 1, got 2.0"),
+    ("ckpt_every", -1, ValueError, "ckpt_every must be an integer >= 0, got -1"),
+    ("ckpt_every", 1.5, ValueError, "ckpt_every must be an integer >= 0, got 1.5"),
+    ("eval_every", -5, ValueError, "eval_every must be an integer >= 0, got -5"),
+    ("eval_every", "10", ValueError, "eval_every must be an integer >= 0, got '10'"),
+    ("seed", 1.5, ValueError, "seed must be an integer in"),
+    ("seed", None, ValueError, "seed must be an integer in"),
+    ("data", torch.zeros(64), ValueError, "data must have shape (N, *D)"),
+    ("data", torch.zeros(0, 2), ValueError, "data must hold at least one example, got shape (0,"),
+    ("data", torch.zeros(64, 2, dtype=torch.int64), TypeError, "floating-point tensor, got dtype"),
+    ("data", [[0.0, 0.0]] * 64, TypeError, "data must be a torch.Tensor of shape (N, *D), got"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, value, error, message",
+    BAD_ARGUMENTS,
+    ids=[f"{a[0]}={_short(a[1])}" for a in BAD_ARGUMENTS],
+)
+def test_trainer_refuses_each_bad_argument_at_construction(name, value, error, message):
+    model = ScoreModel(MLP(2, hidden=8, depth=1), VPSDE())
+    kw = {"data": torch.zeros(64, 2), "batch_size": 8, **{name: value}}
+    with pytest.raises(error, match=re.escape(message)):
+        Trainer(model, score_matching(), progress=False, **kw)
+
+
+def test_one_dimensional_data_are_told_to_reshape():
+    model = ScoreModel(MLP(1, hidden=8, depth=1), VPSDE())
+    with pytest.raises(ValueError, match=re.escape("got shape (64,); reshape N scalars to (N, 1)")):
+        Trainer(model, score_matching(), torch.zeros(64), batch_size=8)
+    Trainer(model, score_matching(), torch.zeros(64, 1), batch_size=8, progress=False)
+
+
+def test_an_unusable_run_dir_is_refused_before_training(tmp_path, monkeypatch):
+    model = ScoreModel(MLP(2, hidden=8, depth=1), VPSDE())
+
+    def make(run_dir):
+        return Trainer(model, score_matching(), torch.zeros(64, 2), batch_size=8, run_dir=run_dir)
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("the user's")
+    with pytest.raises(ValueError, match=re.escape(f"run_dir {a_file} is not a folder")):
+        make(a_file)
+    assert a_file.read_text() == "the user's"  # left as it was
+    with pytest.raises(ValueError, match=re.escape(f"run_dir {a_file / 'run'} cannot be created")):
+        make(a_file / "run")
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_access = os.access
+    # root writes through permission bits, so the refusal is driven through os.access itself
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: Path(p) != read_only and real_access(p, mode, **kw)
+    )
+    with pytest.raises(ValueError, match=re.escape(f"run_dir {read_only} is not writable")):
+        make(read_only)
+    monkeypatch.undo()
+    make(tmp_path / "new" / "run")  # a missing folder is made
+    assert (tmp_path / "new" / "run").is_dir()
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="POSIX permissions; root ignores them"
+)
+def test_a_read_only_run_dir_is_refused(tmp_path):
+    model = ScoreModel(MLP(2, hidden=8, depth=1), VPSDE())
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    data = torch.zeros(64, 2)
+    try:
+        with pytest.raises(ValueError, match=re.escape(f"run_dir {read_only} is not writable")):
+            Trainer(model, score_matching(), data, batch_size=8, run_dir=read_only)
+        with pytest.raises(ValueError, match=re.escape(f"run_dir {read_only / 'x'} cannot be")):
+            Trainer(model, score_matching(), data, batch_size=8, run_dir=read_only / "x")
+    finally:
+        read_only.chmod(0o700)
+
+
+def test_resume_survives_a_half_written_metrics_line(tmp_path):
+    tr = _trainer(tmp_path, ckpt_every=2, log_every=1)
+    tr.fit(4)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss": 0.5}\n')  # logged after the last checkpoint: redone
+        f.write('{"note": "no step"}\n[1, 2]\n{"step": "3"}\n')  # not records of ours
+        f.write('{"step": 6, "lo')  # a writer killed mid-line
+    tr2 = _trainer(tmp_path, ckpt_every=2, log_every=1)
+    assert tr2.resume() and tr2.step == 4
+    tr2.fit(6)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
 
 
 def test_ema_copy_takes_the_model_buffers(tmp_path):

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from .._utils import check_finite_number
+from .._utils import check_finite_number, check_int
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 # (model, x, rnd) -> loss; with labels given to the Trainer, (model, x, rnd, y) -> loss.
@@ -133,6 +133,57 @@ def _check_labels(labels: Tensor, data: Tensor) -> None:
         )
 
 
+def _check_data(data: Tensor) -> None:
+    if not torch.is_tensor(data):
+        raise TypeError(f"data must be a torch.Tensor of shape (N, *D), got {type(data).__name__}")
+    if not data.is_floating_point():
+        raise TypeError(f"data must be a floating-point tensor, got dtype {data.dtype}")
+    if data.ndim < 2:
+        raise ValueError(
+            f"data must have shape (N, *D) with at least one dim per example, got shape "
+            f"{tuple(data.shape)}; reshape N scalars to (N, 1)"
+        )
+    if data.shape[0] == 0:
+        raise ValueError(f"data must hold at least one example, got shape {tuple(data.shape)}")
+
+
+def _check_grad_clip(grad_clip: float | None) -> float | None:
+    if grad_clip is None:
+        return None
+    try:
+        return check_finite_number("grad_clip", grad_clip, positive=True)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"grad_clip must be a finite number > 0 or None, got {grad_clip!r}"
+        ) from None
+
+
+def _check_ema_decay(ema_decay: float | None) -> None:
+    if ema_decay is None:
+        return
+    try:
+        ok = check_finite_number("ema_decay", ema_decay, nonnegative=True) < 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"ema_decay must be None or a number in [0, 1), got {ema_decay!r}")
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Raise ValueError unless run_dir is (or can be made) a folder this process can write to."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # mkdir(exist_ok=True) says so only when the name is not a folder
+        raise ValueError(f"run_dir {run_dir} is not a folder: a file of that name exists") from None
+    except OSError as e:
+        raise ValueError(f"run_dir {run_dir} cannot be created: {e}") from e
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"run_dir {run_dir} is not writable: no write permission for this user; "
+            "pick another folder or change its permissions"
+        )
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -161,9 +212,11 @@ class Trainer:
         ema_decay: decay of the EMA of the weights (None: no EMA).
         seed: the run seed (batches, noise, dropout).
         device: "cpu", "cuda", ...
-        run_dir: folder for checkpoints and metrics.jsonl (None: keep nothing).
-        ckpt_every, log_every: in steps.
-        eval_fn: (model_or_ema, step) -> dict of numbers, run every `eval_every` steps on rank 0.
+        run_dir: folder for checkpoints and metrics.jsonl (None: keep nothing); made if missing,
+            and refused at construction when it cannot be made or written.
+        ckpt_every, log_every: in steps (ckpt_every 0: only the final checkpoint).
+        eval_fn: (model_or_ema, step) -> dict of numbers, run every `eval_every` steps on rank 0
+            (0: never).
         config: JSON-able description of the run, stored in each checkpoint.
         progress: show a tqdm bar on rank 0.
         labels: class labels of `data`, int64 of shape (N,); given, each batch's labels reach
@@ -195,9 +248,11 @@ class Trainer:
         labels: Tensor | None = None,
     ) -> None:
         self.rank, self.world = init_distributed(str(device))
+        _check_data(data)
         if labels is not None:
             _check_labels(labels, data)
         self.labels = labels
+        check_int("batch_size", batch_size, 1)
         if batch_size % self.world:
             raise ValueError(
                 f"batch_size {batch_size} must be divisible by the number of processes {self.world}"
@@ -207,11 +262,21 @@ class Trainer:
         if not bool(torch.isfinite(data).all()):
             raise ValueError("training data hold NaN or inf")
         self.lr = check_finite_number("lr", lr, positive=True)
+        check_int("warmup", warmup, 0)
+        grad_clip = _check_grad_clip(grad_clip)
+        _check_ema_decay(ema_decay)
+        check_int("seed", seed, -(2**63), 2**63 - 1)  # torch generators take int64 seeds
+        check_int("log_every", log_every, 1)
+        check_int("ckpt_every", ckpt_every, 0)
+        check_int("eval_every", eval_every, 0)
+        # Only rank 0 writes; find out now, not at the first checkpoint an hour in.
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if self.run_dir is not None and self.rank == 0:
+            _check_run_dir(self.run_dir)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.objective, self.data, self.batch_size, self.seed = objective, data, batch_size, seed
-        self.warmup, self.grad_clip = int(warmup), grad_clip
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.warmup, self.grad_clip = warmup, grad_clip
         self.ckpt_every, self.log_every = ckpt_every, log_every
         self.eval_fn, self.eval_every = eval_fn, eval_every
         self.config, self.progress = config or {}, progress
@@ -370,11 +435,16 @@ class Trainer:
         # A killed run may have logged steps after its last checkpoint; they are redone.
         if self.log_path is None or self.rank != 0 or not self.log_path.is_file():
             return
-        kept = [
-            line
-            for line in self.log_path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= self.step
-        ]
+        kept = [line for line in self.log_path.read_text().splitlines() if self._keep(line)]
         tmp = self.log_path.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.log_path)
+
+    def _keep(self, line: str) -> bool:
+        # A writer killed mid-line leaves a partial record: drop it, and anything that is not
+        # a record of ours, rather than refuse to resume.
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, TypeError, KeyError):
+            return False
+        return isinstance(step, int) and not isinstance(step, bool) and step <= self.step
