@@ -53,6 +53,13 @@ def _number(*, positive: bool = False):
     return parse
 
 
+def _seed(text: str) -> int:
+    value = _int_at_least(0)(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
+    return value
+
+
 positive_int, nonnegative_int = _int_at_least(1), _int_at_least(0)
 
 
@@ -108,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=_number(positive=True), help="adaptive methods only")
     p.add_argument("--atol", type=_number(positive=True), help="adaptive methods only")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument(
         "--class",
@@ -147,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=_number(positive=True), default=1e-5)
     p.add_argument("--atol", type=_number(positive=True), default=1e-5)
     p.add_argument("--batch", type=positive_int, default=256)
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="dequantization / probe seed")
+    p.add_argument("--seed", type=_seed, default=0, help="dequantization / probe seed")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
@@ -183,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--nfe", type=positive_int, default=20, help="network-evaluation budget per solver"
     )
     p.add_argument("--n", type=_int_at_least(2), default=4000, help="number of samples")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(run_command=commands.demo)
     return parser
 

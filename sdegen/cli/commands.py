@@ -71,12 +71,17 @@ class Progress:
 def train(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if args.resume:
-        cfg = read_run_config(run)
-        extra = load_config(None, [s for s in args.set])
-        if any(s.split("=")[0].strip() != "steps" for s in args.set):
+        if args.config is not None:
             raise ValueError(
-                "--resume continues a run as configured; only --set steps=N "
-                "(to train longer) may change"
+                "--resume continues a run with its own config.json; --config cannot be given"
+            )
+        cfg = read_run_config(run)
+        extra = load_config(None, list(args.set))
+        changed = sorted({s.split("=")[0].strip() for s in args.set} - {"steps"})
+        if changed:
+            raise ValueError(
+                f"--resume continues a run as configured; only --set steps=N (to train longer) "
+                f"may change, not {', '.join(changed)}"
             )
         if args.set:
             cfg.steps = extra.steps
@@ -93,16 +98,25 @@ def train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.set)
         if getattr(args, "conditional", False):
             cfg.conditional = True
-    if args.device:
+    if args.device is not None:
         cfg.device = args.device
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
     model = build_model(cfg, data.event_shape, run_classes(cfg, data))
     trainer = make_trainer(cfg, data, model, run, device=device, progress=not args.quiet)
+    if args.resume:
+        if not trainer.resume():
+            raise FileNotFoundError(f"run folder {run} has no checkpoint to resume from")
+        if trainer.step >= cfg.steps:
+            if trainer.step > cfg.steps:
+                raise ValueError(
+                    f"run {run} is at step {trainer.step}; --set steps={cfg.steps} would not "
+                    f"train: give steps > {trainer.step}"
+                )
+            print(f"run {run} is already at step {trainer.step} = steps; nothing to do")
+            return 0
     if trainer.rank == 0:
         save_config(cfg, run)
-    if args.resume and not trainer.resume():
-        raise FileNotFoundError(f"run folder {run} has no checkpoint to resume from")
     start = trainer.step
     history = trainer.fit(cfg.steps)
     if trainer.rank == 0:

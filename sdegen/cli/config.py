@@ -87,7 +87,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path} is not UTF-8 text") from None
         try:
             if path.suffix == ".toml":
                 values = tomllib.loads(text)
@@ -144,8 +147,14 @@ def from_dict(values: dict) -> TrainConfig:
             raise ValueError(f"config key {name} must be {expected}, got {v!r}")
     if not 0.0 <= cfg.p_uncond <= 1.0:
         raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {cfg.steps}, {cfg.batch_size}")
+    for name in ("steps", "batch_size", "n_train", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"config key {name} must be >= 1, got {getattr(cfg, name)!r}")
+    for name in ("warmup", "ckpt_every", "eval_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"config key {name} must be >= 0, got {getattr(cfg, name)!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"config key seed must be in [0, 2**63), got {cfg.seed!r}")
     return cfg
 
 
@@ -166,6 +175,9 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
             f"{run_dir} is not a run folder: no config.json (made by `sdegen train --run DIR`)"
         )
     try:
-        return from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as e:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"corrupt run config {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"corrupt run config {path}: it must hold a JSON object of keys")
+    return from_dict(values)

@@ -70,7 +70,14 @@ def _check_gaussian(mean: Any, cov: Any, names: str, d: int | None = None) -> tu
         raise ValueError(
             f"{cov_name} of shape {tuple(c.shape)} is not symmetric (max |C - C^T| = {asym:.3g})"
         )
-    return m, 0.5 * (c + c.T)
+    c = 0.5 * (c + c.T)
+    lowest = float(torch.linalg.eigvalsh(c)[0])
+    if lowest < -1e-6 * max(float(c.abs().max()), 1e-300):
+        raise ValueError(
+            f"{cov_name} must be positive semi-definite, but its smallest eigenvalue is "
+            f"{lowest:.3g}"
+        )
+    return m, c
 
 
 def gaussian_moments(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -191,6 +191,10 @@ class LinearSDE:
         device: torch.device | str | None = None,
     ) -> Tensor:
         """Sample the prior N(0, prior_std^2 I) of shape `shape` = (B, *D)."""
+        if not isinstance(shape, (tuple, list, torch.Size)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        ):
+            raise ValueError(f"shape must be a tuple of integers >= 0, got {shape!r}")
         z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
         return self.prior_std * z
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_choice, check_int, check_tensor_finite, resolve_device
-from ..models.base import to_x0_eps
+from ..models.base import check_sde, to_x0_eps
 from . import dpm, exponential, pf_ode, reverse_sde, torchsde_methods
 from .counting import CountingModel, SolveResult
 from .guidance import Inpainted, guided_model
@@ -59,7 +59,8 @@ METHODS: dict[str, Method] = {
     "ancestral": Method(reverse_sde.ancestral, "sde", "karras", _per_step(1),
                         "ancestral sampling: DDPM for VP, SMLD for VE"),
     "pc": Method(reverse_sde.pc, "sde", "karras",
-                 lambda n, o: n * (1 + o.get("corrector_steps", 1)),
+                 lambda n, o: n * (1 + check_int("corrector_steps",
+                                                 o.get("corrector_steps", 1), 0)),
                  "predictor-corrector with a Langevin corrector (snr)"),
     # torchsde calls the drift once more, to check its shape, before integrating.
     "torchsde_euler": Method(torchsde_methods.torchsde_euler, "sde", "uniform",
@@ -131,6 +132,7 @@ def _steps_for_nfe(name: str, m: Method, nfe: int, extra: int, options: dict) ->
 def steps_for_nfe(method: str, nfe: int, *, denoise_final: bool = True, **options) -> int:
     """The number of steps `sample(..., method=method, nfe=nfe)` uses: the most that fit."""
     check_choice("method", method, METHODS)
+    _check_options(method, METHODS[method].fn, options)
     return _steps_for_nfe(method, METHODS[method], nfe, 1 if denoise_final else 0, options)
 
 
@@ -258,6 +260,9 @@ def sample(
         check_int("nfe", nfe, 1)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, dict -> None, got {callback!r}")
+    check_sde(sde, ("alpha", "sigma", "prior_sample", "t_min", "T"))
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise ValueError(f"shape must be a tuple (batch, *event_shape), got {shape!r}")
     shape = tuple(shape)
     if len(shape) < 2 or not all(
         isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
@@ -267,6 +272,8 @@ def sample(
         raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     device = resolve_device(device)
     if noise is not None:
+        if torch.is_tensor(noise) and not noise.is_floating_point():
+            raise ValueError(f"noise must be a floating-point tensor, got {noise.dtype}")
         check_tensor_finite("noise", noise)
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")

@@ -36,6 +36,8 @@ def score_matching(
         given `labels`; without them the model is trained unconditionally.
     """
     check_choice("weighting", weighting, WEIGHTINGS)
+    if bin_width is not None:
+        bin_width = check_finite_number("bin_width", bin_width, positive=True)
     p_uncond = check_finite_number("p_uncond", p_uncond, nonnegative=True)
     if p_uncond > 1:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
