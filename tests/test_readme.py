@@ -33,6 +33,7 @@ import re
 import resource
 import select
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -87,10 +88,18 @@ CONFIG_FILES: dict[str, str] = {
     # a fallback: the README makes my.yaml itself (`printf ... > my.yaml`) at the time of writing
     "my.yaml": "data: digits\n",
 }
-# torchrun runs as `python -m torch.distributed.run --standalone ...` (2 CPU processes, gloo,
-# with the `train` rewrites above): --standalone picks a free port instead of the fixed 29500,
-# which other tests (or users) on the machine may hold at the same time.
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+# torchrun runs as `python -m torch.distributed.run` (2 CPU processes, gloo, with the `train`
+# rewrites above) on a static rendezvous at 127.0.0.1 and a port free just before: its default
+# for one node (and --standalone's) is a c10d rendezvous on localhost:0, and such runs failed
+# when they overlapped with the DDP tests' (tests/_ddp.py explains).
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
+
+
+def _torchrun() -> list[str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [*TORCHRUN, "--master-addr", "127.0.0.1", "--master-port", str(port)]
 # Plain utilities a README may use to make or show files (`printf '...' > my.yaml`): run as
 # they are, in the shared folder.
 UTILITIES = {"printf", "echo", "cat", "ls", "mkdir", "touch", "cp", "head", "tail"}
@@ -363,7 +372,7 @@ def resolve(cmd: Command, cwd: Path) -> tuple[str, list[str] | str, dict]:
         args = _sdegen_args(rest[i + 2 :], cwd)
         if isinstance(args, str):
             return "error", args, {}
-        return "run", [*TORCHRUN, *rest[: i + 2], *args], env
+        return "run", [*_torchrun(), *rest[: i + 2], *args], env
     return "error", f"tests/test_readme.py has no rule to run {prog!r}; add one", {}
 
 
