@@ -67,6 +67,9 @@ def save_checkpoint(
     Keeps the newest `keep` checkpoints. Returns the checkpoint folder.
     """
     check_int("step", step, 0)
+    check_int("keep", keep, 1)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Never overwrite: a second save of the same step gets a new name, so the folder `latest`

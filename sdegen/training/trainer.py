@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from .._utils import check_finite_number, check_int
+from .._progress import Progress
+from .._utils import check_finite_number, check_int, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 # (model, x, rnd) -> loss; with labels given to the Trainer, (model, x, rnd, y) -> loss.
@@ -218,7 +219,7 @@ class Trainer:
         eval_fn: (model_or_ema, step) -> dict of numbers, run every `eval_every` steps on rank 0
             (0: never).
         config: JSON-able description of the run, stored in each checkpoint.
-        progress: show a tqdm bar on rank 0.
+        progress: show progress on rank 0 (a bar on a terminal, else a line every 10 s).
         labels: class labels of `data`, int64 of shape (N,); given, each batch's labels reach
             the objective as a fourth argument (conditional models, classifiers).
     """
@@ -247,6 +248,13 @@ class Trainer:
         progress: bool = True,
         labels: Tensor | None = None,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(objective):
+            raise TypeError(
+                f"objective must be callable (model, x, rnd) -> loss, got {objective!r}"
+            )
+        device = resolve_device(device)
         self.rank, self.world = init_distributed(str(device))
         _check_data(data)
         if labels is not None:
@@ -382,21 +390,20 @@ class Trainer:
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
 
     def fit(self, steps: int) -> list[dict]:
-        """Train until `steps` total steps; returns the metrics of the steps run here."""
+        """Train until `steps` total steps (an int >= 0); returns the metrics of the steps run
+        here. Progress (rank 0): a bar on a terminal, else a plain line every 10 s."""
+        check_int("steps", steps, 0)
         history = []
         bar = None
         if self.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, initial=self.step, desc="train", dynamic_ncols=True)
+            bar = Progress(steps, "train", initial=self.step)
         start = time.perf_counter()
         while self.step < steps:
             m = self.train_step()
             m["seconds"] = time.perf_counter() - start
             history.append(m)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}")
+                bar.update(1, postfix=f"loss {m['loss']:.4f}")
             if self.step % self.log_every == 0 or self.step == steps:
                 self._log(m)
             if self.eval_fn is not None and self.eval_every and self.step % self.eval_every == 0:
