@@ -8,12 +8,11 @@ import os
 # torch starts its thread pool (always for the command line); a value the user set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# the subpackages, so that `import sdegen` is enough for sdegen.training.dsm_loss and the like
+from . import data, metrics, models, sde, solvers, training  # noqa: E402, F401
 from .models import GaussianMixtureScore, GaussianScore, ScoreModel  # noqa: E402
 from .sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE, rectified_flow  # noqa: E402
 from .solvers import available, bits_per_dim, log_likelihood, sample  # noqa: E402
-
-# the subpackages, so that `import sdegen` is enough for sdegen.training.dsm_loss and the like
-from . import data, metrics, models, sde, solvers, training  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -66,17 +67,17 @@ def batch_times(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
 
 
 def check_int(name: str, value, low: int = 1, high: int | None = None) -> int:
-    """Return `value` when it is an integer in [low, high] (high None: no bound), else raise
-    ValueError naming `name`."""
+    """`value` as an int when it is an integer (Python or NumPy, not bool) in [low, high] (high
+    None: no bound), else raise ValueError naming `name`. The one integer check of the package."""
     if (
         isinstance(value, bool)
-        or not isinstance(value, int)
+        or not isinstance(value, numbers.Integral)
         or value < low
         or (high is not None and value > high)
     ):
         rng = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
-    return value
+    return int(value)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:

@@ -13,27 +13,12 @@ the `bin_width(levels)` defined here (2/256 for 8-bit images, 2/17 for the 17-le
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import Tensor
 
-from .._utils import check_finite_number, check_tensor_finite
+from .._utils import check_finite_number, check_int, check_tensor_finite
 
 __all__ = ["bin_width", "to_centres", "to_levels", "dequantize"]
-
-
-def _check_levels(levels: int) -> int:
-    """`levels` as an int; ValueError/TypeError unless it is an integer >= 2."""
-    if isinstance(levels, bool):
-        raise TypeError(f"levels must be an integer >= 2, got {levels!r}")
-    try:
-        n = operator.index(levels)
-    except TypeError:
-        raise TypeError(f"levels must be an integer >= 2, got {levels!r}") from None
-    if n < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    return n
 
 
 def bin_width(levels: int) -> float:
@@ -42,7 +27,7 @@ def bin_width(levels: int) -> float:
     This is the `bin_width` to pass to `sdegen.models.density.bits_per_dim`, which computes
     bpd = -(log_prob + D log bin_width) / (D log 2); e.g. 2/256 for 8-bit data.
     """
-    return 2.0 / _check_levels(levels)
+    return 2.0 / check_int("levels", levels, 2)
 
 
 def to_centres(k: Tensor, levels: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -52,7 +37,7 @@ def to_centres(k: Tensor, levels: int, *, dtype: torch.dtype = torch.float32) ->
     The centres are computed in float64 and rounded once to `dtype`, by a table look-up, so the
     result uses 4 bytes of scratch per element (not 8) on large image sets.
     """
-    levels = _check_levels(levels)
+    levels = check_int("levels", levels, 2)
     if not torch.is_tensor(k):
         raise TypeError(f"k must be a torch.Tensor of integer levels, got {type(k).__name__}")
     if k.is_floating_point() or k.is_complex() or k.dtype == torch.bool:
@@ -78,7 +63,7 @@ def to_levels(x: Tensor, levels: int) -> Tensor:
     """Integer levels of values in [-1, 1] (inverse of `to_centres`): x (any shape, float) ->
     int64 tensor of the same shape, the index of the nearest bin centre (the bin holding x),
     clamped to 0..levels-1 so values outside [-1, 1] go to the end bins."""
-    levels = _check_levels(levels)
+    levels = check_int("levels", levels, 2)
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     check_tensor_finite("x", x)

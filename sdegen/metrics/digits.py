@@ -24,13 +24,14 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from .._utils import check_int
 
 __all__ = [
     "DigitsClassifier",
@@ -111,12 +112,6 @@ def _resolve(path: str | os.PathLike[str] | None) -> Path:
     return default_digits_classifier_path() if path is None else Path(path).expanduser()
 
 
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def _shift(x: Tensor, g: torch.Generator) -> Tensor:
     """Each image translated by (dy, dx) in {-1, 0, 1}^2, uncovered pixels set to background."""
     b = x.shape[0]
@@ -155,7 +150,7 @@ def train_digits_classifier(
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    steps, batch_size = _positive("steps", steps), _positive("batch_size", batch_size)
+    steps, batch_size = check_int("steps", steps, 1), check_int("batch_size", batch_size, 1)
     start = time.perf_counter()
     train, test = load_digits("train"), load_digits("test")
     with torch.random.fork_rng(devices=[]):

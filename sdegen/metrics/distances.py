@@ -6,12 +6,12 @@ rank-deficient covariances work without scipy.linalg.sqrtm's complex-valued path
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._utils import check_int
 from ..models.base import as_float64
 
 _F64 = torch.float64
@@ -153,12 +153,6 @@ def frechet_distance_to_moments(x: Tensor, mean: Any, cov: Any) -> float:
     return frechet_distance(mx, cx, m, c)
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def sliced_wasserstein(
     x: Tensor,
     y: Tensor,
@@ -188,7 +182,7 @@ def sliced_wasserstein(
         SW_p as a Python float (a Monte Carlo estimate over the K directions when D > 1).
     """
     xs, ys = _flatten_pair(x, y, min_n=1)
-    k, p = _positive_int("projections", projections), _positive_int("p", p)
+    k, p = check_int("projections", projections, 1), check_int("p", p, 1)
     n, m, d, dev = xs.shape[0], ys.shape[0], xs.shape[1], xs.device
     gen_dev = generator.device if generator is not None else "cpu"
     dirs = torch.randn(k, d, generator=generator, dtype=_F64, device=gen_dev)

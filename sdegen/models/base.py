@@ -43,8 +43,7 @@ def as_float64(name: str, value) -> Tensor:
             raise TypeError(f"{name} must be real, got a tensor of dtype {value.dtype}")
         return value.to(torch.float64)
     if isinstance(value, (list, tuple)) and any(
-        torch.is_tensor(v) or isinstance(v, (list, tuple)) or hasattr(v, "__array__")
-        for v in value
+        torch.is_tensor(v) or isinstance(v, (list, tuple)) or hasattr(v, "__array__") for v in value
     ):
         parts = [as_float64(name, v) for v in value]
         shapes = sorted({tuple(p.shape) for p in parts})
@@ -119,8 +118,7 @@ def check_model_input(x, t) -> None:
             raise TypeError(f"t must be a real tensor of shape () or ({batch},), got {t.dtype}")
     elif isinstance(t, bool) or not isinstance(t, numbers.Real):
         raise TypeError(
-            f"t must be a real number or a tensor of shape () or ({batch},), got "
-            f"{type(t).__name__}"
+            f"t must be a real number or a tensor of shape () or ({batch},), got {type(t).__name__}"
         )
 
 

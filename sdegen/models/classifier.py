@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import batch_times, check_finite_number
+from .._utils import batch_times, check_finite_number, check_int
 from .base import WORK_DTYPES, check_model_input, check_network, check_sde
-from .networks import SinusoidalEmbedding, check_noise_levels, check_positive_int
+from .networks import SinusoidalEmbedding, check_noise_levels
 from .score_model import check_time_input, noise_level, parameter_dtype, scale_input
 from .unet import AttentionBlock, ResBlock
 
@@ -51,10 +51,10 @@ class ConvClassifier(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.num_outputs = check_positive_int("num_classes", num_classes)
-        check_positive_int("channels", channels)
-        check_positive_int("num_res_blocks", num_res_blocks)
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.num_outputs = check_int("num_classes", num_classes, 1)
+        check_int("channels", channels, 1)
+        check_int("num_res_blocks", num_res_blocks, 1)
         if channels % groups:
             raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
         channel_mult = tuple(channel_mult)
@@ -125,7 +125,7 @@ class NoiseConditionalClassifier(nn.Module):
         self.net, self.sde = check_network("net", net), check_sde(sde)
         if num_classes is None:
             num_classes = getattr(net, "num_outputs", None) or getattr(net, "out_dim", None)
-        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.num_classes = check_int("num_classes", num_classes, 1)
         self.time_input = check_time_input(time_input)
         self.sigma_data = (
             None

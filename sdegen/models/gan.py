@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._utils import check_choice, check_finite_number
+from .._utils import check_choice, check_finite_number, check_int
 from .density import DensityModel
-from .networks import check_positive_int
 
 OBJECTIVES = ("nonsaturating", "wgan-gp")
 NO_DENSITY = "a GAN defines no density; compare it on samples (FID, sliced Wasserstein)"
@@ -94,7 +93,7 @@ class GAN(DensityModel):
         if not shape or any(type(s) is not int or s < 1 for s in shape):
             raise ValueError(f"event_shape must be a non-empty tuple of positive ints, got {shape}")
         self.event_shape = shape
-        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = check_int("latent_dim", latent_dim, 1)
         self.objective = check_choice("objective", objective, OBJECTIVES)
         self.gp_weight = check_finite_number("gp_weight", gp_weight, nonnegative=True)
 
@@ -112,8 +111,8 @@ class GAN(DensityModel):
         (LeakyReLU 0.2), each with `depth` hidden layers of width `hidden`; keyword arguments go
         to `GAN`."""
         for name, value in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden)):
-            check_positive_int(name, value)
-        check_positive_int("depth", depth)
+            check_int(name, value, 1)
+        check_int("depth", depth, 1)
         generator_net = _mlp(latent_dim, hidden, depth, dim, nn.SiLU)
         discriminator_net = _mlp(dim, hidden, depth, 1, _LeakyReLU)
         return cls(generator_net, discriminator_net, (dim,), latent_dim, objective, **kwargs)
@@ -137,8 +136,8 @@ class GAN(DensityModel):
         LeakyReLU 0.2 and a linear layer, without normalisation (so it also serves as a WGAN-GP
         critic). Keyword arguments go to `GAN`."""
         c, h, w = _image_shape(shape)
-        check_positive_int("latent_dim", latent_dim)
-        inner = (2 * check_positive_int("hidden", hidden), h // 4, w // 4)
+        check_int("latent_dim", latent_dim, 1)
+        inner = (2 * check_int("hidden", hidden, 1), h // 4, w // 4)
         if not isinstance(batch_norm, bool):
             raise TypeError(f"batch_norm must be a bool, got {batch_norm!r}")
 
@@ -168,7 +167,7 @@ class GAN(DensityModel):
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """z ~ N(0, I) of shape (n, latent_dim), drawn with `generator`."""
-        check_positive_int("n", n)
+        check_int("n", n, 1)
         ref = next(self.generator_net.parameters(), None)
         ref = ref if ref is not None else next(self.parameters())
         shape = (n, self.latent_dim)

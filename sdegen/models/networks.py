@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_finite_number
+from .._utils import check_choice, check_finite_number, check_int
 from .labels import LabelEmbedding, check_labels
 
 EMBEDDINGS = ("sinusoidal", "fourier")
@@ -23,13 +23,6 @@ def check_even_dim(name: str, value: int) -> int:
     """Return `value` when it is an even integer >= 2, else raise ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:
         raise ValueError(f"{name} must be an even integer >= 2, got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: int) -> int:
-    """Return `value` when it is an integer >= 1, else raise ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -162,9 +155,9 @@ class MLP(nn.Module):
         out_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.dim = check_positive_int("dim", dim)
-        self.hidden = check_positive_int("hidden", hidden)
-        self.depth = check_positive_int("depth", depth)
+        self.dim = check_int("dim", dim, 1)
+        self.hidden = check_int("hidden", hidden, 1)
+        self.depth = check_int("depth", depth, 1)
         self.embed_dim = check_even_dim("embed_dim", embed_dim)
         self.embed = make_embedding(embedding, embed_dim)
         self.time_mlp = nn.Sequential(
@@ -179,7 +172,7 @@ class MLP(nn.Module):
             nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.act = nn.SiLU()
-        self.out_dim = check_positive_int("out_dim", dim if out_dim is None else out_dim)
+        self.out_dim = check_int("out_dim", dim if out_dim is None else out_dim, 1)
         self.out = nn.Linear(hidden, self.out_dim)
         self.num_classes = num_classes
         self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._utils import check_int
 from .labels import LabelEmbedding
 from .networks import (
     SinusoidalEmbedding,
     add_label_embedding,
     check_noise_levels,
-    check_positive_int,
 )
 
 
@@ -105,13 +105,13 @@ class UNet(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = check_positive_int("in_channels", in_channels)
-        self.out_channels = check_positive_int(
-            "out_channels", in_channels if out_channels is None else out_channels
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.out_channels = check_int(
+            "out_channels", in_channels if out_channels is None else out_channels, 1
         )
-        check_positive_int("channels", channels)
-        check_positive_int("groups", groups)
-        check_positive_int("num_res_blocks", num_res_blocks)
+        check_int("channels", channels, 1)
+        check_int("groups", groups, 1)
+        check_int("num_res_blocks", num_res_blocks, 1)
         if channels % groups:
             raise ValueError(f"channels ({channels}) must be divisible by groups ({groups})")
         channel_mult = tuple(channel_mult)
@@ -127,7 +127,7 @@ class UNet(nn.Module):
                 f"(0 to {len(channel_mult) - 1}); out of range: {bad}"
             )
         embed_dim = 4 * channels if embed_dim is None else embed_dim
-        check_positive_int("embed_dim", embed_dim)
+        check_int("embed_dim", embed_dim, 1)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.factor = 2 ** (len(channel_mult) - 1)

@@ -29,11 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import check_choice, check_finite_number, sum_except_batch
+from .._utils import check_choice, check_finite_number, check_int, sum_except_batch
 from ..data.quantize import to_centres, to_levels
 from .density import DensityModel
 from .density import bits_per_dim as _bits_per_dim
-from .networks import check_positive_int
 
 LIKELIHOODS = ("gaussian", "bernoulli", "discretized")
 _CHUNK_ELEMENTS = 2**22  # decoder outputs per importance-sampling chunk, counted as max(D, 256)
@@ -99,7 +98,7 @@ class VAE(DensityModel):
         if not shape or any(type(s) is not int or s < 1 for s in shape):
             raise ValueError(f"event_shape must be a non-empty tuple of positive ints, got {shape}")
         self.event_shape = shape
-        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = check_int("latent_dim", latent_dim, 1)
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
         self.beta = beta
         bad = levels is not None and (type(levels) is not int or levels < 2)
@@ -140,8 +139,8 @@ class VAE(DensityModel):
         """A VAE for vectors (B, dim) with MLP encoder and decoder (`depth` SiLU layers of width
         `hidden`); keyword arguments go to `VAE`."""
         for name, value in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden)):
-            check_positive_int(name, value)
-        check_positive_int("depth", depth)
+            check_int(name, value, 1)
+        check_int("depth", depth, 1)
         encoder = _mlp(dim, hidden, depth, 2 * latent_dim)
         decoder = _mlp(latent_dim, hidden, depth, dim)
         return cls(encoder, decoder, (dim,), latent_dim, likelihood, **kwargs)
@@ -163,9 +162,9 @@ class VAE(DensityModel):
         ok = len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)
         if not ok or shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"shape must be (C, H, W) with H and W divisible by 4, got {shape!r}")
-        check_positive_int("latent_dim", latent_dim)
+        check_int("latent_dim", latent_dim, 1)
         c, h, w = shape
-        inner = (2 * check_positive_int("hidden", hidden), h // 4, w // 4)
+        inner = (2 * check_int("hidden", hidden, 1), h // 4, w // 4)
         encoder = nn.Sequential(
             nn.Conv2d(c, hidden, 4, 2, 1),
             nn.SiLU(),
@@ -289,9 +288,9 @@ class VAE(DensityModel):
         noise is drawn one importance sample (B, latent_dim) at a time, so the estimate does not
         depend on `chunk`. Differentiable: under autograd the graph of every chunk is kept, so
         evaluate large k under torch.no_grad()."""
-        check_positive_int("k", k)
+        check_int("k", k, 1)
         if chunk is not None:
-            check_positive_int("chunk", chunk)
+            check_int("chunk", chunk, 1)
         x = self._prepare(x)
         mu, log_sigma = self.encode(x)
         sigma, batch = torch.exp(log_sigma), x.shape[0]
@@ -329,7 +328,7 @@ class VAE(DensityModel):
 
         mean=True returns the decoder's mean instead: the Gaussian mean, the Bernoulli
         probabilities, or the logistic location snapped to its bin centre ("discretized")."""
-        check_positive_int("n", n)
+        check_int("n", n, 1)
         ref = next(self.parameters(), None)
         ref = ref if ref is not None else next(self.buffers())
         out = self.decode(_randn((n, self.latent_dim), ref, generator))

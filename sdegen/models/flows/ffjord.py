@@ -18,10 +18,9 @@ import torchdiffeq
 from torch import Tensor, nn
 
 from ..._ode import check_ode_settings, landing_options
-from ..._utils import batch_times, check_choice, check_finite_number
+from ..._utils import batch_times, check_choice, check_finite_number, check_int
 from ...divergence import exact_divergence, hutchinson_divergence, probes_like
 from ..density import DensityModel
-from ..networks import check_positive_int
 
 ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh}
 
@@ -123,11 +122,11 @@ class FFJORD(DensityModel):
         options: dict | None = None,
     ) -> None:
         super().__init__()
-        check_positive_int("dim", dim)
+        check_int("dim", dim, 1)
         if not isinstance(hidden_dims, (tuple, list)) or not hidden_dims:
             raise ValueError(f"hidden_dims must be a non-empty tuple of ints, got {hidden_dims!r}")
         for h in hidden_dims:
-            check_positive_int("every entry of hidden_dims", h)
+            check_int("every entry of hidden_dims", h, 1)
         check_choice("activation", activation, ACTIVATIONS)
         T = check_finite_number("T", T, positive=True)
         if trace is None:

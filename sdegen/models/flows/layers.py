@@ -13,13 +13,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..._utils import sum_except_batch
-from ..networks import check_positive_int
+from ..._utils import check_int, sum_except_batch
 
 
 def alternating_mask(dim: int, parity: int = 0) -> Tensor:
     """RealNVP's alternating mask for vectors: shape (dim,), 1 where (i + parity) is even."""
-    check_positive_int("dim", dim)
+    check_int("dim", dim, 1)
     return ((torch.arange(dim) + parity) % 2 == 0).to(torch.get_default_dtype())
 
 
@@ -157,7 +156,7 @@ class ActNorm(nn.Module):
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.num_channels = check_positive_int("num_channels", num_channels)
+        self.num_channels = check_int("num_channels", num_channels, 1)
         self.eps = eps
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.log_scale = nn.Parameter(torch.zeros(num_channels))
@@ -215,7 +214,7 @@ class InvConv1x1(nn.Module):
 
     def __init__(self, num_channels: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        c = self.num_channels = check_positive_int("num_channels", num_channels)
+        c = self.num_channels = check_int("num_channels", num_channels, 1)
         q, _ = torch.linalg.qr(torch.randn(c, c, generator=generator))
         p, lower, upper = torch.linalg.lu(q)
         diag = torch.diagonal(upper)

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..._utils import check_int
 from ..density import DensityModel
-from ..networks import check_positive_int
 from .layers import (
     ActNorm,
     AffineCoupling,
@@ -163,8 +163,8 @@ class RealNVP(_Flow):
         super().__init__()
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
             raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
-        check_positive_int("num_layers", num_layers)
-        check_positive_int("hidden", hidden)
+        check_int("num_layers", num_layers, 1)
+        check_int("hidden", hidden, 1)
         _check_bool("actnorm", actnorm)
         _check_bool("inv_conv", inv_conv)
         self.event_shape = (dim,)
@@ -217,9 +217,9 @@ class RealNVPImage(_Flow):
             raise ValueError(f"shape must be (C, H, W) of integers, got {shape!r}")
         if min(shape) < 1:
             raise ValueError(f"shape must be positive, got {shape!r}")
-        check_positive_int("num_scales", num_scales)
-        check_positive_int("blocks_per_scale", blocks_per_scale)
-        check_positive_int("hidden", hidden)
+        check_int("num_scales", num_scales, 1)
+        check_int("blocks_per_scale", blocks_per_scale, 1)
+        check_int("hidden", hidden, 1)
         _check_bool("actnorm", actnorm)
         _check_bool("inv_conv", inv_conv)
         c, h, w = shape
