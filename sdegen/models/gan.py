@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from .._utils import check_choice, check_finite_number, check_int
 from .density import DensityModel
+from .networks import mlp
 
 OBJECTIVES = ("nonsaturating", "wgan-gp")
 NO_DENSITY = "a GAN defines no density; compare it on samples (FID, sliced Wasserstein)"
@@ -38,14 +39,6 @@ def _image_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     if not ok or shape[1] % 4 or shape[2] % 4:
         raise ValueError(f"shape must be (C, H, W) with H and W divisible by 4, got {shape!r}")
     return shape
-
-
-def _mlp(d_in: int, hidden: int, depth: int, d_out: int, act: type[nn.Module]) -> nn.Sequential:
-    widths = [d_in] + [hidden] * depth
-    layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), act()]
-    return nn.Sequential(*layers, nn.Linear(widths[-1], d_out))
 
 
 class _LeakyReLU(nn.LeakyReLU):
@@ -113,8 +106,8 @@ class GAN(DensityModel):
         for name, value in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden)):
             check_int(name, value, 1)
         check_int("depth", depth, 1)
-        generator_net = _mlp(latent_dim, hidden, depth, dim, nn.SiLU)
-        discriminator_net = _mlp(dim, hidden, depth, 1, _LeakyReLU)
+        generator_net = mlp(latent_dim, hidden, depth, dim, nn.SiLU)
+        discriminator_net = mlp(dim, hidden, depth, 1, _LeakyReLU)
         return cls(generator_net, discriminator_net, (dim,), latent_dim, objective, **kwargs)
 
     @classmethod

@@ -126,6 +126,18 @@ def make_embedding(name: str, dim: int) -> nn.Module:
     return SinusoidalEmbedding(dim) if name == "sinusoidal" else GaussianFourierEmbedding(dim)
 
 
+def mlp(
+    d_in: int, hidden: int, depth: int, d_out: int, act: type[nn.Module] = nn.SiLU
+) -> nn.Sequential:
+    """A plain MLP without time input: `depth` hidden layers of width `hidden`, activation
+    `act` after each, then a linear layer to `d_out` (the VAE's and the GAN's networks)."""
+    widths = [d_in] + [hidden] * depth
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), act()]
+    return nn.Sequential(*layers, nn.Linear(widths[-1], d_out))
+
+
 class MLP(nn.Module):
     """Noise-conditional MLP score/denoiser network for vectors (DDPM-style time conditioning).
 

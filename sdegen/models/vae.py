@@ -33,6 +33,7 @@ from .._utils import check_choice, check_finite_number, check_int, sum_except_ba
 from ..data.quantize import to_centres, to_levels
 from .density import DensityModel
 from .density import bits_per_dim as _bits_per_dim
+from .networks import mlp
 
 LIKELIHOODS = ("gaussian", "bernoulli", "discretized")
 _CHUNK_ELEMENTS = 2**22  # decoder outputs per importance-sampling chunk, counted as max(D, 256)
@@ -47,14 +48,6 @@ def _check_output(name: str, out: Tensor, want: tuple[int, ...], what: str) -> T
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ValueError(f"{name} must return shape {what} = {want}, got {got}")
     return out
-
-
-def _mlp(d_in: int, hidden: int, depth: int, d_out: int) -> nn.Sequential:
-    widths = [d_in] + [hidden] * depth
-    layers: list[nn.Module] = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.SiLU()]
-    return nn.Sequential(*layers, nn.Linear(widths[-1], d_out))
 
 
 class VAE(DensityModel):
@@ -141,8 +134,8 @@ class VAE(DensityModel):
         for name, value in (("dim", dim), ("latent_dim", latent_dim), ("hidden", hidden)):
             check_int(name, value, 1)
         check_int("depth", depth, 1)
-        encoder = _mlp(dim, hidden, depth, 2 * latent_dim)
-        decoder = _mlp(latent_dim, hidden, depth, dim)
+        encoder = mlp(dim, hidden, depth, 2 * latent_dim)
+        decoder = mlp(latent_dim, hidden, depth, dim)
         return cls(encoder, decoder, (dim,), latent_dim, likelihood, **kwargs)
 
     @classmethod

@@ -48,7 +48,9 @@ def sample_times(
     return times_from_uniform(sde, u, importance_sampling=importance_sampling).to(dtype)
 
 
-def _times_and_noise(sde, x0, t, noise, importance_sampling, generator) -> tuple[Tensor, Tensor]:
+def _given_or_drawn_times_and_noise(
+    sde, x0, t, noise, importance_sampling, generator
+) -> tuple[Tensor, Tensor]:
     B = x0.shape[0]
     if t is None:
         t = sample_times(
@@ -105,7 +107,7 @@ def dsm_loss(
         )
     sde = model.sde
     B = x0.shape[0]
-    t, noise = _times_and_noise(sde, x0, t, noise, importance_sampling, generator)
+    t, noise = _given_or_drawn_times_and_noise(sde, x0, t, noise, importance_sampling, generator)
     x_t = sde.perturb(x0, t, noise)
     sq = ((model.eps(x_t, t) if y is None else model.eps(x_t, t, y)) - noise) ** 2
     if weighting == "simple":
@@ -152,7 +154,7 @@ def classifier_loss(
         got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
         raise ValueError(f"y must be integer labels of shape ({x0.shape[0]},), got {got}")
     sde = classifier.sde
-    t, noise = _times_and_noise(sde, x0, t, noise, importance_sampling, generator)
+    t, noise = _given_or_drawn_times_and_noise(sde, x0, t, noise, importance_sampling, generator)
     logits = classifier(sde.perturb(x0, t, noise), t)
     if bool(((y < 0) | (y >= logits.shape[1])).any()):
         raise ValueError(f"labels must be in 0..{logits.shape[1] - 1}, got {y.tolist()[:8]}...")

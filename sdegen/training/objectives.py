@@ -46,7 +46,7 @@ def score_matching(
 
     def objective(model: nn.Module, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         x = _dequantize(x, rnd, bin_width)
-        t, noise = _times_and_noise(model, x, rnd, importance_sampling)
+        t, noise = _step_times_and_noise(model, x, rnd, importance_sampling)
         if y is not None and p_uncond > 0:
             # drawn after t and noise, so an unconditional run's numbers are unchanged
             drop = rnd.rand(dtype=torch.float64) < p_uncond
@@ -64,7 +64,9 @@ def score_matching(
     return objective
 
 
-def _times_and_noise(model, x: Tensor, rnd, importance_sampling: bool) -> tuple[Tensor, Tensor]:
+def _step_times_and_noise(
+    model, x: Tensor, rnd, importance_sampling: bool
+) -> tuple[Tensor, Tensor]:
     t = times_from_uniform(
         model.sde, rnd.rand(dtype=torch.float64), importance_sampling=importance_sampling
     ).to(x.dtype)
@@ -79,7 +81,7 @@ def classifier_training(importance_sampling: bool = False, bin_width: float | No
         if y is None:
             raise ValueError("classifier training needs labels: pass labels= to the Trainer")
         x = _dequantize(x, rnd, bin_width)
-        t, noise = _times_and_noise(model, x, rnd, importance_sampling)
+        t, noise = _step_times_and_noise(model, x, rnd, importance_sampling)
         return classifier_loss(model, x, y, t=t, noise=noise)
 
     return objective
