@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._utils import batch_times, check_finite_number, check_int
 from .base import WORK_DTYPES, check_model_input, check_network, check_sde
-from .networks import SinusoidalEmbedding, check_noise_levels
+from .networks import SinusoidalEmbedding, check_noise_levels, time_mlp
 from .score_model import check_time_input, noise_level, parameter_dtype, scale_input
 from .unet import AttentionBlock, ResBlock
 
@@ -64,12 +64,7 @@ class ConvClassifier(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         embed_dim = 4 * channels
         self.embed = SinusoidalEmbedding(channels + channels % 2)
-        self.time_mlp = nn.Sequential(
-            nn.Linear(self.embed.dim, embed_dim),
-            nn.SiLU(),
-            nn.Linear(embed_dim, embed_dim),
-            nn.SiLU(),
-        )
+        self.time_mlp = time_mlp(self.embed.dim, embed_dim)
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.blocks = nn.ModuleList()
         ch = channels

@@ -126,6 +126,18 @@ def make_embedding(name: str, dim: int) -> nn.Module:
     return SinusoidalEmbedding(dim) if name == "sinusoidal" else GaussianFourierEmbedding(dim)
 
 
+def time_mlp(in_dim: int, embed_dim: int) -> nn.Sequential:
+    """DDPM's time-embedding MLP: Linear-SiLU-Linear-SiLU from the sinusoidal features (width
+    `in_dim`) to `embed_dim`. The trailing SiLU is the nonlinearity before each residual block's
+    projection, applied once (U-Net and the noise-conditional classifier share it)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, embed_dim),
+        nn.SiLU(),
+        nn.Linear(embed_dim, embed_dim),
+        nn.SiLU(),
+    )
+
+
 def mlp(
     d_in: int, hidden: int, depth: int, d_out: int, act: type[nn.Module] = nn.SiLU
 ) -> nn.Sequential:

@@ -12,6 +12,7 @@ from .networks import (
     SinusoidalEmbedding,
     add_label_embedding,
     check_noise_levels,
+    time_mlp,
 )
 
 
@@ -134,13 +135,7 @@ class UNet(nn.Module):
 
         # The sinusoidal width must be even; channels + channels % 2 rounds it up.
         self.embed = SinusoidalEmbedding(channels + channels % 2)
-        # The trailing SiLU is DDPM's nonlinearity before each block's projection, applied once.
-        self.time_mlp = nn.Sequential(
-            nn.Linear(self.embed.dim, embed_dim),
-            nn.SiLU(),
-            nn.Linear(embed_dim, embed_dim),
-            nn.SiLU(),
-        )
+        self.time_mlp = time_mlp(self.embed.dim, embed_dim)
 
         self.num_classes = num_classes
         self.label_embed = (
