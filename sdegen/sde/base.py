@@ -219,6 +219,13 @@ class LinearSDE:
         lo = self.t_min * (1 - _T_RTOL) - 1e-12
         hi = self.T * (1 + _T_RTOL)
         bad = torch.isnan(tv) | (tv < lo) | (tv > hi)
+        if tv.device.type != "cpu":
+            # On an accelerator, bool() would wait for the device at every solver step; the
+            # assertion runs on the device instead and fails the next synchronising call.
+            torch._assert_async(
+                ~bad.any(), f"t must lie in [t_min, T] = [{self.t_min:g}, {self.T:g}]"
+            )
+            return t
         if bool(bad.any()):
             v = tv[bad].flatten()[0].item()
             raise ValueError(f"t must lie in [t_min, T] = [{self.t_min:g}, {self.T:g}], got {v!r}")
