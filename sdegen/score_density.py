@@ -17,6 +17,7 @@ from ._utils import append_dims, check_choice, check_int, sum_except_batch
 from .divergence import exact_divergence, hutchinson_divergence, probes_like
 from .models.base import check_event_shape, check_sde
 from .models.density import DensityModel
+from .protocols import SDE, ScoreModelLike, ScoreModelWithSDE
 from .solvers.counting import LikelihoodResult
 from .solvers.likelihood import SDE_NEEDS, check_likelihood_x, log_likelihood
 from .solvers.pf_ode import integrate, ode_drift
@@ -47,8 +48,8 @@ class ScoreSDEDensity(DensityModel):
 
     def __init__(
         self,
-        model,
-        sde,
+        model: ScoreModelLike,
+        sde: SDE,
         event_shape: tuple[int, ...],
         *,
         trace: str = "exact",
@@ -187,4 +188,9 @@ class ScoreSDEDensity(DensityModel):
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Likelihood-weighted denoising score matching: the bound up to terms free of the model."""
+        if not isinstance(self.model, ScoreModelWithSDE):
+            raise TypeError(
+                f"loss needs a score model that carries its SDE (.sde, e.g. ScoreModel), got "
+                f"{type(self.model).__name__}"
+            )
         return dsm_loss(self.model, x, weighting="likelihood", generator=generator)

@@ -1,7 +1,8 @@
 """Networks, the score-model wrapper and analytic score models."""
 
+from ..protocols import ScoreModelLike
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
-from .base import PARAMETRIZATIONS, ParametrizedModel, ScoreModelLike, from_x0_eps, to_x0_eps
+from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
 from .classifier import ConvClassifier, NoiseConditionalClassifier
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .._utils import batch_times, check_int
+from ..protocols import SDE
 from .base import ParametrizedModel, as_float64, check_event_shape, check_model_input, to_x0_eps
 from .labels import NULL_LABEL, check_labels
 
@@ -40,8 +41,15 @@ class GaussianMixtureScore(ParametrizedModel):
     `num_classes` is K.
     """
 
+    # buffers (float64): log w_k (K,), mu_k (K, D), and C_k = U_k diag(l_k) U_k^T as l (K, D),
+    # U (K, D, D)
+    log_weights: Tensor
+    means: Tensor
+    evals: Tensor
+    evecs: Tensor
+
     def __init__(
-        self, weights, means, covs, sde, *, event_shape: tuple[int, ...] | None = None
+        self, weights, means, covs, sde: SDE, *, event_shape: tuple[int, ...] | None = None
     ) -> None:
         super().__init__(sde)
         w = as_float64("weights", weights)
@@ -60,7 +68,7 @@ class GaussianMixtureScore(ParametrizedModel):
                 raise ValueError(f"{name} must be finite, got NaN or inf")
         if bool((w <= 0).any()):
             raise ValueError(f"weights must be > 0, got {w.tolist()}")
-        if not torch.allclose(C, C.transpose(-1, -2), atol=1e-10 * (1 + C.abs().max())):
+        if not torch.allclose(C, C.transpose(-1, -2), atol=1e-10 * (1 + float(C.abs().max()))):
             raise ValueError("covs must be symmetric")
         evals, evecs = torch.linalg.eigh(C)
         if bool((evals < -1e-9 * (1 + evals.abs().max())).any()):
@@ -197,7 +205,7 @@ class GaussianMixtureScore(ParametrizedModel):
 class GaussianScore(GaussianMixtureScore):
     """The exact score of N(mean, cov) diffused by `sde` (a one-component mixture)."""
 
-    def __init__(self, mean, cov, sde, *, event_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(self, mean, cov, sde: SDE, *, event_shape: tuple[int, ...] | None = None) -> None:
         mean = as_float64("mean", mean)
         cov = as_float64("cov", cov)
         if mean.ndim != 1:
@@ -209,7 +217,7 @@ class GaussianScore(GaussianMixtureScore):
 
 
 def ring_mixture(
-    sde,
+    sde: SDE,
     components: int = 8,
     radius: float = 2.0,
     tangent_var: float = 0.06,

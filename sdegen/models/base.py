@@ -17,12 +17,12 @@ small alpha(T), so data-prediction samplers (DDIM, DPM-Solver++) do not amplify 
 from __future__ import annotations
 
 import numbers
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from .._utils import append_dims, batch_times, check_choice
+from ..protocols import SDE
 
 PARAMETRIZATIONS = ("eps", "x0", "v", "score")
 
@@ -77,7 +77,7 @@ def check_event_shape(event_shape) -> tuple[int, ...]:
     return shape
 
 
-def check_sde(sde, needs: tuple[str, ...] = ("alpha", "sigma")):
+def check_sde(sde: SDE, needs: tuple[str, ...] = ("alpha", "sigma")) -> SDE:
     """`sde` when it has every attribute in `needs` (an SDE object), else TypeError."""
     missing = [m for m in needs if not hasattr(sde, m)]
     if missing or not all(callable(getattr(sde, m)) for m in ("alpha", "sigma") if m in needs):
@@ -120,21 +120,6 @@ def check_model_input(x, t) -> None:
         raise TypeError(
             f"t must be a real number or a tensor of shape () or ({batch},), got {type(t).__name__}"
         )
-
-
-@runtime_checkable
-class ScoreModelLike(Protocol):
-    """What every solver needs: score, x0-estimate and noise-estimate at (x, t), t of shape (B,).
-
-    Conditional models also take labels y of shape (B,) as a third argument; solvers never pass
-    them: `sdegen.solvers.guidance` binds them in a wrapper that has this two-argument form.
-    """
-
-    def score(self, x: Tensor, t: Tensor) -> Tensor: ...
-
-    def denoise(self, x: Tensor, t: Tensor) -> Tensor: ...
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor: ...
 
 
 def to_x0_eps(
@@ -189,11 +174,14 @@ class ParametrizedModel(torch.nn.Module):
     (B = 0) gives an empty result. Integer, boolean or complex x is refused with a TypeError.
     """
 
-    num_classes: int | None = None
-
-    def __init__(self, sde) -> None:
+    def __init__(self, sde: SDE) -> None:
         super().__init__()
         self.sde = check_sde(sde)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of a conditional model; None for an unconditional one."""
+        return None
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import batch_times, check_finite_number, check_int
+from ..protocols import SDE
 from .base import WORK_DTYPES, check_model_input, check_network, check_sde
 from .networks import SinusoidalEmbedding, check_noise_levels, time_mlp
 from .score_model import check_time_input, noise_level, parameter_dtype, scale_input
@@ -110,7 +111,7 @@ class NoiseConditionalClassifier(nn.Module):
     def __init__(
         self,
         net: nn.Module,
-        sde,
+        sde: SDE,
         *,
         num_classes: int | None = None,
         time_input: str | Callable[[Tensor], Tensor] = "log_snr",

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import append_dims, check_choice, check_finite_number
+from ..protocols import SDE
 from .base import PARAMETRIZATIONS, ParametrizedModel, check_network, to_x0_eps
 from .labels import check_labels
 
@@ -23,12 +24,11 @@ def check_time_input(time_input: str | Callable[[Tensor], Tensor]):
     return time_input
 
 
-def noise_level(sde, t: Tensor, time_input: str | Callable[[Tensor], Tensor]) -> Tensor:
+def noise_level(sde: SDE, t: Tensor, time_input: str | Callable[[Tensor], Tensor]) -> Tensor:
     """The network's noise-level input c_noise at times t (B,): log-SNR, t, or time_input(t)."""
-    if time_input == "log_snr":
-        return sde.log_snr(t)
-    if time_input == "t":
-        return sde.check_t(t)
+    if isinstance(time_input, str):
+        kind = check_choice("time_input", time_input, TIME_INPUTS)
+        return sde.log_snr(t) if kind == "log_snr" else sde.check_t(t)
     return time_input(t)
 
 
@@ -74,7 +74,7 @@ class ScoreModel(ParametrizedModel):
     def __init__(
         self,
         net: nn.Module,
-        sde,
+        sde: SDE,
         parametrization: str = "eps",
         *,
         time_input: str | Callable[[Tensor], Tensor] = "log_snr",

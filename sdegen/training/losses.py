@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_tensor_finite, sum_except_batch
+from ..protocols import SDE, ScoreModelWithSDE
 
 WEIGHTINGS = ("simple", "sigma2", "likelihood")
 
 
-def times_from_uniform(sde, u: Tensor, *, importance_sampling: bool = False) -> Tensor:
+def times_from_uniform(sde: SDE, u: Tensor, *, importance_sampling: bool = False) -> Tensor:
     """Map u ~ U(0, 1) to training times: uniform on [t_min, T], or uniform in log-SNR (the
     importance distribution proportional to g^2/sigma^2). Shape preserved, float64 inside."""
     u = u.to(torch.float64)
@@ -35,7 +36,7 @@ def times_from_uniform(sde, u: Tensor, *, importance_sampling: bool = False) -> 
 
 
 def sample_times(
-    sde,
+    sde: SDE,
     n: int,
     *,
     importance_sampling: bool = False,
@@ -49,7 +50,12 @@ def sample_times(
 
 
 def _given_or_drawn_times_and_noise(
-    sde, x0, t, noise, importance_sampling, generator
+    sde: SDE,
+    x0: Tensor,
+    t: Tensor | None,
+    noise: Tensor | None,
+    importance_sampling: bool,
+    generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
     B = x0.shape[0]
     if t is None:
@@ -69,7 +75,7 @@ def _given_or_drawn_times_and_noise(
 
 
 def dsm_loss(
-    model,
+    model: ScoreModelWithSDE,
     x0: Tensor,
     *,
     weighting: str = "simple",

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 
 from .._utils import check_choice, check_finite_number
 from ..data.quantize import dequantize
+from ..models.density import DensityModel
 from ..models.labels import NULL_LABEL
+from ..protocols import ScoreModelWithSDE
 from .losses import WEIGHTINGS, classifier_loss, dsm_loss, times_from_uniform
 
 
@@ -44,7 +46,7 @@ def score_matching(
     if importance_sampling is None:
         importance_sampling = weighting == "likelihood"
 
-    def objective(model: nn.Module, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
+    def objective(model: ScoreModelWithSDE, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         x = _dequantize(x, rnd, bin_width)
         t, noise = _step_times_and_noise(model, x, rnd, importance_sampling)
         if y is not None and p_uncond > 0:
@@ -90,7 +92,7 @@ def classifier_training(importance_sampling: bool = False, bin_width: float | No
 def density_loss(bin_width: float | None = None):
     """The density model's own objective `model.loss(x, generator)` (NLL, negative ELBO...)."""
 
-    def objective(model: nn.Module, x: Tensor, rnd) -> Tensor:
+    def objective(model: DensityModel, x: Tensor, rnd) -> Tensor:
         return model.loss(_dequantize(x, rnd, bin_width), generator=rnd.generator)
 
     return objective
