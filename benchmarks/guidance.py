@@ -27,9 +27,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import sdegen  # noqa: E402
-from sdegen.cli import plots  # noqa: E402
-from sdegen.cli.build import build_model, load_data, load_run, make_trainer, run_classes  # noqa: E402
-from sdegen.cli.config import TrainConfig, save_config  # noqa: E402
+from sdegen.assembly import (  # noqa: E402
+    TrainConfig,
+    build_model,
+    load_data,
+    load_run,
+    make_trainer,
+    plots,
+    run_classes,
+    save_config,
+)
 from sdegen.metrics import fid  # noqa: E402
 from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier  # noqa: E402
 

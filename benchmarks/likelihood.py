@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sdegen.cli.build import load_data
+from sdegen.assembly import load_data
 from sdegen.data import dequantize
 from sdegen.metrics import frechet_distance_from_samples, sliced_wasserstein
 from sdegen.models import FFJORD, GAN, MLP, VAE, RealNVP, RealNVPImage, ScoreModel, UNet
@@ -225,7 +225,7 @@ def run(args) -> dict:
             records.append(rec)
             print(json.dumps({k: v for k, v in rec.items() if k != "noise_floor"}), flush=True)
             if data.is_image:
-                from sdegen.cli import plots
+                from sdegen.assembly import plots
 
                 plots.image_grid(
                     samples[:64].float(), args.out / f"digits_{family}.png", nrow=8, title=family

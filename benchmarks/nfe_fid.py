@@ -39,9 +39,15 @@ from pathlib import Path
 import torch
 
 import sdegen
-from sdegen.cli import plots
-from sdegen.cli.build import build_model, load_data, load_run, make_trainer
-from sdegen.cli.config import TrainConfig, save_config
+from sdegen.assembly import (
+    TrainConfig,
+    build_model,
+    load_data,
+    load_run,
+    make_trainer,
+    plots,
+    save_config,
+)
 from sdegen.metrics import (
     default_digits_classifier_path,
     digits_features,

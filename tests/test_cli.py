@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sdegen.assembly import load_config
 from sdegen.cli import main
-from sdegen.cli.config import load_config
 
 from ._ddp import run_torchrun
 from .test_training import _losses

@@ -7,10 +7,9 @@ import math
 import sys
 
 from .. import __version__
+from ..assembly import EXACT_TRACE_MAX_DIM, SDES, describe_keys
 from ..solvers import METHODS
 from . import commands
-from .build import SDES
-from .config import describe_keys
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace",
         choices=["auto", "exact", "hutchinson"],
         default="auto",
-        help=f"divergence: auto is exact up to {commands.EXACT_TRACE_MAX_DIM} dimensions, "
+        help=f"divergence: auto is exact up to {EXACT_TRACE_MAX_DIM} dimensions, "
         "else a Hutchinson estimate",
     )
     p.add_argument("--probes", type=positive_int, default=2, help="Hutchinson probes")

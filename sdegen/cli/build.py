@@ -1,263 +1,39 @@
-"""Names in a run config -> objects: data, SDE, network, score model; and loading a run."""
+"""Deprecated: moved to `sdegen.assembly`; import from there. Kept, warning, for code written
+against sdegen 0.1.0, whose README pointed at sdegen/cli for the run config and its factories."""
 
-from __future__ import annotations
+import warnings
 
-import inspect
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
+from ..assembly.runs import MODEL_KEYS, LoadedRun, build_model, load_run, make_trainer, run_classes
+from ..assembly.tables import (
+    DATA_KINDS,
+    NETWORKS,
+    SDES,
+    TEST_SIZE_TOY,
+    Data,
+    build_network,
+    build_sde,
+    load_data,
+)
 
-import torch
-from torch import Tensor
+warnings.warn(
+    "sdegen.cli.build is deprecated: import from sdegen.assembly",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-from .. import data as datasets
-from .._utils import check_choice
-from ..models import MLP, ScoreModel, UNet
-from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE
-from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
-from .config import TrainConfig, read_run_config
-
-SDES: dict[str, Callable] = {
-    "vp": VPSDE,
-    "vp_cosine": partial(VPSDE, "cosine"),
-    "subvp": SubVPSDE,
-    "ve": VESDE,
-    "edm": EDMSDE,
-}
-NETWORKS = ("auto", "mlp", "unet")
-DATA_KINDS = ("toy:NAME", "digits", "mnist:FOLDER", "cifar10:FOLDER")
-TEST_SIZE_TOY = 2000
-
-
-@dataclass(frozen=True)
-class Data:
-    """A data set split for training and evaluation.
-
-    bin_width is the dequantization bin of discrete data (None for continuous toy data);
-    true_log_prob is the closed-form density where one exists (toy sets); train_labels and
-    test_labels the class labels of labelled sets (images), with num_classes.
-    """
-
-    name: str
-    train: Tensor
-    test: Tensor
-    bin_width: float | None
-    true_log_prob: Callable[[Tensor], Tensor] | None = None
-    train_labels: Tensor | None = None
-    test_labels: Tensor | None = None
-    num_classes: int | None = None
-
-    @property
-    def event_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.shape[1:])
-
-    @property
-    def is_image(self) -> bool:
-        return len(self.event_shape) == 3
-
-
-def load_data(spec: str, *, n_train: int = 20000, seed: int = 0) -> Data:
-    """Resolve a data spec: "toy:NAME", "digits", "mnist:FOLDER" or "cifar10:FOLDER"."""
-    kind, _, arg = spec.partition(":")
-    if kind == "toy":
-        check_choice("toy data set", arg, datasets.TOY_DATASETS)
-        train = datasets.toy_sample(arg, n_train, generator=torch.Generator().manual_seed(seed))
-        test = datasets.toy_sample(
-            arg, TEST_SIZE_TOY, generator=torch.Generator().manual_seed(seed + 1_000_003)
-        )
-        try:
-            datasets.toy_log_prob(arg, test[:1].double())
-            true = lambda x: datasets.toy_log_prob(arg, x)  # noqa: E731
-        except ValueError:
-            true = None
-        return Data(spec, train, test, None, true)
-    loaders = {
-        "digits": lambda split: datasets.load_digits(split),
-        "mnist": lambda split: datasets.load_mnist(arg, split),
-        "cifar10": lambda split: datasets.load_cifar10(arg, split),
-    }
-    if kind not in loaders or (kind in ("mnist", "cifar10") and not arg):
-        raise ValueError(f"unknown data {spec!r}; expected one of: {', '.join(DATA_KINDS)}")
-    train, test = loaders[kind]("train"), loaders[kind]("test")
-    return Data(
-        spec,
-        train.x,
-        test.x,
-        train.bin_width,
-        train_labels=train.y,
-        test_labels=test.y,
-        num_classes=train.num_classes,
-    )
-
-
-def run_classes(cfg: TrainConfig, data: Data) -> int | None:
-    """The number of classes a run's network is conditioned on: None unless cfg.conditional."""
-    if not cfg.conditional:
-        return None
-    if data.num_classes is None:
-        raise ValueError(
-            f"conditional: true needs labelled data; {cfg.data!r} has no class labels "
-            "(use digits, mnist:FOLDER or cifar10:FOLDER)"
-        )
-    return data.num_classes
-
-
-def _call_with_params(key: str, factory: Callable, params: dict, **fixed):
-    """factory(**fixed, **params), with a parameter the factory does not take reported as a
-    config error naming the key and the parameters it accepts."""
-    accepted = [
-        p.name
-        for p in inspect.signature(factory).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed
-    ]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"config key {key} has unknown parameter(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(accepted)}"
-        )
-    return factory(**fixed, **params)
-
-
-def build_sde(cfg: TrainConfig):
-    check_choice("sde", cfg.sde, SDES)
-    return _call_with_params("sde_params", SDES[cfg.sde], cfg.sde_params)
-
-
-def build_network(
-    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
-) -> torch.nn.Module:
-    check_choice("network", cfg.network, NETWORKS)
-    kind = cfg.network
-    if kind == "auto":
-        kind = "unet" if len(event_shape) == 3 else "mlp"
-    if kind == "mlp":
-        if len(event_shape) != 1:
-            raise ValueError(
-                f"network 'mlp' needs vector data, got examples of shape "
-                f"{event_shape}; use 'unet' for images"
-            )
-        return _call_with_params(
-            "network_params", MLP, cfg.network_params, dim=event_shape[0], num_classes=num_classes
-        )
-    if len(event_shape) != 3:
-        raise ValueError(f"network 'unet' needs images (C, H, W), got {event_shape}")
-    params = {"channels": 32, "channel_mult": (1, 2), **cfg.network_params}
-    return _call_with_params(
-        "network_params", UNet, params, in_channels=event_shape[0], num_classes=num_classes
-    )
-
-
-def build_model(
-    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
-) -> ScoreModel:
-    """The run's score model; class-conditional on num_classes classes when given."""
-    torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
-    sde = build_sde(cfg)
-    # Built in float32 whatever torch's default dtype is (the data are float32): initialising
-    # in float64 and casting would draw different random numbers, hence different weights.
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    try:
-        net = build_network(cfg, event_shape, num_classes)
-    finally:
-        torch.set_default_dtype(default)
-    return ScoreModel(net, sde, cfg.parametrization)
-
-
-# Keys that fix the network's shape and meaning: a checkpoint trained with other values cannot
-# be loaded under this config, or would load and be used with the wrong SDE without a word.
-MODEL_KEYS = ("data", "sde", "sde_params", "parametrization", "network", "network_params")
-
-
-def _check_compatible(path: Path, cfg: TrainConfig, num_classes: int | None) -> None:
-    """Refuse a checkpoint whose recorded config differs from the run config in MODEL_KEYS."""
-    state = path / "state.json"
-    try:
-        meta = json.loads(state.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"corrupt checkpoint {path}: state.json is not JSON ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("extra", {}), dict):
-        raise ValueError(f"corrupt checkpoint {path}: state.json must hold a JSON object")
-    saved = meta.get("extra", {}).get("config", {})
-    if not isinstance(saved, dict):
-        raise ValueError(f"corrupt checkpoint {path}: its recorded config is not a JSON object")
-    now = {**{k: getattr(cfg, k) for k in MODEL_KEYS}, "num_classes": num_classes}
-    differ = [k for k in now if k in saved and saved[k] != now[k]]
-    if differ:
-        what = "; ".join(f"{k}: checkpoint {saved[k]!r}, config {now[k]!r}" for k in differ)
-        raise ValueError(
-            f"checkpoint {path} was trained with another model than its run config "
-            f"describes ({what}); restore the run's config.json or train a new run"
-        )
-
-
-@dataclass
-class LoadedRun:
-    cfg: TrainConfig
-    data: Data
-    model: ScoreModel
-    step: int
-
-
-def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
-    """Rebuild a run's model from its folder and load its latest checkpoint (EMA weights)."""
-    cfg = read_run_config(run_dir)
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise FileNotFoundError(f"run folder {run_dir} has no checkpoint yet (no 'latest')")
-    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    num_classes = run_classes(cfg, data)
-    _check_compatible(path, cfg, num_classes)
-    model = build_model(cfg, data.event_shape, num_classes)
-    if ema and (path / "ema.safetensors").is_file():
-        from torch.optim.swa_utils import AveragedModel
-
-        holder = AveragedModel(model)
-        meta = load_checkpoint(path, model, None, holder)
-        model.load_state_dict(holder.module.state_dict())
-    else:
-        meta = load_checkpoint(path, model)
-    model.eval()
-    return LoadedRun(cfg, data, model, int(meta["step"]))
-
-
-def make_trainer(
-    cfg: TrainConfig,
-    data: Data,
-    model: ScoreModel,
-    run_dir: Path,
-    *,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> Trainer:
-    """The Trainer a run config describes: DSM with its weighting, dequantizing discrete data,
-    and the held-out loss every `eval_every` steps; a conditional run trains on the labels with
-    label dropout p_uncond, and its checkpoints record num_classes."""
-    num_classes = run_classes(cfg, data)
-    objective = score_matching(
-        cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if num_classes else 0.0
-    )
-    test_labels = data.test_labels[:2000] if num_classes else None
-    return Trainer(
-        model,
-        objective,
-        data.train,
-        labels=data.train_labels if num_classes else None,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        grad_clip=cfg.grad_clip,
-        ema_decay=cfg.ema_decay,
-        seed=cfg.seed,
-        device=device,
-        run_dir=run_dir,
-        ckpt_every=cfg.ckpt_every,
-        log_every=cfg.log_every,
-        eval_fn=held_out_loss(objective, data.test[:2000], labels=test_labels),
-        eval_every=cfg.eval_every,
-        config={**cfg.to_dict(), "num_classes": num_classes},
-        progress=progress,
-    )
+__all__ = [
+    "SDES",
+    "NETWORKS",
+    "DATA_KINDS",
+    "TEST_SIZE_TOY",
+    "Data",
+    "load_data",
+    "build_sde",
+    "build_network",
+    "build_model",
+    "run_classes",
+    "MODEL_KEYS",
+    "LoadedRun",
+    "load_run",
+    "make_trainer",
+]

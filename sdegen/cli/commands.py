@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -16,56 +13,27 @@ import numpy as np
 import torch
 
 from .. import solvers
+from .._progress import Progress
 from .._utils import resolve_device
-from ..data import dequantize
+from ..assembly import (
+    SDES,
+    Data,
+    build_model,
+    evaluate_likelihood,
+    harness,
+    load_config,
+    load_data,
+    load_run,
+    make_trainer,
+    plots,
+    read_run_config,
+    resolve_trace,
+    run_classes,
+    save_config,
+)
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import ring_mixture
-from ..models.density import bits_per_dim
 from ..training import latest_checkpoint
-from . import plots
-from .build import SDES, Data, build_model, load_data, load_run, make_trainer, run_classes
-from .config import load_config, read_run_config, save_config
-
-# The benchmark scripts live in the source checkout, beside the package; SDEGEN_BENCHMARKS
-# points elsewhere (e.g. for an installed, non-editable package).
-BENCH_DIR = Path(
-    os.environ.get("SDEGEN_BENCHMARKS", Path(__file__).resolve().parents[2] / "benchmarks")
-)
-# `likelihood --trace auto`: the exact divergence costs D vector-Jacobian products per
-# evaluation; above this many dimensions a Hutchinson estimate is used instead.
-EXACT_TRACE_MAX_DIM = 16
-
-
-class Progress:
-    """Progress of a long loop on stderr: a tqdm bar on a terminal, else a plain line at most
-    every `every` seconds (and at the end), so logs stay readable; nothing when quiet."""
-
-    def __init__(self, total: int, desc: str, *, quiet: bool = False, every: float = 10.0):
-        self.total, self.desc, self.every, self.done = total, desc, every, 0
-        self.quiet, self.bar = quiet, None
-        self.start = self.last = time.perf_counter()
-        if not quiet and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True, leave=False)
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-            return
-        now = time.perf_counter()
-        if not self.quiet and (now - self.last >= self.every or self.done == self.total):
-            self.last = now
-            print(
-                f"{self.desc}: {self.done}/{self.total} ({now - self.start:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def train(args: argparse.Namespace) -> int:
@@ -249,69 +217,6 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_trace(trace: str, data: Data) -> str:
-    """ "auto": the exact divergence up to EXACT_TRACE_MAX_DIM dimensions, else Hutchinson."""
-    if trace != "auto":
-        return trace
-    return "exact" if math.prod(data.event_shape) <= EXACT_TRACE_MAX_DIM else "hutchinson"
-
-
-def evaluate_likelihood(
-    model,
-    data: Data,
-    x: torch.Tensor,
-    *,
-    trace: str,
-    rtol: float,
-    atol: float,
-    batch: int,
-    seed: int,
-    probes: int = 1,
-    progress: Progress | None = None,
-) -> dict:
-    """NLL (nats) and, for discrete data, bits/dim of x under the PF-ODE, in float64.
-
-    The model is copied to float64; the caller's model is left as it is. With fewer than two
-    examples the standard error is None (JSON null), not NaN.
-    """
-    trace = resolve_trace(trace, data)
-    model = copy.deepcopy(model).double()
-    g = torch.Generator(x.device).manual_seed(seed)
-    x = x.double()
-    if data.bin_width is not None:  # uniform dequantization, explicit
-        x = dequantize(x, data.bin_width, generator=g)
-    logps, nfe, nfe_b = [], 0, 0
-    for chunk in x.split(batch):
-        res = solvers.log_likelihood(
-            model, model.sde, chunk, trace=trace, probes=probes, rtol=rtol, atol=atol, generator=g
-        )
-        logps.append(res.log_prob)
-        nfe, nfe_b = nfe + res.nfe, nfe_b + res.nfe_backward
-        if progress is not None:
-            progress.update(len(chunk))
-    logp = torch.cat(logps)
-    n = x.shape[0]
-    out = {
-        "n": n,
-        "nll_nats": float(-logp.mean()),
-        "nll_nats_sem": float(logp.std() / n**0.5) if n > 1 else None,
-        "nfe": nfe,
-        "nfe_backward": nfe_b,
-        "trace": trace,
-        "probes": probes if trace == "hutchinson" else None,
-        "rtol": rtol,
-        "atol": atol,
-        "seed": seed,
-    }
-    if data.bin_width is not None:
-        D = int(np.prod(data.event_shape))
-        out["bits_per_dim"] = float(bits_per_dim(logp, D, data.bin_width).mean())
-        out["bin_width"] = data.bin_width
-    if data.true_log_prob is not None:
-        out["true_nll_nats"] = float(-data.true_log_prob(x).mean())
-    return out
-
-
 def likelihood(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = load_run(args.run, ema=not args.no_ema)
@@ -360,23 +265,19 @@ def likelihood(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_names() -> list[str]:
-    """The benchmark scripts found in BENCH_DIR (those with a main function)."""
-    if not BENCH_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in BENCH_DIR.glob("*.py") if "def main(" in p.read_text())
-
-
 def bench(args: argparse.Namespace) -> int:
-    names = bench_names()
-    where = (
-        f"benchmarks are read from {BENCH_DIR}"
-        if names
-        else f"no benchmarks found in {BENCH_DIR}: they are scripts in the source checkout "
-        "(benchmarks/); run from a clone, or set SDEGEN_BENCHMARKS to that folder"
-    )
+    folder, names = harness.find_benchmarks()
+    if folder is None:
+        looked = ", ".join(str(d) for d in harness.benchmark_dirs())
+        where = (
+            f"no benchmarks found (looked in {looked}): they are scripts in sdegen's source "
+            "repository, folder benchmarks/, not part of the installed package; run from a "
+            f"clone, or set {harness.BENCHMARKS_ENV} to that folder"
+        )
+    else:
+        where = f"benchmarks are read from {folder}"
     if args.list or args.name is None:
-        if not names:
+        if folder is None:
             raise FileNotFoundError(where)
         for name in names:
             print(name)
@@ -385,10 +286,7 @@ def bench(args: argparse.Namespace) -> int:
         raise ValueError(
             f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'} ({where})"
         )
-    spec = importlib.util.spec_from_file_location(args.name, BENCH_DIR / f"{args.name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(args.rest)
+    harness.load_script(folder / f"{args.name}.py").main(args.rest)
     return 0
 
 

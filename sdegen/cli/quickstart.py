@@ -20,11 +20,17 @@ from pathlib import Path
 import torch
 
 from .. import __version__, solvers
+from ..assembly import (
+    TrainConfig,
+    build_model,
+    evaluate_likelihood,
+    load_data,
+    make_trainer,
+    plots,
+    run_classes,
+    save_config,
+)
 from ..metrics import frechet_distance_from_samples, sliced_wasserstein
-from . import plots
-from .build import build_model, load_data, make_trainer, run_classes
-from .commands import evaluate_likelihood
-from .config import TrainConfig, save_config
 
 SAMPLERS = (("dpmpp_2m", 20), ("heun", 20), ("euler_maruyama", 100))
 # --fast: a smoke run of the whole pipeline in under a minute on 2 cores; sampling the full test

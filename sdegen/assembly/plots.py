@@ -1,4 +1,5 @@
-"""PNG figures for the command line and the quickstart report (matplotlib, Agg backend)."""
+"""PNG figures of samples, densities, losses and quality against NFE: the command line, the
+quickstart report and the benchmarks draw with these (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,186 @@
+"""Run configuration: one dataclass, loaded from YAML or TOML, with KEY=VALUE overrides.
+
+The resolved configuration is saved beside the checkpoints (config.json), so `sample` and
+`likelihood` need only the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .tables import DATA_KINDS, SDES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _key(default, help: str, **kw):
+    """A config field with its one-line description (shown by `sdegen train --help`)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Names are resolved by the tables of
+    sdegen.assembly (SDES, NETWORKS, DATA)."""
+
+    data: str = _key("toy:8gaussians", " | ".join(DATA_KINDS))
+    n_train: int = _key(20000, "examples drawn for toy data sets")
+    sde: str = _key("vp", " | ".join(SDES))
+    sde_params: dict = _key({}, "keyword arguments of the SDE, e.g. {beta_max: 10}")
+    parametrization: str = _key("v", "eps | x0 | v | score (v is well scaled for every SDE)")
+    network: str = _key("auto", "mlp | unet | auto (mlp for vectors, unet for images)")
+    network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
+    weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
+    conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
+    p_uncond: float = _key(0.1, "label dropout of a conditional run, in [0, 1]")
+    steps: int = _key(2000, "optimisation steps in all (>= 1)")
+    batch_size: int = _key(256, "global batch size (>= 1)")
+    lr: float = _key(2e-3, "AdamW learning rate (> 0)")
+    warmup: int = _key(100, "steps of linear learning-rate warm-up (>= 0)")
+    grad_clip: float | None = _key(1.0, "max gradient norm (> 0), or null for none")
+    ema_decay: float | None = _key(0.999, "EMA decay in [0, 1), or null for no EMA")
+    seed: int = _key(0, "seed of weights, batches and noise")
+    device: str = _key("auto", "auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
+    ckpt_every: int = _key(500, "steps between checkpoints (0: only at the end)")
+    log_every: int = _key(50, "steps between lines of metrics.jsonl (>= 1)")
+    eval_every: int = _key(0, "steps between held-out loss evaluations (0: none)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def describe_keys() -> str:
+    """One line per config key: name, type, default and meaning."""
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(
+            f"  {f.name:<16}{f.type:<14}{json.dumps(default):<18}{f.metadata.get('help', '')}"
+        )
+    return "\n".join(lines)
+
+
+def _parse_value(key: str, text: str) -> Any:
+    # YAML scalars: 1e-3 -> float, true -> bool, null -> None, {a: 1} -> dict, else a string
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(
+            f"--set {key}={text}: cannot parse the value as YAML ({problem})"
+        ) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> TrainConfig:
+    """A TrainConfig from a YAML/TOML file (optional) with KEY=VALUE overrides applied last."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path} is not UTF-8 text") from None
+        try:
+            if path.suffix == ".toml":
+                values = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml", ".json"):
+                values = yaml.safe_load(text) or {}
+            else:
+                raise ValueError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+        except (yaml.YAMLError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot parse config file {path}: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like KEY=VALUE")
+        values[key.strip()] = _parse_value(key.strip(), value)
+    return from_dict(values)
+
+
+def _as_number(value: Any, annotation: str) -> Any:
+    """A numeric string as the number a numeric key expects (PyYAML reads 1e-4 as a string, per
+    YAML 1.1); anything else unchanged, for the type check to report with the key's name."""
+    if not isinstance(value, str) or annotation not in ("int", "float", "float | None"):
+        return value
+    convert = int if annotation == "int" else float
+    try:
+        return convert(value)
+    except ValueError:
+        return value
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from a mapping, rejecting unknown keys and values of the wrong type."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
+        )
+    values = {name: _as_number(v, known[name].type) for name, v in values.items()}
+    cfg = TrainConfig(**values)
+    for name, f in known.items():
+        v = getattr(cfg, name)
+        expected = f.type if isinstance(f.type, str) else f.type.__name__
+        ok = {
+            "int": isinstance(v, int) and not isinstance(v, bool),
+            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
+            "str": isinstance(v, str),
+            "bool": isinstance(v, bool),
+            "dict": isinstance(v, dict),
+            "float | None": v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+        }[expected]
+        if not ok:
+            raise ValueError(f"config key {name} must be {expected}, got {v!r}")
+    if not 0.0 <= cfg.p_uncond <= 1.0:
+        raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
+    for name in ("steps", "batch_size", "n_train", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"config key {name} must be >= 1, got {getattr(cfg, name)!r}")
+    for name in ("warmup", "ckpt_every", "eval_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"config key {name} must be >= 0, got {getattr(cfg, name)!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"config key seed must be in [0, 2**63), got {cfg.seed!r}")
+    return cfg
+
+
+def save_config(cfg: TrainConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=1))
+    tmp.replace(run_dir / "config.json")
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config saved in a run folder."""
+    path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run folder: no config.json (made by `sdegen train --run DIR`)"
+        )
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt run config {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"corrupt run config {path}: it must hold a JSON object of keys")
+    return from_dict(values)

@@ -1,0 +1,303 @@
+"""What every benchmark script shares: finding and loading the scripts, their common options,
+the metrics and noise floors of the analytic-mixture benchmarks, and writing the results.
+
+A benchmark is a script in benchmarks/ with a `main(argv)`; files whose names start with "_"
+are its helpers, not benchmarks. A run writes, into one --out folder, results.json (every
+number, with its sample counts and noise floors, and a "meta" record of the settings and the
+machine), table.md (the tables of the README) and PNGs, and prints which files it wrote;
+--replot rebuilds the table and the PNGs from results.json without running anything.
+
+This lives in the package, not in benchmarks/, so that a script imports it however it is
+started (`python benchmarks/x.py`, `sdegen bench x`, a test loading the file) without putting
+benchmarks/ on sys.path, and so that `sdegen bench` and the scripts that reuse a sibling share
+one loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# ---- finding and loading the scripts ------------------------------------------------------------
+
+BENCHMARKS_ENV = "SDEGEN_BENCHMARKS"
+# benchmarks/ of the source checkout this package sits in (a clone or an editable install)
+CHECKOUT_BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def benchmark_dirs() -> list[Path]:
+    """Where benchmarks are looked for, in order: $SDEGEN_BENCHMARKS alone when it is set; else
+    benchmarks/ beside the package, then ./benchmarks (a clone one works in with sdegen
+    installed from a wheel)."""
+    if os.environ.get(BENCHMARKS_ENV):
+        return [Path(os.environ[BENCHMARKS_ENV])]
+    cwd = Path.cwd() / "benchmarks"
+    return [CHECKOUT_BENCHMARKS] + ([cwd] if cwd.resolve() != CHECKOUT_BENCHMARKS else [])
+
+
+def benchmark_names(folder: Path) -> list[str]:
+    """The benchmarks of `folder`: its .py files with a main function, "_" helpers left out."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.stem
+        for p in folder.glob("*.py")
+        if not p.name.startswith("_") and "def main(" in p.read_text()
+    )
+
+
+def find_benchmarks() -> tuple[Path | None, list[str]]:
+    """The first folder of benchmark_dirs() holding benchmarks, and their names; (None, [])
+    when none does."""
+    for folder in benchmark_dirs():
+        names = benchmark_names(folder)
+        if names:
+            return folder, names
+    return None, []
+
+
+def load_script(path: Path) -> types.ModuleType:
+    """The Python file `path` as a module named by its stem, kept in sys.modules (dataclasses
+    and pickling look modules up there), so that a script is loaded once per process. When that
+    name belongs to a module from elsewhere, it is left in place and the script is not kept."""
+    path = Path(path)
+    name = path.stem
+    known = sys.modules.get(name)
+    if known is not None:
+        here = getattr(known, "__file__", None)
+        if here is not None and Path(here).resolve() == path.resolve():
+            return known
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    if known is None:
+        sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if known is None:
+            del sys.modules[name]
+        raise
+    return module
+
+
+def sibling(file: str | Path, name: str) -> types.ModuleType:
+    """Another script of the folder holding `file` (pass __file__), as a module: benchmarks/
+    is not a package."""
+    return load_script(Path(file).resolve().parent / f"{name}.py")
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+Option = Any  # a default value, or (default, help)
+_HELP = {
+    "seed": None,
+    "seeds": "sampler seeds averaged per cell",
+    "floor_sets": "true sets for the noise floor",
+    "threads": "torch intra-op threads",
+}
+
+
+def parser(
+    doc: str | None,
+    *,
+    out: Path | None,
+    out_help: str | None = None,
+    seed: Option = None,
+    seeds: Option = None,
+    floor_sets: Option = None,
+    threads: Option = None,
+    quick: str | None = None,
+    replot: bool = True,
+) -> argparse.ArgumentParser:
+    """The benchmark's argument parser with the common options it asks for; it adds its own.
+
+    --out (default `out`) is the results folder; --replot rebuilds table and PNGs from
+    its results.json. seed, seeds, floor_sets and threads give --seed, --seeds, --floor-sets and
+    --threads their default (None: no such option), or (default, help). quick is the help
+    of a --quick smoke-run flag (None: no such flag).
+    """
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    p.add_argument("--out", type=Path, default=out, help=out_help)
+    if replot:
+        p.add_argument(
+            "--replot", action="store_true", help="rebuild table and PNGs from results.json"
+        )
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    for key, value in (
+        ("seed", seed),
+        ("seeds", seeds),
+        ("floor_sets", floor_sets),
+        ("threads", threads),
+    ):
+        if value is None:
+            continue
+        default, help = value if isinstance(value, tuple) else (value, _HELP[key])
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=default, help=help)
+    return p
+
+
+def cells(methods: Iterable[str], nfes: list[int]) -> Iterator[tuple[str, int | None]]:
+    """(method, NFE budget) pairs; an adaptive method runs once, with budget None."""
+    from ..solvers import METHODS
+
+    for method in methods:
+        for budget in [None] if METHODS[method].nfe is None else nfes:
+            yield method, budget
+
+
+# ---- metrics and noise floors of an analytic mixture ------------------------------------------
+
+PROJ_SEED = 12345  # the same projection directions for every sliced-Wasserstein value
+
+
+def mixture_metrics(x: torch.Tensor, model, reference: torch.Tensor) -> dict[str, float]:
+    """Samples x against an analytic mixture `model`: the Frechet distance of their Gaussian
+    fit to its true moments and the sliced W2 to `reference` (true samples); inf when x holds
+    NaN or inf."""
+    from ..metrics import frechet_distance_to_moments, sliced_wasserstein
+
+    x = x.to(torch.float64)
+    if not bool(torch.isfinite(x).all()):
+        return {"frechet": math.inf, "sliced_w2": math.inf}
+    return {
+        "frechet": frechet_distance_to_moments(x, model.mean(), model.cov()),
+        "sliced_w2": sliced_wasserstein(
+            x, reference, generator=torch.Generator().manual_seed(PROJ_SEED)
+        ),
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation (0 for a single value)."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+
+
+def noise_floor(model, reference: torch.Tensor, n: int, seed: int, sets: int) -> dict:
+    """mixture_metrics of `sets` independent true sets of n samples (seeds seed + 100 + k)
+    against the reference set: mean and std of each, and the number of sets."""
+    runs = [
+        mixture_metrics(
+            model.sample(n, generator=torch.Generator().manual_seed(seed + 100 + k)),
+            model,
+            reference,
+        )
+        for k in range(sets)
+    ]
+    out = {"sets": sets}
+    for key in ("frechet", "sliced_w2"):
+        out[key], out[key + "_std"] = mean_std([r[key] for r in runs])
+    return out
+
+
+# ---- the record of a run ------------------------------------------------------------------------
+
+
+def environment() -> dict:
+    """torch and sdegen versions, torch threads, machine and CPU count, for a run's meta."""
+    from .. import __version__
+
+    return {
+        "torch": torch.__version__,
+        "sdegen": __version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def git_commit() -> str | None:
+    """HEAD of the sdegen checkout, with "+dirty" when the tree has changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def version(dist: str) -> str | None:
+    """The installed version of distribution `dist`, or None."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+RESULTS, TABLE = "results.json", "table.md"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load(out: Path) -> dict:
+    """The results.json of `out`, for --replot."""
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--replot needs {path}: run the benchmark first, or give --out its folder"
+        )
+    return json.loads(path.read_text())
+
+
+def save(
+    out: Path,
+    result: dict | None,
+    table: str | None,
+    figures: Mapping[str, Callable[[Path], object]] | None = None,
+    *,
+    also: Iterable[str] = (),
+) -> list[str]:
+    """Write a run into `out`: results.json from `result` (None: keep the file, as --replot
+    does), table.md from `table` (None: none), and each PNG by figures[name](out / name); print
+    which files were written (`also`: ones the benchmark wrote itself) and return their names.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if result is not None:
+        (out / RESULTS).write_text(json.dumps(result, indent=1))
+        written.append(RESULTS)
+    if table is not None:
+        (out / TABLE).write_text(table)
+        written.append(TABLE)
+    for name, draw in (figures or {}).items():
+        draw(out / name)
+        written.append(name)
+    written += [name for name in also if name not in written]
+    print(f"wrote {', '.join(written)} in {out}")
+    return written

@@ -1,0 +1,141 @@
+"""A run config -> the score model, its Trainer, and a trained run loaded back from its folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..models import ScoreModel
+from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
+from .config import TrainConfig, read_run_config
+from .tables import Data, build_network, build_sde, load_data
+
+
+def run_classes(cfg: TrainConfig, data: Data) -> int | None:
+    """The number of classes a run's network is conditioned on: None unless cfg.conditional."""
+    if not cfg.conditional:
+        return None
+    if data.num_classes is None:
+        raise ValueError(
+            f"conditional: true needs labelled data; {cfg.data!r} has no class labels "
+            "(use digits, mnist:FOLDER or cifar10:FOLDER)"
+        )
+    return data.num_classes
+
+
+def build_model(
+    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
+) -> ScoreModel:
+    """The run's score model; class-conditional on num_classes classes when given."""
+    torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
+    sde = build_sde(cfg)
+    # Built in float32 whatever torch's default dtype is (the data are float32): initialising
+    # in float64 and casting would draw different random numbers, hence different weights.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        net = build_network(cfg, event_shape, num_classes)
+    finally:
+        torch.set_default_dtype(default)
+    return ScoreModel(net, sde, cfg.parametrization)
+
+
+# Keys that fix the network's shape and meaning: a checkpoint trained with other values cannot
+# be loaded under this config, or would load and be used with the wrong SDE without a word.
+MODEL_KEYS = ("data", "sde", "sde_params", "parametrization", "network", "network_params")
+
+
+def _check_compatible(path: Path, cfg: TrainConfig, num_classes: int | None) -> None:
+    """Refuse a checkpoint whose recorded config differs from the run config in MODEL_KEYS."""
+    state = path / "state.json"
+    try:
+        meta = json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"corrupt checkpoint {path}: state.json is not JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("extra", {}), dict):
+        raise ValueError(f"corrupt checkpoint {path}: state.json must hold a JSON object")
+    saved = meta.get("extra", {}).get("config", {})
+    if not isinstance(saved, dict):
+        raise ValueError(f"corrupt checkpoint {path}: its recorded config is not a JSON object")
+    now = {**{k: getattr(cfg, k) for k in MODEL_KEYS}, "num_classes": num_classes}
+    differ = [k for k in now if k in saved and saved[k] != now[k]]
+    if differ:
+        what = "; ".join(f"{k}: checkpoint {saved[k]!r}, config {now[k]!r}" for k in differ)
+        raise ValueError(
+            f"checkpoint {path} was trained with another model than its run config "
+            f"describes ({what}); restore the run's config.json or train a new run"
+        )
+
+
+@dataclass
+class LoadedRun:
+    """A trained run: its config, data, model (in eval mode) and the step it was saved at."""
+
+    cfg: TrainConfig
+    data: Data
+    model: ScoreModel
+    step: int
+
+
+def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
+    """Rebuild a run's model from its folder and load its latest checkpoint (EMA weights)."""
+    cfg = read_run_config(run_dir)
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"run folder {run_dir} has no checkpoint yet (no 'latest')")
+    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
+    num_classes = run_classes(cfg, data)
+    _check_compatible(path, cfg, num_classes)
+    model = build_model(cfg, data.event_shape, num_classes)
+    if ema and (path / "ema.safetensors").is_file():
+        from torch.optim.swa_utils import AveragedModel
+
+        holder = AveragedModel(model)
+        meta = load_checkpoint(path, model, None, holder)
+        model.load_state_dict(holder.module.state_dict())
+    else:
+        meta = load_checkpoint(path, model)
+    model.eval()
+    return LoadedRun(cfg, data, model, int(meta["step"]))
+
+
+def make_trainer(
+    cfg: TrainConfig,
+    data: Data,
+    model: ScoreModel,
+    run_dir: Path,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Trainer:
+    """The Trainer a run config describes: DSM with its weighting, dequantizing discrete data,
+    and the held-out loss every `eval_every` steps; a conditional run trains on the labels with
+    label dropout p_uncond, and its checkpoints record num_classes."""
+    num_classes = run_classes(cfg, data)
+    objective = score_matching(
+        cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if num_classes else 0.0
+    )
+    test_labels = data.test_labels[:2000] if num_classes else None
+    return Trainer(
+        model,
+        objective,
+        data.train,
+        labels=data.train_labels if num_classes else None,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        grad_clip=cfg.grad_clip,
+        ema_decay=cfg.ema_decay,
+        seed=cfg.seed,
+        device=device,
+        run_dir=run_dir,
+        ckpt_every=cfg.ckpt_every,
+        log_every=cfg.log_every,
+        eval_fn=held_out_loss(objective, data.test[:2000], labels=test_labels),
+        eval_every=cfg.eval_every,
+        config={**cfg.to_dict(), "num_classes": num_classes},
+        progress=progress,
+    )
