@@ -17,8 +17,9 @@ from .._utils import check_tensor_finite
 from ..divergence import check_chunk, exact_divergence, hutchinson_divergence, probes_like
 from ..models.base import check_sde
 from ..models.density import bits_per_dim
-from .counting import CountingModel, LikelihoodResult
+from .counting import CountingModel
 from .pf_ode import integrate, ode_drift
+from .results import LikelihoodResult
 from .reverse_sde import batch_t
 
 # what a likelihood solve uses of the SDE
