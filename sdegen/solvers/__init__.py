@@ -1,18 +1,35 @@
 """Samplers for the reverse SDE and the probability-flow ODE, time grids, NFE accounting and
-likelihoods."""
+likelihoods.
 
-from .counting import CountingModel, LikelihoodResult, SolveResult
+Layout: sampling.py holds the entry point `sample`; methods.py the spec of every method
+(`METHODS`); grid.py the one fixed-grid loop that runs them; one file per family of methods
+(reverse_sde.py, exponential.py with exp_quadrature.py, edm.py, pf_ode.py, adaptive.py,
+torchsde_methods.py); schedules.py and tuning.py the time grids; guidance.py conditioning;
+likelihood.py the PF-ODE likelihood; counting.py and results.py the NFE count and result types.
+"""
+
+import sys as _sys
+
+from . import sampling as _sampling
+from .counting import CountingModel
 from .likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, log_likelihood
+from .methods import METHODS, Method, available, steps_for_nfe
 from .pf_ode import ode_drift
-from .sample import METHODS, available, sample, steps_for_nfe
+from .results import LikelihoodResult, SolveResult
+from .sampling import sample
 from .schedules import SCHEDULES, get_schedule
 from .tuning import optimise_schedule, tune_schedule
+
+# Deprecated: the module sampling.py was sample.py, whose name the function `sample` shadowed
+# here. `from sdegen.solvers.sample import METHODS, sample` keeps working through this alias.
+_sys.modules.setdefault(__name__ + ".sample", _sampling)
 
 __all__ = [
     "sample",
     "available",
     "steps_for_nfe",
     "METHODS",
+    "Method",
     "log_likelihood",
     "bits_per_dim",
     "exact_divergence",

@@ -1,10 +1,22 @@
-"""Exponential integrators in the log-SNR lambda = log(alpha/sigma), for every linear SDE.
+"""Exponential integrators in the log-SNR lambda = log(alpha/sigma), for every linear SDE: DDIM,
+DPM-Solver++ (2M, 3M, 2S, 3S), SDE-DPM-Solver++ and a UniPC-style predictor-corrector.
 
-In data-prediction form the PF-ODE solution from t to s is exactly
-    x_s = (sigma_s / sigma_t) x_t + sigma_s int_{lambda_t}^{lambda_s} e^{lambda} x0(lambda) dlambda,
-so only the denoiser x0 = E[x0 | x_t] is approximated. Freezing x0 over the step gives DDIM;
-a linear multistep extrapolation gives DPM-Solver++(2M) (Lu et al. 2022). Nothing here divides
-by alpha, so VE (alpha = 1) and schedules with small alpha(T) work the same way.
+With h = lambda_s - lambda_t and x0(lambda) the denoiser along the path, the family of reverse
+processes that share the SDE's marginals, dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dW
+(eta = 0: probability-flow ODE, eta = 1: reverse SDE), has the exact variation-of-constants
+solution
+
+    x_s = (sigma_s / sigma_t) e^{-eta^2 h} x_t
+          + alpha_s int_0^h c e^{-c (h - u)} x0(lambda_t + u) du
+          + sigma_s sqrt(1 - e^{-2 eta^2 h}) z,
+
+c = 1 + eta^2 (Lu et al. 2022, DPM-Solver++ eqs. 9 and 19; Xue et al. 2023, SA-Solver). Only the
+denoiser is approximated. Freezing x0 over the step gives DDIM; the higher methods replace x0 by
+the polynomial interpolating a few evaluated denoiser outputs and integrate it exactly
+(`exp_weights`, in exp_quadrature.py). With previous outputs as nodes this is DPM-Solver++(kM);
+with the new output at lambda_s added as a node it is an exponential Adams-Moulton corrector,
+which is UniPC's structure (Zhao et al. 2023). Nothing divides by alpha, so VE (alpha = 1) and
+schedules with small alpha(T) work the same way.
 """
 
 from __future__ import annotations
@@ -13,74 +25,196 @@ import math
 
 from torch import Tensor
 
-from .._utils import check_finite_number
-from .reverse_sde import Record, batch_t, randn_like
+from .._utils import check_finite_number, check_int
+from .exp_quadrature import LogSNRSchedule, exp_step, exp_weights
+from .grid import GridMethod, batch_t, randn_like
+
+__all__ = ["DDIM", "DPMpp2M", "DPMpp3M", "UniPC", "DPMpp2S", "DPMpp3S", "exp_step", "exp_weights"]
 
 
-def _sched(sde, ts: Tensor) -> tuple[list[float], list[float], list[float]]:
-    alpha, sigma, lam = sde.alpha(ts), sde.sigma(ts), sde.log_snr(ts)
-    return alpha.tolist(), sigma.tolist(), lam.tolist()
-
-
-def ddim(
-    model,
-    sde,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    eta: float = 0.0,
-    generator=None,
-    noise_final: bool = False,
-    record: Record = None,
-) -> Tensor:
+class DDIM(GridMethod):
     """DDIM (Song, Meng & Ermon 2021, eq. 12) for any linear SDE; one evaluation per step.
 
     x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z, with eps = (x_t - alpha_t x0)/sigma_t and
     c = eta * G sigma_s / sigma_t, G^2 = sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2. eta = 0 is the
     first-order exponential integrator of the PF-ODE; eta = 1 is DDPM's ancestral sampler.
     """
-    eta = check_finite_number("eta", eta, nonnegative=True)
-    alpha, sigma, _ = _sched(sde, ts)
-    n = len(ts) - 1
-    for i in range(n):
-        at, st, as_, ss = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
-        x0 = model.denoise(x, batch_t(ts[i].item(), x))
-        stochastic = eta > 0 and (i < n - 1 or noise_final)
+
+    def __init__(self, model, sde, ts: Tensor, *, eta: float, **noise) -> None:
+        super().__init__(model, sde, ts, **noise)
+        self.eta = check_finite_number("eta", eta, nonnegative=True)
+        self.path = LogSNRSchedule(sde, ts)
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.path
+        at, st, as_, ss = p.alpha[i], p.sigma[i], p.alpha[i + 1], p.sigma[i + 1]
+        x0 = self.model.denoise(x, batch_t(self.ts[i].item(), x))
+        stochastic = self.eta > 0 and self.adds_noise(i)
         c = 0.0
         if stochastic:
             g2 = max(st**2 - (at / as_ * ss) ** 2, 0.0)
-            c = min(eta * math.sqrt(g2) * ss / st, ss)
+            c = min(self.eta * math.sqrt(g2) * ss / st, ss)
         # x_s = alpha_s x0 + (sqrt(sigma_s^2 - c^2)/sigma_t) (x_t - alpha_t x0) + c z
-        x = as_ * x0 + (math.sqrt(ss**2 - c**2) / st) * (x - at * x0)
+        x_s = as_ * x0 + (math.sqrt(ss**2 - c**2) / st) * (x - at * x0)
         if stochastic:
-            x = x + c * randn_like(x, generator)
-        if record:
-            record(x)
-    return x
+            x_s = x_s + c * randn_like(x_s, self.generator)
+        return x_s, x0
 
 
-def dpmpp_2m(
-    model, sde, x: Tensor, ts: Tensor, *, lower_order_final: bool = True, record: Record = None
-) -> Tensor:
+class DPMpp2M(GridMethod):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2); one evaluation per step.
 
     The first step is first order (no history); with `lower_order_final` so is the last, which
     keeps few-step sampling stable (their Appendix; global order stays 2).
     """
-    alpha, sigma, lam = _sched(sde, ts)
-    n = len(ts) - 1
-    x0_prev: Tensor | None = None
-    for i in range(n):
-        x0 = model.denoise(x, batch_t(ts[i].item(), x))
+
+    def __init__(self, model, sde, ts: Tensor, *, lower_order_final: bool) -> None:
+        super().__init__(model, sde, ts)
+        self.lower_order_final = lower_order_final
+        self.path = LogSNRSchedule(sde, ts)
+        self.x0_prev: Tensor | None = None
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, sigma, lam = self.path.alpha, self.path.sigma, self.path.lam
+        x0 = self.model.denoise(x, batch_t(self.ts[i].item(), x))
         h = lam[i + 1] - lam[i]
-        if x0_prev is None or (lower_order_final and i == n - 1):
+        if self.x0_prev is None or (self.lower_order_final and i == self.n - 1):
             d = x0
         else:
             r = (lam[i] - lam[i - 1]) / h
-            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self.x0_prev
+        self.x0_prev = x0
         # x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^{-h}) D
-        x = (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * (-math.expm1(-h)) * d
-        x0_prev = x0
-        if record:
-            record(x)
-    return x
+        return (sigma[i + 1] / sigma[i]) * x + alpha[i + 1] * (-math.expm1(-h)) * d, x0
+
+
+class DPMpp3M(GridMethod):
+    """DPM-Solver++(3M) (Lu et al. 2022, multistep, data prediction); one evaluation per step.
+
+    The denoiser is extrapolated by the polynomial through the last `order` outputs (1..4) and
+    integrated exactly. eta > 0 solves the stochastic family exactly for the extrapolated x0
+    (eta = 1: SDE-DPM-Solver++, the reverse SDE; with order 1 that is DDIM with eta = 1,
+    DDPM's ancestral step). The first steps use the history available; with fewer than 15 steps
+    `lower_order_final` lowers the order on the last steps, as DPM-Solver does (on longer grids
+    it would cost global order, and stability is no issue).
+
+    With `corrector` (UniPC), the output at the new point, which the next step needs anyway,
+    corrects that point through the polynomial that also interpolates it, at no cost.
+
+    The exact integral weights the second divided difference D2 = (D1_0 - D1_1)/(r0 + r1) by
+    2 phi_3; k-diffusion 0.1.1 (sample_dpmpp_3m_sde) and diffusers 0.42 (DPMSolverMultistep,
+    order 3) weight it by phi_3 (tests/test_dpm.py checks the factor).
+    """
+
+    max_order = 4
+    corrector = False
+
+    def __init__(
+        self, model, sde, ts: Tensor, *, order: int, eta: float, lower_order_final: bool, **noise
+    ) -> None:
+        super().__init__(model, sde, ts, **noise)
+        self.order = check_int("order", order, 1, self.max_order)
+        self.eta = check_finite_number("eta", eta, nonnegative=True)
+        self.lower_order_final = lower_order_final
+        self.path = LogSNRSchedule(sde, ts)
+        self.hist_lam: list[float] = []
+        self.hist_x0: list[Tensor] = []
+        self.x0: Tensor | None = None  # the output at the current point, from the last step
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        p, n, order = self.path, self.n, self.order
+        if self.x0 is None:
+            self.x0 = self.model.denoise(x, batch_t(self.ts[0].item(), x))
+        x0 = self.x0
+        self.hist_lam = (self.hist_lam + [p.lam[i]])[-order:]
+        self.hist_x0 = (self.hist_x0 + [x0])[-order:]
+        k = len(self.hist_lam)
+        if self.lower_order_final and n < 15:
+            k = min(k, n - i)
+        nodes = [lam - p.lam[i] for lam in self.hist_lam[-k:]]
+        h = p.lam[i + 1] - p.lam[i]
+        z = randn_like(x, self.generator) if self.eta > 0 and self.adds_noise(i) else None
+        ratio, a_s, s_s = p.sigma[i + 1] / p.sigma[i], p.alpha[i + 1], p.sigma[i + 1]
+        x_s = exp_step(x, self.hist_x0[-k:], nodes, h, ratio, a_s, s_s, self.eta, z)
+        if i < n - 1:
+            # The next step needs x0 here anyway; a corrector reuses it at no extra cost.
+            self.x0 = self.model.denoise(x_s, batch_t(self.ts[i + 1].item(), x))
+            if self.corrector:
+                x0s, nodes = self.hist_x0[-k:] + [self.x0], nodes + [h]
+                x_s = exp_step(x, x0s, nodes, h, ratio, a_s, s_s, self.eta, z)
+        return x_s, x0
+
+
+class UniPC(DPMpp3M):
+    """UniPC-style predictor-corrector (Zhao et al. 2023); one evaluation per step.
+
+    Predictor: `order`-step exponential Adams-Bashforth (1..3, as DPM-Solver++(kM)). The
+    denoiser output at the predicted point, which the next step needs anyway, then corrects that
+    point through the polynomial that also interpolates it (exponential Adams-Moulton, one order
+    higher), so the corrector costs no evaluation. The last step is not corrected (that would
+    cost one). UniPC's own coefficients come from its B(h) choices; here they are the exact
+    integrals.
+    """
+
+    max_order = 3
+    corrector = True
+
+    def __init__(self, model, sde, ts: Tensor, *, order: int, lower_order_final: bool) -> None:
+        super().__init__(model, sde, ts, order=order, eta=0.0, lower_order_final=lower_order_final)
+
+
+class _Singlestep(GridMethod):
+    """Exponential Runge-Kutta step with intermediate stages at lambda_t + r h, r in `stages`.
+
+    Stage j interpolates the outputs before it linearly (first-order for the first stage);
+    the final update interpolates the first output and the last stage's (DPM-Solver++ 2S/3S:
+    their 'taylor' form, which integrates that line exactly).
+    """
+
+    def __init__(self, model, sde, ts: Tensor, stages: tuple[float, ...]) -> None:
+        super().__init__(model, sde, ts)
+        self.stages = stages
+        self.path = LogSNRSchedule(sde, ts)
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.path
+        lam_t, h = p.lam[i], p.lam[i + 1] - p.lam[i]
+        sig_t = p.sigma[i]
+        x0_t = self.model.denoise(x, batch_t(self.ts[i].item(), x))
+        outs, nodes = [x0_t], [0.0]
+        for r in self.stages:
+            t_r, a_r, s_r = p.at_lambda(lam_t + r * h)
+            x_r = exp_step(x, outs[-2:], nodes[-2:], r * h, s_r / sig_t, a_r, s_r)
+            outs.append(self.model.denoise(x_r, batch_t(t_r, x)))
+            nodes.append(r * h)
+        ratio = p.sigma[i + 1] / sig_t
+        x_s = exp_step(
+            x, [x0_t, outs[-1]], [0.0, nodes[-1]], h, ratio, p.alpha[i + 1], p.sigma[i + 1]
+        )
+        return x_s, x0_t
+
+
+class DPMpp2S(_Singlestep):
+    """DPM-Solver++(2S) (Lu et al. 2022, singlestep order 2, stage at lambda_t + r h); two
+    evaluations per step."""
+
+    def __init__(self, model, sde, ts: Tensor, *, r: float) -> None:
+        r = check_finite_number("r", r, positive=True)
+        if r >= 1:
+            raise ValueError(f"r must be in (0, 1), got {r!r}")
+        super().__init__(model, sde, ts, (r,))
+
+
+class DPMpp3S(_Singlestep):
+    """DPM-Solver++(3S) (Lu et al. 2022, singlestep order 3, r1 = 1/3, r2 = 2/3); three
+    evaluations per step."""
+
+    def __init__(self, model, sde, ts: Tensor) -> None:
+        super().__init__(model, sde, ts, (1 / 3, 2 / 3))
+
+
+def __getattr__(name: str):
+    # the function forms these methods had before the one loop (deprecated)
+    from ._deprecated import legacy
+
+    return legacy(__name__, name)

@@ -18,9 +18,9 @@ from ..divergence import check_chunk, exact_divergence, hutchinson_divergence, p
 from ..models.base import check_sde
 from ..models.density import bits_per_dim
 from .counting import CountingModel
+from .grid import batch_t
 from .pf_ode import integrate, ode_drift
 from .results import LikelihoodResult
-from .reverse_sde import batch_t
 
 # what a likelihood solve uses of the SDE
 SDE_NEEDS = ("alpha", "sigma", "drift", "g2", "prior_log_prob", "t_min", "T")

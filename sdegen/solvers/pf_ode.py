@@ -1,7 +1,12 @@
-"""Probability-flow ODE samplers: torchdiffeq (adaptive and fixed-grid) and EDM's Heun.
+"""The probability-flow ODE in t: fixed-grid Euler and RK4, and adaptive Dormand-Prince through
+torchdiffeq.
 
 The probability-flow ODE (Song et al. 2021, eq. 13) is dx/dt = f(t) x - g(t)^2 score(x, t) / 2;
 it shares the SDE's marginals, so integrating it from the prior at T to t_min draws samples.
+Euler and RK4 are torchdiffeq's own steps written out, so they agree with `torchdiffeq.odeint`
+to the bit: times are in x's dtype, as torchdiffeq casts them, and every sum is taken in its
+order (torchdiffeq negates time to integrate forward; IEEE rounding is symmetric in sign, so
+that changes nothing).
 """
 
 from __future__ import annotations
@@ -11,12 +16,19 @@ from torch import Tensor
 
 from .._ode import landing_options
 from .._utils import append_dims, check_finite_number
-from .reverse_sde import Record, batch_t
+from .grid import GridMethod, Record, batch_t, score_to_x0
+
+__all__ = ["ode_drift", "integrate", "Euler", "RK4", "dopri5"]
+
+
+def _velocity(model, sde, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    score = model.score(x, t)
+    return sde.drift(x, t) - 0.5 * append_dims(sde.g2(t), x.ndim) * score, score
 
 
 def ode_drift(model, sde, x: Tensor, t: Tensor) -> Tensor:
     """The probability-flow velocity f x - g^2 score / 2; x (B, *D), t (B,) -> (B, *D)."""
-    return sde.drift(x, t) - 0.5 * append_dims(sde.g2(t), x.ndim) * model.score(x, t)
+    return _velocity(model, sde, x, t)[0]
 
 
 def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = None, **kwargs):
@@ -35,65 +47,71 @@ def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = 
     return torchdiffeq.odeint(clamped, y0, ts, method=method, options=options or None, **kwargs)
 
 
-def _torchdiffeq(
-    model, sde, x: Tensor, ts: Tensor, method: str, record: Record, **kwargs
+class _PFODEStep(GridMethod):
+    def __init__(self, model, sde, ts: Tensor) -> None:
+        super().__init__(model, sde, ts)
+        self.t_x: Tensor | None = None  # the grid in x's dtype and device
+
+    def velocity(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(velocity, score) at a 0-dim time t, kept inside [t_min, T] as `integrate` does."""
+        t = batch_t(float(t.clamp(self.sde.t_min, self.sde.T)), x)
+        return _velocity(self.model, self.sde, x, t)
+
+    def times(self, i: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """t0, dt = t1 - t0 and t1 as 0-dim tensors in x's dtype, as torchdiffeq steps them."""
+        if self.t_x is None:
+            self.t_x = self.ts.to(x.dtype).to(x.device)
+        t0, t1 = self.t_x[i], self.t_x[i + 1]
+        return t0, t1 - t0, t1
+
+    def x0(self, score: Tensor, x: Tensor, t0: Tensor) -> Tensor:
+        tb = batch_t(float(t0.clamp(self.sde.t_min, self.sde.T)), x)
+        return score_to_x0(self.sde, score, x, tb)
+
+
+class Euler(_PFODEStep):
+    """Euler on the PF-ODE; one evaluation per step."""
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        t0, dt, _ = self.times(i, x)
+        k1, score = self.velocity(t0, x)
+        return x + dt * k1, self.x0(score, x, t0)
+
+
+class RK4(_PFODEStep):
+    """Classical RK4 by the 3/8 rule (torchdiffeq's "rk4"); four evaluations per step."""
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        t0, dt, t1 = self.times(i, x)
+        k1, score = self.velocity(t0, x)
+        k2 = self.velocity(t0 + dt * (1 / 3), x + dt * k1 * (1 / 3))[0]
+        k3 = self.velocity(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))[0]
+        k4 = self.velocity(t1, x + dt * (k1 - k2 + k3))[0]
+        return x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125, self.x0(score, x, t0)
+
+
+def dopri5(
+    model, sde, x: Tensor, ts: Tensor, *, rtol: float, atol: float, record: Record = None
 ) -> Tensor:
+    """Adaptive Dormand-Prince 5(4) through torchdiffeq from x (B, *D) at T to t_min; returns x
+    there. Rejected steps count; only the end state is recorded."""
+    rtol = check_finite_number("rtol", rtol, positive=True)
+    atol = check_finite_number("atol", atol, positive=True)
+
     def func(t: Tensor, y: Tensor) -> Tensor:
         return ode_drift(model, sde, y, batch_t(float(t), y))
 
-    ys = integrate(func, x, ts.to(x.dtype).to(x.device), sde, method=method, **kwargs)
-    if record:
+    ys = integrate(
+        func, x, ts[[0, -1]].to(x.dtype).to(x.device), sde, method="dopri5", rtol=rtol, atol=atol
+    )
+    if record is not None:
         for y in ys[1:]:
             record(y)
     return ys[-1]
 
 
-def dopri5(
-    model,
-    sde,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    record: Record = None,
-) -> Tensor:
-    """Adaptive Dormand-Prince 5(4) through torchdiffeq from T to t_min (rejected steps count)."""
-    rtol = check_finite_number("rtol", rtol, positive=True)
-    atol = check_finite_number("atol", atol, positive=True)
-    return _torchdiffeq(model, sde, x, ts[[0, -1]], "dopri5", record, rtol=rtol, atol=atol)
+def __getattr__(name: str):
+    # the function forms these methods had before the one loop (deprecated)
+    from ._deprecated import legacy
 
-
-def euler(model, sde, x: Tensor, ts: Tensor, *, record: Record = None) -> Tensor:
-    """Fixed-grid Euler through torchdiffeq on the given grid; one evaluation per step."""
-    return _torchdiffeq(model, sde, x, ts, "euler", record)
-
-
-def rk4(model, sde, x: Tensor, ts: Tensor, *, record: Record = None) -> Tensor:
-    """Fixed-grid classical RK4 (3/8 rule) through torchdiffeq; four evaluations per step."""
-    return _torchdiffeq(model, sde, x, ts, "rk4", record)
-
-
-def heun(model, sde, x: Tensor, ts: Tensor, *, record: Record = None) -> Tensor:
-    """Heun's second-order method in EDM's variables (Karras et al. 2022, Algorithm 1).
-
-    With x~ = x / alpha and sigma~ = sigma / alpha = exp(-lambda), the PF-ODE of every linear SDE
-    is dx~/dsigma~ = (x~ - D(x, t)) / sigma~, D the denoiser: nearly linear in sigma~, so few
-    steps go far (integrating in t instead overshoots on VE: one step across a 10x drop in sigma
-    multiplies x - D by 1 - ln 10). The last step is a plain Euler step, as in EDM, so N steps
-    cost 2N - 1 evaluations; Euler in these variables is exactly DDIM.
-    """
-    alpha = sde.alpha(ts).tolist()
-    sig = (sde.sigma(ts) / sde.alpha(ts)).tolist()
-    n = len(ts) - 1
-    for i in range(n):
-        d = (x / alpha[i] - model.denoise(x, batch_t(ts[i].item(), x))) / sig[i]
-        x_next = x / alpha[i] + (sig[i + 1] - sig[i]) * d  # in x~
-        if i < n - 1:
-            x_e = alpha[i + 1] * x_next
-            d_next = (x_next - model.denoise(x_e, batch_t(ts[i + 1].item(), x))) / sig[i + 1]
-            x_next = x / alpha[i] + (sig[i + 1] - sig[i]) * 0.5 * (d + d_next)
-        x = alpha[i + 1] * x_next
-        if record:
-            record(x)
-    return x
+    return legacy(__name__, name)

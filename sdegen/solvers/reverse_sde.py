@@ -1,77 +1,93 @@
-"""Reverse-time SDE samplers (Song et al. 2021, Appendix E and G), for any linear SDE.
+"""Reverse-time SDE steps (Song et al. 2021, Appendix E and G), for any linear SDE:
+Euler-Maruyama, the reverse diffusion predictor, ancestral sampling and predictor-corrector.
 
 The reverse SDE is dx = [f(t) x - g(t)^2 score(x, t)] dt + g(t) dW_bar, integrated from T to t_min.
-Each method here is a plain function over a decreasing float64 grid `ts`; `noise_final=False`
-leaves the noise out of the last step (Song et al.'s convention when no denoising step follows).
+Each step draws its noise z first (none on an un-denoised last step, Song et al.'s convention
+when no denoising step follows) and moves x from t to s < t with one score evaluation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
-import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_finite_number
+from .grid import GridMethod, Record, batch_t, randn_like, score_to_x0
 
-Record = Callable[[Tensor], None] | None
-
-
-def batch_t(t: float, x: Tensor) -> Tensor:
-    """A grid time as a (B,) tensor in x's dtype and device."""
-    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-
-
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+__all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "PC", "PREDICTORS", "Record"]
 
 
 def _coef(v: Tensor, x: Tensor) -> Tensor:
     return append_dims(v.to(x.dtype), x.ndim)
 
 
-def euler_maruyama_step(model, sde, x: Tensor, t: float, s: float, z: Tensor | None) -> Tensor:
-    """One Euler-Maruyama step of the reverse SDE from t to s < t; z is N(0, I) noise or None."""
-    tb = batch_t(t, x)
-    dt = s - t
-    drift = sde.drift(x, tb) - _coef(sde.g2(tb), x) * model.score(x, tb)
-    x = x + drift * dt
-    if z is not None:
-        x = x + _coef(sde.diffusion(tb), x) * (-dt) ** 0.5 * z
-    return x
+class _Predictor(GridMethod):
+    """A reverse-SDE step from t to s given fresh noise z (None: the mean step)."""
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = randn_like(x, self.generator) if self.adds_noise(i) else None
+        return self.predict(x, float(self.ts[i]), float(self.ts[i + 1]), z)
+
+    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x at s, and the x0 estimate at (x, t)."""
+        raise NotImplementedError
 
 
-def reverse_diffusion_step(model, sde, x: Tensor, t: float, s: float, z: Tensor | None) -> Tensor:
+class EulerMaruyama(_Predictor):
+    """Euler-Maruyama on the reverse SDE; one evaluation per step."""
+
+    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
+        tb, dt = batch_t(t, x), s - t
+        score = self.model.score(x, tb)
+        drift = self.sde.drift(x, tb) - _coef(self.sde.g2(tb), x) * score
+        x_s = x + drift * dt
+        if z is not None:
+            x_s = x_s + _coef(self.sde.diffusion(tb), x) * (-dt) ** 0.5 * z
+        return x_s, score_to_x0(self.sde, score, x, tb)
+
+
+class ReverseDiffusion(_Predictor):
     """Song et al.'s reverse diffusion predictor: reverse the forward discretization s -> t.
 
     With the exact transition x_t = a x_s + G eps (a = alpha_t/alpha_s), the step is
     x_s = x_t - (a - 1) x_t + G^2 score + G z (their eq. 46; DDPM-style for VP, SMLD for VE).
+    One evaluation per step.
     """
-    tb = batch_t(t, x)
-    a, G = sde.transition(batch_t(s, x), tb)
-    x = (2 - _coef(a, x)) * x + _coef(G**2, x) * model.score(x, tb)
-    if z is not None:
-        x = x + _coef(G, x) * z
-    return x
+
+    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
+        tb = batch_t(t, x)
+        a, G = self.sde.transition(batch_t(s, x), tb)
+        score = self.model.score(x, tb)
+        x_s = (2 - _coef(a, x)) * x + _coef(G**2, x) * score
+        if z is not None:
+            x_s = x_s + _coef(G, x) * z
+        return x_s, score_to_x0(self.sde, score, x, tb)
 
 
-def ancestral_step(
-    model, sde, x: Tensor, t: float, s: float, z: Tensor | None, variance: str = "posterior"
-) -> Tensor:
-    """Ancestral sampling with the DDPM posterior q(x_s | x_t, x0 = E[x0 | x_t]).
+class Ancestral(_Predictor):
+    """Ancestral sampling with the DDPM posterior q(x_s | x_t, x0 = E[x0 | x_t]) (DDPM for VP,
+    SMLD for VE); one evaluation per step.
 
     Mean (x_t + G^2 score) / a, which is Ho et al.'s 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 -
     alpha_bar_t) eps) for VP and SMLD's x_t + (sigma_t^2 - sigma_s^2) score for VE. Noise std:
-    "posterior" G sigma_s / sigma_t (DDPM's beta-tilde; SMLD's choice), or "forward" G (beta).
+    `variance` "posterior" G sigma_s / sigma_t (DDPM's beta-tilde; SMLD's choice), or "forward"
+    G (beta).
     """
-    tb, sb = batch_t(t, x), batch_t(s, x)
-    a, G = sde.transition(sb, tb)
-    x = (x + _coef(G**2, x) * model.score(x, tb)) / _coef(a, x)
-    if z is not None:
-        std = G * sde.sigma(sb) / sde.sigma(tb) if variance == "posterior" else G
-        x = x + _coef(std, x) * z
-    return x
+
+    def __init__(self, model, sde, ts: Tensor, *, variance: str, **noise) -> None:
+        super().__init__(model, sde, ts, **noise)
+        self.variance = check_choice("variance", variance, ("posterior", "forward"))
+
+    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
+        tb, sb = batch_t(t, x), batch_t(s, x)
+        a, G = self.sde.transition(sb, tb)
+        score = self.model.score(x, tb)
+        x_s = (x + _coef(G**2, x) * score) / _coef(a, x)
+        if z is not None:
+            std = G * self.sde.sigma(sb) / self.sde.sigma(tb) if self.variance == "posterior" else G
+            x_s = x_s + _coef(std, x) * z
+        return x_s, score_to_x0(self.sde, score, x, tb)
 
 
 def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: float) -> Tensor:
@@ -90,88 +106,44 @@ def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: 
     return x + _coef(step, x) * grad + _coef((2 * step).sqrt(), x) * z
 
 
-def _run(
-    step: Callable, x: Tensor, ts: Tensor, generator, noise_final: bool, record: Record
-) -> Tensor:
-    n = len(ts) - 1
-    for i in range(n):
-        last = i == n - 1
-        z = None if (last and not noise_final) else randn_like(x, generator)
-        x = step(x, float(ts[i]), float(ts[i + 1]), z)
-        if record:
-            record(x)
-    return x
-
-
-def euler_maruyama(
-    model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False, record: Record = None
-) -> Tensor:
-    """Euler-Maruyama on the reverse SDE; one evaluation per step."""
-    return _run(partial(euler_maruyama_step, model, sde), x, ts, generator, noise_final, record)
-
-
-def reverse_diffusion(
-    model, sde, x: Tensor, ts: Tensor, *, generator=None, noise_final=False, record: Record = None
-) -> Tensor:
-    """Song et al.'s reverse diffusion predictor alone; one evaluation per step."""
-    return _run(partial(reverse_diffusion_step, model, sde), x, ts, generator, noise_final, record)
-
-
-def ancestral(
-    model,
-    sde,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator=None,
-    noise_final=False,
-    record: Record = None,
-    variance: str = "posterior",
-) -> Tensor:
-    """Ancestral sampling (DDPM for VP, SMLD for VE); one evaluation per step."""
-    check_choice("variance", variance, ("posterior", "forward"))
-    return _run(
-        lambda x, t, s, z: ancestral_step(model, sde, x, t, s, z, variance),
-        x,
-        ts,
-        generator,
-        noise_final,
-        record,
-    )
-
-
 PREDICTORS = {
-    "reverse_diffusion": reverse_diffusion_step,
-    "euler_maruyama": euler_maruyama_step,
-    "ancestral": ancestral_step,
+    "reverse_diffusion": ReverseDiffusion,
+    "euler_maruyama": EulerMaruyama,
+    "ancestral": partial(Ancestral, variance="posterior"),
 }
 
 
-def pc(
-    model,
-    sde,
-    x: Tensor,
-    ts: Tensor,
-    *,
-    generator=None,
-    noise_final=False,
-    record: Record = None,
-    snr: float = 0.16,
-    corrector_steps: int = 1,
-    predictor: str = "reverse_diffusion",
-) -> Tensor:
+class PC(_Predictor):
     """Predictor-corrector sampling (Song et al. 2021, Algorithm 1 style): at each grid time,
-    `corrector_steps` Langevin corrections then one predictor step; (1 + corrector_steps)
-    evaluations per step. snr = 0.16 is their CIFAR-10 VE setting.
+    `corrector_steps` Langevin corrections (signal-to-noise ratio `snr`; 0.16 is their CIFAR-10
+    VE setting) then one `predictor` step; (1 + corrector_steps) evaluations per step. The
+    x0 estimate passed on is the predictor's, at the corrected point.
     """
-    snr = check_finite_number("snr", snr, positive=True)
-    if not isinstance(corrector_steps, int) or corrector_steps < 0:
-        raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
-    pred = PREDICTORS[check_choice("predictor", predictor, PREDICTORS)]
 
-    def step(x, t, s, z):
-        for _ in range(corrector_steps):
-            x = langevin_correct(model, sde, x, t, s, randn_like(x, generator), snr)
-        return pred(model, sde, x, t, s, z)
+    def __init__(
+        self, model, sde, ts: Tensor, *, snr: float, corrector_steps: int, predictor: str, **noise
+    ) -> None:
+        super().__init__(model, sde, ts, **noise)
+        self.snr = check_finite_number("snr", snr, positive=True)
+        if not isinstance(corrector_steps, int) or corrector_steps < 0:
+            raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
+        self.corrector_steps = corrector_steps
+        self.predictor = PREDICTORS[check_choice("predictor", predictor, PREDICTORS)](
+            model, sde, ts, **noise
+        )
 
-    return _run(step, x, ts, generator, noise_final, record)
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = randn_like(x, self.generator) if self.adds_noise(i) else None
+        t, s = float(self.ts[i]), float(self.ts[i + 1])
+        for _ in range(self.corrector_steps):
+            x = langevin_correct(
+                self.model, self.sde, x, t, s, randn_like(x, self.generator), self.snr
+            )
+        return self.predictor.predict(x, t, s, z)
+
+
+def __getattr__(name: str):
+    # the function forms these steps had before the one loop (deprecated)
+    from ._deprecated import legacy
+
+    return legacy(__name__, name)

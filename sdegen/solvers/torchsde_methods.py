@@ -12,7 +12,7 @@ import torch
 import torchsde
 from torch import Tensor
 
-from .reverse_sde import Record, batch_t
+from .grid import Record, batch_t
 
 # torchsde method -> (sde_type, levy area approximation its Brownian motion must provide)
 TORCHSDE_METHODS = {
@@ -72,7 +72,7 @@ def _make(method: str):
         # dt a hair above the grid gap makes exactly one solver step per grid interval.
         dt = float(gaps[0]) * (1 + 1e-9)
         ys = torchsde.sdeint(rsde, y0, taus, bm=bm, method=method, dt=dt)
-        if record:
+        if record is not None:
             for y in ys[1:]:
                 record(y.reshape(x.shape))
         return ys[-1].reshape(x.shape)

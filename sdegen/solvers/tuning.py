@@ -20,7 +20,8 @@ from torch import Tensor
 
 from .._utils import check_finite_number, check_int
 from .counting import CountingModel
-from .dpm import dpmpp_3m
+from .grid import solve
+from .methods import METHODS
 from .schedules import get_schedule
 
 
@@ -103,8 +104,7 @@ def tune_schedule(
     rec = _Recorder(model)
     counted = CountingModel(rec)
     x = sde.prior_sample(tuple(shape), generator=generator, dtype=dtype, device=device)
-    x = dpmpp_3m(counted, sde, x, grid)
-    counted.denoise(x, torch.full((x.shape[0],), sde.t_min, dtype=x.dtype, device=x.device))
+    solve(METHODS["dpmpp_3m"], counted, sde, x, grid, denoise_final=True)
     x0 = torch.stack([o.to(torch.float64) for o in rec.outputs])  # (pilot_steps + 1, B, *D)
     lam = sde.log_snr(grid)
     dlam = float(lam[1] - lam[0])  # the pilot grid is uniform in lambda
@@ -187,7 +187,7 @@ def optimise_schedule(
     """
     from scipy.optimize import minimize
 
-    from .sample import METHODS, sample
+    from .sampling import sample
 
     steps = check_int("steps", steps, 1)
     if method not in METHODS or METHODS[method].kind != "ode" or METHODS[method].nfe is None:

@@ -1,0 +1,135 @@
+"""The one fixed-grid loop, as torchdiffeq's `FixedGridODESolver.integrate`: it owns the time
+grid, the recording of states, the user's callback and the final denoising step; each method
+writes only its step.
+
+A fixed-grid method is a `GridMethod` subclass. It is built once per solve (options checked,
+the grid's coefficients computed, history such as a multistep method's kept between steps) and
+`step(i, x)` takes x from ts[i] to ts[i + 1], returning the new state and the x0 estimate the
+step made at its start, which the callback receives as "denoised" (k-diffusion's convention).
+Adaptive methods and the torchsde ones integrate with their own driver and report each state
+to the same `Recorder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..models.base import to_x0_eps
+
+if TYPE_CHECKING:
+    from .methods import Method
+
+# What a driver calls with each state it reaches (and its x0 estimate, where it has one).
+Record = Callable[..., None] | None
+
+
+def batch_t(t: float, x: Tensor) -> Tensor:
+    """A grid time as a (B,) tensor in x's dtype and device."""
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """N(0, I) noise of x's shape, dtype and device, drawn from `generator`."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """Tweedie's x0 = (x + sigma^2 score) / alpha at time t (B,), for the callback."""
+    return to_x0_eps("score", score, x, sde.alpha(t), sde.sigma(t))[0]
+
+
+class GridMethod:
+    """A method on a fixed grid ts (float64, decreasing, shape (n + 1,)): subclasses check their
+    options in `__init__` and write `step`.
+
+    Stochastic methods take `generator` and, where their last step would add noise,
+    `add_noise_last`: True when a final denoising step follows (the noise is then denoised
+    away), False to end on the mean (Song et al.'s convention without a denoising step).
+    """
+
+    def __init__(
+        self, model, sde, ts: Tensor, *, generator=None, add_noise_last: bool = False
+    ) -> None:
+        self.model, self.sde, self.ts = model, sde, ts
+        self.n = len(ts) - 1
+        self.generator = generator
+        self.add_noise_last = add_noise_last
+
+    def adds_noise(self, i: int) -> bool:
+        """Whether step i adds fresh noise: every step but an un-denoised last one."""
+        return i < self.n - 1 or self.add_noise_last
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """x (B, *D) at ts[i + 1] from x at ts[i], and the step's x0 estimate at its start."""
+        raise NotImplementedError
+
+
+class Recorder:
+    """Where the loop and the drivers report each state: the trajectory, if kept, and the
+    callback, called with {"i": step index, "t": time reached (None for adaptive steps, whose
+    times the grid does not hold), "x": state, "denoised": x0 estimate or None}."""
+
+    def __init__(
+        self, x: Tensor, ts: Tensor | None, *, trajectory: bool, callback: Callable | None
+    ) -> None:
+        self.states: list[Tensor] | None = [x] if trajectory else None
+        self.ts, self.callback, self.i = ts, callback, 0
+
+    def __call__(self, x: Tensor, denoised: Tensor | None = None) -> None:
+        if self.states is not None:
+            self.states.append(x)
+        if self.callback is not None:
+            has_t = self.ts is not None and self.i + 1 < len(self.ts)
+            t = float(self.ts[self.i + 1]) if has_t else None
+            self.callback({"i": self.i, "t": t, "x": x, "denoised": denoised})
+        self.i += 1
+
+    def final(self, x: Tensor) -> None:
+        """The denoised output: kept in the trajectory, not a step, so no callback."""
+        if self.states is not None:
+            self.states.append(x)
+
+
+def integrate_grid(method: GridMethod, x: Tensor, record: Record = None) -> Tensor:
+    """The loop: every step of `method` from x at ts[0], each state reported to `record`."""
+    for i in range(method.n):
+        x, denoised = method.step(i, x)
+        if record is not None:
+            record(x, denoised)
+    return x
+
+
+def solve(
+    m: Method,
+    model,
+    sde,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    add_noise_last: bool = False,
+    denoise_final: bool = False,
+    record: Recorder | None = None,
+    **options,
+) -> Tensor:
+    """Integrate x (B, *D) from ts[0] over the grid ts with the method `m` and `options` (its
+    defaults fill the rest), then, if `denoise_final`, return x0 = E[x0 | x(t_min)] (one more
+    evaluation). No checks and no counting: that is `sample`'s work."""
+    kwargs = {**m.options, **options}
+    if m.stochastic:
+        kwargs["generator"] = generator
+    if m.last_step_noise:
+        kwargs["add_noise_last"] = add_noise_last
+    if m.step is not None:
+        x = integrate_grid(m.step(model, sde, ts, **kwargs), x, record)
+    else:
+        x = m.driver(model, sde, x, ts, record=record, **kwargs)
+    if denoise_final:
+        x = model.denoise(x, batch_t(sde.t_min, x))
+        if record is not None:
+            record.final(x)
+    return x

@@ -1,0 +1,206 @@
+"""The samplers by name: each method's spec (how it runs, what it integrates, its cost, its
+options and their defaults, whether it draws noise, its default grid) in the plain dict
+`METHODS`, which `sample` and the command line pick from."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from torch import Tensor
+
+from .._utils import check_choice, check_int
+from . import adaptive, edm, exponential, pf_ode, reverse_sde, torchsde_methods
+from .grid import GridMethod
+
+
+@dataclass(frozen=True, eq=False)
+class Method:
+    """A sampler's spec.
+
+    Attributes:
+        kind: "sde" (integrates the reverse SDE) or "ode" (the probability-flow ODE; "ode"
+            methods with an `eta` option draw noise when it is > 0).
+        schedule: default grid, a name in SCHEDULES.
+        nfe: `nfe(steps, options)`, the evaluations that many steps cost (None: adaptive, the
+            cost is not set by steps). Used only to choose `steps` for an NFE budget; the NFE
+            reported is always the counted one.
+        summary: one line for `available()`.
+        step: the step of a fixed-grid method, run by the one loop (`grid.integrate_grid`) ...
+        driver: ... or a function that integrates on its own, driver(model, sde, x, ts, *,
+            record, **options) -> x (adaptive methods, torchdiffeq, torchsde).
+        options: the options the method takes, with their defaults.
+        stochastic: it takes the generator.
+        last_step_noise: it takes add_noise_last: whether its last step adds noise (True when a
+            final denoising step follows).
+        live: its states reach the callback as it goes, with an x0 estimate; False where a
+            library integrates the whole grid in one call (the callbacks then come after the
+            solve, with no estimate).
+    """
+
+    kind: str
+    schedule: str
+    nfe: Callable[[int, dict], int] | None
+    summary: str
+    step: type[GridMethod] | Callable[..., GridMethod] | None = None
+    driver: Callable[..., Tensor] | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    stochastic: bool = False
+    last_step_noise: bool = False
+    live: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.step is None) == (self.driver is None):
+            raise ValueError("a Method has a step or a driver, not both and not neither")
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the step count is chosen by error control (rtol, atol), not by the user."""
+        return self.nfe is None
+
+    @property
+    def fn(self) -> Callable[..., Tensor]:
+        """Deprecated: the function form fn(model, sde, x, ts, **options) -> x; use
+        `sample(..., method=name)` or `grid.solve(spec, ...)`."""
+        from ._deprecated import method_function
+
+        warnings.warn(
+            "Method.fn is deprecated; use sample(..., method=name) or grid.solve(spec, ...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return method_function(self)
+
+
+def _per_step(k: int) -> Callable[[int, dict], int]:
+    return lambda n, _: k * n
+
+
+_PC = {"snr": 0.16, "corrector_steps": 1, "predictor": "reverse_diffusion"}
+
+
+def _pc_cost(n: int, options: dict) -> int:
+    k = check_int("corrector_steps", options.get("corrector_steps", _PC["corrector_steps"]), 0)
+    return n * (1 + k)
+
+
+def _torchsde(name: str, cost: Callable[[int, dict], int], summary: str) -> Method:
+    # torchsde steps a fixed dt (a uniform grid) and integrates the whole grid in one call
+    driver = getattr(torchsde_methods, name)
+    return Method("sde", "uniform", cost, summary, driver=driver, stochastic=True, live=False)
+
+
+# draws noise; on the last step only when a final denoising step follows (add_noise_last)
+_NOISE = dict(stochastic=True, last_step_noise=True)
+_3M = {"order": 3, "eta": 0.0, "lower_order_final": True}
+
+# Default grids were chosen by measurement (benchmarks/schedules.py): uniform t fails badly on
+# EDM and VE at low NFE; Karras and log-SNR grids never do.
+# fmt: off
+METHODS: dict[str, Method] = {
+    "euler_maruyama": Method("sde", "karras", _per_step(1), "Euler-Maruyama on the reverse SDE",
+                             step=reverse_sde.EulerMaruyama, **_NOISE),
+    "reverse_diffusion": Method("sde", "karras", _per_step(1),
+                                "reverse diffusion predictor (Song et al. 2021)",
+                                step=reverse_sde.ReverseDiffusion, **_NOISE),
+    "ancestral": Method("sde", "karras", _per_step(1),
+                        "ancestral sampling: DDPM for VP, SMLD for VE",
+                        step=reverse_sde.Ancestral, options={"variance": "posterior"}, **_NOISE),
+    "pc": Method("sde", "karras", _pc_cost,
+                 "predictor-corrector with a Langevin corrector (snr)",
+                 step=reverse_sde.PC, options=_PC, **_NOISE),
+    # torchsde calls the drift once more, to check its shape, before integrating.
+    "torchsde_euler": _torchsde("torchsde_euler", lambda n, _: n + 1,
+                                "torchsde euler on the reverse SDE"),
+    "torchsde_milstein": _torchsde("torchsde_milstein", lambda n, _: n + 1,
+                                   "torchsde milstein on the reverse SDE"),
+    "torchsde_srk": _torchsde("torchsde_srk", lambda n, _: 10 * n + 1,
+                              "torchsde stochastic Runge-Kutta (strong order 1.5)"),
+    "torchsde_reversible_heun": _torchsde("torchsde_reversible_heun", lambda n, _: n + 2,
+                                          "torchsde reversible Heun (unstable at few steps)"),
+    "dopri5": Method("ode", "uniform", None,
+                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
+                     driver=pf_ode.dopri5, options={"rtol": 1e-5, "atol": 1e-5}, live=False),
+    "euler": Method("ode", "karras", _per_step(1), "Euler on the PF-ODE", step=pf_ode.Euler),
+    "rk4": Method("ode", "karras", _per_step(4), "classical RK4 on the PF-ODE", step=pf_ode.RK4),
+    "heun": Method("ode", "karras", lambda n, _: 2 * n - 1,
+                   "Heun on the PF-ODE, last step Euler (EDM)", step=edm.Heun),
+    "ddim": Method("ode", "log_snr", _per_step(1),
+                   "DDIM: first-order exponential integrator (eta > 0: stochastic)",
+                   step=exponential.DDIM, options={"eta": 0.0}, **_NOISE),
+    "dpmpp_2m": Method("ode", "log_snr", _per_step(1),
+                       "DPM-Solver++(2M) multistep exponential integrator",
+                       step=exponential.DPMpp2M, options={"lower_order_final": True}),
+    "dpmpp_3m": Method("ode", "log_snr", _per_step(1),
+                       "DPM-Solver++(3M) multistep (order 1-4; eta > 0: stochastic)",
+                       step=exponential.DPMpp3M, options=_3M, **_NOISE),
+    # SDE-DPM-Solver++(2M): the 3M step at eta = 1 and order 2 (Lu et al. 2022, SDE form)
+    "dpmpp_sde": Method("sde", "log_snr", _per_step(1), "SDE-DPM-Solver++(2M) on the reverse SDE",
+                        step=exponential.DPMpp3M, options={**_3M, "order": 2, "eta": 1.0},
+                        **_NOISE),
+    "unipc": Method("ode", "log_snr", _per_step(1),
+                    "UniPC-style multistep predictor-corrector, corrector free",
+                    step=exponential.UniPC, options={"order": 2, "lower_order_final": True}),
+    "dpmpp_2s": Method("ode", "log_snr", _per_step(2), "DPM-Solver++(2S) singlestep",
+                       step=exponential.DPMpp2S, options={"r": 0.5}),
+    "dpmpp_3s": Method("ode", "log_snr", _per_step(3), "DPM-Solver++(3S) singlestep",
+                       step=exponential.DPMpp3S),
+    "dpm_adaptive": Method("ode", "uniform", None, "adaptive DPM-Solver-23 in log-SNR (rtol, atol)",
+                           driver=adaptive.dpm_adaptive,
+                           options={"rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "safety": 0.9}),
+    # EDM's ImageNet-64 settings, scaled to sigma / alpha
+    "edm_sde": Method("sde", "karras", lambda n, _: 2 * n - 1,
+                      "EDM stochastic sampler (churn) with Heun steps", step=edm.EDMStochastic,
+                      options={"churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
+                      stochastic=True),
+}
+# fmt: on
+
+
+def available() -> dict[str, str]:
+    """Sampler names and a one-line summary of each."""
+    return {name: m.summary for name, m in METHODS.items()}
+
+
+def check_options(name: str, options: dict) -> Method:
+    """METHODS[name], after checking that it is a method and takes every one of `options`."""
+    check_choice("method", name, METHODS)
+    m = METHODS[name]
+    for key in options:
+        if key not in m.options:
+            raise ValueError(
+                f"method {name!r} takes no option {key!r}; it takes: "
+                f"{', '.join(m.options) or 'none'}"
+            )
+    return m
+
+
+def fit_steps(name: str, nfe: int, extra: int, options: dict) -> int:
+    """The most steps of METHODS[name] whose cost, plus `extra` evaluations, fits in `nfe`
+    (costs grow with the step count, so a bisection finds it in O(log nfe) cost evaluations)."""
+    m = METHODS[name]
+    if m.adaptive:
+        raise ValueError(f"method {name!r} is adaptive: set rtol/atol, not steps or nfe")
+    check_int("nfe", nfe, 1)
+    if m.nfe(1, options) + extra > nfe:
+        raise ValueError(
+            f"nfe={nfe} is too small for {name!r}: one step costs "
+            f"{m.nfe(1, options) + extra} evaluations"
+        )
+    lo, hi = 1, nfe  # every step costs at least one evaluation: at most nfe steps fit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if m.nfe(mid, options) + extra <= nfe:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def steps_for_nfe(method: str, nfe: int, *, denoise_final: bool = True, **options) -> int:
+    """The number of steps `sample(..., method=method, nfe=nfe)` uses: the most that fit."""
+    check_options(method, options)
+    return fit_steps(method, nfe, 1 if denoise_final else 0, options)

@@ -1,0 +1,195 @@
+"""The entry point for sampling: `sample(model, sde, shape, method=..., steps=... | nfe=...)`.
+
+It checks its arguments, chooses the time grid, wraps the model for guidance and NFE counting,
+draws the prior and hands the rest to `grid.solve`, which runs the method picked by name from
+`METHODS` (methods.py) and the final denoising step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .._utils import check_int, check_tensor_finite, resolve_device
+from ..models.base import check_sde
+from .counting import CountingModel
+from .grid import Recorder, solve
+from .guidance import Inpainted, guided_model
+from .methods import METHODS, Method, available, check_options, fit_steps, steps_for_nfe
+from .results import SolveResult
+from .schedules import check_grid, get_schedule
+
+__all__ = ["sample", "METHODS", "Method", "available", "steps_for_nfe"]
+
+
+@torch.no_grad()
+def sample(
+    model,
+    sde,
+    shape: tuple[int, ...],
+    *,
+    method: str = "dpmpp_2m",
+    steps: int | None = None,
+    nfe: int | None = None,
+    schedule: str | Tensor | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    denoise_final: bool = True,
+    return_trajectory: bool = False,
+    y: Tensor | int | None = None,
+    guidance: float | None = None,
+    classifier: Callable | None = None,
+    classifier_scale: float = 1.0,
+    known: Tensor | None = None,
+    mask: Tensor | None = None,
+    inpaint: str = "replace",
+    callback: Callable[[dict], None] | None = None,
+    **options,
+) -> SolveResult:
+    """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
+
+    Args:
+        model: any object with score(x, t), denoise(x, t), eps(x, t), t of shape (B,).
+        sde: the SDE the model belongs to.
+        shape: (B, *D) of the samples.
+        method: a name from `available()`.
+        steps: number of grid steps; or give `nfe`, the budget of network evaluations, and the
+            largest number of steps that fits is used (the result reports the counted NFE).
+            Neither: 50 steps. Adaptive methods ("dopri5") take rtol/atol instead.
+        schedule: "uniform", "log_snr" or "karras" (default per method), or the grid itself:
+            a strictly decreasing tensor of times from T to t_min, e.g. `tune_schedule(...).ts`.
+        generator: the random source for the prior draw and every noise increment.
+        noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
+            increments of stochastic methods).
+        dtype, device: of the samples (default: noise's; else float32 on the model's device
+            if it is an nn.Module, else on the CPU).
+        denoise_final: end with x0 = E[x0 | x(t_min)] (one more evaluation, counted), as DDPM's
+            last step and EDM's step to sigma = 0 do; otherwise stochastic methods add no noise
+            on their last step.
+        return_trajectory: also return the states at every grid time.
+        y: class labels for a conditional model (one with `num_classes`): an int for the whole
+            batch or an int tensor (B,); NULL_LABEL (-1) entries sample unconditionally.
+        guidance: classifier-free guidance weight w (Ho & Salimans 2022): w = 0 unconditional,
+            1 conditional, > 1 guided; each evaluation is one network call on a doubled batch
+            (the result's `batch_factor` is 2).
+        classifier: a noise-conditional classifier (x, t) -> logits (B, K) for classifier
+            guidance towards y (Dhariwal & Nichol 2021), at `classifier_scale`; the model is
+            then used unconditionally unless `guidance` is also set.
+        known, mask: inpainting / imputation (Song et al. 2021, App. I.2): the entries where the
+            bool `mask` is True are observed with values `known` (both broadcastable to
+            `shape`); the output holds them exactly.
+        inpaint: "replace" (Song et al.'s replacement; biased where known and unknown entries
+            are correlated) or "moment" (Gaussian posterior-moment guidance: exact for Gaussian
+            data, one VJP per known entry per evaluation, counted in `nfe_backward`). See
+            `sdegen.solvers.guidance.Inpainted`.
+        callback: called after every step with a dict (as k-diffusion's samplers do): "i" the
+            step index (0-based), "t" the time reached (float; None for adaptive steps), "x" the
+            state there, and "denoised" the step's x0 estimate at the point it started from
+            (None for methods that a library integrates in one call: dopri5 and torchsde_*;
+            their callbacks all come after the solve).
+        **options: method options, e.g. eta (ddim), snr and corrector_steps (pc), rtol and
+            atol (dopri5), variance (ancestral).
+    Returns:
+        SolveResult with samples `x` of shape `shape` and the counted `nfe`.
+    """
+    m = check_options(method, options)
+    shape, dtype, device = _check_inputs(
+        model, sde, shape, steps, nfe, noise, dtype, device, callback
+    )
+    ts = _time_grid(method, sde, steps, nfe, schedule, denoise_final, options)
+    guided = guided_model(
+        model, sde, shape[0], y=y, guidance=guidance, classifier=classifier,
+        classifier_scale=classifier_scale, known=known, mask=mask, inpaint=inpaint,
+        generator=generator, device=device,
+    )  # fmt: skip
+    counted = CountingModel(guided)
+    if noise is None:
+        x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
+    else:
+        x = noise.to(dtype=dtype, device=device)
+    record = Recorder(
+        x, None if m.adaptive else ts, trajectory=return_trajectory, callback=callback
+    )
+    # With a final denoising step, stochastic methods' last step adds noise like every other
+    # step (the denoiser then removes it); without one they end on the mean.
+    x = solve(
+        m, counted, sde, x, ts, generator=generator, add_noise_last=denoise_final,
+        denoise_final=denoise_final, record=record, **options,
+    )  # fmt: skip
+    if isinstance(guided, Inpainted):
+        x = guided.fill(x)  # the observed entries exactly
+        if record.states is not None:
+            record.states[-1] = x
+    return SolveResult(
+        x=x,
+        nfe=counted.nfe,
+        nfe_backward=getattr(guided, "nfe_backward", 0),
+        ts=ts,
+        trajectory=None if record.states is None else torch.stack(record.states),
+        method=method,
+        batch_factor=getattr(guided, "batch_factor", 1),
+        nfe_classifier=getattr(guided, "nfe_classifier", 0),
+    )
+
+
+def _check_inputs(model, sde, shape, steps, nfe, noise, dtype, device, callback):
+    """`sample`'s arguments checked: (shape as a tuple, dtype, device) of the samples."""
+    if steps is not None and nfe is not None:
+        raise ValueError("give steps or nfe, not both")
+    if steps is not None:
+        check_int("steps", steps, 1)
+    if nfe is not None:
+        check_int("nfe", nfe, 1)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, dict -> None, got {callback!r}")
+    check_sde(sde, ("alpha", "sigma", "prior_sample", "t_min", "T"))
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise ValueError(f"shape must be a tuple (batch, *event_shape), got {shape!r}")
+    shape = tuple(shape)
+    if len(shape) < 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
+        raise ValueError(f"shape must be (batch, *event_shape) of positive ints, got {shape}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    device = resolve_device(device)
+    if noise is not None:
+        if torch.is_tensor(noise) and not noise.is_floating_point():
+            raise ValueError(f"noise must be a floating-point tensor, got {noise.dtype}")
+        check_tensor_finite("noise", noise)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        dtype = dtype or noise.dtype
+        device = device or noise.device
+    if device is None and isinstance(model, torch.nn.Module):
+        # default to where the model lives, so a CUDA model gets a CUDA prior draw
+        tensor = next(iter(model.parameters()), None)
+        tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+        device = tensor.device if tensor is not None else None
+    return shape, dtype or torch.float32, device
+
+
+def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options) -> Tensor:
+    """The grid, float64 (steps + 1,) from T to t_min: given, named with `steps`, or the most
+    steps whose cost fits `nfe`; 50 steps by default. Adaptive methods get [T, t_min], the ends
+    of their solve."""
+    m = METHODS[method]
+    if m.adaptive:
+        if steps is not None or nfe is not None or torch.is_tensor(schedule):
+            raise ValueError(
+                f"method {method!r} is adaptive: set rtol/atol, not steps, nfe or a grid "
+                "(it chooses its own steps)"
+            )
+        return get_schedule(sde, "uniform", 1)
+    if torch.is_tensor(schedule):
+        ts = check_grid(sde, schedule)
+        if steps is not None or nfe is not None:
+            raise ValueError("a schedule given as a grid sets the steps; give no steps or nfe")
+        return ts
+    if nfe is not None:
+        steps = fit_steps(method, nfe, 1 if denoise_final else 0, options)
+    return get_schedule(sde, schedule or m.schedule, 50 if steps is None else steps)
