@@ -186,8 +186,10 @@ def _predicted_nfe(method: str, steps: int) -> int:
 
 
 def _stochastic(method: str) -> bool:
+    """Whether the method draws noise with its default options, by its spec: every "sde"
+    method, and an "ode" one whose `eta` is > 0 (DDIM, DPM-Solver++(3M))."""
     spec = METHODS[method]
-    return bool(spec.stochastic) if hasattr(spec, "stochastic") else spec.kind == "sde"
+    return spec.kind == "sde" or float(getattr(spec, "options", {}).get("eta", 0.0)) > 0
 
 
 @pytest.mark.parametrize("sde_name", list(SDE_FACTORIES))
