@@ -12,9 +12,10 @@ from scipy.integrate import quad
 import sdegen
 from sdegen import GaussianScore
 from sdegen.sde import EDMSDE, VESDE, VPSDE
-from sdegen.solvers import get_schedule
+from sdegen.solvers import METHODS, get_schedule
 from sdegen.solvers.counting import CountingModel
-from sdegen.solvers.dpm import dpmpp_3m, exp_step, exp_weights
+from sdegen.solvers.exp_quadrature import exp_step, exp_weights
+from sdegen.solvers.grid import solve
 
 from .conftest import SDE_FACTORIES
 
@@ -232,6 +233,7 @@ def test_3m_order_one_is_ddim():
     model = CountingModel(_gauss(sde))
     ts = get_schedule(sde, "log_snr", 5)
     x = sde.prior_sample((10, 2), generator=_gen(9), dtype=torch.float64)
-    from sdegen.solvers.exponential import ddim
-
-    torch.testing.assert_close(dpmpp_3m(model, sde, x, ts, order=1), ddim(model, sde, x, ts))
+    torch.testing.assert_close(
+        solve(METHODS["dpmpp_3m"], model, sde, x, ts, order=1),
+        solve(METHODS["ddim"], model, sde, x, ts),
+    )

@@ -389,8 +389,43 @@ def test_steps_for_nfe_is_the_most_steps_that_fit_and_fast_for_huge_budgets():
             assert cost(n, {}) <= nfe < cost(n + 1, {})
 
 
-@pytest.mark.parametrize("method", ["dpmpp_2m", "heun", "euler_maruyama", "euler"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_callback_sees_every_step_with_time_state_and_denoised(method):
+    sde = VPSDE()
+    model = mixture(sde)
+    seen = []
+    m = METHODS[method]
+    kw = {} if m.adaptive else {"steps": 8 if method.startswith("torchsde") else 6}
+    res = sdegen.sample(
+        model,
+        sde,
+        (8, 2),
+        method=method,
+        callback=seen.append,
+        generator=torch.Generator().manual_seed(0),
+        return_trajectory=True,
+        **kw,
+    )
+    assert [d["i"] for d in seen] == list(range(len(seen)))
+    assert len(seen) == res.trajectory.shape[0] - 2  # not the prior draw, not the denoised
+    if m.adaptive:
+        assert all(d["t"] is None for d in seen)
+    else:
+        assert [d["t"] for d in seen] == pytest.approx(res.ts[1:].tolist())
+    for d, x in zip(seen, res.trajectory[1:]):
+        assert torch.equal(d["x"], x)
+    if m.live:
+        assert all(d["denoised"].shape == (8, 2) for d in seen)
+    else:
+        assert all(d["denoised"] is None for d in seen)
+
+
+@pytest.mark.parametrize("method", [m for m in FIXED if METHODS[m].step is not None])
+def test_callback_denoised_is_the_x0_estimate_where_the_step_starts(method):
+    # The loop passes on each step's own x0 estimate. For every fixed-grid method but pc (whose
+    # predictor starts from the corrected point), edm_sde (from the raised noise level) and
+    # unipc (whose estimate is taken at the predicted point, which the corrector then moves)
+    # that is the model's denoiser at the state and time the step starts from.
     sde = VPSDE()
     model = mixture(sde)
     seen = []
@@ -399,44 +434,109 @@ def test_callback_sees_every_step_with_time_state_and_denoised(method):
         sde,
         (8, 2),
         method=method,
-        steps=6,
-        callback=seen.append,
-        generator=torch.Generator().manual_seed(0),
-        return_trajectory=True,
-    )
-    assert [d["i"] for d in seen] == list(range(6))
-    assert [d["t"] for d in seen] == pytest.approx(res.ts[1:].tolist())
-    for d, x in zip(seen, res.trajectory[1:]):
-        assert torch.equal(d["x"], x)
-    if sdegen.solvers.METHODS[method].live:
-        # the estimate of the step's last evaluation is the model's own x0 estimate there
-        assert all(d["denoised"] is not None for d in seen)
-        last = seen[-1]
-        assert last["denoised"].shape == (8, 2)
-    else:
-        assert all(d["denoised"] is None for d in seen)
-
-
-def test_callback_denoised_matches_the_model_for_ddim():
-    # DDIM evaluates once per step at the step's start: the callback's estimate after step i
-    # is the model's denoise at (x_i, t_i), computed independently here.
-    sde = VPSDE()
-    model = mixture(sde)
-    seen = []
-    res = sdegen.sample(
-        model,
-        sde,
-        (8, 2),
-        method="ddim",
         steps=4,
         callback=seen.append,
         generator=torch.Generator().manual_seed(1),
         return_trajectory=True,
+        dtype=torch.float64,
     )
+    assert len(seen) == 4
     for i, d in enumerate(seen):
+        if method in ("pc", "edm_sde", "unipc"):
+            assert d["denoised"].shape == (8, 2)
+            continue
         t = torch.full((8,), float(res.ts[i]))
         expected = model.denoise(res.trajectory[i], t)
-        torch.testing.assert_close(d["denoised"], expected)
+        torch.testing.assert_close(d["denoised"], expected, rtol=1e-10, atol=1e-10)
+
+
+def _kw(method):
+    return {} if METHODS[method].adaptive else {"steps": 8 if "torchsde" in method else 4}
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_each_spec_lists_exactly_the_options_its_method_takes_with_their_defaults(method):
+    # sample() learns a method's options from its spec alone: each listed option reaches the
+    # method (it would raise TypeError otherwise), at its default it changes nothing, and an
+    # option not listed is refused by name.
+    sde = VPSDE()
+    model = mixture(sde)
+    m = METHODS[method]
+    a = sdegen.sample(model, sde, (4, 2), method=method, generator=_gen(5), **_kw(method))
+    b = sdegen.sample(
+        model, sde, (4, 2), method=method, generator=_gen(5), **_kw(method), **m.options
+    )
+    assert torch.equal(a.x, b.x) and a.nfe == b.nfe
+    with pytest.raises(ValueError, match=f"method '{method}' takes no option 'bogus'"):
+        sdegen.sample(model, sde, (4, 2), method=method, bogus=1, **_kw(method))
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_spec_says_which_methods_draw_noise(method):
+    # With the prior draw fixed, only a `stochastic` method's samples depend on the generator
+    # (ddim and dpmpp_3m only when eta > 0).
+    sde = VPSDE()
+    model = mixture(sde)
+    m = METHODS[method]
+    noise = sde.prior_sample((8, 2), generator=_gen(0), dtype=torch.float64)
+    options = {"eta": 1.0} if "eta" in m.options else {}
+    runs = [
+        sdegen.sample(
+            model, sde, noise.shape, method=method, noise=noise, generator=_gen(g), **options,
+            **_kw(method),
+        ).x
+        for g in (1, 2)
+    ]  # fmt: skip
+    assert torch.equal(*runs) != m.stochastic
+
+
+@pytest.mark.parametrize("method", [m for m in ALL_METHODS if METHODS[m].last_step_noise])
+def test_last_step_adds_noise_only_when_a_denoising_step_follows(method):
+    # One step: with denoise_final=False it ends on the mean (no draw at all), with a final
+    # denoising step it adds its noise like any other step.
+    sde = VPSDE()
+    model = mixture(sde)
+    noise = sde.prior_sample((8, 2), generator=_gen(0), dtype=torch.float64)
+    options = {"eta": 1.0} if "eta" in METHODS[method].options else {}
+    if method == "pc":
+        options = {"corrector_steps": 0}  # the corrector always draws
+    for denoise_final in (False, True):
+        runs = [
+            sdegen.sample(
+                model, sde, noise.shape, method=method, steps=1, noise=noise, generator=_gen(g),
+                denoise_final=denoise_final, **options,
+            ).x
+            for g in (1, 2)
+        ]  # fmt: skip
+        assert torch.equal(*runs) == (not denoise_final), denoise_final
+
+
+def test_a_method_spec_has_a_step_or_a_driver():
+    from sdegen.solvers import Method
+    from sdegen.solvers.pf_ode import Euler, dopri5
+
+    with pytest.raises(ValueError, match="a step or a driver"):
+        Method("ode", "karras", lambda n, _: n, "neither")
+    with pytest.raises(ValueError, match="a step or a driver"):
+        Method("ode", "karras", lambda n, _: n, "both", step=Euler, driver=dopri5)
+
+
+def test_solve_is_sample_without_the_checks_and_the_counting():
+    from sdegen.solvers.grid import Recorder, solve
+
+    sde = EDMSDE()
+    model = mixture(sde)
+    noise = sde.prior_sample((8, 2), generator=_gen(0), dtype=torch.float64)
+    r = sdegen.sample(
+        model, sde, noise.shape, method="edm_sde", steps=5, noise=noise, generator=_gen(1),
+        return_trajectory=True,
+    )  # fmt: skip
+    rec = Recorder(noise, r.ts, trajectory=True, callback=None)
+    x = solve(
+        METHODS["edm_sde"], model, sde, noise, r.ts, generator=_gen(1), add_noise_last=True,
+        denoise_final=True, record=rec,
+    )  # fmt: skip
+    assert torch.equal(x, r.x) and torch.equal(torch.stack(rec.states), r.trajectory)
 
 
 def test_sample_rejects_bad_models():

@@ -88,9 +88,10 @@ def sample(
             `sdegen.solvers.guidance.Inpainted`.
         callback: called after every step with a dict (as k-diffusion's samplers do): "i" the
             step index (0-based), "t" the time reached (float; None for adaptive steps), "x" the
-            state there, and "denoised" the step's x0 estimate at the point it started from
-            (None for methods that a library integrates in one call: dopri5 and torchsde_*;
-            their callbacks all come after the solve).
+            state there, and "denoised" the step's x0 estimate where it started (after pc's
+            corrections and edm_sde's churn; for unipc at the point before its correction;
+            None for methods that a library integrates in one call, dopri5 and torchsde_*,
+            whose callbacks all come after the solve).
         **options: method options, e.g. eta (ddim), snr and corrector_steps (pc), rtol and
             atol (dopri5), variance (ancestral).
     Returns:
