@@ -1,4 +1,6 @@
-"""A time grid tuned to a model: steps placed where the local error estimate is largest.
+"""Time grids tuned to a model, two ways: `tune_schedule` places steps by an error estimate from
+one pilot run (cheap, for any sampler of a given order); `optimise_schedule` searches the grid
+that minimises one sampler's actual error (many trial runs, for that sampler only).
 
 A step of size h from lambda in an order-p exponential integrator has local error about
 C h^(p+1) ||d^p x0 / d lambda^p||, x0 the denoiser along the sampling path. For a fixed number of
@@ -78,7 +80,8 @@ def tune_schedule(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> TunedSchedule:
-    """A `steps`-step grid that equidistributes the local error estimate of an order-p method.
+    """A grid from one cheap pilot run, for any sampler of order p: `steps` steps that share its
+    estimated local error equally (no search; compare `optimise_schedule`).
 
     Args:
         model: the score model the grid is for (the grid depends on it).
@@ -173,7 +176,8 @@ def optimise_schedule(
     device: torch.device | str | None = None,
     **options,
 ) -> OptimisedSchedule:
-    """The `steps`-step grid on which `method` lands closest to the exact ODE solution.
+    """A grid searched for one sampler: Nelder-Mead moves `steps` steps until `method` lands
+    closest to the exact ODE solution (many trial runs; compare `tune_schedule`).
 
     Pilot prior draws (from `generator`: keep it independent of any evaluation) are solved once
     to `reference_tol` by the adaptive DPM-Solver-23; the interior grid points, parametrised as
