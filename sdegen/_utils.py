@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -66,18 +67,23 @@ def batch_times(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
     return t
 
 
-def check_int(name: str, value, low: int = 1, high: int | None = None) -> int:
+def check_int(name: str, value: object, low: int = 1, high: int | None = None) -> int:
     """`value` as an int when it is an integer (Python or NumPy, not bool) in [low, high] (high
     None: no bound), else raise ValueError naming `name`. The one integer check of the package."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < low
-        or (high is not None and value > high)
-    ):
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    n = int(value) if isinstance(value, numbers.Integral) and integral else None
+    if n is None or n < low or (high is not None and n > high):
         rng = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
-    return int(value)
+    return n
+
+
+@overload
+def resolve_device(device: None) -> None: ...
+
+
+@overload
+def resolve_device(device: str | torch.device) -> torch.device: ...
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device | None:

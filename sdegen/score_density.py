@@ -18,12 +18,12 @@ from .divergence import exact_divergence, hutchinson_divergence, probes_like
 from .models.base import check_event_shape, check_sde
 from .models.density import DensityModel
 from .protocols import SDE, ScoreModelLike, ScoreModelWithSDE
-from .solvers.counting import LikelihoodResult
+from .solvers import METHODS
+from .solvers import sample as _sample
+from .solvers.grid import batch_t
 from .solvers.likelihood import SDE_NEEDS, check_likelihood_x, log_likelihood
 from .solvers.pf_ode import integrate, ode_drift
-from .solvers.reverse_sde import batch_t
-from .solvers.sample import METHODS
-from .solvers.sample import sample as _sample
+from .solvers.results import LikelihoodResult
 from .training.losses import dsm_loss
 
 

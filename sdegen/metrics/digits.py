@@ -58,17 +58,19 @@ class DigitsClassifier(nn.Module):
     Float32 parameters whatever torch's default dtype; inputs of any float dtype are cast.
     """
 
+    metadata: dict  # config and training record, set by load_digits_classifier
+
     def __init__(self, channels: int = 32, hidden: int = 64) -> None:
         super().__init__()
         for name, v in (("channels", channels), ("hidden", hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         self.config = {"channels": channels, "hidden": hidden}
-        f32 = {"dtype": torch.float32}
-        self.conv1 = nn.Conv2d(1, channels, 3, padding=1, **f32)
-        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1, **f32)
-        self.fc = nn.Linear(2 * channels * 16, hidden, **f32)
-        self.head = nn.Linear(hidden, 10, **f32)
+        f32 = torch.float32
+        self.conv1 = nn.Conv2d(1, channels, 3, padding=1, dtype=f32)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 3, padding=1, dtype=f32)
+        self.fc = nn.Linear(2 * channels * 16, hidden, dtype=f32)
+        self.head = nn.Linear(hidden, 10, dtype=f32)
 
     def _check(self, x: Tensor) -> Tensor:
         if not torch.is_tensor(x) or x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):

@@ -19,6 +19,7 @@ on samples. Two ways to train it:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ OBJECTIVES = ("nonsaturating", "wgan-gp")
 NO_DENSITY = "a GAN defines no density; compare it on samples (FID, sliced Wasserstein)"
 
 
-def _image_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+def _image_shape(shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(shape)
     ok = len(shape) == 3 and all(type(s) is int and s > 0 for s in shape)
     if not ok or shape[1] % 4 or shape[2] % 4:

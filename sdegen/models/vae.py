@@ -24,6 +24,7 @@ downwards for finite k (its expectation is a bound that rises with k).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +112,13 @@ class VAE(DensityModel):
             self.register_buffer("log_scale", torch.full(shape, math.log(scale)))
 
     @property
+    def _levels(self) -> int:
+        """`levels`, for the code of the "discretized" decoder, which always has them."""
+        if self.levels is None:
+            raise ValueError(f"the {self.likelihood!r} decoder has no levels")
+        return self.levels
+
+    @property
     def beta(self) -> float:
         """Weight of the KL term in `loss`; a finite number >= 0."""
         return self._beta
@@ -141,7 +149,7 @@ class VAE(DensityModel):
     @classmethod
     def conv(
         cls,
-        shape: tuple[int, int, int],
+        shape: Sequence[int],
         latent_dim: int = 16,
         hidden: int = 32,
         likelihood: str = "gaussian",
@@ -206,7 +214,7 @@ class VAE(DensityModel):
                 f"[{float(x.min()):g}, {float(x.max()):g}]"
             )
         if self.likelihood == "discretized":
-            return to_centres(to_levels(x, self.levels), self.levels, dtype=x.dtype)
+            return to_centres(to_levels(x, self._levels), self._levels, dtype=x.dtype)
         return x
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -229,15 +237,15 @@ class VAE(DensityModel):
         elif self.likelihood == "bernoulli":
             lp = -F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none")
         else:
-            w = 2.0 / self.levels
-            k = to_levels(x, self.levels)
+            w = 2.0 / self._levels
+            k = to_levels(x, self._levels)
             inv_s = torch.exp(-self.log_scale)
             a = (-1.0 + (k + 1).to(out.dtype) * w - out) * inv_s  # upper edge of x's bin
             b = a - w * inv_s  # lower edge
             # log(sigmoid(a) - sigmoid(b)) = log(e^a - e^b) - softplus(a) - softplus(b), stably
             mid = a + torch.log(-torch.expm1(-w * inv_s)) - F.softplus(a) - F.softplus(b)
             lp = torch.where(k == 0, F.logsigmoid(a), F.logsigmoid(-b))
-            lp = torch.where((k > 0) & (k < self.levels - 1), mid, lp) - math.log(w)
+            lp = torch.where((k > 0) & (k < self._levels - 1), mid, lp) - math.log(w)
         return lp.sum(dim=tuple(range(-len(self.event_shape), 0)))
 
     def elbo_terms(
@@ -289,7 +297,7 @@ class VAE(DensityModel):
         sigma, batch = torch.exp(log_sigma), x.shape[0]
         if chunk is None:
             chunk = max(1, _CHUNK_ELEMENTS // (batch * max(math.prod(self.event_shape), 256)))
-        total = None
+        total = mu.new_full((batch,), -math.inf)  # log 0: logaddexp(-inf, a) = a exactly
         for start in range(0, k, chunk):
             c = min(chunk, k - start)
             eps = torch.stack([_randn(mu.shape, mu, generator) for _ in range(c)])
@@ -298,16 +306,16 @@ class VAE(DensityModel):
             # log p(z) - log q(z|x); the log(2 pi) terms cancel
             log_ratio = (0.5 * (eps.square() - z.square()) + log_sigma).sum(dim=2)
             log_w = torch.logsumexp(self.log_likelihood(x, out) + log_ratio, dim=0)
-            total = log_w if total is None else torch.logaddexp(total, log_w)
+            total = torch.logaddexp(total, log_w)
         return total - math.log(k)
 
     def bits_per_dim(self, x: Tensor, bin_width: float, *, k: int = 1000) -> Tensor:
         """Bits per dimension of x (B, *event_shape) -> (B,) from `log_prob(x, k)`. For the
         "discretized" decoder bin_width must be 2 / levels, and the result is exactly the
         discrete -log2 P(x) / D (up to the estimate's bias)."""
-        if self.likelihood == "discretized" and not math.isclose(bin_width, 2.0 / self.levels):
+        if self.likelihood == "discretized" and not math.isclose(bin_width, 2.0 / self._levels):
             raise ValueError(
-                f"bin_width must be 2 / levels = {2.0 / self.levels!r} for the 'discretized' "
+                f"bin_width must be 2 / levels = {2.0 / self._levels!r} for the 'discretized' "
                 f"decoder with levels={self.levels}, got {bin_width!r}"
             )
         return _bits_per_dim(self.log_prob(x, k=k), math.prod(self.event_shape), bin_width)
@@ -322,7 +330,7 @@ class VAE(DensityModel):
         mean=True returns the decoder's mean instead: the Gaussian mean, the Bernoulli
         probabilities, or the logistic location snapped to its bin centre ("discretized")."""
         check_int("n", n, 1)
-        ref = next(self.parameters(), None)
+        ref: Tensor | None = next(self.parameters(), None)
         ref = ref if ref is not None else next(self.buffers())
         out = self.decode(_randn((n, self.latent_dim), ref, generator))
         if self.likelihood == "bernoulli":
@@ -337,5 +345,5 @@ class VAE(DensityModel):
                 noise = torch.log(u) - torch.log1p(-u)
             out = out + torch.exp(self.log_scale) * noise
         if self.likelihood == "discretized":
-            out = to_centres(to_levels(out, self.levels), self.levels, dtype=out.dtype)
+            out = to_centres(to_levels(out, self._levels), self._levels, dtype=out.dtype)
         return out

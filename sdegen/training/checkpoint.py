@@ -105,8 +105,8 @@ def save_checkpoint(
     pointer = run_dir / f".{LATEST}.tmp"
     pointer.write_text(final.name)
     os.replace(pointer, run_dir / LATEST)
-    ours = [p for p in run_dir.glob("ckpt-*") if _order(p) is not None and p.is_dir()]
-    for old in sorted(ours, key=_order)[:-keep]:
+    ours = {p: o for p in run_dir.glob("ckpt-*") if (o := _order(p)) is not None and p.is_dir()}
+    for old in sorted(ours, key=ours.__getitem__)[:-keep]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     for stale in run_dir.glob(".ckpt-*"):  # temporaries of a killed writer

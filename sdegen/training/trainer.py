@@ -113,7 +113,7 @@ def held_out_loss(
         total = 0.0
         for i, chunk in enumerate(x.split(batch)):
             rnd = StepRandom(seed, i, 0, 1, len(chunk), device)
-            args = (model, chunk.to(device), rnd)
+            args: tuple = (model, chunk.to(device), rnd)
             if labels is not None:
                 args += (labels[i * batch : i * batch + len(chunk)].to(device),)
             total += float(objective(*args)) * len(chunk)
@@ -300,7 +300,7 @@ class Trainer:
         self.net = (
             nn.parallel.DistributedDataParallel(loss_module) if self.world > 1 else loss_module
         )
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler = DistributedSampler(
             TensorDataset(data),
             num_replicas=self.world,
             rank=self.rank,
@@ -310,7 +310,8 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.sampler) // (batch_size // self.world)
         self.step = 0
-        self._epoch, self._order = -1, None
+        # the epoch's permutation of the data, drawn at the first step of each epoch
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -417,7 +418,7 @@ class Trainer:
         return history
 
     def _eval(self) -> None:
-        if self.rank != 0:
+        if self.rank != 0 or self.eval_fn is None:
             return
         was = self.eval_model.training
         self.eval_model.eval()

@@ -197,10 +197,10 @@ class FFJORD(DensityModel):
         eps = probes_like(*draw) if logdet and cfg["trace"] == "hutchinson" else None
         # The Frobenius estimate reuses the trace probes; an exact trace draws its own.
         jac_eps = probes_like(*draw) if frobenius and eps is None else eps
-        counts = {"phase": "forward", "forward": 0, "backward": 0}
+        counts, phase = {"forward": 0, "backward": 0}, "forward"
 
         def func(s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            counts[counts["phase"]] += 1
+            counts[phase] += 1
             # Keep the graph whenever gradients are wanted: backprop training, the adjoint's
             # backward pass, or a differentiable sample_and_log_prob.
             create_graph = torch.is_grad_enabled()
@@ -213,7 +213,7 @@ class FFJORD(DensityModel):
                 out = [v]
                 if logdet and eps is None:
                     out.append(exact_divergence(v, y, create_graph=create_graph))
-                elif logdet:
+                elif eps is not None:  # logdet by Hutchinson's estimate
                     out.append(hutchinson_divergence(v, y, eps, create_graph=create_graph))
                 if kinetic:
                     out.append(v.pow(2).sum(1))
@@ -241,7 +241,7 @@ class FFJORD(DensityModel):
             else:
                 ys = torchdiffeq.odeint(func, y0, span, **common)
         finally:
-            counts["phase"] = "backward"  # later calls come from the adjoint's backward pass
+            phase = "backward"  # later calls come from the adjoint's backward pass
         ends = [y[-1] for y in ys]
         k = 1 + logdet
         stats = FFJORDStats(
@@ -311,8 +311,11 @@ class FFJORD(DensityModel):
         (z, delta, *_), stats = self._solve(
             x, False, self._settings(), generator, True, kw > 0, jw > 0
         )
-        regs = ((kw, stats.kinetic), (jw, stats.jacobian_frobenius))
-        return -(self.base_log_prob(z) + delta).mean() + sum(w * r.mean() for w, r in regs if w > 0)
+        penalty: Tensor | float = 0.0
+        for w, r in ((kw, stats.kinetic), (jw, stats.jacobian_frobenius)):
+            if w > 0 and r is not None:  # r is accumulated exactly when its weight is > 0
+                penalty = penalty + w * r.mean()
+        return -(self.base_log_prob(z) + delta).mean() + penalty
 
     def _base_sample(self, n: int, generator: torch.Generator | None) -> Tensor:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:

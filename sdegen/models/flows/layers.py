@@ -9,11 +9,21 @@ aside). x is a vector batch (B, D) or an image batch (B, C, H, W); channels are 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from ..._utils import check_int, sum_except_batch
+
+
+class Bijection(Protocol):
+    """What the flows compose: layer(x) -> (y, log|det dy/dx|) and layer.inverse(y) ->
+    (x, log|det dx/dy|), logdets of shape (B,)."""
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 def alternating_mask(dim: int, parity: int = 0) -> Tensor:
@@ -61,6 +71,8 @@ class AffineCoupling(nn.Module):
         net: maps m * x of shape (B, *event) to shape (B, 2 C, ...) (C = D for vectors).
         scale_bound: the bound on |s|; finite and > 0.
     """
+
+    mask: Tensor
 
     def __init__(self, mask: Tensor, net: nn.Module, scale_bound: float = 3.0) -> None:
         super().__init__()
@@ -128,7 +140,9 @@ class Squeeze(nn.Module):
 class Invert(nn.Module):
     """The inverse of an invertible layer: forward and inverse swapped (e.g. an unsqueeze)."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    layer: Bijection
+
+    def __init__(self, layer: Bijection) -> None:
         super().__init__()
         self.layer = layer
 
@@ -153,6 +167,8 @@ class ActNorm(nn.Module):
         num_channels: C (D for vectors); an integer >= 1.
         eps: floor on the initial per-channel std, so constant channels stay finite.
     """
+
+    initialized: Tensor  # bool, 0-dim: set by the first forward call in training mode
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -211,6 +227,12 @@ class InvConv1x1(nn.Module):
         num_channels: C (D for vectors); an integer >= 1.
         generator: random source of the initial rotation.
     """
+
+    # buffers: the permutation P (C, C), sign(diag U) (C,), and the (2, C(C-1)/2) row and
+    # column indices of the strictly lower triangle
+    permutation: Tensor
+    sign: Tensor
+    _tril: Tensor
 
     def __init__(self, num_channels: int, generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -8,6 +8,8 @@ layers backwards from z ~ N(0, I).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +19,7 @@ from ..density import DensityModel
 from .layers import (
     ActNorm,
     AffineCoupling,
+    Bijection,
     InvConv1x1,
     Invert,
     Squeeze,
@@ -28,9 +31,11 @@ from .layers import (
 
 def _zero_last(net: nn.Sequential, zero_init: bool) -> nn.Sequential:
     # A zero last layer makes every coupling the identity at init (Dinh et al. 2017).
+    last = cast(nn.Linear | nn.Conv2d, net[-1])
     if zero_init:
-        nn.init.zeros_(net[-1].weight)
-        nn.init.zeros_(net[-1].bias)
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
     return net
 
 
@@ -71,6 +76,10 @@ class _Flow(DensityModel):
     log_prob_kind = "exact"
     layers: nn.ModuleList
 
+    def _bijections(self) -> list[Bijection]:
+        # nn.ModuleList registers the layers as plain Modules; each is a Bijection
+        return cast(list[Bijection], list(self.layers))
+
     def _check_z(self, z: Tensor) -> None:
         if not torch.is_tensor(z) or tuple(z.shape[1:]) != tuple(self.event_shape):
             got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
@@ -81,7 +90,7 @@ class _Flow(DensityModel):
         """Data to latent: x (B, *event_shape) -> z of the same shape and log|det dz/dx| (B,)."""
         self.check_x(x)
         logdet = x.new_zeros(x.shape[0])
-        for layer in self.layers:
+        for layer in self._bijections():
             x, ld = layer(x)
             logdet = logdet + ld
         return x, logdet
@@ -90,7 +99,7 @@ class _Flow(DensityModel):
         """Latent to data: z (B, *event_shape) -> x of the same shape and log|det dx/dz| (B,)."""
         self._check_z(z)
         logdet = z.new_zeros(z.shape[0])
-        for layer in reversed(self.layers):
+        for layer in reversed(self._bijections()):
             z, ld = layer.inverse(z)
             logdet = logdet + ld
         return z, logdet
@@ -201,7 +210,7 @@ class RealNVPImage(_Flow):
 
     def __init__(
         self,
-        shape: tuple[int, int, int],
+        shape: Sequence[int],
         num_scales: int = 2,
         blocks_per_scale: int = 2,
         hidden: int = 64,
