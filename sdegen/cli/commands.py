@@ -269,22 +269,20 @@ def bench(args: argparse.Namespace) -> int:
     folder, names = harness.find_benchmarks()
     if folder is None:
         looked = ", ".join(str(d) for d in harness.benchmark_dirs())
-        where = (
-            f"no benchmarks found (looked in {looked}): they are scripts in sdegen's source "
-            "repository, folder benchmarks/, not part of the installed package; run from a "
-            f"clone, or set {harness.BENCHMARKS_ENV} to that folder"
+        name = "" if args.list or args.name is None else f"cannot run {args.name!r}: "
+        raise FileNotFoundError(
+            f"{name}no benchmarks found (looked in {looked}): they are scripts in sdegen's "
+            "source repository, folder benchmarks/, not part of the installed package; run "
+            f"from a clone, or set {harness.BENCHMARKS_ENV} to that folder"
         )
-    else:
-        where = f"benchmarks are read from {folder}"
     if args.list or args.name is None:
-        if folder is None:
-            raise FileNotFoundError(where)
         for name in names:
             print(name)
         return 0
     if args.name not in names:
         raise ValueError(
-            f"unknown benchmark {args.name!r}; available: {', '.join(names) or 'none'} ({where})"
+            f"unknown benchmark {args.name!r}; available: {', '.join(names)} "
+            f"(benchmarks are read from {folder})"
         )
     harness.load_script(folder / f"{args.name}.py").main(args.rest)
     return 0
