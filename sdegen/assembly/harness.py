@@ -112,8 +112,14 @@ _HELP = {
 }
 
 
-def parser(
-    doc: str | None,
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser described by the first line of the script's docstring."""
+    return argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+
+
+def parse(
+    p: argparse.ArgumentParser,
+    argv: list[str] | None,
     *,
     out: Path | None,
     out_help: str | None = None,
@@ -122,34 +128,32 @@ def parser(
     floor_sets: Option = None,
     threads: Option = None,
     quick: str | None = None,
-    replot: bool = True,
-) -> argparse.ArgumentParser:
-    """The benchmark's argument parser with the common options it asks for; it adds its own.
+    replot: bool | str = True,
+) -> argparse.Namespace:
+    """Add the common options a benchmark asks for after its own, and parse argv.
 
-    --out (default `out`) is the results folder; --replot rebuilds table and PNGs from
-    its results.json. seed, seeds, floor_sets and threads give --seed, --seeds, --floor-sets and
-    --threads their default (None: no such option), or (default, help). quick is the help
-    of a --quick smoke-run flag (None: no such flag).
+    seed, seeds, floor_sets and threads give --seed, --seeds, --floor-sets and --threads their
+    default (None: no such option), or (default, help); quick is the help of a --quick
+    smoke-run flag (None: none); --out (default `out`) is the results folder and --replot
+    rebuilds its table and PNGs from its results.json (replot: False for no such flag, or its
+    help when it does less).
     """
-    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
-    p.add_argument("--out", type=Path, default=out, help=out_help)
-    if replot:
-        p.add_argument(
-            "--replot", action="store_true", help="rebuild table and PNGs from results.json"
-        )
-    if quick is not None:
-        p.add_argument("--quick", action="store_true", help=quick)
     for key, value in (
         ("seed", seed),
         ("seeds", seeds),
         ("floor_sets", floor_sets),
         ("threads", threads),
     ):
-        if value is None:
-            continue
-        default, help = value if isinstance(value, tuple) else (value, _HELP[key])
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=default, help=help)
-    return p
+        if value is not None:
+            default, help = value if isinstance(value, tuple) else (value, _HELP[key])
+            p.add_argument("--" + key.replace("_", "-"), type=int, default=default, help=help)
+    if quick is not None:
+        p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--out", type=Path, default=out, help=out_help)
+    if replot:
+        help = replot if isinstance(replot, str) else "rebuild table and PNGs from results.json"
+        p.add_argument("--replot", action="store_true", help=help)
+    return p.parse_args(argv)
 
 
 def cells(methods: Iterable[str], nfes: list[int]) -> Iterator[tuple[str, int | None]]:
