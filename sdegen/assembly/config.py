@@ -20,7 +20,7 @@ from .tables import DATA_KINDS, SDES
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 
 def _key(default, help: str, **kw):
@@ -65,7 +65,7 @@ def describe_keys() -> str:
     """One line per config key: name, type, default and meaning."""
     lines = []
     for f in dataclasses.fields(TrainConfig):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         lines.append(
             f"  {f.name:<16}{f.type:<14}{json.dumps(default):<18}{f.metadata.get('help', '')}"
         )
@@ -133,7 +133,8 @@ def from_dict(values: dict) -> TrainConfig:
         raise ValueError(
             f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
         )
-    values = {name: _as_number(v, known[name].type) for name, v in values.items()}
+    # the annotations are strings (from __future__ import annotations)
+    values = {name: _as_number(v, str(known[name].type)) for name, v in values.items()}
     cfg = TrainConfig(**values)
     for name, f in known.items():
         v = getattr(cfg, name)

@@ -204,7 +204,7 @@ def noise_floor(model, reference: torch.Tensor, n: int, seed: int, sets: int) ->
         )
         for k in range(sets)
     ]
-    out = {"sets": sets}
+    out: dict[str, Any] = {"sets": sets}
     for key in ("frechet", "sliced_w2"):
         out[key], out[key + "_std"] = mean_std([r[key] for r in runs])
     return out

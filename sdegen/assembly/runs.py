@@ -118,7 +118,7 @@ def make_trainer(
     objective = score_matching(
         cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if num_classes else 0.0
     )
-    test_labels = data.test_labels[:2000] if num_classes else None
+    test_labels = data.test_labels[:2000] if num_classes and data.test_labels is not None else None
     return Trainer(
         model,
         objective,

@@ -15,7 +15,7 @@ from . import commands
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit code 2), like every other error of the CLI."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -77,9 +77,8 @@ def _train(name: str, cfg: TrainConfig, out: Path):
     trainer = make_trainer(cfg, data, model, run_dir)
     start = time.perf_counter()
     history = trainer.fit(cfg.steps)
-    model = trainer.eval_model.eval()
     curve = [(h["step"], h["loss"]) for h in history]
-    return data, model, curve, time.perf_counter() - start
+    return data, trainer.eval_model.eval(), curve, time.perf_counter() - start
 
 
 def _quality(x: torch.Tensor, data, image: bool) -> float:
