@@ -10,12 +10,11 @@ SDEGEN_CACHE defaulting to ~/.cache/sdegen). Deterministic given --seed on one m
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 
+from sdegen.assembly import harness
 from sdegen.metrics import (
     default_digits_classifier_path,
     save_digits_classifier,
@@ -25,12 +24,17 @@ from sdegen.metrics.digits import DEFAULT_STEPS
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=None, help="weights file (default: the cache)")
-    p.add_argument("--seed", type=int, default=0)
+    p = harness.parser(__doc__)
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    args = p.parse_args(argv)
+    args = harness.parse(
+        p,
+        argv,
+        out=None,
+        out_help="weights file (default: the cache)",
+        seed=0,
+        threads=1,
+        replot=False,
+    )
     torch.set_num_threads(args.threads)
     out = args.out if args.out is not None else default_digits_classifier_path()
     model, record = train_digits_classifier(seed=args.seed, steps=args.steps)

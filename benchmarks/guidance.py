@@ -14,22 +14,18 @@ and the FID of the test split (297 real images) to the train split.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-import sdegen  # noqa: E402
-from sdegen.assembly import (  # noqa: E402
+import sdegen
+from sdegen.assembly import (
     TrainConfig,
     build_model,
+    harness,
     load_data,
     load_run,
     make_trainer,
@@ -37,8 +33,8 @@ from sdegen.assembly import (  # noqa: E402
     run_classes,
     save_config,
 )
-from sdegen.metrics import fid  # noqa: E402
-from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier  # noqa: E402
+from sdegen.metrics import fid
+from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier
 
 WEIGHTS = (0.0, 1.0, 2.0, 4.0)
 SAMPLERS = ("dpmpp_2m", "euler_maruyama")
@@ -145,6 +141,7 @@ def markdown(records: list[dict], meta: dict) -> str:
 
 
 def plot(records: list[dict], meta: dict, path: Path) -> None:
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for method in SAMPLERS:
         acc = [_mean(records, method, w, "accuracy") for w in WEIGHTS]
@@ -163,17 +160,30 @@ def plot(records: list[dict], meta: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def figures(records: list[dict], meta: dict) -> dict:
+    return {"accuracy_fid_vs_w.png": lambda path: plot(records, meta, path)}
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--run", type=Path, help="a trained conditional digits run folder to reuse")
     p.add_argument("--steps", type=int, default=1500, help="training steps (without --run)")
     p.add_argument("--p-uncond", type=float, default=0.2)
     p.add_argument("--n-per-class", type=int, default=100)
     p.add_argument("--nfe", type=int, default=20)
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "guidance")
-    args = p.parse_args(argv)
+    args = harness.parse(
+        p,
+        argv,
+        out=Path(__file__).parent / "results" / "guidance",
+        seed=(0, "training seed"),
+        seeds=(1, None),
+        replot="rebuild table.md and the accuracy/FID plot from results.json",
+    )
+    if args.replot:
+        result = harness.load(args.out)
+        meta, records = result["meta"], result["records"]
+        harness.save(args.out, None, markdown(records, meta), figures(records, meta))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     clf = load_digits_classifier(ensure_digits_classifier())
     start = time.perf_counter()
@@ -201,10 +211,9 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
     }
     records = evaluate(run.model, data, clf, args.n_per_class, args.nfe, args.seeds, args.out)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
-    (args.out / "table.md").write_text(markdown(records, meta))
-    plot(records, meta, args.out / "accuracy_fid_vs_w.png")
-    print(f"wrote {args.out}")
+    grids = [f"grid_{method}_w{w:g}.png" for method in SAMPLERS for w in WEIGHTS]
+    result = {"meta": meta, "records": records}
+    harness.save(args.out, result, markdown(records, meta), figures(records, meta), also=grids)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ floor of that metric (training vs test set). Writes results.json, table.md and P
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from sdegen.assembly import load_data
+from sdegen.assembly import harness, load_data, plots
 from sdegen.data import dequantize
 from sdegen.metrics import frechet_distance_from_samples, sliced_wasserstein
 from sdegen.models import FFJORD, GAN, MLP, VAE, RealNVP, RealNVPImage, ScoreModel, UNet
@@ -225,8 +224,6 @@ def run(args) -> dict:
             records.append(rec)
             print(json.dumps({k: v for k, v in rec.items() if k != "noise_floor"}), flush=True)
             if data.is_image:
-                from sdegen.assembly import plots
-
                 plots.image_grid(
                     samples[:64].float(), args.out / f"digits_{family}.png", nrow=8, title=family
                 )
@@ -235,12 +232,10 @@ def run(args) -> dict:
     return {"records": records, "panels": panels}
 
 
-def plot_panels(panels: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_panels(panels: dict, out: Path) -> list[str]:
+    """One PNG of density panels per toy data set (a GAN's samples instead); their names."""
+    plt = harness.pyplot()
+    names = []
     for spec, fams in panels.items():
         fig, axes = plt.subplots(1, len(fams), figsize=(3.2 * len(fams), 3.4), squeeze=False)
         for ax, (family, (logp, samples)) in zip(axes[0], fams.items()):
@@ -261,8 +256,10 @@ def plot_panels(panels: dict, out: Path) -> None:
                 ax.set_title(family, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-        fig.savefig(out / f"density_{spec.split(':')[1]}.png", dpi=110, bbox_inches="tight")
+        names.append(f"density_{spec.split(':')[1]}.png")
+        fig.savefig(out / names[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
+    return names
 
 
 def markdown(result: dict) -> str:
@@ -316,7 +313,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--toy", nargs="*", default=list(TOY))
     p.add_argument("--no-digits", dest="digits", action="store_false")
@@ -326,28 +323,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n-train", type=int, default=20000)
     p.add_argument("--n-eval", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="a few steps, for a smoke test")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "likelihood")
-    p.add_argument("--replot", action="store_true", help="rebuild table.md from results.json")
-    args = p.parse_args(argv)
-    if args.replot:
-        result = json.loads((args.out / "results.json").read_text())
+    args = harness.parse(
+        p,
+        argv,
+        out=Path(__file__).parent / "results" / "likelihood",
+        seed=0,
+        quick="a few steps, for a smoke test",
+        replot="rebuild table.md from results.json (the PNGs need a run)",
+    )
+    if args.replot:  # the table only: the density panels are not in the JSON
+        result = harness.load(args.out)
         fill_reference(result, result["meta"]["n_eval"], result["meta"]["seed"])
-        (args.out / "results.json").write_text(json.dumps(result, indent=1))
-        (args.out / "table.md").write_text(markdown(result))
+        harness.save(args.out, result, markdown(result))
         return
     if args.quick:
         args.steps, args.image_steps, args.n_eval, args.n_train = 5, 2, 32, 2000
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run(args)
-    plot_panels(result.pop("panels"), args.out)
-    result["meta"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result["meta"].update(threads=torch.get_num_threads(), torch=torch.__version__)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    (args.out / "table.md").write_text(markdown(result))
-    print(f"wrote {args.out}")
+    images = [f"digits_{f}.png" for f in args.families] if args.digits else []
+    panels = plot_panels(result.pop("panels"), args.out)
+    meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result["meta"] = {**meta, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    harness.save(args.out, result, markdown(result), also=panels + images)
 
 
 if __name__ == "__main__":

@@ -31,36 +31,21 @@ sdegen recommends (no estimator noise) and costs D VJPs per evaluation.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import json
 import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 import sdegen
+from sdegen.assembly import harness
 from sdegen.solvers import CountingModel, log_likelihood
 
-HERE = Path(__file__).resolve().parent
-
-
-def _peers():
-    if "peers" in sys.modules:
-        return sys.modules["peers"]
-    spec = importlib.util.spec_from_file_location("peers", HERE / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peers"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = _peers()  # mixtures, SDE setups, the k-diffusion loader and denoiser adapter
+# mixtures, SDE setups, the k-diffusion loader and denoiser adapter
+peers = harness.sibling(__file__, "peers")
 
 SETUPS = ("vp", "edm")
 # the exact model is built on a longer interval than the solve, as torchdiffeq's dopri5 probes
@@ -285,11 +270,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in result["records"]))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
     styles = {"sdegen:exact": "o-", "sdegen:hutchinson": "s-", "k-diffusion:hutchinson": "^--"}
@@ -316,19 +297,21 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--n", type=int, default=256, help="points per table")
     p.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
     p.add_argument("--mixtures", nargs="+", default=list(peers.MIXTURES), choices=peers.MIXTURES)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "likelihood_speed")
-    p.add_argument("--replot", action="store_true", help="rebuild table and PNG from the JSON")
-    args = p.parse_args(argv)
+    args = harness.parse(
+        p,
+        argv,
+        out=Path(__file__).resolve().parent / "results" / "likelihood_speed",
+        seed=0,
+        threads=1,
+    )
     if args.replot:
-        result = json.loads((args.out / "results.json").read_text())
+        result = harness.load(args.out)
     else:
         if args.n < 1 or args.repeats < 1:
             raise ValueError(f"--n and --repeats must be >= 1, got {args.n}, {args.repeats}")
@@ -346,23 +329,19 @@ def main(argv: list[str] | None = None) -> None:
             "tols": args.tols,
             "torch": torch.__version__,
             "sdegen": sdegen.__version__,
-            "sdegen_commit": peers.git_commit(),
-            "k-diffusion": peers.version("k-diffusion") if ks is not None else None,
+            "sdegen_commit": harness.git_commit(),
+            "k-diffusion": harness.version("k-diffusion") if ks is not None else None,
             "k_diffusion_import": how,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
         }
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    (args.out / "table.md").write_text(markdown(result))
-    plot(result, args.out / "error_vs_time.png")
-    written = (
-        "table.md, error_vs_time.png"
-        if args.replot
-        else "results.json, table.md, error_vs_time.png"
+    harness.save(
+        args.out,
+        None if args.replot else result,
+        markdown(result),
+        {"error_vs_time.png": lambda path: plot(result, path)},
     )
-    print(f"wrote {written} in {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,14 +24,9 @@ Nothing is chosen by looking at test FID: every sampler runs with its default gr
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import importlib.util
 import json
 import math
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,8 +35,10 @@ import torch
 
 import sdegen
 from sdegen.assembly import (
+    SDES,
     TrainConfig,
     build_model,
+    harness,
     load_data,
     load_run,
     make_trainer,
@@ -60,28 +57,15 @@ from sdegen.models import ring_mixture
 from sdegen.solvers import METHODS
 from sdegen.training import latest_checkpoint
 
-HERE = Path(__file__).resolve().parent
-
-
-def _sibling(name: str):
-    """Another script of benchmarks/ as a module (benchmarks/ is not a package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-sm = _sibling("solvers_mixture")  # SDE table, metrics, noise floor, mean +- std
-peers = _sibling("peers")  # the 16-D random mixture
+peers = harness.sibling(__file__, "peers")  # the 16-D random mixture
+report = harness.sibling(__file__, "_nfe_fid_report")  # tables and PNGs
 
 NFES = [5, 10, 20, 50, 100]
 # torchsde's methods are slow and unstable at few steps (README); run them with --methods.
 DEFAULT_METHODS = [m for m in METHODS if not m.startswith("torchsde_")]
 MIXTURES = {"ring": ring_mixture, "gmm16": lambda sde: peers.random_mixture(sde, dim=16)}
 MIXTURE_N = {"ring": 5_000, "gmm16": 500}  # set by the time budget (about 10 min for (a))
-DIGIT_SDES = ["vp", "subvp", "ve", "edm"]
+DIGIT_SDES = ["vp", "subvp", "ve", "edm"]  # the results' SDEs; --sdes takes any of SDES
 # The digits U-Net: the quickstart's architecture at half the channels (16, not 32), 3.5x
 # cheaper per evaluation, so that every sampler x NFE cell fits the time budget.
 NETWORK = {"channels": 16, "channel_mult": [1, 2]}
@@ -90,13 +74,6 @@ FLOOR_SEED = 7  # the random train subsets of the digits floors
 
 
 # ---- shared: one cell --------------------------------------------------------------------------
-
-
-def cells(methods: list[str], nfes: list[int]):
-    """(method, NFE budget) pairs; an adaptive method runs once, with budget None."""
-    for method in methods:
-        for budget in [None] if METHODS[method].nfe is None else nfes:
-            yield method, budget
 
 
 def draw(model, sde, shape: tuple[int, ...], method: str, budget: int | None, seed: int):
@@ -131,11 +108,7 @@ def _part_meta(args, methods: list[str], start: float) -> dict:
         "quick": args.quick,
         "seconds": time.perf_counter() - start,
         "date": time.strftime("%Y-%m-%d"),
-        "torch": torch.__version__,
-        "sdegen": sdegen.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
+        **harness.environment(),
     }
 
 
@@ -145,7 +118,7 @@ def analytic(args) -> dict:
     for mix in args.mixtures:
         n = args.mixture_n or MIXTURE_N[mix]
         for sde_name in args.sdes:
-            sde = sm.SDES[sde_name]()
+            sde = SDES[sde_name]()
             model = MIXTURES[mix](sde)
             shape = (n, *model.event_shape)
             reference = model.sample(
@@ -153,9 +126,9 @@ def analytic(args) -> dict:
             )
             floors[f"{mix}/{sde_name}"] = {
                 "n": n,
-                **sm.noise_floor(model, reference, n, args.seed, args.floor_sets),
+                **harness.noise_floor(model, reference, n, args.seed, args.floor_sets),
             }
-            for method, budget in cells(args.methods, args.nfe):
+            for method, budget in harness.cells(args.methods, args.nfe):
                 rec = {"mixture": mix, "sde": sde_name, "method": method, "nfe_budget": budget}
                 try:
                     runs = []
@@ -165,7 +138,7 @@ def analytic(args) -> dict:
                             {
                                 "nfe": res.nfe,
                                 "seconds": secs,
-                                **sm._metrics(res.x, model, reference),
+                                **harness.mixture_metrics(res.x, model, reference),
                             }
                         )
                 except ValueError as e:  # budget below one step of this method
@@ -178,7 +151,7 @@ def analytic(args) -> dict:
                     nfe_runs=[r["nfe"] for r in runs],
                 )
                 for key in ("frechet", "sliced_w2", "seconds"):
-                    rec[key], rec[key + "_std"] = sm._mean_std([r[key] for r in runs])
+                    rec[key], rec[key + "_std"] = harness.mean_std([r[key] for r in runs])
                 records.append(rec)
                 print(
                     f"{mix:5s} {sde_name:5s} {method:18s} budget={budget!s:>4} "
@@ -279,8 +252,8 @@ def digits(args) -> dict:
         for p in perms
     ]
     floor = {"sets": args.floor_sets, "n": n, "n_test": len(test), "n_train_ref": len(train_ref)}
-    floor["fid_test"], floor["fid_test_std"] = sm._mean_std(floor_test)
-    floor["fid_train"], floor["fid_train_std"] = sm._mean_std(floor_train)
+    floor["fid_test"], floor["fid_test_std"] = harness.mean_std(floor_test)
+    floor["fid_train"], floor["fid_train_std"] = harness.mean_std(floor_train)
     print(f"digits floor: {floor}", flush=True)
 
     root = cache_root(args.cache)
@@ -290,7 +263,7 @@ def digits(args) -> dict:
             train_config(sde_name, args.train_steps, args.train_seed), root
         )
         print(f"{sde_name}: {training[sde_name]}", flush=True)
-        for method, budget in cells(args.digits_methods, args.nfe):
+        for method, budget in harness.cells(args.digits_methods, args.nfe):
             rec = {"sde": sde_name, "method": method, "nfe_budget": budget}
             try:
                 res, secs = draw(
@@ -335,250 +308,17 @@ def digits(args) -> dict:
     }
 
 
-# ---- output ------------------------------------------------------------------------------------
-
-
-def _fmt(v: float) -> str:
-    if not math.isfinite(v):
-        return "inf"
-    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
-
-
-def _grid(recs: list[dict], nfes: list[int], key: str, second: str | None = None) -> list[str]:
-    """Method x NFE-budget table of `key` (and `second` after a slash); the best cell of each
-    column in bold; the counted NFE in parentheses where it differs from the budget."""
-    cols = nfes + [None]
-    ok = [r for r in recs if "skipped" not in r]
-    best = {b: min((r[key] for r in ok if r["nfe_budget"] == b), default=None) for b in cols}
-    lines = [
-        "| sampler | " + " | ".join(f"NFE {b}" for b in nfes) + " | adaptive |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for method in dict.fromkeys(r["method"] for r in recs):
-        row = []
-        for b in cols:
-            r = next((r for r in recs if r["method"] == method and r["nfe_budget"] == b), None)
-            if r is None:
-                row.append("")
-            elif "skipped" in r:
-                row.append("-")
-            else:
-                cell = _fmt(r[key]) + (f" / {_fmt(r[second])}" if second else "")
-                if r[key] == best[b]:
-                    cell = f"**{cell}**"
-                if r["nfe"] != b:
-                    nfe = r["nfe"]
-                    cell += f" ({nfe:.0f})" if isinstance(nfe, float) else f" ({nfe})"
-                row.append(cell)
-        lines.append(f"| {method} | " + " | ".join(row) + " |")
-    return lines
-
-
-def _best_lines(part: dict, nfes: list[int]) -> list[str]:
-    lines = [
-        "| SDE | " + " | ".join(f"NFE {b}" for b in nfes) + " | adaptive | floor (test) |",
-        "|---|" + "---|" * (len(nfes) + 2),
-    ]
-    floor = part["noise_floor"]
-    for sde_name in part["training"]:
-        row = []
-        for b in nfes + [None]:
-            ok = [
-                r
-                for r in part["records"]
-                if r["sde"] == sde_name and r["nfe_budget"] == b and "skipped" not in r
-            ]
-            r = min(ok, key=lambda r: r["fid_test"], default=None)
-            row.append("" if r is None else f"{r['method']} {_fmt(r['fid_test'])} ({r['nfe']})")
-        row.append(f"{floor['fid_test']:.2f} +- {floor['fid_test_std']:.2f}")
-        lines.append(f"| {sde_name} | " + " | ".join(row) + " |")
-    return lines
-
-
-def _run_line(meta: dict) -> str:
-    line = (
-        f"sdegen {meta['sdegen']}, torch {meta['torch']}, {meta['threads']} torch thread(s), "
-        f"{meta['machine']}, {meta['date']}; {meta['seconds']:.0f} s in all; NFE budgets "
-        f"{', '.join(map(str, meta['nfe']))} and the adaptive methods."
-    )
-    if meta["excluded"]:
-        line += (
-            f" Not run: {', '.join(meta['excluded'])} (slow and unstable at few steps, see the "
-            "README; `--methods` runs them)."
-        )
-    return line
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        "# Sample quality against counted NFE: analytic mixtures and digits score models",
-        "",
-        "Every sampler on its default grid and options (adaptive: default rtol/atol); a number "
-        "in parentheses is the NFE counted when it differs from the budget (denoising step "
-        "included; adaptive: mean over seeds); '-' is a budget below one step of the method; "
-        "the best cell of each column is in bold. Nothing was tuned on the digits test split.",
-    ]
-    if "analytic" in result:
-        part = result["analytic"]
-        meta, nfes = part["meta"], part["meta"]["nfe"]
-        lines += [
-            "",
-            "## (a) Analytic Gaussian mixtures, exact score",
-            "",
-            _run_line(meta),
-            "",
-            f"Cells: Frechet distance (FD) of the samples' Gaussian fit to the true mixture "
-            f"moments, mean over sampler seeds {meta['seed']}..{meta['seed'] + meta['seeds'] - 1}"
-            f"; sliced W2 and per-cell std in the JSON. Noise floor: the FD of "
-            f"{meta['floor_sets']} independent true sets of the same size (mean +- std); cells "
-            "inside it are not distinguishable from exact sampling.",
-        ]
-        for key, floor in part["noise_floor"].items():
-            mix, sde_name = key.split("/")
-            recs = [r for r in part["records"] if r["mixture"] == mix and r["sde"] == sde_name]
-            lines += [
-                "",
-                f"### {mix} / {sde_name}: n = {floor['n']}, floor FD {floor['frechet']:.2e} +- "
-                f"{floor['frechet_std']:.1e}",
-                "",
-                *_grid(recs, nfes, "frechet"),
-            ]
-    if "digits" in result:
-        part = result["digits"]
-        meta, nfes = part["meta"], part["meta"]["nfe"]
-        floor = part["noise_floor"]
-        cfg = next(iter(part["training"].values()))["config"]
-        train = part["training"]
-        lines += [
-            "",
-            "## (b) Score models trained on the 8x8 digits",
-            "",
-            _run_line(meta),
-            "",
-            f"One U-Net per SDE ({next(iter(train.values()))['parameters']} parameters, "
-            f"{cfg['network_params']}), {cfg['parametrization']}-parametrised, "
-            f"{cfg['steps']} steps of batch {cfg['batch_size']}, lr {cfg['lr']}, EMA "
-            f"{cfg['ema_decay']}, seed {cfg['seed']}, trained on the train split (1500 images); "
-            "training seconds: "
-            + ", ".join(f"{s} {t['train_seconds']:.0f}" for s, t in train.items())
-            + f". Each cell: n = {floor['n']} samples from seed {meta['seed']} (the same prior "
-            "noise in every cell). Cell = digits-FID against the test split "
-            f"({floor['n_test']} images) / against {floor['n_train_ref']} train images (the "
-            "model was trained on them). Noise floor, disjoint real sets of the same sizes over "
-            f"{floor['sets']} random train splits: {floor['n']} train images vs the test split "
-            f"**{floor['fid_test']:.2f} +- {floor['fid_test_std']:.2f}**; vs the other "
-            f"{floor['n_train_ref']} train images **{floor['fid_train']:.2f} +- "
-            f"{floor['fid_train_std']:.2f}**. FID is biased upward at small n: compare only at "
-            "this n. One sample set per cell: differences below the floor's spread are not "
-            "significant (the shared prior noise makes the comparison paired, which helps only "
-            "partly).",
-            "",
-            "### Best sampler per NFE (test FID, counted NFE)",
-            "",
-            *_best_lines(part, nfes),
-        ]
-        for sde_name in train:
-            recs = [r for r in part["records"] if r["sde"] == sde_name]
-            lines += [
-                "",
-                f"### {sde_name}: FID test / train",
-                "",
-                *_grid(recs, nfes, "fid_test", "fid_train"),
-            ]
-    return "\n".join(lines) + "\n"
-
-
-def plot_panels(panels: list[tuple[str, list[dict], str, float]], ylabel: str, path: Path) -> None:
-    """One panel per (title, records, metric key, floor): the metric against counted NFE (log
-    x), one curve per sampler (SDE samplers dashed), adaptive methods as single squares, the
-    floor dotted. The y axis stops at 30x the panel's median: blown-up cells are in the table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    for ax, (title, recs, key, floor) in zip(axes[0], panels):
-        ok = [r for r in recs if "skipped" not in r and math.isfinite(r[key])]
-        for i, method in enumerate(dict.fromkeys(r["method"] for r in recs)):
-            pts = sorted((r["nfe"], r[key]) for r in ok if r["method"] == method)
-            if pts:
-                line = "--" if METHODS[method].kind == "sde" else "-"
-                style = "s" if len(pts) == 1 else "." + line
-                ax.plot(*zip(*pts), style, color=cmap(i % 20), label=method)
-        ax.axhline(floor, color="k", ls=":", label="noise floor")
-        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=ylabel, title=title)
-        budgets = sorted({r["nfe_budget"] for r in recs if r["nfe_budget"] is not None})
-        ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if ok:
-            values = sorted(r[key] for r in ok)
-            top = min(values[-1] * 1.5, 30 * values[len(values) // 2])
-            ax.set_ylim(min(values[0], floor) / 1.5, top)
-    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="center right", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1 - 1.2 / fig.get_figwidth(), 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write(result: dict, out: Path) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    (out / "table.md").write_text(markdown(result))
-    written = ["results.json", "table.md"]
-    if "analytic" in result:
-        part = result["analytic"]
-        for mix in dict.fromkeys(r["mixture"] for r in part["records"]):
-            panels = [
-                (
-                    f"{mix} / {key.split('/')[1]}",
-                    [
-                        r
-                        for r in part["records"]
-                        if r["mixture"] == mix and r["sde"] == key.split("/")[1]
-                    ],
-                    "frechet",
-                    floor["frechet"],
-                )
-                for key, floor in part["noise_floor"].items()
-                if key.startswith(mix + "/")
-            ]
-            plot_panels(panels, "FD to the true moments", out / f"analytic_{mix}.png")
-            written.append(f"analytic_{mix}.png")
-    if "digits" in result:
-        part = result["digits"]
-        for key, where in (("fid_test", "test"), ("fid_train", "train")):
-            panels = [
-                (
-                    sde_name,
-                    [r for r in part["records"] if r["sde"] == sde_name],
-                    key,
-                    part["noise_floor"][key],
-                )
-                for sde_name in part["training"]
-            ]
-            plot_panels(panels, f"digits FID vs {where}", out / f"digits_{key}.png")
-            written.append(f"digits_{key}.png")
-    return written
-
-
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a small smoke run")
+    p = harness.parser(__doc__)
     p.add_argument(
         "--parts", nargs="+", default=["analytic", "digits"], choices=["analytic", "digits"]
     )
     p.add_argument("--nfe", type=int, nargs="+", default=NFES)
-    p.add_argument("--sdes", nargs="+", default=DIGIT_SDES, choices=DIGIT_SDES)
+    p.add_argument("--sdes", nargs="+", default=DIGIT_SDES, choices=list(SDES))
     p.add_argument("--methods", nargs="+", choices=list(METHODS), help="(a) and (b) samplers")
     p.add_argument("--digits-methods", nargs="+", choices=list(METHODS), help="(b) only")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (the first of --seeds)")
     p.add_argument("--mixtures", nargs="+", default=list(MIXTURES), choices=list(MIXTURES))
     p.add_argument("--mixture-n", type=int, help="samples per mixture cell (default per mixture)")
-    p.add_argument("--seeds", type=int, default=3, help="(a) sampler seeds averaged per cell")
-    p.add_argument("--floor-sets", type=int, default=5, help="real sets behind each floor")
     p.add_argument("--n", type=int, default=500, help="(b) samples per digits cell")
     p.add_argument("--train-steps", type=int, default=TRAIN_STEPS)
     p.add_argument("--train-seed", type=int, default=0)
@@ -586,18 +326,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--classifier", type=Path, help="digits classifier file (default: cache)")
     p.add_argument("--grid-method", default="dpmpp_2m", help="sampler of the sample grids")
     p.add_argument("--grid-nfe", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument(
-        "--out", type=Path, help="default benchmarks/results/nfe_fid, with --quick a temp folder"
+    args = harness.parse(
+        p,
+        argv,
+        out=None,
+        out_help="default benchmarks/results/nfe_fid, with --quick a temp folder",
+        seed=(0, "sampler seed (the first of --seeds)"),
+        seeds=(3, "(a) sampler seeds averaged per cell"),
+        floor_sets=(5, "real sets behind each floor"),
+        threads=1,
+        quick="a small smoke run",
     )
-    p.add_argument("--replot", action="store_true", help="rebuild table and PNGs from the JSON")
-    args = p.parse_args(argv)
     if args.out is None:  # a smoke run does not overwrite the committed results
         quick = Path(tempfile.gettempdir()) / "sdegen-nfe_fid-quick"
-        args.out = quick if args.quick else HERE / "results" / "nfe_fid"
+        args.out = quick if args.quick else Path(__file__).resolve().parent / "results" / "nfe_fid"
     if args.replot:
-        result = json.loads((args.out / "results.json").read_text())
-        print(f"rewrote {', '.join(write(result, args.out))} in {args.out}")
+        result = harness.load(args.out)
+        harness.save(args.out, None, report.markdown(result), report.figures(result))
         return result
     if args.quick:
         args.nfe, args.seeds, args.floor_sets = [n for n in args.nfe if n <= 10], 1, 2
@@ -613,13 +358,20 @@ def main(argv: list[str] | None = None) -> dict:
         result["analytic"] = analytic(args)
     if "digits" in args.parts:
         result["digits"] = digits(args)
-    old = args.out / "results.json"
+    grids = [  # the sample grids digits() drew
+        f"digits_{r['sde']}_{r['method']}_nfe{r['nfe']}.png"
+        for r in result.get("digits", {}).get("records", [])
+        if (r["method"], r["nfe_budget"]) == (args.grid_method, args.grid_nfe)
+        and "skipped" not in r
+        and math.isfinite(r["fid_test"])
+    ]
+    old = args.out / harness.RESULTS
     if old.is_file():  # a part not run now keeps its earlier results
         for name, part in json.loads(old.read_text()).items():
             if name not in result:
                 result[name] = part
                 print(f"kept part {name!r} of {old} ({part['meta']['date']})")
-    print(f"wrote {', '.join(write(result, args.out))} in {args.out}")
+    harness.save(args.out, result, report.markdown(result), report.figures(result), also=grids)
     return result
 
 

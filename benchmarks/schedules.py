@@ -9,20 +9,18 @@ Metric: Frechet distance of the samples' Gaussian fit to the true moments of the
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
 import torch
 
 import sdegen
+from sdegen.assembly import SDES, harness
 from sdegen.metrics import frechet_distance_to_moments
 from sdegen.models import ring_mixture
-from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 from sdegen.solvers import METHODS, SCHEDULES
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}
+DEFAULT_SDES = ["vp", "subvp", "ve", "edm"]  # the results' SDEs; --sdes takes any of SDES
 # torchsde methods need a uniform grid and dopri5 has none, so they are not compared here.
 DEFAULT_METHODS = [
     m for m, spec in METHODS.items() if spec.nfe is not None and not m.startswith("torchsde")
@@ -74,7 +72,7 @@ def run(n: int, nfes: list[int], seeds: int, methods: list[str], sdes: list[str]
 def noise_floor(n: int, seeds: int) -> float:
     """The metric for true samples: Frechet distance of n data samples to the true moments,
     mean over `seeds` sets (the data do not depend on the SDE)."""
-    model = ring_mixture(VPSDE())
+    model = ring_mixture(SDES["vp"]())
     fds = [
         frechet_distance_to_moments(
             model.sample(n, generator=torch.Generator().manual_seed(1000 + k), dtype=torch.float64),
@@ -119,11 +117,7 @@ def markdown(records: list[dict], meta: dict) -> str:
 
 
 def plot(records: list[dict], path: Path, nfe: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     sdes = list(dict.fromkeys(r["sde"] for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
     fig, axes = plt.subplots(1, len(sdes), figsize=(3.2 * len(sdes), 4), squeeze=False)
@@ -147,28 +141,34 @@ def plot(records: list[dict], path: Path, nfe: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--n", type=int, default=4000)
     p.add_argument("--nfe", type=int, nargs="+", default=[10, 20])
-    p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    p.add_argument("--sdes", nargs="+", default=list(SDES), choices=list(SDES))
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "schedules")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    records = run(args.n, args.nfe, args.seeds, args.methods, args.sdes)
-    meta = {
-        "n": args.n,
-        "nfe": args.nfe,
-        "seeds": args.seeds,
-        "torch": torch.__version__,
-        "noise_floor": noise_floor(args.n, args.seeds),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
-    (args.out / "table.md").write_text(markdown(records, meta))
-    plot(records, args.out / "grid_vs_method.png", args.nfe[0])
-    print(f"wrote {args.out}")
+    p.add_argument("--sdes", nargs="+", default=DEFAULT_SDES, choices=list(SDES))
+    args = harness.parse(
+        p, argv, out=Path(__file__).parent / "results" / "schedules", seeds=(2, None)
+    )
+    if args.replot:
+        result = harness.load(args.out)
+    else:
+        torch.set_num_threads(1)
+        records = run(args.n, args.nfe, args.seeds, args.methods, args.sdes)
+        meta = {
+            "n": args.n,
+            "nfe": args.nfe,
+            "seeds": args.seeds,
+            "torch": torch.__version__,
+            "noise_floor": noise_floor(args.n, args.seeds),
+        }
+        result = {"meta": meta, "records": records}
+    meta, records = result["meta"], result["records"]
+    harness.save(
+        args.out,
+        None if args.replot else result,
+        markdown(records, meta),
+        {"grid_vs_method.png": lambda path: plot(records, path, meta["nfe"][0])},
+    )
 
 
 if __name__ == "__main__":

@@ -12,57 +12,17 @@ metrics (the same metric between true samples). Writes JSON, a markdown table an
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 import sdegen
-from sdegen.metrics import frechet_distance_to_moments, sliced_wasserstein
+from sdegen.assembly import SDES, harness
 from sdegen.models import ring_mixture
-from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 from sdegen.solvers import METHODS
 
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}
-PROJ_SEED = 12345  # the same projection directions for every sliced-Wasserstein value
-
-
-def _metrics(x: torch.Tensor, model, reference: torch.Tensor) -> dict[str, float]:
-    x = x.to(torch.float64)
-    if not bool(torch.isfinite(x).all()):
-        return {"frechet": math.inf, "sliced_w2": math.inf}
-    return {
-        "frechet": frechet_distance_to_moments(x, model.mean(), model.cov()),
-        "sliced_w2": sliced_wasserstein(
-            x, reference, generator=torch.Generator().manual_seed(PROJ_SEED)
-        ),
-    }
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
-
-
-def noise_floor(model, reference: torch.Tensor, n: int, seed: int, sets: int) -> dict:
-    """The metrics between `sets` independent true sample sets and the reference set."""
-    runs = [
-        _metrics(
-            model.sample(n, generator=torch.Generator().manual_seed(seed + 100 + k)),
-            model,
-            reference,
-        )
-        for k in range(sets)
-    ]
-    out = {"sets": sets}
-    for key in ("frechet", "sliced_w2"):
-        out[key], out[key + "_std"] = _mean_std([r[key] for r in runs])
-    return out
+DEFAULT_SDES = ["vp", "subvp", "ve", "edm"]  # the results' SDEs; --sdes takes any of SDES
 
 
 def run(
@@ -81,47 +41,45 @@ def run(
         reference = model.sample(
             n, generator=torch.Generator().manual_seed(seed + 99), dtype=torch.float64
         )
-        floors[sde_name] = noise_floor(model, reference, n, seed, floor_sets)
-        for method in methods:
-            adaptive = METHODS[method].nfe is None
-            for budget in [None] if adaptive else nfes:
-                kw = {} if adaptive else {"nfe": budget}
-                rec = {"sde": sde_name, "method": method, "nfe_budget": budget}
-                try:
-                    runs = []
-                    for k in range(seeds):
-                        start = time.perf_counter()
-                        res = sdegen.sample(
-                            model,
-                            sde,
-                            (n, 2),
-                            method=method,
-                            generator=torch.Generator().manual_seed(seed + k),
-                            **kw,
-                        )
-                        runs.append(
-                            {
-                                "seconds": time.perf_counter() - start,
-                                **_metrics(res.x, model, reference),
-                            }
-                        )
-                except ValueError as e:  # budget below one step of this method
-                    records.append({**rec, "skipped": str(e)})
-                    continue
-                rec.update(
-                    nfe=res.nfe,
-                    steps=len(res.ts) - 1,
-                    seeds=seeds,
-                    schedule=METHODS[method].schedule,
-                )
-                for key in ("frechet", "sliced_w2", "seconds"):
-                    rec[key], rec[key + "_std"] = _mean_std([r[key] for r in runs])
-                records.append(rec)
-                print(
-                    f"{sde_name:6s} {method:26s} budget={budget!s:>4} nfe={res.nfe:4d} "
-                    f"FD={rec['frechet']:.4g} SW2={rec['sliced_w2']:.4g}",
-                    flush=True,
-                )
+        floors[sde_name] = harness.noise_floor(model, reference, n, seed, floor_sets)
+        for method, budget in harness.cells(methods, nfes):
+            kw = {} if budget is None else {"nfe": budget}
+            rec = {"sde": sde_name, "method": method, "nfe_budget": budget}
+            try:
+                runs = []
+                for k in range(seeds):
+                    start = time.perf_counter()
+                    res = sdegen.sample(
+                        model,
+                        sde,
+                        (n, 2),
+                        method=method,
+                        generator=torch.Generator().manual_seed(seed + k),
+                        **kw,
+                    )
+                    runs.append(
+                        {
+                            "seconds": time.perf_counter() - start,
+                            **harness.mixture_metrics(res.x, model, reference),
+                        }
+                    )
+            except ValueError as e:  # budget below one step of this method
+                records.append({**rec, "skipped": str(e)})
+                continue
+            rec.update(
+                nfe=res.nfe,
+                steps=len(res.ts) - 1,
+                seeds=seeds,
+                schedule=METHODS[method].schedule,
+            )
+            for key in ("frechet", "sliced_w2", "seconds"):
+                rec[key], rec[key + "_std"] = harness.mean_std([r[key] for r in runs])
+            records.append(rec)
+            print(
+                f"{sde_name:6s} {method:26s} budget={budget!s:>4} nfe={res.nfe:4d} "
+                f"FD={rec['frechet']:.4g} SW2={rec['sliced_w2']:.4g}",
+                flush=True,
+            )
     return {"records": records, "noise_floor": floors}
 
 
@@ -166,11 +124,7 @@ def markdown(result: dict, nfes: list[int]) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = harness.pyplot()
     sdes = list(result["noise_floor"])
     fig, axes = plt.subplots(1, len(sdes), figsize=(5 * len(sdes), 4.5), squeeze=False)
     for ax, sde_name in zip(axes[0], sdes):
@@ -191,44 +145,41 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = harness.parser(__doc__)
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50])
-    p.add_argument("--sdes", nargs="+", default=list(SDES), choices=list(SDES))
+    p.add_argument("--sdes", nargs="+", default=DEFAULT_SDES, choices=list(SDES))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="sampler seeds averaged per cell")
-    p.add_argument("--floor-sets", type=int, default=5, help="true sets for the noise floor")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "solvers_mixture"
+    args = harness.parse(
+        p,
+        argv,
+        out=Path(__file__).parent / "results" / "solvers_mixture",
+        seed=0,
+        seeds=3,
+        floor_sets=5,
+        threads=1,
     )
-    p.add_argument("--replot", action="store_true", help="rebuild table and PNG from the JSON")
-    args = p.parse_args(argv)
     if args.replot:
-        result = json.loads((args.out / "results.json").read_text())
-        (args.out / "table.md").write_text(markdown(result, result["meta"]["nfe"]))
-        plot(result, args.out / "sw_vs_nfe.png")
-        return
-    torch.set_num_threads(args.threads)
-    result = run(args.n, args.nfe, args.sdes, args.seed, args.methods, args.seeds, args.floor_sets)
-    result["meta"] = {
-        "n": args.n,
-        "seed": args.seed,
-        "seeds": args.seeds,
-        "floor_sets": args.floor_sets,
-        "nfe": args.nfe,
-        "torch": torch.__version__,
-        "sdegen": sdegen.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(result, indent=1))
-    (args.out / "table.md").write_text(markdown(result, args.nfe))
-    plot(result, args.out / "sw_vs_nfe.png")
-    print(f"wrote {args.out}/results.json, table.md, sw_vs_nfe.png")
+        result = harness.load(args.out)
+    else:
+        torch.set_num_threads(args.threads)
+        result = run(
+            args.n, args.nfe, args.sdes, args.seed, args.methods, args.seeds, args.floor_sets
+        )
+        result["meta"] = {
+            "n": args.n,
+            "seed": args.seed,
+            "seeds": args.seeds,
+            "floor_sets": args.floor_sets,
+            "nfe": args.nfe,
+            **harness.environment(),
+        }
+    harness.save(
+        args.out,
+        None if args.replot else result,
+        markdown(result, result["meta"]["nfe"]),
+        {"sw_vs_nfe.png": lambda path: plot(result, path)},
+    )
 
 
 if __name__ == "__main__":
