@@ -60,6 +60,17 @@ class GAN(DensityModel):
         latent_dim: dimension of z; an integer >= 1.
         objective: "nonsaturating" or "wgan-gp".
         gp_weight: lambda, the weight of the gradient penalty ("wgan-gp" only); >= 0.
+
+    Example:
+        >>> import torch
+        >>> from sdegen.models import GAN
+        >>> gan = GAN.mlp(2, latent_dim=4, hidden=32)
+        >>> gan.sample(3, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 2])
+        >>> gan.log_prob(torch.zeros(3, 2))
+        Traceback (most recent call last):
+            ...
+        TypeError: a GAN defines no density; compare it on samples (FID, sliced Wasserstein)
     """
 
     log_prob_kind = "none"

@@ -69,6 +69,22 @@ class ScoreModel(ParametrizedModel):
         time_input: "log_snr" (lambda(t), the same scale for every SDE; default), "t", or a
             callable t -> c_noise, e.g. `sde.timestep` for a DDPM network trained on indices.
         sigma_data: data std for input scaling; None feeds x unscaled.
+
+    Example:
+        >>> import torch
+        >>> import sdegen
+        >>> from sdegen.models import MLP
+        >>> _ = torch.manual_seed(0)
+        >>> sde = sdegen.VPSDE()
+        >>> model = sdegen.ScoreModel(MLP(2, hidden=32, depth=2), sde, "eps")
+        >>> x, t = torch.randn(4, 2), torch.full((4,), 0.5)
+        >>> model.score(x, t).shape
+        torch.Size([4, 2])
+        >>> a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        >>> torch.allclose(a * model.denoise(x, t) + s * model.eps(x, t), x, atol=1e-6)
+        True
+        >>> sdegen.sample(model, sde, (8, 2), method="dpmpp_2m", nfe=10).nfe
+        10
     """
 
     def __init__(

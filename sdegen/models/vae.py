@@ -65,6 +65,19 @@ class VAE(DensityModel):
         beta: weight of the KL term in `loss` (beta-VAE); 1 gives the negative ELBO.
         decoder_scale: the per-dimension Gaussian std or logistic scale; None learns it.
         levels: number of bins of the "discretized" decoder (e.g. 256, or 17 for the digits).
+
+    Example:
+        >>> import torch
+        >>> from sdegen.models import VAE
+        >>> _ = torch.manual_seed(0)
+        >>> vae = VAE.mlp(2, latent_dim=2, hidden=32)
+        >>> x = torch.randn(8, 2)
+        >>> vae.elbo(x).shape, vae.elbo_kind  # a lower bound on log p(x)
+        (torch.Size([8]), 'bound')
+        >>> vae.log_prob(x, k=100).shape, vae.log_prob_kind  # importance-weighted estimate
+        (torch.Size([8]), 'estimate')
+        >>> vae.sample(3).shape
+        torch.Size([3, 2])
     """
 
     log_prob_kind = "estimate"

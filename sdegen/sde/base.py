@@ -40,6 +40,22 @@ class LinearSDE:
     Rectified flow, for instance, is
     ``LinearSDE(lambda t: 1 - t, lambda t: t, t_min=1e-3, T=1 - 1e-3, prior_std=1.0)``.
     The log-SNR lambda(t) = log(alpha/sigma) must decrease strictly on [t_min, T].
+
+    Example:
+        Rectified flow from its two schedules; f and g^2 follow by autograd
+        (here f = -1/(1 - t) and g^2 = 2t/(1 - t)):
+
+        >>> import torch
+        >>> from sdegen.sde import LinearSDE
+        >>> sde = LinearSDE(lambda t: 1 - t, lambda t: t, t_min=1e-3, T=1 - 1e-3, prior_std=1.0)
+        >>> t = torch.tensor([0.25, 0.5])
+        >>> [round(g2, 4) for g2 in sde.g2(t).tolist()]
+        [0.6667, 2.0]
+        >>> mean, std = sde.marginal(torch.ones(2, 3), t)  # N(alpha x0, sigma^2 I)
+        >>> mean.shape, std.tolist()
+        (torch.Size([2, 3]), [0.25, 0.5])
+        >>> torch.allclose(sde.t_of_log_snr(sde.log_snr(t)), t)
+        True
     """
 
     def __init__(

@@ -209,6 +209,22 @@ class VPSDE(_VPFamily):
             `VPSDE.from_betas(betas)` builds one from DDPM's discrete beta array.
         t_min, T: integration interval; defaults 1e-3 and 1 (cosine: T where beta = 999;
             discrete: t_min = 1/N).
+
+    Example:
+        >>> import torch
+        >>> from sdegen.sde import VPSDE, ddpm_betas
+        >>> sde = VPSDE()  # beta(t) from 0.1 to 20 over t in [1e-3, 1]
+        >>> t = torch.tensor([0.1, 0.5, 1.0])
+        >>> torch.allclose(sde.alpha(t) ** 2 + sde.sigma(t) ** 2, torch.ones(3))
+        True
+        >>> torch.allclose(sde.g2(t), 0.1 + 19.9 * t)  # g^2 = beta
+        True
+        >>> x0, noise = torch.zeros(3, 2), torch.ones(3, 2)
+        >>> sde.perturb(x0, t, noise).shape  # x_t = alpha x0 + sigma noise
+        torch.Size([3, 2])
+        >>> ddpm = VPSDE.from_betas(ddpm_betas(1000))  # DDPM's 1000 steps, t = (i + 1) / 1000
+        >>> ddpm.t_min, ddpm.T
+        (0.001, 1.0)
     """
 
     def _sigma(self, t: Tensor) -> Tensor:
