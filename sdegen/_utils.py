@@ -70,8 +70,7 @@ def batch_times(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
 def check_int(name: str, value: object, low: int = 1, high: int | None = None) -> int:
     """`value` as an int when it is an integer (Python or NumPy, not bool) in [low, high] (high
     None: no bound), else raise ValueError naming `name`. The one integer check of the package."""
-    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    n = int(value) if isinstance(value, numbers.Integral) and integral else None
+    n = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
     if n is None or n < low or (high is not None and n > high):
         rng = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
