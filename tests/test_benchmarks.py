@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+
+from sdegen.assembly import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/NAME.py as a module, loaded once per process (as its siblings load it)."""
+    return harness.load_script(ROOT / "benchmarks" / f"{name}.py")
 
 
 def test_solvers_mixture_benchmark_smoke(tmp_path):
@@ -108,11 +107,7 @@ def test_digits_classifier_script(tmp_path):
 
 
 def _peers():
-    import sys
-
-    if "peers" not in sys.modules:  # likelihood_speed imports the same module object
-        sys.modules["peers"] = _load("peers")
-    return sys.modules["peers"]
+    return _load("peers")  # the module object likelihood_speed uses too
 
 
 def _kdiff_or_skip():
