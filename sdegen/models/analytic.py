@@ -106,7 +106,7 @@ class GaussianMixtureScore(ParametrizedModel):
         return self.means.shape[1]
 
     @property
-    def num_classes(self) -> int:
+    def num_classes(self) -> int:  # type: ignore[override]  # read-only here
         """K: the component index is the class label."""
         return self.means.shape[0]
 

@@ -174,14 +174,13 @@ class ParametrizedModel(torch.nn.Module):
     (B = 0) gives an empty result. Integer, boolean or complex x is refused with a TypeError.
     """
 
+    # A plain attribute, so a subclass may set it in __init__; ScoreModel and the analytic
+    # scores derive it in a read-only property instead.
+    num_classes: int | None = None
+
     def __init__(self, sde: SDE) -> None:
         super().__init__()
         self.sde = check_sde(sde)
-
-    @property
-    def num_classes(self) -> int | None:
-        """Number of classes of a conditional model; None for an unconditional one."""
-        return None
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError

@@ -111,7 +111,7 @@ class ScoreModel(ParametrizedModel):
         return noise_level(self.sde, t, self.time_input)
 
     @property
-    def num_classes(self) -> int | None:
+    def num_classes(self) -> int | None:  # type: ignore[override]  # read-only here
         """The network's number of classes; None for an unconditional network."""
         return getattr(self.net, "num_classes", None)
 
