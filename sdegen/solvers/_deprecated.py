@@ -51,10 +51,12 @@ def method_function(m, name: str = "") -> Callable[..., Tensor]:
     """The old function form of the method spec `m`."""
 
     def fn(model, sde, x: Tensor, ts: Tensor, *, record=None, noise_final=False, **options):
-        from .grid import solve
+        from .grid import Recorder, solve
 
         generator = options.pop("generator", None)
-        report = None if record is None else (lambda x, denoised=None: record(x))
+        report = None
+        if record is not None:  # the old hook took the state alone
+            report = Recorder(x, None, trajectory=False, callback=lambda d: record(d["x"]))
         return solve(
             m, model, sde, x, ts, generator=generator, add_noise_last=noise_final, record=report,
             **options,

@@ -83,8 +83,9 @@ class Recorder:
         if self.states is not None:
             self.states.append(x)
         if self.callback is not None:
-            has_t = self.ts is not None and self.i + 1 < len(self.ts)
-            t = float(self.ts[self.i + 1]) if has_t else None
+            t = None
+            if self.ts is not None and self.i + 1 < len(self.ts):
+                t = float(self.ts[self.i + 1])
             self.callback({"i": self.i, "t": t, "x": x, "denoised": denoised})
         self.i += 1
 
@@ -126,7 +127,7 @@ def solve(
         kwargs["add_noise_last"] = add_noise_last
     if m.step is not None:
         x = integrate_grid(m.step(model, sde, ts, **kwargs), x, record)
-    else:
+    elif m.driver is not None:  # a spec has one or the other
         x = m.driver(model, sde, x, ts, record=record, **kwargs)
     if denoise_final:
         x = model.denoise(x, batch_t(sde.t_min, x))

@@ -93,69 +93,83 @@ def _torchsde(name: str, cost: Callable[[int, dict], int], summary: str) -> Meth
     return Method("sde", "uniform", cost, summary, driver=driver, stochastic=True, live=False)
 
 
-# draws noise; on the last step only when a final denoising step follows (add_noise_last)
-_NOISE = dict(stochastic=True, last_step_noise=True)
 _3M = {"order": 3, "eta": 0.0, "lower_order_final": True}
 
 # Default grids were chosen by measurement (benchmarks/schedules.py): uniform t fails badly on
-# EDM and VE at low NFE; Karras and log-SNR grids never do.
+# EDM and VE at low NFE; Karras and log-SNR grids never do. stochastic: takes the generator;
+# last_step_noise: adds noise on its last step only when a final denoising step follows.
 # fmt: off
 METHODS: dict[str, Method] = {
-    "euler_maruyama": Method("sde", "karras", _per_step(1), "Euler-Maruyama on the reverse SDE",
-                             step=reverse_sde.EulerMaruyama, **_NOISE),
-    "reverse_diffusion": Method("sde", "karras", _per_step(1),
-                                "reverse diffusion predictor (Song et al. 2021)",
-                                step=reverse_sde.ReverseDiffusion, **_NOISE),
-    "ancestral": Method("sde", "karras", _per_step(1),
-                        "ancestral sampling: DDPM for VP, SMLD for VE",
-                        step=reverse_sde.Ancestral, options={"variance": "posterior"}, **_NOISE),
-    "pc": Method("sde", "karras", _pc_cost,
-                 "predictor-corrector with a Langevin corrector (snr)",
-                 step=reverse_sde.PC, options=_PC, **_NOISE),
+    "euler_maruyama": Method(
+        "sde", "karras", _per_step(1), "Euler-Maruyama on the reverse SDE",
+        step=reverse_sde.EulerMaruyama, stochastic=True, last_step_noise=True),
+    "reverse_diffusion": Method(
+        "sde", "karras", _per_step(1), "reverse diffusion predictor (Song et al. 2021)",
+        step=reverse_sde.ReverseDiffusion, stochastic=True, last_step_noise=True),
+    "ancestral": Method(
+        "sde", "karras", _per_step(1), "ancestral sampling: DDPM for VP, SMLD for VE",
+        step=reverse_sde.Ancestral, options={"variance": "posterior"},
+        stochastic=True, last_step_noise=True),
+    "pc": Method(
+        "sde", "karras", _pc_cost, "predictor-corrector with a Langevin corrector (snr)",
+        step=reverse_sde.PC, options=_PC, stochastic=True, last_step_noise=True),
     # torchsde calls the drift once more, to check its shape, before integrating.
-    "torchsde_euler": _torchsde("torchsde_euler", lambda n, _: n + 1,
-                                "torchsde euler on the reverse SDE"),
-    "torchsde_milstein": _torchsde("torchsde_milstein", lambda n, _: n + 1,
-                                   "torchsde milstein on the reverse SDE"),
-    "torchsde_srk": _torchsde("torchsde_srk", lambda n, _: 10 * n + 1,
-                              "torchsde stochastic Runge-Kutta (strong order 1.5)"),
-    "torchsde_reversible_heun": _torchsde("torchsde_reversible_heun", lambda n, _: n + 2,
-                                          "torchsde reversible Heun (unstable at few steps)"),
-    "dopri5": Method("ode", "uniform", None,
-                     "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
-                     driver=pf_ode.dopri5, options={"rtol": 1e-5, "atol": 1e-5}, live=False),
-    "euler": Method("ode", "karras", _per_step(1), "Euler on the PF-ODE", step=pf_ode.Euler),
-    "rk4": Method("ode", "karras", _per_step(4), "classical RK4 on the PF-ODE", step=pf_ode.RK4),
-    "heun": Method("ode", "karras", lambda n, _: 2 * n - 1,
-                   "Heun on the PF-ODE, last step Euler (EDM)", step=edm.Heun),
-    "ddim": Method("ode", "log_snr", _per_step(1),
-                   "DDIM: first-order exponential integrator (eta > 0: stochastic)",
-                   step=exponential.DDIM, options={"eta": 0.0}, **_NOISE),
-    "dpmpp_2m": Method("ode", "log_snr", _per_step(1),
-                       "DPM-Solver++(2M) multistep exponential integrator",
-                       step=exponential.DPMpp2M, options={"lower_order_final": True}),
-    "dpmpp_3m": Method("ode", "log_snr", _per_step(1),
-                       "DPM-Solver++(3M) multistep (order 1-4; eta > 0: stochastic)",
-                       step=exponential.DPMpp3M, options=_3M, **_NOISE),
+    "torchsde_euler": _torchsde(
+        "torchsde_euler", lambda n, _: n + 1, "torchsde euler on the reverse SDE"),
+    "torchsde_milstein": _torchsde(
+        "torchsde_milstein", lambda n, _: n + 1, "torchsde milstein on the reverse SDE"),
+    "torchsde_srk": _torchsde(
+        "torchsde_srk", lambda n, _: 10 * n + 1,
+        "torchsde stochastic Runge-Kutta (strong order 1.5)"),
+    "torchsde_reversible_heun": _torchsde(
+        "torchsde_reversible_heun", lambda n, _: n + 2,
+        "torchsde reversible Heun (unstable at few steps)"),
+    "dopri5": Method(
+        "ode", "uniform", None, "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
+        driver=pf_ode.dopri5, options={"rtol": 1e-5, "atol": 1e-5}, live=False),
+    "euler": Method(
+        "ode", "karras", _per_step(1), "Euler on the PF-ODE", step=pf_ode.Euler),
+    "rk4": Method(
+        "ode", "karras", _per_step(4), "classical RK4 on the PF-ODE", step=pf_ode.RK4),
+    "heun": Method(
+        "ode", "karras", lambda n, _: 2 * n - 1, "Heun on the PF-ODE, last step Euler (EDM)",
+        step=edm.Heun),
+    "ddim": Method(
+        "ode", "log_snr", _per_step(1),
+        "DDIM: first-order exponential integrator (eta > 0: stochastic)",
+        step=exponential.DDIM, options={"eta": 0.0}, stochastic=True, last_step_noise=True),
+    "dpmpp_2m": Method(
+        "ode", "log_snr", _per_step(1), "DPM-Solver++(2M) multistep exponential integrator",
+        step=exponential.DPMpp2M, options={"lower_order_final": True}),
+    "dpmpp_3m": Method(
+        "ode", "log_snr", _per_step(1),
+        "DPM-Solver++(3M) multistep (order 1-4; eta > 0: stochastic)",
+        step=exponential.DPMpp3M, options=_3M, stochastic=True, last_step_noise=True),
     # SDE-DPM-Solver++(2M): the 3M step at eta = 1 and order 2 (Lu et al. 2022, SDE form)
-    "dpmpp_sde": Method("sde", "log_snr", _per_step(1), "SDE-DPM-Solver++(2M) on the reverse SDE",
-                        step=exponential.DPMpp3M, options={**_3M, "order": 2, "eta": 1.0},
-                        **_NOISE),
-    "unipc": Method("ode", "log_snr", _per_step(1),
-                    "UniPC-style multistep predictor-corrector, corrector free",
-                    step=exponential.UniPC, options={"order": 2, "lower_order_final": True}),
-    "dpmpp_2s": Method("ode", "log_snr", _per_step(2), "DPM-Solver++(2S) singlestep",
-                       step=exponential.DPMpp2S, options={"r": 0.5}),
-    "dpmpp_3s": Method("ode", "log_snr", _per_step(3), "DPM-Solver++(3S) singlestep",
-                       step=exponential.DPMpp3S),
-    "dpm_adaptive": Method("ode", "uniform", None, "adaptive DPM-Solver-23 in log-SNR (rtol, atol)",
-                           driver=adaptive.dpm_adaptive,
-                           options={"rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "safety": 0.9}),
+    "dpmpp_sde": Method(
+        "sde", "log_snr", _per_step(1), "SDE-DPM-Solver++(2M) on the reverse SDE",
+        step=exponential.DPMpp3M, options={**_3M, "order": 2, "eta": 1.0},
+        stochastic=True, last_step_noise=True),
+    "unipc": Method(
+        "ode", "log_snr", _per_step(1),
+        "UniPC-style multistep predictor-corrector, corrector free",
+        step=exponential.UniPC, options={"order": 2, "lower_order_final": True}),
+    "dpmpp_2s": Method(
+        "ode", "log_snr", _per_step(2), "DPM-Solver++(2S) singlestep",
+        step=exponential.DPMpp2S, options={"r": 0.5}),
+    "dpmpp_3s": Method(
+        "ode", "log_snr", _per_step(3), "DPM-Solver++(3S) singlestep",
+        step=exponential.DPMpp3S),
+    "dpm_adaptive": Method(
+        "ode", "uniform", None, "adaptive DPM-Solver-23 in log-SNR (rtol, atol)",
+        driver=adaptive.dpm_adaptive,
+        options={"rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "safety": 0.9}),
     # EDM's ImageNet-64 settings, scaled to sigma / alpha
-    "edm_sde": Method("sde", "karras", lambda n, _: 2 * n - 1,
-                      "EDM stochastic sampler (churn) with Heun steps", step=edm.EDMStochastic,
-                      options={"churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
-                      stochastic=True),
+    "edm_sde": Method(
+        "sde", "karras", lambda n, _: 2 * n - 1, "EDM stochastic sampler (churn) with Heun steps",
+        step=edm.EDMStochastic,
+        options={"churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
+        stochastic=True),
 }
 # fmt: on
 
@@ -181,19 +195,19 @@ def check_options(name: str, options: dict) -> Method:
 def fit_steps(name: str, nfe: int, extra: int, options: dict) -> int:
     """The most steps of METHODS[name] whose cost, plus `extra` evaluations, fits in `nfe`
     (costs grow with the step count, so a bisection finds it in O(log nfe) cost evaluations)."""
-    m = METHODS[name]
-    if m.adaptive:
+    cost = METHODS[name].nfe
+    if cost is None:
         raise ValueError(f"method {name!r} is adaptive: set rtol/atol, not steps or nfe")
     check_int("nfe", nfe, 1)
-    if m.nfe(1, options) + extra > nfe:
+    if cost(1, options) + extra > nfe:
         raise ValueError(
             f"nfe={nfe} is too small for {name!r}: one step costs "
-            f"{m.nfe(1, options) + extra} evaluations"
+            f"{cost(1, options) + extra} evaluations"
         )
     lo, hi = 1, nfe  # every step costs at least one evaluation: at most nfe steps fit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if m.nfe(mid, options) + extra <= nfe:
+        if cost(mid, options) + extra <= nfe:
             lo = mid
         else:
             hi = mid - 1

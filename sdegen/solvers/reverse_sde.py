@@ -8,6 +8,7 @@ when no denoising step follows) and moves x from t to s < t with one score evalu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from torch import Tensor
@@ -106,7 +107,7 @@ def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: 
     return x + _coef(step, x) * grad + _coef((2 * step).sqrt(), x) * z
 
 
-PREDICTORS = {
+PREDICTORS: dict[str, Callable[..., _Predictor]] = {
     "reverse_diffusion": ReverseDiffusion,
     "euler_maruyama": EulerMaruyama,
     "ancestral": partial(Ancestral, variance="posterior"),

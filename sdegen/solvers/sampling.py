@@ -168,7 +168,7 @@ def _check_inputs(model, sde, shape, steps, nfe, noise, dtype, device, callback)
         device = device or noise.device
     if device is None and isinstance(model, torch.nn.Module):
         # default to where the model lives, so a CUDA model gets a CUDA prior draw
-        tensor = next(iter(model.parameters()), None)
+        tensor: Tensor | None = next(iter(model.parameters()), None)
         tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
         device = tensor.device if tensor is not None else None
     return shape, dtype or torch.float32, device
