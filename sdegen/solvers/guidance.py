@@ -20,6 +20,7 @@ summing to 1 gives the same guided model in every parametrization and for every 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -318,12 +319,13 @@ def guided_model(
             what = "guidance" if guidance is not None else "classifier"
             raise ValueError(f"{what} needs target labels y")
     else:
-        labels = labels_like(y, batch, device)
+        labels = cast(Tensor, labels_like(y, batch, device))  # not None: y is not None
         uses_model_labels = classifier is None or guidance is not None
+        classes = getattr(classifier, "num_classes", None)
         if uses_model_labels:
             labels = check_labels(labels, batch, getattr(model, "num_classes", None))
-        elif getattr(classifier, "num_classes", None) is not None:
-            labels = check_labels(labels, batch, classifier.num_classes, allow_null=False)
+        elif classes is not None:
+            labels = check_labels(labels, batch, classes, allow_null=False)
         else:  # the classifier's output width is known at its first call: checked fully there
             if tuple(labels.shape) != (batch,):
                 raise ValueError(f"labels y must have shape ({batch},), got {tuple(labels.shape)}")
@@ -341,6 +343,6 @@ def guided_model(
             model = ClassifierGuided(model, sde, classifier, labels, classifier_scale)
     if (known is None) != (mask is None):
         raise ValueError("inpainting needs both known (the observed values) and mask")
-    if known is not None:
+    if known is not None and mask is not None:
         model = Inpainted(model, sde, known, mask, generator, method=inpaint)
     return model

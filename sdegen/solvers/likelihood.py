@@ -9,6 +9,8 @@ chunks) or estimated by Hutchinson's trick with probes drawn once per solve (Gra
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -114,8 +116,8 @@ def log_likelihood(
             if trace == "exact":
                 div = exact_divergence(v, y, chunk=chunk, create_graph=differentiable)
                 vjp_count[0] += dim
-            else:
-                div = hutchinson_divergence(v, y, eps, create_graph=differentiable)
+            else:  # eps was drawn for the Hutchinson trace
+                div = hutchinson_divergence(v, y, cast(Tensor, eps), create_graph=differentiable)
                 vjp_count[0] += probes
         if not differentiable:
             v, div = v.detach(), div.detach()
