@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import settings
 
 from sdegen import GaussianMixtureScore
 from sdegen.assembly import SDES
 from sdegen.sde import VPSDE, LinearSDE, ddpm_betas, rectified_flow
+
+# Hypothesis draws the same examples on every run: a test that fails, fails every time (a
+# flaky test blocks every submission), and no local example database is needed in CI.
+settings.register_profile("sdegen", derandomize=True, database=None)
+settings.load_profile("sdegen")
 
 torch.set_default_dtype(torch.float64)
 # Tests run in parallel processes (pytest -n 2 on 2 cores); intra-op threads on top of that

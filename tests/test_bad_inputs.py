@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 
 import sdegen
 from sdegen.cli import main
-from sdegen.cli.config import TrainConfig
+from sdegen.assembly import TrainConfig
 
 CUDA = torch.cuda.is_available()
 MPS = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
@@ -166,8 +166,8 @@ def _train_toy(run: Path) -> None:
 
 
 def _build_conditional(run: Path) -> None:
-    from sdegen.cli.build import build_model, load_data, run_classes
-    from sdegen.cli.config import load_config, save_config
+    from sdegen.assembly import build_model, load_data, run_classes
+    from sdegen.assembly import load_config, save_config
     from sdegen.training import save_checkpoint
 
     cfg = load_config(

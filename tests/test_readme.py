@@ -446,7 +446,7 @@ def test_readme_has_runnable_blocks():
 def test_later_options_win():
     """The REWRITES append options: this holds only while the last value of each one wins."""
     from sdegen.cli import build_parser
-    from sdegen.cli.config import load_config
+    from sdegen.assembly import load_config
 
     assert load_config(None, ["steps=5000", "lr=1e-4", "steps=20"]).steps == 20
     args = build_parser().parse_args(["sample", "--run", "r", "--n", "64", "--n", "8"])

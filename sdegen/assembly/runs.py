@@ -115,6 +115,12 @@ def make_trainer(
     and the held-out loss every `eval_every` steps; a conditional run trains on the labels with
     label dropout p_uncond, and its checkpoints record num_classes."""
     num_classes = run_classes(cfg, data)
+    if cfg.batch_size > len(data.train):
+        raise ValueError(
+            f"config key batch_size ({cfg.batch_size}) exceeds the {len(data.train)} training "
+            f"examples of {cfg.data!r}"
+            + (f" (n_train = {cfg.n_train})" if cfg.data.startswith("toy:") else "")
+        )
     objective = score_matching(
         cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if num_classes else 0.0
     )
