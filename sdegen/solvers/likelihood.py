@@ -112,7 +112,7 @@ def log_likelihood(
                 y = y.detach()
             if not y.requires_grad:
                 y = y.requires_grad_(True)
-            v = ode_drift(counted, sde, y, batch_t(float(t), y))
+            v = ode_drift(counted, sde, y, batch_t(float(t.detach()), y))
             if trace == "exact":
                 div = exact_divergence(v, y, chunk=chunk, create_graph=differentiable)
                 vjp_count[0] += dim
