@@ -67,7 +67,7 @@ def diffusers_betas(n: int = N_TRAIN, start: float = 1e-4, end: float = 0.02) ->
 
 def ve_sigmas(sde) -> tuple[float, float]:
     """(sigma_min, sigma_max) of the SDE in EDM/VE variables: sigma/alpha at t_min and at T."""
-    lo, hi = sde.log_snr_range()
+    lo, hi = sde.half_log_snr_range()
     return math.exp(-hi), math.exp(-lo)
 
 
@@ -135,7 +135,7 @@ class KDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-        t = self.sde.t_of_log_snr(-torch.log(sigma.expand(x.shape[0])))
+        t = self.sde.t_of_half_log_snr(-torch.log(sigma.expand(x.shape[0])))
         a = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
         return self.counted.denoise(a * x, t.to(x.dtype))
 

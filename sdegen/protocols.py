@@ -71,15 +71,15 @@ class SDE(Protocol):
         """Diffusion coefficient g(t); (B,) -> (B,)."""
         ...
 
-    def log_snr(self, t: Tensor) -> Tensor:
+    def half_log_snr(self, t: Tensor) -> Tensor:
         """Half log signal-to-noise ratio lambda(t) = log(alpha/sigma), decreasing; (B,) -> (B,)."""
         ...
 
-    def t_of_log_snr(self, lam: Tensor) -> Tensor:
-        """Inverse of log_snr; shape preserved."""
+    def t_of_half_log_snr(self, lam: Tensor) -> Tensor:
+        """Inverse of half_log_snr; shape preserved."""
         ...
 
-    def log_snr_range(self) -> tuple[float, float]:
+    def half_log_snr_range(self) -> tuple[float, float]:
         """(lambda(T), lambda(t_min))."""
         ...
 

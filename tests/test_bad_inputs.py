@@ -41,8 +41,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import sdegen
-from sdegen.cli import main
 from sdegen.assembly import TrainConfig
+from sdegen.cli import main
 
 CUDA = torch.cuda.is_available()
 MPS = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
@@ -166,8 +166,7 @@ def _train_toy(run: Path) -> None:
 
 
 def _build_conditional(run: Path) -> None:
-    from sdegen.assembly import build_model, load_data, run_classes
-    from sdegen.assembly import load_config, save_config
+    from sdegen.assembly import build_model, load_config, load_data, run_classes, save_config
     from sdegen.training import save_checkpoint
 
     cfg = load_config(
@@ -1347,7 +1346,11 @@ API_ROWS = [
     api("rectified_flow:T=1", lambda _: sdegen.rectified_flow(T=1.0), ("T", "alpha")),
     api("sde.alpha:t=2", lambda _: _sde().alpha(torch.full((4,), 2.0)), "t"),
     api("sde.alpha:t-float", lambda _: _sde().alpha(0.5), "t"),
-    api("sde.t_of_log_snr:nan", lambda _: _sde().t_of_log_snr(torch.tensor([float("nan")])), "lam"),
+    api(
+        "sde.t_of_half_log_snr:nan",
+        lambda _: _sde().t_of_half_log_snr(torch.tensor([float("nan")])),
+        "lam",
+    ),
     api(
         "sde.marginal:t-batch-mismatch",
         lambda _: _sde().marginal(_x(), torch.full((3,), 0.5)),

@@ -127,7 +127,7 @@ def test_score_model_passes_labels_to_its_network() -> None:
     y = torch.tensor([0, 1, 2, NULL_LABEL])
     assert model.num_classes == 3
     x0, eps = model.x0_eps(x, t, y)
-    c = model.sde.log_snr(t)
+    c = model.sde.half_log_snr(t)
     a, s = model.sde.alpha(t)[:, None], model.sde.sigma(t)[:, None]
     v = model.net(x, c, y)  # sigma_data = 1 and VP: c_in = 1
     torch.testing.assert_close(x0, a * x - s * v)

@@ -111,12 +111,12 @@ def test_sde_transition_composes_the_kernels(any_sde):
 def test_sde_log_snr_and_its_inverse(any_sde):
     sde = any_sde
     t = _times(sde)
-    lam = sde.log_snr(t)
+    lam = sde.half_log_snr(t)
     torch.testing.assert_close(lam, torch.log(sde.alpha(t) / sde.sigma(t)), rtol=1e-9, atol=1e-9)
     assert (lam[1:] < lam[:-1]).all(), "log-SNR must decrease in t"
-    torch.testing.assert_close(sde.t_of_log_snr(lam), t, rtol=1e-7, atol=1e-9 * sde.T)
-    lo, hi = sde.log_snr_range()
-    ends = sde.log_snr(torch.tensor([sde.T, sde.t_min], dtype=F64))
+    torch.testing.assert_close(sde.t_of_half_log_snr(lam), t, rtol=1e-7, atol=1e-9 * sde.T)
+    lo, hi = sde.half_log_snr_range()
+    ends = sde.half_log_snr(torch.tensor([sde.T, sde.t_min], dtype=F64))
     assert lo == pytest.approx(float(ends[0]), rel=1e-12) and lo < hi
     assert hi == pytest.approx(float(ends[1]), rel=1e-12)
 

@@ -58,8 +58,8 @@ def test_importance_sampled_times_are_uniform_in_log_snr():
         generator=torch.Generator().manual_seed(0),
         dtype=torch.float64,
     )
-    lo, hi = sde.log_snr_range()
-    u = (sde.log_snr(t) - lo) / (hi - lo)
+    lo, hi = sde.half_log_snr_range()
+    u = (sde.half_log_snr(t) - lo) / (hi - lo)
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.005
 
 

@@ -42,7 +42,7 @@ class _Oracle(nn.Module):
         self.t = None
 
     def forward(self, x_in, c_noise):
-        t = self.sde.t_of_log_snr(c_noise)  # time_input = "log_snr"
+        t = self.sde.t_of_half_log_snr(c_noise)  # time_input = "log_snr"
         x = x_in / torch.rsqrt(self.sde.alpha(t) ** 2 + self.sde.sigma(t) ** 2)[:, None]
         x0, eps = self.truth.x0_eps(x, t)
         return from_x0_eps(self.kind, x0, eps, self.sde.alpha(t), self.sde.sigma(t))

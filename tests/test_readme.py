@@ -100,6 +100,8 @@ def _torchrun() -> list[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return [*TORCHRUN, "--master-addr", "127.0.0.1", "--master-port", str(port)]
+
+
 # Plain utilities a README may use to make or show files (`printf '...' > my.yaml`): run as
 # they are, in the shared folder.
 UTILITIES = {"printf", "echo", "cat", "ls", "mkdir", "touch", "cp", "head", "tail"}
@@ -445,8 +447,8 @@ def test_readme_has_runnable_blocks():
 
 def test_later_options_win():
     """The REWRITES append options: this holds only while the last value of each one wins."""
-    from sdegen.cli import build_parser
     from sdegen.assembly import load_config
+    from sdegen.cli import build_parser
 
     assert load_config(None, ["steps=5000", "lr=1e-4", "steps=20"]).steps == 20
     args = build_parser().parse_args(["sample", "--run", "r", "--n", "64", "--n", "8"])

@@ -33,17 +33,17 @@ def test_f_and_g2_match_autograd_of_alpha_sigma(sde):
 
 def test_log_snr_inverse_round_trip(sde):
     t = _grid(sde, 41)
-    lam = sde.log_snr(t)
+    lam = sde.half_log_snr(t)
     torch.testing.assert_close(lam, torch.log(sde.alpha(t) / sde.sigma(t)))
-    torch.testing.assert_close(sde.t_of_log_snr(lam), t, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sde.t_of_half_log_snr(lam), t, rtol=1e-9, atol=1e-9)
     # the generic bisection agrees with each subclass's closed-form inverse
-    torch.testing.assert_close(LinearSDE._t_of_log_snr(sde, lam), t, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(LinearSDE._t_of_half_log_snr(sde, lam), t, rtol=1e-9, atol=1e-9)
 
 
 def test_g2_over_sigma2_is_minus_twice_dlambda_dt(sde):
     # The identity behind likelihood-weighting importance sampling.
     t = _grid(sde, 17)[1:-1]
-    dlam = _time_derivative(sde._log_snr, t)
+    dlam = _time_derivative(sde._half_log_snr, t)
     torch.testing.assert_close(sde.g2(t) / sde.sigma(t) ** 2, -2 * dlam, rtol=1e-6, atol=1e-9)
 
 
@@ -222,7 +222,7 @@ def test_times_outside_the_interval_are_rejected():
     with pytest.raises(ValueError, match="got nan"):
         sde.alpha(torch.tensor([float("nan")]))
     with pytest.raises(ValueError, match="lam must lie in"):
-        sde.t_of_log_snr(torch.tensor([100.0]))
+        sde.t_of_half_log_snr(torch.tensor([100.0]))
     with pytest.raises(ValueError, match="noise must have the shape of x0"):
         sde.perturb(torch.zeros(2, 3), torch.full((2,), 0.5), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"t must have shape \(batch,\)"):
@@ -253,8 +253,23 @@ def test_times_of_the_wrong_type_are_refused_and_empty_batches_work():
     with pytest.raises(TypeError, match="t must be a real tensor, got torch.bool"):
         sde.sigma(torch.tensor([True]))
     with pytest.raises(TypeError, match="lam must be a real number or tensor, got str"):
-        sde.t_of_log_snr("a")
+        sde.t_of_half_log_snr("a")
     assert sde.prior_log_prob(torch.zeros(0, 3)).shape == (0,)
     torch.testing.assert_close(
         sde.prior_log_prob(torch.zeros(2, 3)), torch.full((2,), -1.5 * math.log(2 * math.pi))
     )
+
+
+def test_snr_and_the_deprecated_log_snr_names():
+    # log_snr named lambda = log(alpha / sigma), half the log-SNR; it is kept as a warning alias
+    sde = VPSDE()
+    t = torch.tensor([0.01, 0.3, 0.9], dtype=torch.float64)
+    lam = sde.half_log_snr(t)
+    torch.testing.assert_close(lam, torch.log(sde.alpha(t) / sde.sigma(t)))
+    torch.testing.assert_close(sde.snr(t), sde.alpha(t) ** 2 / sde.sigma(t) ** 2)
+    with pytest.warns(DeprecationWarning, match="half the log-SNR"):
+        assert torch.equal(sde.log_snr(t), lam)
+    with pytest.warns(DeprecationWarning, match="t_of_half_log_snr"):
+        torch.testing.assert_close(sde.t_of_log_snr(lam), t)
+    with pytest.warns(DeprecationWarning, match="half_log_snr_range"):
+        assert sde.log_snr_range() == sde.half_log_snr_range()

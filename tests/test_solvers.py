@@ -319,7 +319,7 @@ def test_schedules():
     edm = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho  # EDM eq. 5
     torch.testing.assert_close(ts, edm)
     vp = VPSDE()
-    lam = vp.log_snr(get_schedule(vp, "log_snr", 8))
+    lam = vp.half_log_snr(get_schedule(vp, "log_snr", 8))
     torch.testing.assert_close(lam[1:] - lam[:-1], torch.full((8,), (lam[-1] - lam[0]) / 8))
     u_t = get_schedule(vp, "uniform", 4)
     assert u_t[0] == vp.T and u_t[-1] == vp.t_min

@@ -36,7 +36,7 @@ def test_each_step_carries_the_same_share_of_the_density(order):
     ts = tuned.ts
     assert ts[0] == sde.T and ts[-1] == sde.t_min and bool((ts[1:] < ts[:-1]).all())
     # integrate the returned piecewise-constant density between consecutive grid points
-    lam_grid = sde.log_snr(ts)
+    lam_grid = sde.half_log_snr(ts)
     mids, dens = tuned.density_log_snr, tuned.density
     half = float(mids[1] - mids[0]) / 2
     fine = torch.linspace(float(lam_grid[0]), float(lam_grid[-1]), 200001, dtype=torch.float64)

@@ -28,7 +28,7 @@ def noise_level(sde: SDE, t: Tensor, time_input: str | Callable[[Tensor], Tensor
     """The network's noise-level input c_noise at times t (B,): log-SNR, t, or time_input(t)."""
     if isinstance(time_input, str):
         kind = check_choice("time_input", time_input, TIME_INPUTS)
-        return sde.log_snr(t) if kind == "log_snr" else sde.check_t(t)
+        return sde.half_log_snr(t) if kind == "log_snr" else sde.check_t(t)
     return time_input(t)
 
 
@@ -66,7 +66,8 @@ class ScoreModel(ParametrizedModel):
         net: an nn.Module mapping (B, *D) and (B,) to (B, *D).
         sde: the SDE object whose alpha, sigma define the conversions, e.g. `VPSDE()`.
         parametrization: what `net` predicts: "eps", "x0", "v" or "score".
-        time_input: "log_snr" (lambda(t), the same scale for every SDE; default), "t", or a
+        time_input: "log_snr" (the network sees lambda(t) = half_log_snr(t) = log(alpha/sigma),
+            the same scale for every SDE; default; the name is kept so saved models load), "t", or a
             callable t -> c_noise, e.g. `sde.timestep` for a DDPM network trained on indices.
         sigma_data: data std for input scaling; None feeds x unscaled.
 

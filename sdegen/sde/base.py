@@ -12,6 +12,7 @@ forms; the base class derives f, g^2 by autograd and inverts the log-SNR by bise
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from numbers import Real
 
@@ -25,6 +26,15 @@ ScheduleFn = Callable[[Tensor], Tensor]
 # Relative slack when checking t against [t_min, T]: grids built in float64 and cast to float32
 # may land one ulp outside the interval.
 _T_RTOL = 1e-6
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(
+        f"SDE.{old} is deprecated: it names lambda = log(alpha / sigma), which is half the "
+        f"log-SNR; use SDE.{new} (the same values), or SDE.snr for alpha^2 / sigma^2",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 class LinearSDE:
@@ -54,7 +64,7 @@ class LinearSDE:
         >>> mean, std = sde.marginal(torch.ones(2, 3), t)  # N(alpha x0, sigma^2 I)
         >>> mean.shape, std.tolist()
         (torch.Size([2, 3]), [0.25, 0.5])
-        >>> torch.allclose(sde.t_of_log_snr(sde.log_snr(t)), t)
+        >>> torch.allclose(sde.t_of_half_log_snr(sde.half_log_snr(t)), t)
         True
     """
 
@@ -97,10 +107,10 @@ class LinearSDE:
         dsigma2 = _time_derivative(lambda s: self._sigma(s) ** 2, t)
         return dsigma2 - 2 * self._f(t) * self._sigma(t) ** 2
 
-    def _log_snr(self, t: Tensor) -> Tensor:
+    def _half_log_snr(self, t: Tensor) -> Tensor:
         return torch.log(self._alpha(t)) - torch.log(self._sigma(t))
 
-    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+    def _t_of_half_log_snr(self, lam: Tensor) -> Tensor:
         # lambda(t) decreases on [t_min, T] (checked at construction), so bisection converges;
         # 64 halvings reach float64 resolution on any interval.
         lam64 = lam.to(torch.float64)
@@ -108,7 +118,7 @@ class LinearSDE:
         hi = torch.full_like(lam64, self.T)
         for _ in range(64):
             mid = 0.5 * (lo + hi)
-            above = self._log_snr(mid) > lam64
+            above = self._half_log_snr(mid) > lam64
             lo = torch.where(above, mid, lo)
             hi = torch.where(above, hi, mid)
         return (0.5 * (lo + hi)).to(lam.dtype)
@@ -139,12 +149,34 @@ class LinearSDE:
         """Diffusion coefficient g(t) (a scalar per example); t of shape (B,) -> (B,)."""
         return self.g2(t).clamp_min(0).sqrt()
 
+    def half_log_snr(self, t: Tensor) -> Tensor:
+        """Half the log signal-to-noise ratio, lambda(t) = log(alpha(t) / sigma(t)), the time
+        variable of DDIM and DPM-Solver (Lu et al. 2022 call it the half-logSNR); shape (B,).
+        The log-SNR itself is 2 lambda(t) = log snr(t)."""
+        return self._half_log_snr(self.check_t(t))
+
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio alpha(t)^2 / sigma(t)^2 = exp(2 lambda(t)); shape (B,)."""
+        return torch.exp(2 * self.half_log_snr(t))
+
     def log_snr(self, t: Tensor) -> Tensor:
-        """Half log signal-to-noise ratio lambda(t) = log(alpha(t) / sigma(t)); shape (B,)."""
-        return self._log_snr(self.check_t(t))
+        """Deprecated: returns lambda(t) = log(alpha / sigma), which is half the log-SNR; call
+        `half_log_snr` (the same values) or `snr`."""
+        _deprecated("log_snr", "half_log_snr")
+        return self.half_log_snr(t)
 
     def t_of_log_snr(self, lam: Tensor) -> Tensor:
-        """Inverse of log_snr: the t in [t_min, T] with lambda(t) = lam; shape preserved."""
+        """Deprecated name of `t_of_half_log_snr` (lam is lambda = log(alpha / sigma))."""
+        _deprecated("t_of_log_snr", "t_of_half_log_snr")
+        return self.t_of_half_log_snr(lam)
+
+    def log_snr_range(self) -> tuple[float, float]:
+        """Deprecated name of `half_log_snr_range`."""
+        _deprecated("log_snr_range", "half_log_snr_range")
+        return self.half_log_snr_range()
+
+    def t_of_half_log_snr(self, lam: Tensor) -> Tensor:
+        """Inverse of half_log_snr: the t in [t_min, T] with lambda(t) = lam; shape preserved."""
         if not torch.is_tensor(lam) and (isinstance(lam, bool) or not isinstance(lam, Real)):
             raise TypeError(f"lam must be a real number or tensor, got {type(lam).__name__}")
         lam = torch.as_tensor(lam)
@@ -152,19 +184,19 @@ class LinearSDE:
             raise TypeError(f"lam must be a real tensor, got {lam.dtype}")
         if not bool(torch.isfinite(lam).all()):
             raise ValueError("lam must be finite, got a value that is NaN or infinite")
-        lo, hi = self.log_snr_range()
+        lo, hi = self.half_log_snr_range()
         slack = 1e-6 * max(1.0, abs(lo), abs(hi))
         if bool(((lam < lo - slack) | (lam > hi + slack)).any()):
             raise ValueError(
-                f"lam must lie in [log_snr(T), log_snr(t_min)] = [{lo:.6g}, {hi:.6g}], got values "
-                f"in [{float(lam.min()):.6g}, {float(lam.max()):.6g}]"
+                f"lam must lie in [half_log_snr(T), half_log_snr(t_min)] = [{lo:.6g}, {hi:.6g}], "
+                f"got values in [{float(lam.min()):.6g}, {float(lam.max()):.6g}]"
             )
-        return self._t_of_log_snr(lam).clamp(self.t_min, self.T)
+        return self._t_of_half_log_snr(lam).clamp(self.t_min, self.T)
 
-    def log_snr_range(self) -> tuple[float, float]:
+    def half_log_snr_range(self) -> tuple[float, float]:
         """(lambda(T), lambda(t_min)): the log-SNR interval that samplers traverse."""
         ends = torch.tensor([self.T, self.t_min], dtype=torch.float64)
-        lam = self._log_snr(ends)
+        lam = self._half_log_snr(ends)
         return float(lam[0]), float(lam[1])
 
     def marginal(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:

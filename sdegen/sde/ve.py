@@ -52,10 +52,10 @@ class VESDE(LinearSDE):
     def _g2(self, t: Tensor) -> Tensor:
         return 2 * self._log_ratio * self._sigma(t) ** 2
 
-    def _log_snr(self, t: Tensor) -> Tensor:
+    def _half_log_snr(self, t: Tensor) -> Tensor:
         return -(math.log(self.sigma_min) + t * self._log_ratio)
 
-    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+    def _t_of_half_log_snr(self, lam: Tensor) -> Tensor:
         return (-lam - math.log(self.sigma_min)) / self._log_ratio
 
     def __repr__(self) -> str:
@@ -88,10 +88,10 @@ class EDMSDE(LinearSDE):
     def _g2(self, t: Tensor) -> Tensor:
         return 2 * t
 
-    def _log_snr(self, t: Tensor) -> Tensor:
+    def _half_log_snr(self, t: Tensor) -> Tensor:
         return -torch.log(t)
 
-    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+    def _t_of_half_log_snr(self, lam: Tensor) -> Tensor:
         return torch.exp(-lam)
 
     def __repr__(self) -> str:

@@ -233,11 +233,11 @@ class VPSDE(_VPFamily):
     def _g2(self, t: Tensor) -> Tensor:
         return self.schedule.beta(t)
 
-    def _log_snr(self, t: Tensor) -> Tensor:
+    def _half_log_snr(self, t: Tensor) -> Tensor:
         # lambda = -1/2 log(exp(B) - 1), stable for small and large B.
         return -0.5 * _log_expm1(self.schedule.B(t))
 
-    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+    def _t_of_half_log_snr(self, lam: Tensor) -> Tensor:
         return self.schedule.t_of_B(torch.nn.functional.softplus(-2 * lam))
 
 
@@ -253,11 +253,11 @@ class SubVPSDE(_VPFamily):
     def _g2(self, t: Tensor) -> Tensor:
         return self.schedule.beta(t) * -torch.expm1(-2 * self.schedule.B(t))
 
-    def _log_snr(self, t: Tensor) -> Tensor:
+    def _half_log_snr(self, t: Tensor) -> Tensor:
         B = self.schedule.B(t)
         return -0.5 * B - torch.log(-torch.expm1(-B))
 
-    def _t_of_log_snr(self, lam: Tensor) -> Tensor:
+    def _t_of_half_log_snr(self, lam: Tensor) -> Tensor:
         # exp(lam) = u / (1 - u^2) with u = exp(-B/2): the positive root of r u^2 + u - r = 0.
         r = torch.exp(lam.to(torch.float64))
         u = 2 * r / (1 + torch.sqrt(1 + 4 * r**2))

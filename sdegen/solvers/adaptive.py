@@ -44,7 +44,7 @@ def dpm_adaptive(
     atol = check_finite_number("atol", atol, nonnegative=True)
     h = check_finite_number("h_init", h_init, positive=True)
     safety = check_finite_number("safety", safety, positive=True)
-    lam_end = float(sde.log_snr(ts[-1:].to(torch.float64))[0])
+    lam_end = float(sde.half_log_snr(ts[-1:].to(torch.float64))[0])
     path = LogSNRSchedule(sde, ts[[0]])
     lam, t, sig = path.lam[0], ts[0].item(), path.sigma[0]
     x0_t: Tensor | None = None  # reused after a rejected attempt: the state has not moved

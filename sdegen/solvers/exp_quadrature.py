@@ -20,11 +20,11 @@ class LogSNRSchedule:
         self.ts = ts
         self.alpha = sde.alpha(ts).tolist()
         self.sigma = sde.sigma(ts).tolist()
-        self.lam = sde.log_snr(ts).tolist()
+        self.lam = sde.half_log_snr(ts).tolist()
 
     def at_lambda(self, lam: float) -> tuple[float, float, float]:
         """(t, alpha, sigma) at log-SNR lam."""
-        t = self.sde.t_of_log_snr(torch.tensor([lam], dtype=torch.float64))
+        t = self.sde.t_of_half_log_snr(torch.tensor([lam], dtype=torch.float64))
         return float(t[0]), float(self.sde.alpha(t)[0]), float(self.sde.sigma(t)[0])
 
 

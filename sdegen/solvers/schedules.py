@@ -1,7 +1,7 @@
 """Time grids for samplers: steps + 1 float64 times from T down to t_min, for any linear SDE.
 
 Grids other than "uniform" are placed in the log-SNR lambda = log(alpha/sigma) and mapped back
-through sde.t_of_log_snr, so the same schedule means the same noise levels whatever the SDE.
+through sde.t_of_half_log_snr, so the same schedule means the same noise levels whatever the SDE.
 """
 
 from __future__ import annotations
@@ -19,22 +19,22 @@ def uniform_t(sde, steps: int) -> Tensor:
 
 def uniform_log_snr(sde, steps: int) -> Tensor:
     """Uniform in lambda(t) (Lu et al. 2022, DPM-Solver's recommended grid)."""
-    lo, hi = sde.log_snr_range()
+    lo, hi = sde.half_log_snr_range()
     lam = torch.linspace(lo, hi, steps + 1, dtype=torch.float64)
-    return _endpoints(sde, sde.t_of_log_snr(lam))
+    return _endpoints(sde, sde.t_of_half_log_snr(lam))
 
 
 def karras(sde, steps: int, rho: float = 7.0) -> Tensor:
     """Karras et al. 2022 (EDM, eq. 5) in the noise level sigma/alpha = exp(-lambda), rho = 7."""
     rho = check_finite_number("rho", rho, positive=True)
-    lo, hi = sde.log_snr_range()
+    lo, hi = sde.half_log_snr_range()
     s_max, s_min = (
         torch.exp(torch.tensor(-lo, dtype=torch.float64)),
         torch.exp(torch.tensor(-hi, dtype=torch.float64)),
     )
     u = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
     s = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-    return _endpoints(sde, sde.t_of_log_snr(-torch.log(s)))
+    return _endpoints(sde, sde.t_of_half_log_snr(-torch.log(s)))
 
 
 def _endpoints(sde, ts: Tensor) -> Tensor:

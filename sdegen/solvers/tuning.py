@@ -109,7 +109,7 @@ def tune_schedule(
     x = sde.prior_sample(tuple(shape), generator=generator, dtype=dtype, device=device)
     solve(METHODS["dpmpp_3m"], counted, sde, x, grid, denoise_final=True)
     x0 = torch.stack([o.to(torch.float64) for o in rec.outputs])  # (pilot_steps + 1, B, *D)
-    lam = sde.log_snr(grid)
+    lam = sde.half_log_snr(grid)
     dlam = float(lam[1] - lam[0])  # the pilot grid is uniform in lambda
     diff = x0
     for _ in range(order):
@@ -131,7 +131,7 @@ def tune_schedule(
     c0, c1 = cum[idx - 1], cum[idx]
     w = ((targets - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
     lam_grid = knots[idx - 1] + w * (knots[idx] - knots[idx - 1])
-    ts = sde.t_of_log_snr(lam_grid)
+    ts = sde.t_of_half_log_snr(lam_grid)
     ts[0], ts[-1] = sde.T, sde.t_min
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"the tuned grid with {steps} steps is not strictly decreasing: {ts}")
@@ -212,14 +212,14 @@ def optimise_schedule(
         tuned = tune_schedule(model, sde, shape, steps, generator=generator, dtype=dtype,
                               device=device)  # fmt: skip
         start, start_nfe = tuned.ts, tuned.pilot_nfe
-    lam0, lam1 = sde.log_snr_range()
-    lam_start = sde.log_snr(start.to(torch.float64))
+    lam0, lam1 = sde.half_log_snr_range()
+    lam_start = sde.half_log_snr(start.to(torch.float64))
     theta0 = torch.log(torch.diff(lam_start) / (lam1 - lam0)).numpy()
 
     def grid(theta) -> Tensor:
         w = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0)
         lam = lam0 + (lam1 - lam0) * torch.cat([torch.zeros(1, dtype=torch.float64), w.cumsum(0)])
-        ts = sde.t_of_log_snr(lam.clamp(lam0, lam1))
+        ts = sde.t_of_half_log_snr(lam.clamp(lam0, lam1))
         ts[0], ts[-1] = sde.T, sde.t_min
         return ts
 

@@ -30,8 +30,8 @@ def times_from_uniform(sde: SDE, u: Tensor, *, importance_sampling: bool = False
     importance distribution proportional to g^2/sigma^2). Shape preserved, float64 inside."""
     u = u.to(torch.float64)
     if importance_sampling:
-        lo, hi = sde.log_snr_range()
-        return sde.t_of_log_snr(lo + u * (hi - lo))
+        lo, hi = sde.half_log_snr_range()
+        return sde.t_of_half_log_snr(lo + u * (hi - lo))
     return sde.t_min + u * (sde.T - sde.t_min)
 
 
@@ -121,7 +121,7 @@ def dsm_loss(
     elif weighting == "sigma2":
         per_example = sum_except_batch(sq)
     elif importance_sampling:
-        lo, hi = sde.log_snr_range()
+        lo, hi = sde.half_log_snr_range()
         per_example = (hi - lo) * sum_except_batch(sq)
     else:
         w = 0.5 * (sde.T - sde.t_min) * sde.g2(t) / sde.sigma(t) ** 2
