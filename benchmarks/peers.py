@@ -15,12 +15,12 @@ Setups (the SDE every library integrates):
         sdegen time t = (i + 1) / 1000 (alphas_cumprod[i] = alpha(t)^2, checked at run time).
   vp    sdegen's default VPSDE (linear beta 0.1..20, t in [1e-3, 1]): sdegen and k-diffusion.
   edm   EDMSDE (sigma in [0.002, 80]): sdegen and k-diffusion.
-k-diffusion sees the denoiser D(x_ve, s) = model.denoise(alpha(t) x_ve, t), t = t_of_half_log_snr(-log
-s), on its own Karras grid (get_sigmas_karras, rho = 7) between the SDE's sigma/alpha at t_min and
-T, started from x_ve = z / alpha(T). diffusers' schedulers get eps = model.eps(x, t) and the
-configuration they ship with, except clip_sample=False for DDIM (the data are not images in
-[-1, 1]); "DDIM-trailing" also starts at the last timestep (its default "leading" spacing starts
-below it). No option of any sampler was tuned on these results.
+k-diffusion sees the denoiser D(x_ve, s) = model.denoise(alpha(t) x_ve, t), t =
+t_of_half_log_snr(-log s), on its own Karras grid (get_sigmas_karras, rho = 7) between the SDE's
+sigma/alpha at t_min and T, started from x_ve = z / alpha(T). diffusers' schedulers get eps =
+model.eps(x, t) and the configuration they ship with, except clip_sample=False for DDIM (the data
+are not images in [-1, 1]); "DDIM-trailing" also starts at the last timestep (its default "leading"
+spacing starts below it). No option of any sampler was tuned on these results.
 
 Install the peers without replacing torch (k-diffusion's package imports torchvision, whose PyPI
 build does not load beside a CPU torch; `k_diffusion.sampling` itself needs only its one helper
