@@ -19,8 +19,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every --help, and epilogs printed as written."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help (where it has one), and epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        shown = not (default is None or default is False or default == argparse.SUPPRESS)
+        if shown and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _int_at_least(low: int):
@@ -105,8 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sample", help="sample a trained run; writes .npz and .png", formatter_class=_Help
     )
-    p.add_argument("--run", "--run-dir", dest="run", required=True)
-    p.add_argument("--method", default="dpmpp_2m", choices=list(METHODS))
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the run folder")
+    p.add_argument(
+        "--method",
+        default="dpmpp_2m",
+        choices=list(METHODS),
+        metavar="NAME",
+        help=f"sampler, one of: {', '.join(METHODS)}",
+    )
     p.add_argument("--nfe", type=positive_int, help="network-evaluation budget")
     p.add_argument(
         "--steps", type=positive_int, help="grid steps (default 50 when --nfe is not given)"
@@ -114,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=_number(positive=True), help="adaptive methods only")
     p.add_argument("--atol", type=_number(positive=True), help="adaptive methods only")
     p.add_argument("--n", type=positive_int, default=64, help="number of samples")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the prior draw and the noise")
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument(
         "--class",
@@ -129,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classifier-free guidance weight w with --class (0 uncond., 1 cond., >1 guided)",
     )
-    p.add_argument("--out", help="output path without suffix (default: RUN/samples/...)")
+    p.add_argument(
+        "--out", help="output path without suffix (default: RUN/samples/METHOD-BUDGET-SEED)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
     p.set_defaults(run_command=commands.sample)
@@ -139,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="NLL (nats) and bits/dim of a split under the PF-ODE",
         formatter_class=_Help,
     )
-    p.add_argument("--run", "--run-dir", dest="run", required=True)
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the run folder")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="test or train")
     p.add_argument("--n", type=nonnegative_int, default=0, help="first N examples (0: all)")
     p.add_argument(
         "--trace",
@@ -154,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=_number(positive=True), default=1e-5)
     p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--seed", type=_seed, default=0, help="dequantization / probe seed")
-    p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
     p.set_defaults(run_command=commands.likelihood)
@@ -184,12 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "print NFE, sample quality and log-likelihood",
         formatter_class=_Help,
     )
-    p.add_argument("--sde", choices=sorted(SDES), default="vp")
+    p.add_argument("--sde", choices=sorted(SDES), default="vp", help="the SDE of the mixture")
     p.add_argument(
         "--nfe", type=positive_int, default=20, help="network-evaluation budget per solver"
     )
     p.add_argument("--n", type=_int_at_least(2), default=4000, help="number of samples")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="seed of every draw")
     p.set_defaults(run_command=commands.demo)
     return parser
 
