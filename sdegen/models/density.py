@@ -1,7 +1,9 @@
 """One density API for every model family, and bits per dimension.
 
 Every density model has `log_prob(x) -> (B,)` in nats, `sample(n, generator=None)`,
-`sample_and_log_prob(n, generator=None)`, `event_shape`, `bits_per_dim(x, bin_width)` and
+`rsample(n, generator=None)` where `has_rsample`, `sample_and_log_prob(n, generator=None)`,
+`event_shape`, `bits_per_dim(x, bin_width)`, `distribution()` (the model as a
+`torch.distributions.Distribution`, `sdegen.models.distribution.ModelDistribution`) and
 `log_prob_kind`, which says what kind of number `log_prob` is:
 
     "exact"     exact (RealNVP, Glow)
@@ -14,11 +16,15 @@ Every density model has `log_prob(x) -> (B,)` in nats, `sample(n, generator=None
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .._utils import check_finite_number
+
+if TYPE_CHECKING:
+    from .distribution import ModelDistribution
 
 LOG_PROB_KINDS = ("exact", "ode", "bound", "estimate", "none")
 
@@ -50,10 +56,14 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
 
 class DensityModel(nn.Module):
     """Base class of the density models. Subclasses set `event_shape` and `log_prob_kind` and
-    implement `log_prob`, `sample` and `loss` (the training objective on a batch)."""
+    implement `log_prob`, `sample` and `loss` (the training objective on a batch); those whose
+    samples are a differentiable function of the parameters and of noise also implement
+    `rsample` and set `has_rsample`."""
 
     event_shape: tuple[int, ...] = ()
     log_prob_kind: str = "exact"
+    # True where `rsample` gives reparametrized samples (gradients reach the parameters).
+    has_rsample: bool = False
     # True for models whose layers do not cast their input: x must then have the dtype of the
     # parameters, and check_x says so instead of torch's "mat1 and mat2 must have the same dtype".
     needs_parameter_dtype: bool = False
@@ -65,6 +75,27 @@ class DensityModel(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples of shape (n, *event_shape)."""
         raise NotImplementedError
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n reparametrized samples (n, *event_shape): a differentiable function of the
+        model's parameters and of noise drawn with `generator`. NotImplementedError where the
+        model has none (`has_rsample` False)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} draws no reparametrized samples (has_rsample is False); "
+            "use sample(), which has no gradients"
+        )
+
+    def distribution(
+        self, *, validate_args: bool | None = None, **log_prob_options: Any
+    ) -> ModelDistribution:
+        """The model as a torch Distribution (batch_shape (), event_shape the model's), a view
+        that follows the model: see `sdegen.models.distribution.ModelDistribution`. Keyword
+        arguments are passed to every `log_prob` call (e.g. k=100 for the VAE)."""
+        from .distribution import ModelDistribution  # it imports this module
+
+        return ModelDistribution(
+            self, log_prob_options=log_prob_options, validate_args=validate_args
+        )
 
     def sample_and_log_prob(
         self, n: int, generator: torch.Generator | None = None
