@@ -62,6 +62,7 @@ class ScoreSDEDensity(DensityModel):
     """
 
     log_prob_kind = "ode"
+    has_rsample = True
 
     def __init__(
         self,
@@ -119,6 +120,27 @@ class ScoreSDEDensity(DensityModel):
             denoise_final=False,
             **kw,
         ).x
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n reparametrized samples (n, *event_shape): the prior draw z (drawn with
+        `generator`) carried from T to t_min by the PF-ODE with the default method, rtol and
+        atol, differentiable in the score model's parameters by backpropagation through the
+        solver. These are draws of the density `log_prob` reports (the x of
+        `sample_and_log_prob`, up to the tolerance); `sample` runs the configured `sampler`
+        instead, so for one seed the two differ by its discretisation error."""
+        check_int("n", n)
+        d = self.defaults
+        z = self.sde.prior_sample(
+            (n, *self.event_shape), generator=generator, dtype=torch.get_default_dtype()
+        )
+
+        def func(t: Tensor, x: Tensor) -> Tensor:
+            # an adaptive step's time depends on x; the model reads it as a number
+            return ode_drift(self.model, self.sde, x, batch_t(float(t.detach()), x))
+
+        ts = torch.tensor([self.sde.T, self.sde.t_min], dtype=z.dtype)
+        xs = integrate(func, z, ts, self.sde, method=d["method"], rtol=d["rtol"], atol=d["atol"])
+        return xs[-1]
 
     def sample_and_log_prob(
         self, n: int, generator: torch.Generator | None = None

@@ -74,6 +74,7 @@ class GAN(DensityModel):
     """
 
     log_prob_kind = "none"
+    has_rsample = True  # G(z) is differentiable in the generator's parameters
     needs_parameter_dtype = True
 
     def __init__(
@@ -278,6 +279,12 @@ class GAN(DensityModel):
         """n samples G(z) (n, *event_shape), z ~ N(0, I) drawn with `generator`; the generator
         runs in eval mode (batch norm uses its running statistics), so the same generator seed
         gives the same samples. The module's train/eval mode is restored afterwards."""
+        return self.rsample(n, generator)
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n reparametrized samples G(z) (n, *event_shape), z ~ N(0, I) drawn with
+        `generator`, differentiable in the generator's parameters. Like `sample` (same values
+        for one seed) the generator runs in eval mode; for training use `generator_loss`."""
         was_training = self.generator_net.training
         self.generator_net.eval()
         try:

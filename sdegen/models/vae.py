@@ -115,6 +115,8 @@ class VAE(DensityModel):
                 f"otherwise, got levels={levels!r} with likelihood={likelihood!r}"
             )
         self.levels = levels
+        # Gaussian draws are decoder(z) + scale * eps; Bernoulli and discretized ones are discrete
+        self.has_rsample = likelihood == "gaussian"
         if likelihood == "bernoulli":
             if decoder_scale is not None:
                 raise ValueError(f"'bernoulli' has no decoder_scale, got {decoder_scale!r}")
@@ -333,6 +335,28 @@ class VAE(DensityModel):
             )
         return _bits_per_dim(self.log_prob(x, k=k), math.prod(self.event_shape), bin_width)
 
+    def _prior_z(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """z ~ N(0, I) of shape (n, latent_dim) in the model's dtype, drawn with `generator`."""
+        check_int("n", n, 1)
+        ref: Tensor | None = next(self.parameters(), None)
+        ref = ref if ref is not None else next(self.buffers())
+        return _randn((n, self.latent_dim), ref, generator)
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n reparametrized draws (n, *event_shape) of the Gaussian decoder's model,
+        x = decoder(z) + scale * eps with z, eps ~ N(0, I) drawn with `generator`: the model's
+        own distribution (not the decoder's mean), `sample`'s values for one seed,
+        differentiable in the decoder's parameters and the scale. NotImplementedError for the
+        "bernoulli" and "discretized" decoders, whose draws are discrete (`has_rsample`)."""
+        if not self.has_rsample:
+            raise NotImplementedError(
+                f"the {self.likelihood!r} decoder's draws are discrete, so they are not "
+                "reparametrizable (has_rsample is False); use sample(), or sample(mean=True) "
+                "for the decoder's mean"
+            )
+        out = self.decode(self._prior_z(n, generator))
+        return out + torch.exp(self.log_scale) * _randn(out.shape, out, generator)
+
     @torch.no_grad()
     def sample(
         self, n: int, generator: torch.Generator | None = None, *, mean: bool = False
@@ -342,10 +366,7 @@ class VAE(DensityModel):
 
         mean=True returns the decoder's mean instead: the Gaussian mean, the Bernoulli
         probabilities, or the logistic location snapped to its bin centre ("discretized")."""
-        check_int("n", n, 1)
-        ref: Tensor | None = next(self.parameters(), None)
-        ref = ref if ref is not None else next(self.buffers())
-        out = self.decode(_randn((n, self.latent_dim), ref, generator))
+        out = self.decode(self._prior_z(n, generator))
         if self.likelihood == "bernoulli":
             p = torch.sigmoid(out)
             return p if mean else torch.bernoulli(p, generator=generator)

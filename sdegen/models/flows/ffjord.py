@@ -115,6 +115,7 @@ class FFJORD(DensityModel):
     """
 
     log_prob_kind = "ode"
+    has_rsample = True
     needs_parameter_dtype = True
 
     def __init__(
@@ -341,6 +342,13 @@ class FFJORD(DensityModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples (n, dim): z ~ N(0, I) drawn with `generator`, integrated from T back to 0."""
+        z = self._base_sample(n, generator)
+        return self._solve(z, True, self._settings(), None, logdet=False)[0][0]
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n reparametrized samples (n, dim): z ~ N(0, I) drawn with `generator` integrated from
+        T back to 0 as in `sample` (its values for one seed), differentiable in every parameter
+        (T included) by backpropagation through the solver, or by the adjoint if `adjoint`."""
         z = self._base_sample(n, generator)
         return self._solve(z, True, self._settings(), None, logdet=False)[0][0]
 

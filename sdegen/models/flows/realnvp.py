@@ -74,6 +74,7 @@ class _Flow(DensityModel):
     """A stack of invertible layers over a standard normal base; subclasses fill `layers`."""
 
     log_prob_kind = "exact"
+    has_rsample = True
     layers: nn.ModuleList
 
     def _bijections(self) -> list[Bijection]:
@@ -129,6 +130,11 @@ class _Flow(DensityModel):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n samples (n, *event_shape): z ~ N(0, I) drawn with `generator`, then the inverse."""
+        return self.rsample(n, generator)
+
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n reparametrized samples (n, *event_shape): the inverse of z ~ N(0, I) (drawn with
+        `generator`), differentiable in every parameter; `sample`'s values for one seed."""
         return self.inverse(self._base_sample(n, generator))
 
     def sample_and_log_prob(
