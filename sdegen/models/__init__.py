@@ -1,6 +1,7 @@
 """Networks, the score-model wrapper and analytic score models."""
 
 from ..protocols import ScoreModelLike
+from .adapters import *  # noqa: F403  (adapters.__all__: the foreign-model adapters)
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
 from .classifier import ConvClassifier, NoiseConditionalClassifier

@@ -1,0 +1,386 @@
+"""Adapters that turn a foreign network into a score model: diffusers, k-diffusion, EDM, score_sde.
+
+Each adapter is a `ParametrizedModel`: it maps (x, t) to the network's own inputs, calls the
+network, and converts its output to (x0, eps) through `to_x0_eps`, the one conversion path of
+sdegen. What comes out works with every sampler (`sdegen.sample`) and with
+`sdegen.log_likelihood`; nothing below this module knows where the network came from.
+
+    diffusers     net(x, timestep)            timestep = N t - 1 on the scheduler's index scale
+    k-diffusion   D(x / alpha, sigma / alpha)  a denoiser in VE noise levels (any linear SDE)
+    EDM           F(c_in x_ve, c_noise)       Karras et al. 2022, Table 1 preconditioning
+    score_sde     s(x, c)                     c = time_scale t or sigma(t); output score or eps
+
+Shared behaviour: the network runs in the dtype of its parameters (its inputs cast to it, its
+output cast back), as `ScoreModel` does; class labels y go to the network as the keyword
+`label_arg`; `cond` is a dict of keyword arguments bound once and passed to every call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._utils import append_dims, check_choice, check_finite_number, check_int
+from ..protocols import SDE
+from ..sde.vp import VPSDE
+from .base import ParametrizedModel, to_x0_eps
+from .labels import check_labels
+from .score_model import parameter_dtype
+
+__all__ = [
+    "ForeignModel",
+    "DiffusersModel",
+    "from_diffusers",
+    "diffusers_betas",
+    "KDiffusionModel",
+    "EDMModel",
+    "ScoreSDEModel",
+    "PREDICTION_TYPES",
+    "BETA_SCHEDULES",
+]
+
+# diffusers' prediction_type -> sdegen's parametrization (v is Salimans & Ho's, n = 1 for VP)
+PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SCORE_SDE_TIME_INPUTS = ("t", "sigma")
+
+
+class ForeignModel(ParametrizedModel):
+    """Base of the adapters: calls a foreign network in its own dtype and checks its output.
+
+    Subclasses implement `x0_eps` with `self.call_net(x_in, c_noise, y)`.
+
+    Args:
+        net: the network, an nn.Module or any callable.
+        sde: the SDE whose alpha, sigma define the conversions.
+        cond: keyword arguments passed to every call of `net` (e.g. a fixed text embedding).
+        label_arg: the keyword under which class labels y reach `net`.
+        num_classes: the network's number of classes (None: unconditional; y is refused).
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        sde: SDE,
+        *,
+        cond: Mapping[str, Any] | None = None,
+        label_arg: str = "class_labels",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(sde)
+        if not callable(net):
+            raise TypeError(f"net must be callable (an nn.Module), got {type(net).__name__}")
+        self.net = net
+        if cond is not None and not isinstance(cond, Mapping):
+            raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
+        self.cond = dict(cond or {})
+        if not isinstance(label_arg, str) or not label_arg.isidentifier():
+            raise ValueError(f"label_arg must be a keyword name, got {label_arg!r}")
+        self.label_arg = label_arg
+        self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
+
+    def net_dtype(self) -> torch.dtype | None:
+        """The dtype the network runs in: its parameters'; None (x's) without parameters."""
+        return parameter_dtype(self.net) if isinstance(self.net, nn.Module) else None
+
+    def call_net(self, x_in: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+        """net(x_in, c_noise, **cond[, label_arg=y]) in the network's dtype, as a tensor of
+        x_in's shape and dtype. `.sample` of a returned object (diffusers) is taken."""
+        if y is not None:
+            y = check_labels(y, x_in.shape[0], self.num_classes)
+        dtype = self.net_dtype()
+        x_net = x_in if dtype is None else x_in.to(dtype)
+        if dtype is not None and c_noise.is_floating_point():
+            # half-precision noise levels lose the timestep (999.5 -> 1000): keep >= float32
+            wide = dtype in (torch.float32, torch.float64)
+            c_noise = c_noise.to(dtype if wide else torch.float32)
+        kwargs = dict(self.cond)
+        if y is not None:
+            kwargs[self.label_arg] = y
+        out = self.net(x_net, c_noise, **kwargs)
+        out = getattr(out, "sample", out)
+        if not torch.is_tensor(out):
+            raise TypeError(
+                f"net must return a tensor or an object with a .sample tensor, got "
+                f"{type(out).__name__}"
+            )
+        return self.check_output(out, x_in).to(x_in.dtype)
+
+    def check_output(self, out: Tensor, x: Tensor) -> Tensor:
+        if out.shape != x.shape:
+            raise ValueError(
+                f"net must return the shape of x {tuple(x.shape)}, got {tuple(out.shape)}"
+            )
+        return out
+
+
+class DiffusersModel(ForeignModel):
+    """A diffusers noise-prediction network (e.g. `UNet2DModel`) on its discrete VP schedule.
+
+    The SDE is `VPSDE.from_betas(betas)`: time t = (i + 1)/N carries DDPM's q(x_i | x0) for the
+    0-based timestep i, so the network is called as net(x, timestep) with the continuous
+    timestep = sde.timestep(t) = N t - 1 (x unscaled, as diffusers feeds it). Its output is
+    read per `prediction_type`: "epsilon", "v_prediction" or "sample". A network with learned
+    variance (2C output channels) has its variance half dropped. The scheduler's thresholding
+    and clip_sample are sampler choices and are not applied.
+
+    Build one with `from_diffusers(net, scheduler_config)`.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        sde: VPSDE,
+        prediction_type: str = "epsilon",
+        *,
+        learned_variance: bool = False,
+        cond: Mapping[str, Any] | None = None,
+        label_arg: str = "class_labels",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if not callable(getattr(sde, "timestep", None)):
+            raise TypeError(f"sde must be a discrete VPSDE (VPSDE.from_betas), got {sde!r}")
+        self.prediction_type = prediction_type
+        self.parametrization = PREDICTION_TYPES[prediction_type]
+        self.learned_variance = bool(learned_variance)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.sde.schedule.N)  # type: ignore[attr-defined]
+
+    def times(self, timesteps: Tensor | np.ndarray | list[int]) -> Tensor:
+        """The SDE times t = (i + 1)/N of the scheduler's timesteps i; float64, same shape.
+
+        `sample(..., schedule=model.times(scheduler.timesteps))` runs sdegen's solvers on the
+        scheduler's grid (which must then run from sde.T to sde.t_min; see `from_diffusers`).
+        """
+        i = torch.as_tensor(np.asarray(timesteps, dtype=np.float64))
+        return (i + 1) / self.num_train_timesteps
+
+    def check_output(self, out: Tensor, x: Tensor) -> Tensor:
+        if self.learned_variance and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+            out = out[:, : x.shape[1]]  # the mean half; diffusers' schedulers split it so
+        return super().check_output(out, x)
+
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        out = self.call_net(x, self.sde.timestep(t), y)  # type: ignore[attr-defined]
+        return to_x0_eps(self.parametrization, out, x, alpha, sigma)
+
+
+def diffusers_betas(
+    beta_schedule: str = "linear",
+    num_train_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+) -> Tensor:
+    """The betas of a diffusers scheduler, float64, as diffusers makes them (in float32).
+
+    "linear": linspace(beta_start, beta_end, N); "scaled_linear": linspace of the square
+    roots, squared (Stable Diffusion); "squaredcos_cap_v2": Nichol & Dhariwal's cosine
+    alpha_bar (s = 0.008), betas clipped at 0.999.
+    """
+    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    n = check_int("num_train_timesteps", num_train_timesteps, 2)
+    if beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
+    else:
+
+        def alpha_bar(u: float) -> float:
+            return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor(
+            [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+            dtype=torch.float32,
+        )
+    return betas.to(torch.float64)
+
+
+def from_diffusers(
+    net: Callable[..., Any],
+    scheduler_config: Mapping[str, Any] | Any,
+    *,
+    t_min: float | None = None,
+    T: float | None = None,
+    cond: Mapping[str, Any] | None = None,
+    label_arg: str = "class_labels",
+    num_classes: int | None = None,
+) -> tuple[DiffusersModel, VPSDE]:
+    """A diffusers network and its scheduler config as (score model, SDE).
+
+    Args:
+        net: e.g. a `UNet2DModel`; any module called as net(x, timestep[, class_labels=y])
+            returning a tensor or an object with `.sample`.
+        scheduler_config: a dict, or a scheduler's `.config` (or the scheduler), with
+            prediction_type ("epsilon", "v_prediction", "sample"), beta_schedule ("linear",
+            "scaled_linear", "squaredcos_cap_v2"), beta_start, beta_end, num_train_timesteps,
+            optionally trained_betas and variance_type.
+        t_min, T: the SDE's interval (defaults: timestep 0 and N - 1, t = 1/N and 1);
+            `model.times(timesteps)` gives the time of a timestep.
+        cond, label_arg, num_classes: as `ForeignModel` (num_classes defaults to the
+            network's config.num_class_embeds).
+    Returns:
+        (model, sde): a `DiffusersModel` and its `VPSDE.from_betas(betas)`.
+    Raises:
+        ValueError naming an unknown prediction_type or beta_schedule with the accepted ones,
+        and rescale_betas_zero_snr (alpha_bar = 0 at the last step has no Gaussian prior).
+    """
+    config = getattr(scheduler_config, "config", scheduler_config)
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            "scheduler_config must be a dict or a diffusers scheduler's .config, got "
+            f"{type(scheduler_config).__name__}"
+        )
+    prediction_type = config.get("prediction_type", "epsilon")
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    if config.get("rescale_betas_zero_snr", False):
+        raise ValueError(
+            "rescale_betas_zero_snr=True gives alpha_bar = 0 at the last timestep, which no "
+            "VP SDE with a Gaussian prior reaches; use a config without it"
+        )
+    if config.get("trained_betas") is not None:
+        betas = torch.as_tensor(np.asarray(config["trained_betas"], dtype=np.float64))
+    else:
+        betas = diffusers_betas(
+            config.get("beta_schedule", "linear"),
+            config.get("num_train_timesteps", 1000),
+            config.get("beta_start", 1e-4),
+            config.get("beta_end", 0.02),
+        )
+    sde = VPSDE.from_betas(betas, t_min=t_min, T=T)
+    if num_classes is None:
+        num_classes = getattr(getattr(net, "config", None), "num_class_embeds", None)
+    learned = config.get("variance_type") in ("learned", "learned_range")
+    model = DiffusersModel(
+        net, sde, prediction_type, learned_variance=learned, cond=cond,
+        label_arg=label_arg, num_classes=num_classes,
+    )  # fmt: skip
+    return model, sde
+
+
+class KDiffusionModel(ForeignModel):
+    """A k-diffusion-style denoiser D(x, sigma) -> x0 in VE noise levels, for any linear SDE.
+
+    With x_t = alpha x0 + sigma eps, x_t / alpha = x0 + (sigma/alpha) eps is the VE process at
+    noise level sigma/alpha, so denoise(x, t) = D(x / alpha(t), sigma(t) / alpha(t)). For
+    VESDE and EDMSDE (alpha = 1) that is D(x, sigma(t)). sigma reaches D with shape (B,).
+
+    Args:
+        denoiser: D(x, sigma[, **cond]) -> x0 estimate, shape (B, *D); e.g. a k-diffusion
+            `VDenoiser`/`Denoiser` or an EDM `EDMPrecond`.
+        sde: the SDE to sample in; its sigma(t)/alpha(t) should cover the denoiser's range
+            (e.g. `EDMSDE(0.002, 80)`).
+        cond, label_arg, num_classes: as `ForeignModel`.
+    """
+
+    parametrization = "x0"
+
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        x0 = self.call_net(x / append_dims(alpha, x.ndim), sigma / alpha, y)
+        return to_x0_eps(self.parametrization, x0, x, alpha, sigma)
+
+
+class EDMModel(ForeignModel):
+    """An EDM raw network F with Karras et al.'s preconditioning (2022, Table 1), any linear SDE.
+
+    In VE terms (x_ve = x / alpha, s = sigma / alpha):
+        D(x_ve, s) = c_skip x_ve + c_out F(c_in x_ve, c_noise),
+        c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2),
+        c_in = 1 / sqrt(s^2 + sd^2), c_noise = log(s) / 4, sd = sigma_data.
+    The preconditioning runs in x's dtype, only F in its own.
+
+    Args:
+        net: F(x_in, c_noise[, **cond]) of shape (B, *D); c_noise of shape (B,).
+        sde: the SDE to sample in, e.g. `EDMSDE()`.
+        sigma_data: the data std of EDM's training (0.5 for their images).
+        cond, label_arg, num_classes: as `ForeignModel`.
+    """
+
+    parametrization = "x0"
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        sde: SDE,
+        *,
+        sigma_data: float = 0.5,
+        cond: Mapping[str, Any] | None = None,
+        label_arg: str = "class_labels",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
+        self.sigma_data = check_finite_number("sigma_data", sigma_data, positive=True)
+
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        s, sd = sigma / alpha, self.sigma_data
+        x_ve = x / append_dims(alpha, x.ndim)
+        c_skip = sd**2 / (s**2 + sd**2)
+        c_out = s * sd / (s**2 + sd**2).sqrt()
+        c_in = (s**2 + sd**2).rsqrt()
+        f = self.call_net(append_dims(c_in, x.ndim) * x_ve, s.log() / 4, y)
+        x0 = append_dims(c_skip, x.ndim) * x_ve + append_dims(c_out, x.ndim) * f
+        return to_x0_eps(self.parametrization, x0, x, alpha, sigma)
+
+
+class ScoreSDEModel(ForeignModel):
+    """A score_sde-style network s(x, c) (Song et al. 2021, score_sde_pytorch).
+
+    The network sees x unscaled and the noise-level input c = time_scale * t (time_input "t":
+    score_sde's VP/sub-VP networks take t * 999, their DDPM-trained ones t * (N - 1); use
+    time_scale=1 for t in [0, 1]) or c = sigma(t) (time_input "sigma": NCSN++ on VE, continuous
+    training), or a callable t -> c. Its output is the score ("score", score_sde's VE models)
+    or the noise ("eps": score_sde's VP and sub-VP models, whose score is -output/std).
+
+    Args:
+        net: s(x, c[, **cond]) of shape (B, *D); c of shape (B,).
+        sde: the SDE it was trained with, e.g. `VPSDE()` (beta 0.1..20) or `VESDE(0.01, 50)`.
+        parametrization: "score" or "eps" (any of PARAMETRIZATIONS).
+        time_input, time_scale: as above.
+        cond, label_arg, num_classes: as `ForeignModel`.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Any],
+        sde: SDE,
+        parametrization: str = "score",
+        *,
+        time_input: str | Callable[[Tensor], Tensor] = "t",
+        time_scale: float = 999.0,
+        cond: Mapping[str, Any] | None = None,
+        label_arg: str = "class_labels",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
+        check_choice("parametrization", parametrization, ("eps", "x0", "v", "score"))
+        self.parametrization = parametrization
+        if isinstance(time_input, str):
+            check_choice("time_input", time_input, SCORE_SDE_TIME_INPUTS)
+        elif not callable(time_input):
+            raise TypeError(f"time_input must be 't', 'sigma' or a callable, got {time_input!r}")
+        self.time_input = time_input
+        self.time_scale = check_finite_number("time_scale", time_scale, positive=True)
+
+    def c_noise(self, t: Tensor) -> Tensor:
+        """The network's noise-level input at times t (B,)."""
+        if callable(self.time_input):
+            return self.time_input(t)
+        if self.time_input == "sigma":
+            return self.sde.sigma(t)
+        return self.time_scale * t
+
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+        out = self.call_net(x, self.c_noise(t), y)
+        return to_x0_eps(self.parametrization, out, x, alpha, sigma)
