@@ -2,21 +2,26 @@
 
 Along the PF-ODE dx/dt = v(x, t), d log p_t(x_t)/dt = -div v, so
     log p_{t_min}(x) = log p_T(z) + int_{t_min}^{T} div v(x_t, t) dt,   z = x(T).
-The divergence is computed exactly (all D vector-Jacobian products, batched through autograd in
-chunks) or estimated by Hutchinson's trick with probes drawn once per solve (Grathwohl et al.
-2019, FFJORD).
+The divergence is computed exactly (all D vector-Jacobian products, batched by torch.func.vmap in
+chunks; see sdegen.divergence) or estimated by Hutchinson's trick with probes drawn once per solve
+(Grathwohl et al. 2019, FFJORD).
 """
 
 from __future__ import annotations
-
-from typing import cast
 
 import torch
 from torch import Tensor
 
 from .._ode import check_ode_settings
 from .._utils import check_tensor_finite
-from ..divergence import check_chunk, exact_divergence, hutchinson_divergence, probes_like
+from ..divergence import (
+    VmapMemo,
+    check_chunk,
+    divergence,
+    exact_divergence,
+    hutchinson_divergence,
+    probes_like,
+)
 from ..models.base import check_sde
 from ..models.density import bits_per_dim
 from .counting import CountingModel
@@ -105,20 +110,21 @@ def log_likelihood(
     vjp_count = [0]
     dim = x[0].numel()
 
+    memo = VmapMemo()  # what torch.func can do with this model, learned once per solve
+
     def func(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        y = state[0]
-        with torch.enable_grad():
-            if not differentiable:
-                y = y.detach()
-            if not y.requires_grad:
-                y = y.requires_grad_(True)
-            v = ode_drift(counted, sde, y, batch_t(float(t.detach()), y))
-            if trace == "exact":
-                div = exact_divergence(v, y, chunk=chunk, create_graph=differentiable)
-                vjp_count[0] += dim
-            else:  # eps was drawn for the Hutchinson trace
-                div = hutchinson_divergence(v, y, cast(Tensor, eps), create_graph=differentiable)
-                vjp_count[0] += probes
+        y = state[0] if differentiable else state[0].detach()
+        tb = batch_t(float(t.detach()), y)
+        v, div = divergence(
+            lambda u: ode_drift(counted, sde, u, tb),
+            y,
+            trace=trace,
+            probes=eps,
+            chunk=chunk,
+            create_graph=differentiable,
+            memo=memo,
+        )
+        vjp_count[0] += dim if trace == "exact" else probes
         if not differentiable:
             v, div = v.detach(), div.detach()
         return v, div
