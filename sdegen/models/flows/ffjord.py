@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..._ode import check_ode_settings, landing_options
 from ..._utils import batch_times, check_choice, check_finite_number, check_int
-from ...divergence import exact_divergence, hutchinson_divergence, probes_like
+from ...divergence import VmapMemo, divergence, probes_like
 from ..density import DensityModel
 
 ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh}
@@ -212,6 +212,7 @@ class FFJORD(DensityModel):
         # The Frobenius estimate reuses the trace probes; an exact trace draws its own.
         jac_eps = probes_like(*draw) if frobenius and eps is None else eps
         counts, phase = {"forward": 0, "backward": 0}, "forward"
+        memo = VmapMemo()  # what torch.func can do with the dynamics, learned once per solve
 
         def func(s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             counts[phase] += 1
@@ -223,12 +224,19 @@ class FFJORD(DensityModel):
                 if torch.is_grad_enabled() and not y.requires_grad:
                     y = y.detach().requires_grad_(True)
                 T = self.T.to(y.dtype)
-                v = T * self.dynamics(s * T, y)
-                out = [v]
-                if logdet and eps is None:
-                    out.append(exact_divergence(v, y, create_graph=create_graph))
-                elif eps is not None:  # logdet by Hutchinson's estimate
-                    out.append(hutchinson_divergence(v, y, eps, create_graph=create_graph))
+
+                def velocity(u: Tensor) -> Tensor:
+                    return T * self.dynamics(s * T, u)
+
+                if logdet:  # exact trace, or Hutchinson's estimate with the probes eps
+                    trace = "exact" if eps is None else "hutchinson"
+                    v, div = divergence(
+                        velocity, y, trace=trace, probes=eps, create_graph=create_graph, memo=memo
+                    )
+                    out = [v, div]
+                else:
+                    out = [velocity(y)]
+                v = out[0]
                 if kinetic:
                     out.append(v.pow(2).sum(1))
                 if frobenius:
