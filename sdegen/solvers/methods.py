@@ -12,7 +12,7 @@ from types import MappingProxyType
 from torch import Tensor
 
 from .._utils import check_choice, check_int
-from . import adaptive, edm, exponential, pf_ode, reverse_sde, torchsde_methods
+from . import adaptive, edm, exponential, kdiffusion, pf_ode, reverse_sde, torchsde_methods
 from .grid import GridMethod
 
 
@@ -95,6 +95,54 @@ def _torchsde(name: str, cost: Callable[[int, dict], int], summary: str) -> Meth
 
 _3M = {"order": 3, "eta": 0.0, "lower_order_final": True}
 
+
+def _ddim_eta0(model, sde, ts: Tensor) -> GridMethod:
+    return exponential.DDIM(model, sde, ts, eta=0.0)
+
+
+_ANCESTRAL = {"eta": 1.0}
+
+# k-diffusion's samplers by k-diffusion's names (kdiffusion.py), on its default grid (Karras).
+# Euler in sigma~ = sigma/alpha is DDIM (eta = 0), and Euler ancestral is DDIM with k-diffusion's
+# eta (the same noise formula); k-diffusion's names that sdegen already uses with another
+# meaning (euler, heun) take the prefix "k_". N steps plus the final denoising step are
+# k-diffusion's sampler on the levels sigma~(ts) followed by 0.
+# fmt: off
+K_METHODS: dict[str, Method] = {
+    "k_euler": Method(
+        "ode", "karras", _per_step(1),
+        "k-diffusion's euler: Euler in sigma/alpha (= ddim at eta 0)", step=_ddim_eta0),
+    "euler_ancestral": Method(
+        "ode", "karras", _per_step(1),
+        "k-diffusion's euler_ancestral (= ddim; eta 1: DDPM's noise)",
+        step=exponential.DDIM, options=_ANCESTRAL, stochastic=True, last_step_noise=True),
+    "k_heun": Method(
+        "ode", "karras", _per_step(2),
+        "k-diffusion's heun: Heun in sigma/alpha into every level (heun: last one Euler)",
+        step=kdiffusion.Heun),
+    "dpm_2": Method(
+        "ode", "karras", _per_step(2),
+        "k-diffusion's dpm_2: DPM-Solver-2 midpoint in log sigma, Euler in sigma/alpha",
+        step=kdiffusion.DPM2),
+    "dpm_2_ancestral": Method(
+        "ode", "karras", _per_step(2), "k-diffusion's dpm_2_ancestral (eta)",
+        step=kdiffusion.DPM2Ancestral, options=_ANCESTRAL, stochastic=True,
+        last_step_noise=True),
+    "dpmpp_2s_ancestral": Method(
+        "ode", "karras", _per_step(2), "k-diffusion's dpmpp_2s_ancestral (eta)",
+        step=kdiffusion.DPMpp2SAncestral, options=_ANCESTRAL, stochastic=True,
+        last_step_noise=True),
+    "lms": Method(
+        "ode", "karras", _per_step(1),
+        "k-diffusion's lms: linear multistep in sigma/alpha (order 1-4)",
+        step=kdiffusion.LMS, options={"order": 4}),
+    "deis": Method(
+        "ode", "karras", _per_step(1),
+        "DEIS multistep in log rho as diffusers' DEISMultistep (order 1-3)",
+        step=kdiffusion.DEIS, options={"order": 3, "lower_order_final": True}),
+}
+# fmt: on
+
 # Default grids were chosen by measurement (benchmarks/schedules.py): uniform t fails badly on
 # EDM and VE at low NFE; Karras and log-SNR grids never do. stochastic: takes the generator;
 # last_step_noise: adds noise on its last step only when a final denoising step follows.
@@ -128,11 +176,13 @@ METHODS: dict[str, Method] = {
         "ode", "uniform", None, "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
         driver=pf_ode.dopri5, options={"rtol": 1e-5, "atol": 1e-5}, live=False),
     "euler": Method(
-        "ode", "karras", _per_step(1), "Euler on the PF-ODE", step=pf_ode.Euler),
+        "ode", "karras", _per_step(1),
+        "Euler on the PF-ODE in t (k-diffusion's euler, in sigma, is k_euler)", step=pf_ode.Euler),
     "rk4": Method(
         "ode", "karras", _per_step(4), "classical RK4 on the PF-ODE", step=pf_ode.RK4),
     "heun": Method(
-        "ode", "karras", lambda n, _: 2 * n - 1, "Heun on the PF-ODE, last step Euler (EDM)",
+        "ode", "karras", lambda n, _: 2 * n - 1,
+        "Heun on the PF-ODE in sigma, last step Euler (k-diffusion's heun is k_heun)",
         step=edm.Heun),
     "ddim": Method(
         "ode", "log_snr", _per_step(1),
@@ -147,7 +197,8 @@ METHODS: dict[str, Method] = {
         step=exponential.DPMpp3M, options=_3M, stochastic=True, last_step_noise=True),
     # SDE-DPM-Solver++(2M): the 3M step at eta = 1 and order 2 (Lu et al. 2022, SDE form)
     "dpmpp_sde": Method(
-        "sde", "log_snr", _per_step(1), "SDE-DPM-Solver++(2M) on the reverse SDE",
+        "sde", "log_snr", _per_step(1),
+        "SDE-DPM-Solver++(2M) on the reverse SDE (not k-diffusion's singlestep dpmpp_sde)",
         step=exponential.DPMpp3M, options={**_3M, "order": 2, "eta": 1.0},
         stochastic=True, last_step_noise=True),
     "unipc": Method(
@@ -170,6 +221,7 @@ METHODS: dict[str, Method] = {
         step=edm.EDMStochastic,
         options={"churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
         stochastic=True),
+    **K_METHODS,
 }
 # fmt: on
 

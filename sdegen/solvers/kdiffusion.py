@@ -1,0 +1,213 @@
+"""k-diffusion's samplers (Crowson, k-diffusion 0.1.1 `sampling.py`) and DEIS, for every linear
+SDE: Heun, DPM-2 and their ancestral forms, DPM-Solver++(2S) ancestral, linear multistep (LMS)
+and DEIS's multistep in log rho.
+
+All work in EDM's variables x~ = x / alpha and sigma~ = sigma / alpha = exp(-lambda) (k-diffusion's
+x and sigma), in which the PF-ODE of every linear SDE is dx~/dsigma~ = d = (x~ - D) / sigma~, D
+the denoiser; a level sigma~ off the grid is mapped back to a time through the inverse log-SNR.
+On the EDM SDE (alpha = 1, sigma = t) the variables are k-diffusion's own.
+
+k-diffusion's grids end at sigma = 0, where its samplers take an Euler step, x = D; sdegen's end
+at t_min and the final denoising step of `sample` is that step. So N steps here plus the
+final denoising are k-diffusion's sampler on the N + 1 levels sigma~(ts) followed by 0, with
+the same evaluations, except LMS, whose step to 0 k-diffusion takes by extrapolation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from torch import Tensor
+
+from .._utils import check_finite_number, check_int
+from .exp_quadrature import LogSNRSchedule
+from .grid import GridMethod, batch_t, randn_like
+
+__all__ = ["Heun", "DPM2", "DPM2Ancestral", "DPMpp2SAncestral", "LMS", "DEIS", "ancestral_step"]
+
+# 16-point Gauss-Legendre: exact to rounding for polynomials up to degree 31 (LMS), and for
+# DEIS's e^u times a quadratic to ~1e-13 even across a step of e^5 in sigma.
+_GL_NODES, _GL_WEIGHTS = (a.tolist() for a in np.polynomial.legendre.leggauss(16))
+
+
+def lagrange_integrals(nodes: list[float], b: float, weight=None) -> list[float]:
+    """int_0^b w(u) L_j(u) du for each Lagrange basis polynomial L_j on `nodes` (w = 1 if None).
+
+    The nodes are offsets from the current point (0 first), so the basis stays well scaled.
+    """
+    half = 0.5 * b
+    us = [half * (1 + g) for g in _GL_NODES]
+    out = []
+    for j, uj in enumerate(nodes):
+        total = 0.0
+        for u, w in zip(us, _GL_WEIGHTS):
+            basis = 1.0
+            for k, uk in enumerate(nodes):
+                if k != j:
+                    basis *= (u - uk) / (uj - uk)
+            total += w * basis * (1.0 if weight is None else weight(u))
+        out.append(half * total)
+    return out
+
+
+def ancestral_step(sig_from: float, sig_to: float, eta: float) -> tuple[float, float]:
+    """k-diffusion's get_ancestral_step: (sigma_down, sigma_up) with sigma_down^2 + sigma_up^2 =
+    sig_to^2; eta = 1 gives DDPM's posterior noise, eta = 0 none."""
+    up = min(sig_to, eta * math.sqrt(sig_to**2 * (sig_from**2 - sig_to**2) / sig_from**2))
+    return math.sqrt(sig_to**2 - up**2), up
+
+
+class _SigmaGrid(GridMethod):
+    """A method in x~ and sigma~: the grid's alpha and sigma~, and the derivative d anywhere."""
+
+    def __init__(self, model, sde, ts: Tensor, **noise) -> None:
+        super().__init__(model, sde, ts, **noise)
+        self.path = LogSNRSchedule(sde, ts)
+        self.sig = [s / a for s, a in zip(self.path.sigma, self.path.alpha)]
+
+    def d_at(self, x_tilde: Tensor, sig: float) -> Tensor:
+        """(x~ - D) / sigma~ at level sig, off the grid."""
+        t, alpha, _ = self.path.at_lambda(-math.log(sig))
+        denoised = self.model.denoise(alpha * x_tilde, batch_t(t, x_tilde))
+        return (x_tilde - denoised) / sig
+
+
+class _TwoStage(_SigmaGrid):
+    """One evaluation at the grid level sigma~_i, one at a second level (`stage`), then the
+    update to sigma_down; ancestral methods (eta > 0) add noise of std sigma_up, where
+    sigma_down^2 + sigma_up^2 = sigma~_{i+1}^2. A step that adds no noise goes to sigma~_{i+1}."""
+
+    def __init__(self, model, sde, ts: Tensor, *, eta: float = 0.0, **noise) -> None:
+        super().__init__(model, sde, ts, **noise)
+        self.eta = check_finite_number("eta", eta, nonnegative=True)
+
+    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, sig = self.path.alpha, self.sig
+        denoised = self.model.denoise(x, batch_t(self.ts[i].item(), x))
+        x_cur = x / alpha[i]
+        s_down, s_up = sig[i + 1], 0.0
+        if self.eta > 0 and self.adds_noise(i):
+            s_down, s_up = ancestral_step(sig[i], sig[i + 1], self.eta)
+        x_next = self.stage(x_cur, denoised, sig[i], s_down)
+        if s_up > 0:
+            x_next = x_next + s_up * randn_like(x_next, self.generator)
+        return alpha[i + 1] * x_next, denoised
+
+
+class Heun(_TwoStage):
+    """k-diffusion's sample_heun (Karras et al. 2022, Algorithm 1 with Heun steps, no churn):
+    a Heun step into every grid level, sigma_min included; 2 evaluations per step. sdegen's
+    `heun` instead takes an Euler step into sigma_min (EDM's Euler step to 0 moved one level up)."""
+
+    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+        d = (x - denoised) / s
+        x_2 = x + d * (s_down - s)
+        d_2 = self.d_at(x_2, s_down)
+        return x + 0.5 * (d + d_2) * (s_down - s)
+
+
+class DPM2(_TwoStage):
+    """k-diffusion's sample_dpm_2 (DPM-Solver-2 in sigma~, no churn): Euler to the geometric
+    midpoint sqrt(sigma_i sigma_next), then the full step with the slope there; 2 evaluations
+    per step (k-diffusion's Euler step to sigma = 0 is sdegen's final denoising step)."""
+
+    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+        d = (x - denoised) / s
+        s_mid = math.exp(0.5 * (math.log(s) + math.log(s_down)))
+        x_2 = x + d * (s_mid - s)
+        return x + self.d_at(x_2, s_mid) * (s_down - s)
+
+
+class DPM2Ancestral(DPM2):
+    """k-diffusion's sample_dpm_2_ancestral: a DPM-2 step to sigma_down, then noise of std
+    sigma_up (eta = 1: DDPM's posterior variance); 2 evaluations per step."""
+
+    def __init__(self, model, sde, ts: Tensor, *, eta: float, **noise) -> None:
+        super().__init__(model, sde, ts, eta=eta, **noise)
+
+
+class DPMpp2SAncestral(_TwoStage):
+    """k-diffusion's sample_dpmpp_2s_ancestral: a DPM-Solver++(2S) step (r = 1/2, data
+    prediction) to sigma_down, then noise of std sigma_up; 2 evaluations per step. eta = 0 is
+    sdegen's `dpmpp_2s` (r = 1/2) on the same grid."""
+
+    def __init__(self, model, sde, ts: Tensor, *, eta: float, **noise) -> None:
+        super().__init__(model, sde, ts, eta=eta, **noise)
+
+    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+        h = math.log(s) - math.log(s_down)  # lambda_next - lambda
+        s_mid = math.exp(math.log(s) - 0.5 * h)
+        x_2 = (s_mid / s) * x - math.expm1(-0.5 * h) * denoised
+        t, alpha, _ = self.path.at_lambda(-math.log(s_mid))
+        denoised_2 = self.model.denoise(alpha * x_2, batch_t(t, x_2))
+        return (s_down / s) * x - math.expm1(-h) * denoised_2
+
+
+class _SigmaMultistep(_SigmaGrid):
+    """x~_{i+1} = x~_i + sum_j c_j d_{i-j}: the slope d = (x~ - D)/sigma~ (the noise prediction)
+    interpolated through the last k outputs by a polynomial, integrated exactly over sigma~;
+    one evaluation per step. The first steps use the history available."""
+
+    log_sigma = False  # interpolate in log sigma~ (DEIS) instead of sigma~ (LMS)
+
+    def __init__(self, model, sde, ts: Tensor, *, order: int, max_order: int) -> None:
+        super().__init__(model, sde, ts)
+        self.order = check_int("order", order, 1, max_order)
+        self.ds: list[Tensor] = []
+
+    def current_order(self, i: int) -> int:
+        return min(i + 1, self.order)
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        alpha, sig = self.path.alpha, self.sig
+        denoised = self.model.denoise(x, batch_t(self.ts[i].item(), x))
+        x_cur = x / alpha[i]
+        self.ds = (self.ds + [(x_cur - denoised) / sig[i]])[-self.order :]
+        k = self.current_order(i)
+        if self.log_sigma:
+            # d as a polynomial in u = log(sigma~ / sigma~_i); dsigma~ = sigma~_i e^u du
+            nodes = [math.log(sig[i - j] / sig[i]) for j in range(k)]
+            weight = lambda u: sig[i] * math.exp(u)  # noqa: E731
+            coeffs = lagrange_integrals(nodes, math.log(sig[i + 1] / sig[i]), weight)
+        else:
+            nodes = [sig[i - j] - sig[i] for j in range(k)]
+            coeffs = lagrange_integrals(nodes, sig[i + 1] - sig[i])
+        x_next = x_cur
+        for c, d in zip(coeffs, reversed(self.ds[-k:])):
+            x_next = x_next + c * d
+        return alpha[i + 1] * x_next, denoised
+
+
+class LMS(_SigmaMultistep):
+    """k-diffusion's sample_lms: linear multistep of `order` (1..4) in sigma~, the Lagrange basis
+    integrated exactly (k-diffusion uses scipy's quad at epsrel 1e-4); one evaluation per step.
+    k-diffusion's last step, to sigma = 0, extrapolates as well; sdegen's final denoising
+    step returns D at sigma_min instead."""
+
+    def __init__(self, model, sde, ts: Tensor, *, order: int) -> None:
+        super().__init__(model, sde, ts, order=order, max_order=4)
+
+
+class DEIS(_SigmaMultistep):
+    """DEIS (Zhang & Chen 2022) as diffusers' DEISMultistepScheduler (algorithm "deis", solver
+    type "logrho"): the noise prediction extrapolated by the polynomial in log rho (rho =
+    sigma~, so log rho = -lambda) through the last `order` outputs (1..3) and integrated exactly
+    in rho, which is the exponential integrator for the noise prediction. Order 1 is DDIM. With
+    fewer than 15 steps `lower_order_final` uses order 1 on the last step and at most 2 on the
+    one before, as diffusers does. One evaluation per step."""
+
+    log_sigma = True
+
+    def __init__(self, model, sde, ts: Tensor, *, order: int, lower_order_final: bool) -> None:
+        super().__init__(model, sde, ts, order=order, max_order=3)
+        self.lower_order_final = lower_order_final
+
+    def current_order(self, i: int) -> int:
+        k = super().current_order(i)
+        if self.lower_order_final and self.n < 15:
+            k = min(k, self.n - i)
+        return k
