@@ -4,7 +4,9 @@ K_METHODS entries of METHODS), checked three ways:
 - against k-diffusion 0.1.1's own `sampling.py` (skipped where k-diffusion is not installed; CI's
   test extra does not have it), on the EDM SDE, where sdegen's variables are k-diffusion's, and
   on VP through the denoiser adapter x~ = x / alpha, sigma~ = sigma / alpha, with the same
-  prior draw and the same injected noise, to 1e-10 in float64;
+  prior draw and the same injected noise, to 1e-10 in float64 (also two existing names:
+  dpmpp_2m and dpmpp_sde are k-diffusion's dpmpp_2m and dpmpp_2m_sde(solver_type="heun") when
+  their last step keeps its order);
 - DEIS against diffusers' closed-form log-rho coefficients (copied below, no import needed);
 - always: on the analytic Gaussian mixture, each deterministic sampler converges to a tight
   dopri5 solve of the PF-ODE at its order, and the ancestral ones draw the mixture's moments.
@@ -80,17 +82,19 @@ def _load_k_sampling():
 KS = _load_k_sampling()
 needs_k = pytest.mark.skipif(KS is None, reason="k-diffusion 0.1.1 is not installed")
 
-# sdegen name -> (k-diffusion sampler, sdegen options); the ancestral ones at k-diffusion's eta = 1
+# sdegen name -> (k-diffusion sampler, sdegen options, k-diffusion options); the ancestral and
+# SDE ones at k-diffusion's default eta = 1
 K_PAIRS = {
-    "k_euler": ("sample_euler", {}),
-    "euler_ancestral": ("sample_euler_ancestral", {}),
-    "k_heun": ("sample_heun", {}),
-    "dpm_2": ("sample_dpm_2", {}),
-    "dpm_2_ancestral": ("sample_dpm_2_ancestral", {}),
-    "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}),
-    "lms": ("sample_lms", {}),
-    # an existing name with k-diffusion's meaning once the last step keeps its order
-    "dpmpp_2m": ("sample_dpmpp_2m", {"lower_order_final": False}),
+    "k_euler": ("sample_euler", {}, {}),
+    "euler_ancestral": ("sample_euler_ancestral", {}, {}),
+    "k_heun": ("sample_heun", {}, {}),
+    "dpm_2": ("sample_dpm_2", {}, {}),
+    "dpm_2_ancestral": ("sample_dpm_2_ancestral", {}, {}),
+    "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}, {}),
+    "lms": ("sample_lms", {}, {}),
+    # existing names with k-diffusion's meaning once the last step keeps its order
+    "dpmpp_2m": ("sample_dpmpp_2m", {"lower_order_final": False}, {}),
+    "dpmpp_sde": ("sample_dpmpp_2m_sde", {"lower_order_final": False}, {"solver_type": "heun"}),
 }
 
 
@@ -102,7 +106,7 @@ def test_matches_k_diffusion(name, sde_cls):
     which extrapolates into 0, without the denoising step and without the 0), same evaluations."""
     sde = sde_cls()
     model = mixture(sde)
-    k_name, options = K_PAIRS[name]
+    k_name, options, k_options = K_PAIRS[name]
     x_T = sde.prior_sample(SHAPE, generator=_gen(0), dtype=F64)
     denoise = name != "lms"
     r = sdegen.sample(
@@ -119,8 +123,8 @@ def test_matches_k_diffusion(name, sde_cls):
         return model.denoise(sde.alpha(t)[:, None] * x, t)
 
     g = _gen(3)  # sdegen draws one N(0, I) per noisy step from its generator, in step order
-    kw = {}
-    if "ancestral" in k_name:
+    kw = dict(k_options)
+    if "ancestral" in k_name or "sde" in k_name:
         kw["noise_sampler"] = lambda s, s_next: torch.randn(SHAPE, generator=g, dtype=F64)
     x_k = getattr(KS, k_name)(k_model, x_T / sde.alpha(r.ts[:1]), sigmas, disable=True, **kw)
     if not denoise:
