@@ -148,6 +148,8 @@ def test_diffusers_adapter_errors(diffusers):
         from_diffusers(net, {"rescale_betas_zero_snr": True})
     with pytest.raises(TypeError, match="scheduler_config"):
         from_diffusers(net, "ddim")
+    with pytest.raises(TypeError, match="discrete VPSDE"):
+        DiffusersModel(net, VPSDE(), "epsilon")
     x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5)
     model, _ = from_diffusers(lambda x, t: x.repeat(1, 3, 1, 1), {})
     with pytest.raises(ValueError, match=r"shape of x \(2, 1, 8, 8\), got \(2, 3, 8, 8\)"):

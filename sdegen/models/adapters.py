@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._utils import append_dims, check_choice, check_finite_number, check_int
 from ..protocols import SDE
-from ..sde.vp import VPSDE
+from ..sde.vp import VPSDE, DiscreteBeta
 from .base import ParametrizedModel, to_x0_eps
 from .labels import check_labels
 from .score_model import parameter_dtype
@@ -145,8 +145,11 @@ class DiffusersModel(ForeignModel):
     ) -> None:
         super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
-        if not callable(getattr(sde, "timestep", None)):
-            raise TypeError(f"sde must be a discrete VPSDE (VPSDE.from_betas), got {sde!r}")
+        if not isinstance(getattr(sde, "schedule", None), DiscreteBeta):
+            raise TypeError(
+                f"sde must be a discrete VPSDE, VPSDE.from_betas(betas) (from_diffusers builds "
+                f"it), got {sde!r}"
+            )
         self.prediction_type = prediction_type
         self.parametrization = PREDICTION_TYPES[prediction_type]
         self.learned_variance = bool(learned_variance)
@@ -161,7 +164,10 @@ class DiffusersModel(ForeignModel):
         `sample(..., schedule=model.times(scheduler.timesteps))` runs sdegen's solvers on the
         scheduler's grid (which must then run from sde.T to sde.t_min; see `from_diffusers`).
         """
-        i = torch.as_tensor(np.asarray(timesteps, dtype=np.float64))
+        if torch.is_tensor(timesteps):
+            i = timesteps.detach().to("cpu", torch.float64)
+        else:
+            i = torch.as_tensor(np.asarray(timesteps, dtype=np.float64))
         return (i + 1) / self.num_train_timesteps
 
     def check_output(self, out: Tensor, x: Tensor) -> Tensor:
