@@ -124,6 +124,7 @@ def divergence(
                 f"trace='hutchinson' needs probes of shape (K, *x.shape) = (K, "
                 f"{', '.join(map(str, x.shape))}), got {got}"
             )
+    check_chunk(chunk)  # refused under either trace, though only the exact one uses it
     size = _auto_chunk(x, chunk) if trace == "exact" else 0
     memo = VmapMemo() if memo is None else memo
     if memo.func:

@@ -236,3 +236,5 @@ def test_bad_arguments_are_named():
         divergence(net, x, trace="hutchinson", probes=torch.ones(2, 5))
     with pytest.raises(ValueError, match="chunk must be None"):
         divergence(net, x, chunk=0)
+    with pytest.raises(ValueError, match="chunk must be None"):
+        divergence(net, x, trace="hutchinson", probes=probes_like(x, 1), chunk=-1)
