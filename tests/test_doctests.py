@@ -23,6 +23,8 @@ MODULES = [
     "sdegen.models.score_model",
     "sdegen.models.analytic",
     "sdegen.models.density",
+    "sdegen.models.distribution",
+    "sdegen.solvers.sampling",
     "sdegen.models.flows.realnvp",
     "sdegen.models.flows.ffjord",
     "sdegen.models.vae",

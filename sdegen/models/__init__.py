@@ -1,10 +1,12 @@
 """Networks, the score-model wrapper and analytic score models."""
 
 from ..protocols import ScoreModelLike
+from . import adapters
 from .adapters import *  # noqa: F403  (adapters.__all__: the foreign-model adapters)
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
 from .classifier import ConvClassifier, NoiseConditionalClassifier
+from .distribution import ModelDistribution
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
 from .labels import NULL_LABEL, LabelEmbedding, check_labels
@@ -37,4 +39,6 @@ __all__ = [
     "NULL_LABEL",
     "LabelEmbedding",
     "check_labels",
+    "ModelDistribution",
+    *adapters.__all__,
 ]
