@@ -263,3 +263,65 @@ def test_train_under_torchrun_matches_one_process(tmp_path):
     ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
     assert sorted(ddp) == sorted(one) == [5, 10]
     assert max(abs(ddp[k] - one[k]) for k in one) < 1e-5
+
+
+_FACTORY = """
+import torch
+from sdegen.models import GaussianScore, KDiffusionModel
+from sdegen.sde import EDMSDE, VPSDE
+
+
+def gaussian():
+    sde = VPSDE()
+    return GaussianScore(torch.zeros(2), 0.5 * torch.eye(2), sde), sde
+
+
+def denoiser():
+    # a k-diffusion denoiser D(x, sigma) of N(0, 0.25 I), as a pretrained network would be
+    sde = EDMSDE()
+    return KDiffusionModel(lambda x, s: x * 0.25 / (0.25 + s.reshape(-1, 1) ** 2), sde), sde
+
+
+def no_sde():
+    return object()
+"""
+
+
+def test_sample_and_likelihood_of_a_model_of_ones_own(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.py").write_text(_FACTORY)
+    argv = ["sample", "--model", "mine.py:denoiser", "--shape", "2", "--n", "4000", "--quiet"]
+    assert main([*argv, "--nfe", "20"]) == 0
+    x = torch.from_numpy(np.load(tmp_path / "samples" / "dpmpp_2m-nfe20-seed0.npz")["x"])
+    assert x.shape == (4000, 2)
+    assert abs(float(x.var()) - 0.25) < 0.02  # the denoiser's data variance
+    # likelihood of the Gaussian's own model on the 2-D toy data: the closed form, exactly
+    assert main(["likelihood", "--model", "mine.py:gaussian", "--data", "toy:moons", "--n", "8",
+                 "--quiet"]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "likelihood-test.json").read_text())
+    from sdegen.assembly import load_data
+    from sdegen.models import GaussianScore
+    from sdegen.sde import VPSDE
+
+    sde = VPSDE()
+    truth = GaussianScore(torch.zeros(2), 0.5 * torch.eye(2), sde)
+    x8 = load_data("toy:moons").test[:8].double()
+    exact = -truth.log_prob(x8, torch.full((8,), sde.t_min)).mean()
+    assert abs(result["nll_nats"] - float(exact)) < 1e-3
+    capsys.readouterr()
+    for bad, message in [
+        (["sample", "--model", "mine.py:nope", "--shape", "2"], "has no callable 'nope'"),
+        (["sample", "--model", "nomodule_x:f", "--shape", "2"], "cannot import module"),
+        (["sample", "--model", "mine.py:no_sde", "--shape", "2"], "must have methods"),
+        (["sample", "--model", "mine.py:gaussian"], "needs --shape"),
+        (["sample", "--model", "mine.py:gaussian", "--shape", "2,x"], "--shape must be"),
+        (["likelihood", "--model", "mine.py:gaussian"], "needs --data"),
+        (["sample", "--run", "r", "--model", "mine.py:gaussian"], "give either --run"),
+        (["sample", "--model", "justaname"], "MODULE:FACTORY"),
+    ]:
+        assert main(bad) == 2, bad
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (bad, err)

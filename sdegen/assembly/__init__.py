@@ -25,7 +25,15 @@ from .config import (
     save_config,
 )
 from .likelihood import EXACT_TRACE_MAX_DIM, evaluate_likelihood, resolve_trace
-from .runs import MODEL_KEYS, LoadedRun, build_model, load_run, make_trainer, run_classes
+from .runs import (
+    MODEL_KEYS,
+    LoadedRun,
+    build_model,
+    load_foreign,
+    load_run,
+    make_trainer,
+    run_classes,
+)
 from .tables import (
     DATA,
     DATA_KINDS,
@@ -40,6 +48,7 @@ from .tables import (
 )
 
 __all__ = [
+    "load_foreign",
     "SDES",
     "NETWORKS",
     "DATA",

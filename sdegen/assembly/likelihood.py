@@ -47,7 +47,9 @@ def evaluate_likelihood(
     after each batch of k examples.
     """
     trace = resolve_trace(trace, data)
-    model = copy.deepcopy(model).double()
+    model = copy.deepcopy(model)
+    if isinstance(model, torch.nn.Module):
+        model = model.double()
     g = torch.Generator(x.device).manual_seed(seed)
     x = x.double()
     if data.bin_width is not None:  # uniform dequantization, explicit

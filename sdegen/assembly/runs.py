@@ -102,6 +102,53 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     return LoadedRun(cfg, data, model, int(meta["step"]))
 
 
+def load_foreign(spec: str):
+    """A score model of one's own from "MODULE:FACTORY" (or "path/to/file.py:FACTORY"), for
+    `sdegen sample/likelihood --model`. FACTORY() returns (model, sde), or a model with an
+    `.sde` attribute (ScoreModel, the adapters of sdegen.models.adapters). Returns (model, sde).
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    from ..models.base import check_sde
+    from ..solvers.counting import check_model
+
+    where, sep, name = str(spec).rpartition(":")
+    if not sep or not where or not name.isidentifier():
+        raise ValueError(f"--model must look like MODULE:FACTORY or FILE.py:FACTORY, got {spec!r}")
+    if where.endswith(".py"):
+        path = Path(where)
+        if not path.is_file():
+            raise FileNotFoundError(f"--model {spec}: no file {path}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"--model {spec}: {path} cannot be loaded as a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules.setdefault(path.stem, module)
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"--model {spec}: cannot import module {where!r} ({e})") from None
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"--model {spec}: {where} has no callable {name!r}")
+    made = factory()
+    model, sde = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    sde = sde if sde is not None else getattr(model, "sde", None)
+    check_model(model)
+    if sde is None:
+        raise TypeError(
+            f"--model {spec}: {name}() must return (model, sde) or a model with an .sde attribute"
+        )
+    check_sde(sde)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    return model, sde
+
+
 def make_trainer(
     cfg: TrainConfig,
     data: Data,

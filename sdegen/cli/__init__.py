@@ -74,6 +74,19 @@ def _add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> Non
     p.add_argument("--device", default=default, help="auto (cuda if available), cpu, cuda, cuda:N")
 
 
+def _add_model_source(p: argparse.ArgumentParser, *, shape: bool) -> None:
+    p.add_argument("--run", "--run-dir", dest="run", help="a run folder made by sdegen train")
+    p.add_argument(
+        "--model",
+        metavar="MODULE:FACTORY",
+        help="instead of --run, a model of your own: FACTORY() in MODULE (or FILE.py) returns "
+        "(model, sde) or a model with .sde, e.g. one of sdegen.models.adapters",
+    )
+    p.add_argument("--data", help="with --model: the data set (toy:NAME, digits, mnist:FOLDER...)")
+    if shape:
+        p.add_argument("--shape", help="with --model: one example's shape, e.g. 2 or 1,8,8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sdegen", description=__doc__, formatter_class=_Help)
     parser.add_argument("--version", action="version", version=f"sdegen {__version__}")
@@ -113,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sample", help="sample a trained run; writes .npz and .png", formatter_class=_Help
     )
-    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the run folder")
+    _add_model_source(p, shape=True)
     p.add_argument(
         "--method",
         default="dpmpp_2m",
@@ -155,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="NLL (nats) and bits/dim of a split under the PF-ODE",
         formatter_class=_Help,
     )
-    p.add_argument("--run", "--run-dir", dest="run", required=True, help="the run folder")
+    _add_model_source(p, shape=False)
     p.add_argument("--split", choices=["test", "train"], default="test", help="test or train")
     p.add_argument("--n", type=nonnegative_int, default=0, help="first N examples (0: all)")
     p.add_argument(

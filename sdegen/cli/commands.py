@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ..assembly import (
     harness,
     load_config,
     load_data,
+    load_foreign,
     load_run,
     make_trainer,
     plots,
@@ -97,12 +99,16 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_samples(x: torch.Tensor, data: Data, out: Path, title: str) -> Path:
+def _save_samples(x: torch.Tensor, data: Data | None, out: Path, title: str) -> Path | None:
+    """A grid of images or a scatter of 2-D points (over the test set, when known); other
+    shapes get no picture."""
     png = out.with_suffix(".png")
-    if data.is_image:
+    if x.ndim == 4 and x.shape[1] in (1, 3):
         plots.image_grid(x, png, title=title)
+    elif x.ndim == 2 and x.shape[1] >= 2:
+        plots.scatter(x, png, reference=None if data is None else data.test, title=title)
     else:
-        plots.scatter(x, png, reference=data.test, title=title)
+        return None
     return png
 
 
@@ -139,6 +145,55 @@ def _output_path(out: Path) -> Path:
     return out
 
 
+@dataclass
+class _Source:
+    """What sample/likelihood work on: a trained run (--run) or a model of one's own (--model)."""
+
+    model: torch.nn.Module
+    sde: object
+    data: Data | None
+    event_shape: tuple[int, ...]
+    step: int | None
+    folder: Path  # where outputs go by default
+
+
+def _event_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ValueError(f"--shape must be positive integers separated by commas, got {text!r}")
+    return shape
+
+
+def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
+    """The run folder's model and data, or the --model factory's model with --data/--shape."""
+    if (args.run is None) == (args.model is None):
+        raise ValueError("give either --run (a trained run) or --model MODULE:FACTORY (your own)")
+    if args.run is not None:
+        for flag in ("data", "shape"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"--{flag} goes with --model; a run has its own data")
+        run = load_run(args.run, ema=not args.no_ema)
+        return _Source(run.model, run.model.sde, run.data, run.data.event_shape, run.step,
+                       Path(args.run))  # fmt: skip
+    model, sde = load_foreign(args.model)
+    data = load_data(args.data) if getattr(args, "data", None) is not None else None
+    if need_data and data is None:
+        raise ValueError("--model needs --data (e.g. digits, toy:8gaussians) to evaluate on")
+    shape_arg = getattr(args, "shape", None)
+    if shape_arg is not None and data is not None:
+        raise ValueError("give --shape or --data, not both (the data set fixes the shape)")
+    if data is not None:
+        shape = data.event_shape
+    elif shape_arg is not None:
+        shape = _event_shape(shape_arg)
+    else:
+        raise ValueError("--model needs --shape C,H,W (or D) or --data for the sample shape")
+    return _Source(model, sde, data, shape, None, Path("."))
+
+
 def sample(args: argparse.Namespace) -> int:
     kw = _sample_kwargs(args)
     label = getattr(args, "class_label", None)
@@ -146,9 +201,9 @@ def sample(args: argparse.Namespace) -> int:
     if guidance is not None and label is None:
         raise ValueError("--guidance needs --class (the class to guide towards)")
     device = resolve_device(args.device)
-    run = load_run(args.run, ema=not args.no_ema)
-    run.model.to(device)
-    sde = run.model.sde
+    src = _source(args)
+    if isinstance(src.model, torch.nn.Module):
+        src.model.to(device)
     if label is not None:
         kw["y"] = label  # checked against the model's classes by sample()
     if guidance is not None:
@@ -164,7 +219,7 @@ def sample(args: argparse.Namespace) -> int:
     out = _output_path(
         Path(args.out)
         if args.out
-        else Path(args.run) / "samples" / f"{args.method}-{budget}-seed{args.seed}{tag}"
+        else src.folder / "samples" / f"{args.method}-{budget}-seed{args.seed}{tag}"
     )
     steps = kw.get("steps") or (
         solvers.steps_for_nfe(args.method, args.nfe) if args.nfe is not None else 0
@@ -172,9 +227,9 @@ def sample(args: argparse.Namespace) -> int:
     progress = Progress(steps, f"sample {args.method}", quiet=args.quiet or not steps)
     try:
         res = solvers.sample(
-            run.model,
-            sde,
-            (args.n, *run.data.event_shape),
+            src.model,
+            src.sde,
+            (args.n, *src.event_shape),
             method=args.method,
             generator=torch.Generator(device).manual_seed(args.seed),
             device=device,
@@ -196,7 +251,7 @@ def sample(args: argparse.Namespace) -> int:
         nfe=res.nfe,
         method=args.method,
         seed=args.seed,
-        step=run.step,
+        step=-1 if src.step is None else src.step,
         label=-1 if label is None else label,
         guidance=float("nan") if guidance is None else guidance,
         batch_factor=res.batch_factor,
@@ -206,32 +261,34 @@ def sample(args: argparse.Namespace) -> int:
         if label is None
         else f", class {label}" + (f", guidance {guidance:g}" if guidance else "")
     )
+    trained = "" if src.step is None else f", step {src.step}"
     png = _save_samples(
-        x, run.data, out, f"{args.method}, NFE {res.nfe}{what}, step {run.step}, seed {args.seed}"
+        x, src.data, out, f"{args.method}, NFE {res.nfe}{what}{trained}, seed {args.seed}"
     )
     batch = " on a doubled batch (classifier-free guidance)" if res.batch_factor == 2 else ""
     print(
         f"sampled {args.n}{what} with {args.method}: NFE {res.nfe}{batch} (counted); wrote "
-        f"{out.with_suffix('.npz')} and {png}"
+        f"{out.with_suffix('.npz')}" + (f" and {png}" if png else "")
     )
     return 0
 
 
 def likelihood(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    run = load_run(args.run, ema=not args.no_ema)
-    x = run.data.test if args.split == "test" else run.data.train
+    src = _source(args, need_data=True)
+    assert src.data is not None  # _source(need_data=True) guarantees it
+    x = src.data.test if args.split == "test" else src.data.train
     x = x[: args.n] if args.n else x
-    out = Path(args.run) / f"likelihood-{args.split}.json"
+    out = src.folder / f"likelihood-{args.split}.json"
     if not os.access(out.parent, os.W_OK):
         raise ValueError(f"run folder {out.parent} is not writable: cannot write {out.name}")
-    trace = resolve_trace(args.trace, run.data)
+    trace = resolve_trace(args.trace, src.data)
     progress = Progress(len(x), f"likelihood ({trace} trace)", quiet=args.quiet)
     start = time.perf_counter()
     try:
         result = evaluate_likelihood(
-            run.model.to(device),
-            run.data,
+            src.model.to(device) if isinstance(src.model, torch.nn.Module) else src.model,
+            src.data,
             x.to(device),
             trace=trace,
             rtol=args.rtol,
@@ -243,7 +300,7 @@ def likelihood(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    result.update(split=args.split, step=run.step, seconds=time.perf_counter() - start)
+    result.update(split=args.split, step=src.step, seconds=time.perf_counter() - start)
     bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise FloatingPointError(
