@@ -318,3 +318,39 @@ def test_likelihood_runs_the_adapters(case, trace):
     )
     assert res.log_prob.shape == (1,) and bool(torch.isfinite(res.log_prob).all())
     assert res.nfe > 0 and net.calls >= res.nfe
+
+
+class _ClassNet(torch.nn.Module):
+    """A class-conditional eps network whose embedding has a row for 'no class' at index K,
+    as networks trained with label dropout have; an index of -1 fails inside it."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(k + 1, 2)
+
+    def forward(self, x, t, class_labels=None):
+        return 0.1 * x + self.embed(class_labels)
+
+
+def test_classifier_free_guidance_maps_the_null_label_to_the_networks_own():
+    import sdegen
+    from sdegen.models import EDMModel
+    from sdegen.sde import EDMSDE
+
+    sde = EDMSDE()
+    net = _ClassNet().double()
+    model = EDMModel(net, sde, num_classes=3, null_label=3)
+    res = sdegen.sample(model, sde, (6, 2), y=1, guidance=2.0, nfe=6, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert res.batch_factor == 2 and bool(torch.isfinite(res.x).all())
+    # the unconditional half reads the network's own null row: w = 0 equals calling it with 3
+    seen = []
+    net.register_forward_hook(lambda m, args, kw, out: seen.append(kw["class_labels"].clone()),
+                              with_kwargs=True)  # fmt: skip
+    sdegen.sample(model, sde, (6, 2), y=1, guidance=2.0, nfe=2, dtype=torch.float64)
+    assert set(torch.cat(seen).tolist()) == {1, 3}
+    no_null = EDMModel(net, sde, num_classes=3)
+    with pytest.raises(ValueError, match="pass null_label="):
+        sdegen.sample(no_null, sde, (6, 2), y=1, guidance=2.0, nfe=6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="null_label must be an integer >= 0"):
+        EDMModel(net, sde, num_classes=3, null_label=-1)

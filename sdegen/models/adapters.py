@@ -29,7 +29,7 @@ from .._utils import append_dims, check_choice, check_finite_number, check_int
 from ..protocols import SDE
 from ..sde.vp import VPSDE, DiscreteBeta
 from .base import ParametrizedModel, to_x0_eps
-from .labels import check_labels
+from .labels import NULL_LABEL, check_labels
 from .score_model import parameter_dtype
 
 __all__ = [
@@ -61,6 +61,9 @@ class ForeignModel(ParametrizedModel):
         cond: keyword arguments passed to every call of `net` (e.g. a fixed text embedding).
         label_arg: the keyword under which class labels y reach `net`.
         num_classes: the network's number of classes (None: unconditional; y is refused).
+        null_label: the class index the network was trained to read as "no class" (label
+            dropout; often num_classes), which sdegen's NULL_LABEL (-1) becomes on the way in,
+            so classifier-free guidance works; None: a NULL_LABEL is refused with an error.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class ForeignModel(ParametrizedModel):
         cond: Mapping[str, Any] | None = None,
         label_arg: str = "class_labels",
         num_classes: int | None = None,
+        null_label: int | None = None,
     ) -> None:
         super().__init__(sde)
         if not callable(net):
@@ -83,6 +87,7 @@ class ForeignModel(ParametrizedModel):
             raise ValueError(f"label_arg must be a keyword name, got {label_arg!r}")
         self.label_arg = label_arg
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
+        self.null_label = None if null_label is None else check_int("null_label", null_label, 0)
 
     def net_dtype(self) -> torch.dtype | None:
         """The dtype the network runs in: its parameters'; None (x's) without parameters."""
@@ -93,6 +98,15 @@ class ForeignModel(ParametrizedModel):
         x_in's shape and dtype. `.sample` of a returned object (diffusers) is taken."""
         if y is not None:
             y = check_labels(y, x_in.shape[0], self.num_classes)
+            null = y == NULL_LABEL
+            if self.null_label is not None:
+                y = torch.where(null, self.null_label, y)
+            elif bool(null.any()):
+                raise ValueError(
+                    "labels hold NULL_LABEL (-1: unconditional, as classifier-free guidance "
+                    "asks), but this adapter knows no null class of the network: pass "
+                    "null_label=<the index it was trained with for no class>"
+                )
         dtype = self.net_dtype()
         x_net = x_in if dtype is None else x_in.to(dtype)
         if dtype is not None and c_noise.is_floating_point():
@@ -142,8 +156,16 @@ class DiffusersModel(ForeignModel):
         cond: Mapping[str, Any] | None = None,
         label_arg: str = "class_labels",
         num_classes: int | None = None,
+        null_label: int | None = None,
     ) -> None:
-        super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
+        super().__init__(
+            net,
+            sde,
+            cond=cond,
+            label_arg=label_arg,
+            num_classes=num_classes,
+            null_label=null_label,
+        )
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         if not isinstance(getattr(sde, "schedule", None), DiscreteBeta):
             raise TypeError(
@@ -220,6 +242,7 @@ def from_diffusers(
     cond: Mapping[str, Any] | None = None,
     label_arg: str = "class_labels",
     num_classes: int | None = None,
+    null_label: int | None = None,
 ) -> tuple[DiffusersModel, VPSDE]:
     """A diffusers network and its scheduler config as (score model, SDE).
 
@@ -268,7 +291,7 @@ def from_diffusers(
     learned = config.get("variance_type") in ("learned", "learned_range")
     model = DiffusersModel(
         net, sde, prediction_type, learned_variance=learned, cond=cond,
-        label_arg=label_arg, num_classes=num_classes,
+        label_arg=label_arg, num_classes=num_classes, null_label=null_label,
     )  # fmt: skip
     return model, sde
 
@@ -323,8 +346,16 @@ class EDMModel(ForeignModel):
         cond: Mapping[str, Any] | None = None,
         label_arg: str = "class_labels",
         num_classes: int | None = None,
+        null_label: int | None = None,
     ) -> None:
-        super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
+        super().__init__(
+            net,
+            sde,
+            cond=cond,
+            label_arg=label_arg,
+            num_classes=num_classes,
+            null_label=null_label,
+        )
         self.sigma_data = check_finite_number("sigma_data", sigma_data, positive=True)
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -367,8 +398,16 @@ class ScoreSDEModel(ForeignModel):
         cond: Mapping[str, Any] | None = None,
         label_arg: str = "class_labels",
         num_classes: int | None = None,
+        null_label: int | None = None,
     ) -> None:
-        super().__init__(net, sde, cond=cond, label_arg=label_arg, num_classes=num_classes)
+        super().__init__(
+            net,
+            sde,
+            cond=cond,
+            label_arg=label_arg,
+            num_classes=num_classes,
+            null_label=null_label,
+        )
         check_choice("parametrization", parametrization, ("eps", "x0", "v", "score"))
         self.parametrization = parametrization
         if isinstance(time_input, str):
