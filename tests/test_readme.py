@@ -42,7 +42,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.xdist_group("readme")
+# The README runs torchrun: in the "ddp" group with the DDP tests, so no two torchrun runs of
+# the suite overlap (tests/_ddp.py).
+pytestmark = pytest.mark.xdist_group("ddp")
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -100,6 +102,13 @@ def _torchrun() -> list[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return [*TORCHRUN, "--master-addr", "127.0.0.1", "--master-port", str(port)]
+
+
+def _port_taken(command: list[str], stderr: str | None) -> bool:
+    """Whether a torchrun command failed because its master port was taken by then."""
+    text = (stderr or "").lower()
+    taken = "address already in use" in text or "eaddrinuse" in text
+    return command[: len(TORCHRUN)] == TORCHRUN and "--master-port" in command and taken
 
 
 # Plain utilities a README may use to make or show files (`printf '...' > my.yaml`): run as
@@ -429,6 +438,19 @@ def run_command(cmd: Command, session: ReadmeSession) -> str | None:
             stdout.close()
     seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
     print(f"{ran}\n  exit code {proc.returncode} in {seconds:.1f} s ({cpu:.1f} s CPU)")
+    if proc.returncode != 0 and _port_taken(what, proc.stderr):
+        # the port was free when picked and taken before torchrun bound it: pick another once
+        print(f"  the rendezvous port was taken meanwhile; once more on a new port\n{proc.stderr}")
+        i = what.index("--master-port")
+        retry = [*what[: i + 1], _torchrun()[-1], *what[i + 2 :]]
+        proc = subprocess.run(
+            retry,
+            cwd=session.shell_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+        )
     if proc.returncode != 0:
         return (
             f"{ran}\n  exit code {proc.returncode} after {seconds:.1f} s\n"
@@ -457,17 +479,28 @@ def test_later_options_win():
     assert args.n == 8
 
 
-@pytest.mark.xdist_group("readme")
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
-def test_readme_block(block: Block, session: ReadmeSession):
-    if block.marker_error:
-        pytest.fail(block.marker_error)
-    if block.skip:
-        pytest.skip(f"README.md:{block.line}: {block.skip}")
-    if block.lang == "python":
-        _run_python(block, session)
-    else:
-        _run_shell(block, session)
+def test_readme_blocks_in_order(session: ReadmeSession):
+    # One test walks every block in order: later blocks use what earlier ones made (files, names
+    # in the Python session), so the blocks must not be spread over xdist workers or separated
+    # by another module's tests (which would tear the session down between them). A failing
+    # block does not stop the walk; every failure is reported with its README line.
+    failures, skipped = [], []
+    for block in BLOCKS:
+        if block.marker_error:
+            failures.append(f"{block.id}: {block.marker_error}")
+            continue
+        if block.skip:
+            skipped.append(f"README.md:{block.line}: {block.skip}")
+            continue
+        try:
+            if block.lang == "python":
+                _run_python(block, session)
+            else:
+                _run_shell(block, session)
+        except pytest.fail.Exception as e:
+            failures.append(f"{block.id}: {e}")
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
 
 
 def _run_python(block: Block, session: ReadmeSession) -> None:
