@@ -12,6 +12,7 @@ to the same `Recorder`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
     return to_x0_eps("score", score, x, sde.alpha(t), sde.sigma(t))[0]
 
 
-class GridMethod:
+class GridMethod(ABC):
     """A method on a fixed grid ts (float64, decreasing, shape (n + 1,)): subclasses check their
     options in `__init__` and write `step`.
 
@@ -63,9 +64,9 @@ class GridMethod:
         """Whether step i adds fresh noise: every step but an un-denoised last one."""
         return i < self.n - 1 or self.add_noise_last
 
+    @abstractmethod
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """x (B, *D) at ts[i + 1] from x at ts[i], and the step's x0 estimate at its start."""
-        raise NotImplementedError
 
 
 class Recorder:

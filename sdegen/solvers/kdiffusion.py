@@ -16,6 +16,7 @@ the same evaluations, except LMS, whose step to 0 k-diffusion takes by extrapola
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 
 import numpy as np
 from torch import Tensor
@@ -82,8 +83,9 @@ class _TwoStage(_SigmaGrid):
         super().__init__(model, sde, ts, **noise)
         self.eta = check_finite_number("eta", eta, nonnegative=True)
 
+    @abstractmethod
     def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
-        raise NotImplementedError
+        """The two-stage update from sigma s to s_down, given the denoised estimate at s."""
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sig = self.path.alpha, self.sig
