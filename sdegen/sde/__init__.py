@@ -1,6 +1,18 @@
 """SDE definitions: pure math on tensors, no networks."""
 
 from .base import LinearSDE
+from .discrete import (
+    BETA_SCHEDULES,
+    beta_schedule,
+    discretized_gaussian_log_likelihood,
+    gaussian_kl,
+    grid_index,
+    grid_size,
+    grid_times,
+    posterior,
+    posterior_coefficients,
+    previous_grid_time,
+)
 from .ve import EDMSDE, VESDE
 from .vp import VPSDE, CosineBeta, DiscreteBeta, LinearBeta, SubVPSDE, ddpm_betas
 
@@ -24,4 +36,14 @@ __all__ = [
     "DiscreteBeta",
     "ddpm_betas",
     "rectified_flow",
+    "BETA_SCHEDULES",
+    "beta_schedule",
+    "posterior",
+    "posterior_coefficients",
+    "gaussian_kl",
+    "discretized_gaussian_log_likelihood",
+    "grid_size",
+    "grid_times",
+    "grid_index",
+    "previous_grid_time",
 ]
