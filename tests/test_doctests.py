@@ -20,6 +20,7 @@ import torch
 MODULES = [
     "sdegen.sde.base",
     "sdegen.sde.vp",
+    "sdegen.sde.discrete",
     "sdegen.models.score_model",
     "sdegen.models.analytic",
     "sdegen.models.density",

@@ -125,12 +125,17 @@ def grid_times(sde, *, dtype: torch.dtype = torch.float64, device=None) -> Tenso
 
 def grid_index(sde, t: Tensor) -> Tensor:
     """The 1-based DDPM index k = round(N t) of grid times t (B,), int64; ValueError when a t
-    is not on the grid (off by more than 1e-6 of a step)."""
+    is not on the grid (off by more than rounding in t's dtype allows)."""
     n = grid_size(sde)
+    if not torch.is_tensor(t) or not t.is_floating_point():
+        raise TypeError(f"t must be a floating-point tensor, got {t!r}")
     u = t.detach().to(torch.float64) * n
     k = torch.round(u)
-    if bool(((u - k).abs() > 1e-6).any()) or bool(((k < 1) | (k > n)).any()):
-        raise ValueError(f"t must hold grid times k/N, k = 1..{n}, got {t.flatten()[:4].tolist()}")
+    tol = max(1e-6, 8 * torch.finfo(t.dtype).eps * n)
+    bad = ((u - k).abs() > tol) | (k < 1) | (k > n)
+    if bool(bad.any()):
+        v = float(t.detach().flatten()[bad.flatten()][0])
+        raise ValueError(f"t must hold grid times k/N, k = 1..{n}, got {v!r}")
     return k.long()
 
 
