@@ -1,0 +1,117 @@
+"""The text encoder and cross-attention: masking, the attention formula, the identity at
+initialisation, and their errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdegen.data.captions import Tokenizer
+from sdegen.models.text import CrossAttention, TextEncoder, check_context
+
+
+def _context(b=3, n=5, w=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(b, n, w, generator=g)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, 3:] = False
+    mask[1, 1:] = False
+    return emb, mask
+
+
+def _block(seed=0, channels=8, context_dim=6, heads=2):
+    torch.manual_seed(seed)
+    block = CrossAttention(channels, context_dim, heads=heads, groups=4)
+    torch.nn.init.normal_(block.proj.weight)  # a trained block: not the zero-initialised one
+    return block
+
+
+def test_padded_tokens_change_nothing():
+    block = _block()
+    x = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    emb, mask = _context()
+    noisy = emb.clone()
+    noisy[~mask] = 1e3 * torch.randn(int((~mask).sum()), emb.shape[-1])
+    assert torch.equal(block(x, emb, mask), block(x, noisy, mask))
+    # and the same tokens without their padding give the same output row
+    assert torch.allclose(block(x[1:2], emb[1:2, :1], mask[1:2, :1]), block(x, emb, mask)[1:2])
+    # unmasked tokens do matter
+    changed = emb.clone()
+    changed[0, 0] += 1
+    assert not torch.allclose(block(x, emb, mask)[0], block(x, changed, mask)[0])
+
+
+def test_cross_attention_matches_the_formula():
+    block = _block(heads=2)
+    x = torch.randn(2, 8, 2, 3, generator=torch.Generator().manual_seed(2))
+    emb, mask = _context(b=2)
+    got = block(x, emb, mask)
+    feats = block.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+    want = torch.empty_like(feats)
+    for i in range(2):
+        q = block.q(feats[i])
+        k, v = block.kv(emb[i][mask[i]]).chunk(2, dim=-1)  # only the real tokens
+        heads = []
+        for hh in range(2):
+            s = slice(4 * hh, 4 * hh + 4)
+            a = torch.softmax(q[:, s] @ k[:, s].T / math.sqrt(4), dim=-1)
+            heads.append(a @ v[:, s])
+        want[i] = block.proj(torch.cat(heads, dim=-1))
+    want = x + want.transpose(1, 2).reshape(x.shape)
+    assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_fresh_block_is_the_identity_and_learns():
+    block = CrossAttention(8, 6, heads=2, groups=4)
+    x = torch.randn(3, 8, 4, 4)
+    emb, mask = _context()
+    assert torch.equal(block(x, emb, mask), x)
+    (block(x, emb, mask) * torch.randn_like(x)).sum().backward()
+    assert block.proj.weight.grad is not None and block.proj.weight.grad.abs().sum() > 0
+
+
+def test_text_encoder_masks_padding_and_reads_words():
+    tok = Tokenizer(max_len=8)
+    torch.manual_seed(0)
+    enc = TextEncoder(len(tok), width=16, depth=2, heads=4, max_len=8)
+    ids, mask = tok(["a thick 3", "a thin 3", ""])
+    out = enc(ids, mask)
+    assert out.shape == (3, 8, 16)
+    assert (out[~mask] == 0).all()
+    assert not torch.allclose(out[0, :4], out[1, :4])  # one word differs: so does the encoding
+    # padding ids change nothing where the mask is False
+    other = ids.clone()
+    other[~mask] = 5
+    assert torch.allclose(enc(other, mask), out, atol=1e-12)
+    # a shorter sequence with the same tokens encodes the same
+    assert torch.allclose(enc(ids[:1, :4], mask[:1, :4]), out[:1, :4], atol=1e-12)
+
+
+def test_errors():
+    emb, mask = _context()
+    with pytest.raises(ValueError, match=r"float tensor \(B, L, W\)"):
+        check_context(emb[0], mask)
+    with pytest.raises(ValueError, match="bool tensor of shape"):
+        check_context(emb, mask.long())
+    empty = mask.clone()
+    empty[2] = False
+    with pytest.raises(ValueError, match="at least one True"):
+        check_context(emb, empty)
+    with pytest.raises(ValueError, match="NaN"):
+        check_context(emb * float("nan"), mask)
+    block = _block()
+    with pytest.raises(ValueError, match="batch 3, but x has batch 2"):
+        block(torch.zeros(2, 8, 2, 2), emb, mask)
+    with pytest.raises(ValueError, match="width 6"):
+        block(torch.zeros(3, 8, 2, 2), emb[..., :4], mask)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        CrossAttention(6, 4, heads=4)
+    enc = TextEncoder(10, width=8, heads=2, max_len=4)
+    with pytest.raises(ValueError, match="at most 4"):
+        enc(torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"in 0\.\.9"):
+        enc(torch.full((1, 2), 10), torch.ones(1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="int64"):
+        enc(torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool))
