@@ -204,13 +204,15 @@ def posterior(sde, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> tuple[Tenso
 
     Example:
         >>> import torch
-        >>> from sdegen.sde import VPSDE, beta_schedule, posterior
+        >>> from sdegen.sde import VPSDE, beta_schedule, grid_times, posterior, previous_grid_time
         >>> betas = beta_schedule("linear", 100)
         >>> sde = VPSDE.from_betas(betas)
-        >>> t, s = torch.full((2,), 0.5), torch.full((2,), 0.49)  # steps 50 -> 49
+        >>> t = grid_times(sde)[[49, 49]]  # step 50 (t = 0.5), twice
+        >>> s = previous_grid_time(sde, t)  # step 49
         >>> mean, var = posterior(sde, torch.zeros(2, 3), torch.ones(2, 3), s, t)
-        >>> ab = torch.cumprod(1 - betas, 0)
-        >>> bool(torch.isclose(var[0, 0], (1 - ab[48]) / (1 - ab[49]) * betas[49]))
+        >>> ab = torch.cumprod(1 - betas, 0)  # alpha_bar, float64
+        >>> beta_tilde = (1 - ab[48]) / (1 - ab[49]) * betas[49]
+        >>> abs(float(var[0, 0]) - float(beta_tilde)) < 1e-7 * float(beta_tilde)
         True
     """
     if x0.shape != x_t.shape or x_t.ndim < 1 or t.shape != (x_t.shape[0],):
