@@ -7,22 +7,28 @@ from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
 from .classifier import ConvClassifier, NoiseConditionalClassifier
 from .distribution import ModelDistribution
+from .dit import DiT, patchify, unpatchify
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
 from .labels import NULL_LABEL, LabelEmbedding, check_labels
 from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
 from .unet import UNet
-from .vae import VAE
+from .vae import VAE, KLSchedule, free_bits_kl
 
 __all__ = [
     "FFJORD",
     "RealNVP",
     "RealNVPImage",
     "VAE",
+    "KLSchedule",
+    "free_bits_kl",
     "GAN",
     "MLP",
     "UNet",
+    "DiT",
+    "patchify",
+    "unpatchify",
     "SinusoidalEmbedding",
     "GaussianFourierEmbedding",
     "ScoreModel",

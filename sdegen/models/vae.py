@@ -19,6 +19,16 @@ fixed (a buffer), never a function of z:
 `elbo(x)` is a lower bound on log p(x) (`elbo_kind = "bound"`); `log_prob(x, k)` the
 importance-weighted estimate (`log_prob_kind = "estimate"`), consistent as k -> inf and biased
 downwards for finite k (its expectation is a bound that rises with k).
+
+Against posterior collapse (latent dimensions whose q(z_j|x) stays at the prior) the training
+loss, and only it, can be changed in two ways; `elbo` and `log_prob` always stay the true ones:
+
+    KL annealing   the KL weight beta rises from 0 over a warm-up (Bowman et al. 2016), once or
+                   cyclically (Fu et al. 2019): `KLSchedule`, applied per training step by
+                   `sdegen.training.vae_loss`.
+    free bits      the KL of each latent dimension (or group of dimensions), averaged over the
+                   batch, is clamped below at lambda nats (Kingma et al. 2016, IAF, Appendix C):
+                   `VAE(free_bits=lambda)`, `free_bits_kl`.
 """
 
 from __future__ import annotations
@@ -44,6 +54,77 @@ def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | No
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
+class KLSchedule:
+    """KL weight beta(step) for VAE training: a linear warm-up from 0 to `beta` over `warmup`
+    steps (Bowman et al. 2016), repeated every `period` steps for the cyclical schedule of
+    Fu et al. (2019).
+
+        beta(step) = beta * min(1, tau / warmup),  tau = step (period None) or step mod period,
+
+    and beta(step) = beta when warmup is 0. Fu et al. use `period` = total steps / M for M = 4
+    cycles and warmup = R * period with R = 0.5 (rise over half of each cycle, then hold).
+
+    Args:
+        beta: the target weight; a finite number >= 0 (1 gives the ELBO after the warm-up).
+        warmup: steps of the linear rise; an integer >= 0.
+        period: steps per cycle, an integer >= max(warmup, 1); None: one warm-up, then beta.
+
+    Example:
+        >>> from sdegen.models import KLSchedule
+        >>> linear = KLSchedule(beta=1.0, warmup=100)
+        >>> [linear(s) for s in (0, 50, 100, 5000)]
+        [0.0, 0.5, 1.0, 1.0]
+        >>> cyclical = KLSchedule(beta=1.0, warmup=50, period=100)
+        >>> [cyclical(s) for s in (0, 25, 60, 100, 125)]
+        [0.0, 0.5, 1.0, 0.0, 0.5]
+    """
+
+    def __init__(self, beta: float = 1.0, warmup: int = 0, period: int | None = None) -> None:
+        self.beta = check_finite_number("beta", beta, nonnegative=True)
+        self.warmup = check_int("warmup", warmup, 0)
+        if period is not None:
+            check_int("period", period, max(warmup, 1))
+        self.period = period
+
+    def __call__(self, step: int) -> float:
+        """The KL weight at training step `step` (an integer >= 0; the first step is 0)."""
+        tau = check_int("step", step, 0)
+        if self.period is not None:
+            tau %= self.period
+        return self.beta * min(1.0, tau / self.warmup) if self.warmup else self.beta
+
+    def __repr__(self) -> str:
+        return f"KLSchedule(beta={self.beta!r}, warmup={self.warmup!r}, period={self.period!r})"
+
+
+def free_bits_kl(kl: Tensor, free_bits: float, groups: int | None = None) -> Tensor:
+    """The free-bits KL term (Kingma et al. 2016, IAF, Appendix C): kl (B, L), the KL of each
+    latent dimension of each example in nats, -> scalar sum_k max(lambda, mean_B KL_k), KL_k the
+    KL summed over the k-th of `groups` equal, contiguous groups of dimensions (None: L groups,
+    one per dimension).
+
+    A group whose batch-mean KL is below lambda = free_bits costs the constant lambda, so it
+    gets no gradient; above lambda the gradient is that of the KL itself. With lambda = 0 it is
+    the batch mean of the total KL.
+
+    Example:
+        >>> import torch
+        >>> from sdegen.models.vae import free_bits_kl
+        >>> kl = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # batch means 0.2 and 3.0 nats
+        >>> float(free_bits_kl(kl, 0.5))  # max(0.5, 0.2) + max(0.5, 3.0)
+        3.5
+    """
+    if not torch.is_tensor(kl) or kl.ndim != 2:
+        got = tuple(kl.shape) if torch.is_tensor(kl) else type(kl).__name__
+        raise ValueError(f"kl must be a (batch, latent_dim) tensor, got {got}")
+    lam = check_finite_number("free_bits", free_bits, nonnegative=True)
+    groups = kl.shape[1] if groups is None else check_int("groups", groups, 1)
+    if kl.shape[1] % groups:
+        raise ValueError(f"groups must divide latent_dim = {kl.shape[1]}, got {groups}")
+    per_group = kl.mean(dim=0).reshape(groups, -1).sum(dim=1)
+    return per_group.clamp_min(lam).sum()
+
+
 def _check_output(name: str, out: Tensor, want: tuple[int, ...], what: str) -> Tensor:
     if not torch.is_tensor(out) or tuple(out.shape) != want:
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
@@ -65,6 +146,10 @@ class VAE(DensityModel):
         beta: weight of the KL term in `loss` (beta-VAE); 1 gives the negative ELBO.
         decoder_scale: the per-dimension Gaussian std or logistic scale; None learns it.
         levels: number of bins of the "discretized" decoder (e.g. 256, or 17 for the digits).
+        free_bits: lambda of free bits in `loss`, in nats per group of latent dimensions; 0
+            (default) gives the plain KL. See `free_bits_kl`.
+        free_bits_groups: number of equal groups of latent dimensions for free bits; None: one
+            per dimension.
 
     Example:
         >>> import torch
@@ -95,6 +180,8 @@ class VAE(DensityModel):
         beta: float = 1.0,
         decoder_scale: float | None = None,
         levels: int | None = None,
+        free_bits: float = 0.0,
+        free_bits_groups: int | None = None,
     ) -> None:
         super().__init__()
         for name, net in (("encoder", encoder), ("decoder", decoder)):
@@ -108,6 +195,15 @@ class VAE(DensityModel):
         self.latent_dim = check_int("latent_dim", latent_dim, 1)
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
         self.beta = beta
+        self.free_bits = check_finite_number("free_bits", free_bits, nonnegative=True)
+        if free_bits_groups is not None:
+            check_int("free_bits_groups", free_bits_groups, 1)
+            if latent_dim % free_bits_groups:
+                raise ValueError(
+                    f"free_bits_groups must divide latent_dim = {latent_dim}, "
+                    f"got {free_bits_groups}"
+                )
+        self.free_bits_groups = free_bits_groups
         bad = levels is not None and (type(levels) is not int or levels < 2)
         if bad or (likelihood == "discretized") != (levels is not None):
             raise ValueError(
@@ -264,16 +360,17 @@ class VAE(DensityModel):
         return lp.sum(dim=tuple(range(-len(self.event_shape), 0)))
 
     def elbo_terms(
-        self, x: Tensor, generator: torch.Generator | None = None
+        self, x: Tensor, generator: torch.Generator | None = None, *, per_dim: bool = False
     ) -> tuple[Tensor, Tensor]:
-        """x (B, *event_shape) -> log p(x|z) at one reparameterised z = mu + sigma eps ~ q(z|x)
-        (eps drawn with `generator`) and the analytic KL(q(z|x) || N(0, I)), each (B,) in nats."""
+        """x (B, *event_shape) -> log p(x|z) (B,) at one reparameterised z = mu + sigma eps ~
+        q(z|x) (eps drawn with `generator`) and the analytic KL(q(z|x) || N(0, I)), (B,), or
+        per latent dimension, (B, latent_dim), with per_dim=True; in nats."""
         x = self._prepare(x)
         mu, log_sigma = self.encode(x)
         eps = _randn(mu.shape, mu, generator)
         rec = self.log_likelihood(x, self.decode(mu + torch.exp(log_sigma) * eps))
-        kl = 0.5 * sum_except_batch(mu.square() + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma)
-        return rec, kl
+        kl = 0.5 * (mu.square() + torch.exp(2 * log_sigma) - 1 - 2 * log_sigma)
+        return rec, kl if per_dim else sum_except_batch(kl)
 
     def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The evidence lower bound E_q[log p(x|z)] - KL(q(z|x) || p(z)) <= log p(x), one-sample
@@ -281,11 +378,30 @@ class VAE(DensityModel):
         rec, kl = self.elbo_terms(x, generator)
         return rec - kl
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """-(E_q[log p(x|z)] - beta KL) averaged over the batch x (B, *event_shape) -> scalar;
-        the negative ELBO when beta = 1."""
-        rec, kl = self.elbo_terms(x, generator)
-        return -(rec - self.beta * kl).mean()
+    def loss(
+        self, x: Tensor, generator: torch.Generator | None = None, *, beta: float | None = None
+    ) -> Tensor:
+        """The training loss on a batch x (B, *event_shape) -> scalar:
+        -mean_B E_q[log p(x|z)] + beta * KL term, the KL term the batch-mean KL or, with
+        free_bits > 0, `free_bits_kl`. beta: this call's KL weight (e.g. from a `KLSchedule`);
+        None uses `self.beta`. Equal to -mean ELBO when beta = 1 and free_bits = 0; `elbo` is
+        never changed by beta or free bits."""
+        beta = self.beta if beta is None else check_finite_number("beta", beta, nonnegative=True)
+        if self.free_bits == 0:
+            rec, kl = self.elbo_terms(x, generator)
+            return -(rec - beta * kl).mean()
+        rec, kl_dims = self.elbo_terms(x, generator, per_dim=True)
+        return -rec.mean() + beta * free_bits_kl(kl_dims, self.free_bits, self.free_bits_groups)
+
+    @torch.no_grad()
+    def latent_activity(self, x: Tensor) -> Tensor:
+        """The activity of each latent unit (Burda et al. 2016), A_u = Var_x(E_q[z_u | x]) over
+        the examples x (B, *event_shape), B >= 2 (population variance of the encoder means):
+        (latent_dim,). Burda et al. count a unit as active when A_u > 0.01."""
+        if torch.is_tensor(x) and x.shape[0] < 2:
+            raise ValueError(f"x must hold at least 2 examples, got shape {tuple(x.shape)}")
+        mu, _ = self.encode(self._prepare(x))
+        return mu.var(dim=0, unbiased=False)
 
     def log_prob(
         self,

@@ -2,7 +2,7 @@
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .losses import WEIGHTINGS, classifier_loss, dsm_loss, sample_times, times_from_uniform
-from .objectives import classifier_training, density_loss, score_matching
+from .objectives import annealed_vae_loss, classifier_training, density_loss, score_matching
 from .trainer import StepRandom, Trainer, held_out_loss, init_distributed
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "WEIGHTINGS",
     "score_matching",
     "density_loss",
+    "annealed_vae_loss",
     "Trainer",
     "held_out_loss",
     "StepRandom",

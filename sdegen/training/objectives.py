@@ -13,6 +13,7 @@ from .._utils import check_choice, check_finite_number
 from ..data.quantize import dequantize
 from ..models.density import DensityModel
 from ..models.labels import NULL_LABEL
+from ..models.vae import VAE, KLSchedule
 from ..protocols import ScoreModelWithSDE
 from .losses import WEIGHTINGS, classifier_loss, dsm_loss, times_from_uniform
 
@@ -94,5 +95,28 @@ def density_loss(bin_width: float | None = None):
 
     def objective(model: DensityModel, x: Tensor, rnd) -> Tensor:
         return model.loss(_dequantize(x, rnd, bin_width), generator=rnd.generator)
+
+    return objective
+
+
+def annealed_vae_loss(schedule: KLSchedule, bin_width: float | None = None):
+    """A VAE's `loss` with the KL weight of the training step, beta = schedule(rnd.step): KL
+    annealing (Bowman et al. 2016) or its cyclical form (Fu et al. 2019), see `KLSchedule`.
+    Free bits are the VAE's own (`VAE(free_bits=...)`). The step is the Trainer's (0 first),
+    read from the StepRandom, so a resumed run continues the schedule where it stopped."""
+    if not isinstance(schedule, KLSchedule):
+        raise TypeError(f"schedule must be a KLSchedule, got {type(schedule).__name__}")
+
+    def objective(model: VAE, x: Tensor, rnd) -> Tensor:
+        if not isinstance(model, VAE):
+            raise TypeError(f"annealed_vae_loss trains a VAE, got {type(model).__name__}")
+        step = getattr(rnd, "step", None)
+        if step is None:
+            raise TypeError(
+                "annealed_vae_loss needs the training step: rnd must carry .step (the "
+                f"Trainer's StepRandom), got {type(rnd).__name__} without it"
+            )
+        x = _dequantize(x, rnd, bin_width)
+        return model.loss(x, generator=rnd.generator, beta=schedule(step))
 
     return objective
