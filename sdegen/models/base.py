@@ -12,6 +12,10 @@ v is Salimans & Ho's velocity (2022) for VP, where n = 1. The normalisation by n
 scale for every SDE: it is EDM's preconditioned network target F (Karras et al. 2022, eq. 8,
 sigma_data = 1), negated, in any linear SDE. Unlike eps it determines x0 without dividing by a
 small alpha(T), so data-prediction samplers (DDIM, DPM-Solver++) do not amplify its errors.
+
+On the discrete grid of a `from_betas` SDE a model may also predict "mu": DDPM's mean
+mu_theta(x_t, t) of the previous step x_{t-1} (Ho et al. 2020, eq. 11), the posterior mean
+c0 x0 + ct x of `sdegen.sde.previous_step_coefficients`; so x0 = (mu - ct x) / c0.
 """
 
 from __future__ import annotations
@@ -23,8 +27,13 @@ from torch import Tensor, nn
 
 from .._utils import append_dims, batch_times, check_choice
 from ..protocols import SDE
+from ..sde.discrete import grid_size, previous_step_coefficients
 
 PARAMETRIZATIONS = ("eps", "x0", "v", "score")
+# Parametrizations that need the SDE's discrete grid (VPSDE.from_betas) besides alpha and sigma.
+GRID_PARAMETRIZATIONS = ("mu",)
+# Everything a ScoreModel may predict.
+MODEL_PARAMETRIZATIONS = PARAMETRIZATIONS + GRID_PARAMETRIZATIONS
 
 # Dtypes the SDE arithmetic runs in; half-precision inputs are computed in float32.
 WORK_DTYPES = (torch.float32, torch.float64)
@@ -122,15 +131,47 @@ def check_model_input(x, t) -> None:
         )
 
 
+def check_parametrization(kind: str, sde: SDE) -> str:
+    """`kind` when it is one of MODEL_PARAMETRIZATIONS that `sde` supports ("mu" needs a
+    from_betas SDE), else ValueError naming it."""
+    check_choice("parametrization", kind, MODEL_PARAMETRIZATIONS)
+    if kind in GRID_PARAMETRIZATIONS:
+        try:
+            grid_size(sde)
+        except ValueError:
+            raise ValueError(
+                f"parametrization {kind!r} (DDPM's mean of the previous step) needs an SDE on a "
+                f"discrete grid, built with VPSDE.from_betas(betas), got {sde!r}"
+            ) from None
+    return kind
+
+
+def _grid_coefficients(kind: str, sde: SDE | None, t: Tensor | None, x: Tensor):
+    if sde is None or t is None:
+        raise ValueError(
+            f"parametrization {kind!r} needs sde= and t= (a from_betas SDE and the times (B,))"
+        )
+    c0, ct, _ = previous_step_coefficients(sde, t)
+    return append_dims(c0.to(x.dtype), x.ndim), append_dims(ct.to(x.dtype), x.ndim)
+
+
 def to_x0_eps(
-    kind: str, out: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor
+    kind: str,
+    out: Tensor,
+    x: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    *,
+    sde: SDE | None = None,
+    t: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Convert a prediction `out` in parametrization `kind` to (x0, eps).
 
     Args:
-        kind: one of "eps", "x0", "v", "score".
+        kind: one of "eps", "x0", "v", "score", or "mu" (with sde and t).
         out, x: shape (B, *D).
         alpha, sigma: shape (B,).
+        sde, t: the from_betas SDE and the times (B,); needed by "mu" only.
     Returns:
         x0 and eps, each of shape (B, *D).
     """
@@ -146,20 +187,40 @@ def to_x0_eps(
     if kind == "score":
         eps = -s * out
         return (x - s * eps) / a, eps
-    check_choice("parametrization", kind, PARAMETRIZATIONS)
+    if kind == "mu":
+        c0, ct = _grid_coefficients(kind, sde, t, x)
+        x0 = (out - ct * x) / c0
+        return x0, (x - a * x0) / s
+    check_choice("parametrization", kind, MODEL_PARAMETRIZATIONS)
     raise AssertionError("unreachable")
 
 
-def from_x0_eps(kind: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-    """The training target for parametrization `kind` given the true (x0, eps); shape (B, *D)."""
+def from_x0_eps(
+    kind: str,
+    x0: Tensor,
+    eps: Tensor,
+    alpha: Tensor,
+    sigma: Tensor,
+    *,
+    sde: SDE | None = None,
+    t: Tensor | None = None,
+) -> Tensor:
+    """The training target for parametrization `kind` given the true (x0, eps); shape (B, *D).
+    sde and t (B,) are needed by "mu" only."""
     a, s = append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim)
+
+    def mu() -> Tensor:
+        c0, ct = _grid_coefficients(kind, sde, t, x0)
+        return c0 * x0 + ct * (a * x0 + s * eps)
+
     targets = {
         "eps": lambda: eps,
         "x0": lambda: x0,
         "v": lambda: (a * eps - s * x0) / (a**2 + s**2).sqrt(),
         "score": lambda: -eps / s,
+        "mu": mu,
     }
-    return targets[check_choice("parametrization", kind, PARAMETRIZATIONS)]()
+    return targets[check_choice("parametrization", kind, MODEL_PARAMETRIZATIONS)]()
 
 
 class ParametrizedModel(torch.nn.Module):

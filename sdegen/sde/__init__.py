@@ -12,6 +12,7 @@ from .discrete import (
     posterior,
     posterior_coefficients,
     previous_grid_time,
+    previous_step_coefficients,
 )
 from .ve import EDMSDE, VESDE
 from .vp import VPSDE, CosineBeta, DiscreteBeta, LinearBeta, SubVPSDE, ddpm_betas
@@ -46,4 +47,5 @@ __all__ = [
     "grid_times",
     "grid_index",
     "previous_grid_time",
+    "previous_step_coefficients",
 ]

@@ -11,8 +11,8 @@ tensors:
   adjacent grid steps of a from_betas SDE it is DDPM's (mu_tilde, beta_tilde) (Ho et al. eq. 7).
 - `gaussian_kl` and `discretized_gaussian_log_likelihood`: the two kinds of terms of DDPM's
   variational bound L_T + sum_t L_{t-1} + L_0 (Ho et al. 2020, eq. 5 and section 3.3).
-- `grid_size`, `grid_times`, `grid_index`, `previous_grid_time`: the integer grid of a
-  from_betas SDE.
+- `grid_size`, `grid_times`, `grid_index`, `previous_grid_time`, `previous_step_coefficients`:
+  the integer grid of a from_betas SDE.
 """
 
 from __future__ import annotations
@@ -180,15 +180,41 @@ def posterior_coefficients(sde, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, T
     if bool((s64 >= t64).any()):
         i = int(torch.nonzero(s64 >= t64)[0])
         raise ValueError(f"s must be < t, got s={float(s64[i])!r}, t={float(t64[i])!r}")
+    return _coefficients(sde, s64, t64)
+
+
+def _coefficients(
+    sde, s64: Tensor, t64: Tensor, *, unchecked_s: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`posterior_coefficients` for float64 times already known to satisfy 0 <= s < t.
+
+    unchecked_s: evaluate alpha(s), sigma(s) by the SDE's closed forms without the [t_min, T]
+    check: on a from_betas grid they hold on all of [0, T] (B(0) = 0), and s = t - 1/N falls
+    below t_min = 1/N for t between the first two grid times.
+    """
     data = s64 <= 0
     s_in = torch.where(data, t64, s64)  # placeholder in range where s = 0; masked below
-    a_st, std = sde.transition(s_in, t64)
-    a = torch.where(data, sde.alpha(t64), a_st)
+    if unchecked_s:
+        alpha_s, sigma_s = sde._alpha(s_in), sde._sigma(s_in)
+    else:
+        alpha_s, sigma_s = sde.alpha(s_in), sde.sigma(s_in)
+    alpha_s = torch.where(data, torch.ones_like(s64), alpha_s)
+    sig_s2 = torch.where(data, torch.zeros_like(s64), sigma_s**2)
     sig_t2 = sde.sigma(t64) ** 2
-    sig_s2 = torch.where(data, torch.zeros_like(s64), sde.sigma(s_in) ** 2)
-    alpha_s = torch.where(data, torch.ones_like(s64), sde.alpha(s_in))
-    v = torch.where(data, sig_t2, std**2)
+    a = sde.alpha(t64) / alpha_s  # the transition x_s -> x_t: N(a x_s, v I)
+    v = sig_t2 - a**2 * sig_s2
     return alpha_s * v / sig_t2, a * sig_s2 / sig_t2, sig_s2 * v / sig_t2
+
+
+def previous_step_coefficients(sde, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`posterior_coefficients` (c0, ct, var) from t to the previous grid step
+    s = `previous_grid_time(sde, t)` of a from_betas SDE: DDPM's mu_tilde_t = c0 x_0 + ct x_t
+    and beta_tilde_t = var at t = k/N (and between grid times); float64 of shape (B,)."""
+    if not torch.is_tensor(t) or t.ndim != 1:
+        got = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+        raise ValueError(f"t must be a tensor of shape (B,), got {got}")
+    t64 = t.detach().to(torch.float64)
+    return _coefficients(sde, previous_grid_time(sde, t64), t64, unchecked_s=True)
 
 
 def posterior(sde, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
