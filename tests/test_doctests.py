@@ -31,6 +31,7 @@ MODULES = [
     "sdegen.models.vae",
     "sdegen.models.gan",
     "sdegen.score_density",
+    "sdegen.models.dit",
 ]
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

@@ -40,7 +40,7 @@ class TrainConfig:
     sde: str = _key("vp", " | ".join(SDES))
     sde_params: dict = _key({}, "keyword arguments of the SDE, e.g. {beta_max: 10}")
     parametrization: str = _key("v", "eps | x0 | v | score (v is well scaled for every SDE)")
-    network: str = _key("auto", "mlp | unet | auto (mlp for vectors, unet for images)")
+    network: str = _key("auto", "mlp | unet | dit | auto (mlp for vectors, unet for images)")
     network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
     weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
     conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")

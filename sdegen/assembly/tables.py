@@ -19,6 +19,7 @@ from torch import Tensor
 from .. import data as datasets
 from .._utils import check_choice
 from ..models import MLP, UNet
+from ..models.dit import DiT
 from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 
 if TYPE_CHECKING:
@@ -166,8 +167,16 @@ def _unet(event_shape: tuple[int, ...], num_classes: int | None, params: dict) -
     )
 
 
+def _dit(event_shape: tuple[int, ...], num_classes: int | None, params: dict) -> torch.nn.Module:
+    if len(event_shape) != 3:
+        raise ValueError(f"network 'dit' needs images (C, H, W), got {event_shape}")
+    return _call_with_params(
+        "network_params", DiT, params, in_channels=event_shape[0], num_classes=num_classes
+    )
+
+
 # name -> builder(event_shape, num_classes, network_params); "auto" picks one by the data
-NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"mlp": _mlp, "unet": _unet}
+NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"mlp": _mlp, "unet": _unet, "dit": _dit}
 
 
 def build_network(
