@@ -2,15 +2,15 @@
 
 Solvers call score/denoise/eps(x, t) and know nothing of labels. Each wrapper here binds a
 condition and is itself a two-argument score model; `sample(..., y=, guidance=, classifier=,
-known=, mask=)` builds them, and each wrapper call is one (batched) network evaluation.
+known=, mask=, operator=)` builds them, and each wrapper call is one (batched) network evaluation.
 
 - `Conditioned`: p_t(x | y), the model called with fixed labels.
 - `ClassifierFree`: classifier-free guidance (Ho & Salimans 2022),
   eps = eps_uncond + w (eps_cond - eps_uncond), from one network call on the doubled batch.
 - `ClassifierGuided`: classifier guidance (Dhariwal & Nichol 2021; Song et al. 2021, sec. 5),
   score = score + s grad_x log p(y | x_t, t).
-- `Inpainted`: imputation given observed entries: by replacement (Song et al. 2021, App. I.2),
-  or by Gaussian posterior-moment guidance, which is exact for Gaussian data.
+- Observations y = A x + sigma_y n (inpainting, super-resolution, ...): `Observed` in
+  inverse.py, on this module's `_Wrapper`, by replacement or posterior guidance.
 
 Guidance is applied to the pair (x0, eps). At fixed (x, t) both are affine in each other
 (x = alpha x0 + sigma eps), and the score is -eps/sigma, so one affine combination with weights
@@ -25,7 +25,7 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from .._utils import append_dims, check_choice, check_finite_number, check_tensor_finite
+from .._utils import append_dims, check_finite_number
 from ..models.base import ParametrizedModel
 from ..models.labels import NULL_LABEL, check_labels, labels_like
 
@@ -178,117 +178,6 @@ class ClassifierGuided(_Wrapper):
         return x0 + (s**2 / a) * grad, eps - s * grad
 
 
-INPAINT_METHODS = ("replace", "moment")
-
-
-class Inpainted(_Wrapper):
-    """Inpainting / imputation: sample x given its entries `known` where `mask` is True.
-
-    Two ways, both plain wrappers so every sampler works:
-
-    "replace" (Song et al. 2021, App. I.2): before each evaluation at time t the known entries
-    of x are replaced by a fresh draw alpha_t a + sigma_t z of their forward-perturbed value (a
-    the observed values) and the model is evaluated there. The unknown entries get the model's
-    prediction; the known entries get x0 = a and the matching eps = (x - alpha_t a) / sigma_t,
-    so the solver's own copy of them never matters. One evaluation per call. It conditions the
-    unknown part on a *noisy* copy of the known part, not on a, so it is biased wherever known
-    and unknown entries are correlated (measured in tests/test_conditional.py: for a 2-D Gaussian
-    with correlation 0.8 it recovers about a third to a half of the conditional mean shift).
-
-    "moment": the Gaussian posterior-moment guidance of Boys et al. 2023 (Tweedie moment
-    projection): p(x0 | x_t) is taken as N(D(x_t), Sigma_t) with Tweedie's covariance
-    Sigma_t = (sigma^2 / alpha) dD/dx, and the score gets
-    + J_k^T Sigma_kk^-1 (a - D_k(x_t)), J_k the Jacobian rows of the known entries. That is
-    grad log p_t(x | x0_k = a) exactly when the data are Gaussian (and the score exact), so it
-    samples the closed-form conditional Gaussian; elsewhere it is an approximation. Each call
-    costs one evaluation plus one vector-Jacobian product per known entry (counted in
-    `nfe_backward`); the mask must be the same for every example. The whole x is sampled, the
-    known entries being pulled to a; the output holds a exactly.
-
-    Args:
-        model, sde: the score model and its SDE.
-        known: observed values, broadcastable to x's shape (B, *D); entries outside the mask are
-            ignored (they may be NaN).
-        mask: bool, broadcastable to x's shape, True where x is observed.
-        generator: the random source of the replacement noise.
-        method: "replace" or "moment".
-    """
-
-    def __init__(
-        self, model, sde, known: Tensor, mask: Tensor, generator=None, method: str = "replace"
-    ) -> None:
-        super().__init__(model, sde)
-        self.method = check_choice("inpaint method", method, INPAINT_METHODS)
-        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
-            got = mask.dtype if torch.is_tensor(mask) else type(mask).__name__
-            raise ValueError(f"mask must be a bool tensor (True where observed), got {got}")
-        if not torch.is_tensor(known):
-            raise ValueError(
-                f"known must be a tensor of observed values, got {type(known).__name__}"
-            )
-        try:
-            known = torch.where(mask, known, torch.zeros((), dtype=known.dtype))
-        except RuntimeError:
-            raise ValueError(
-                f"known {tuple(known.shape)} and mask {tuple(mask.shape)} do not broadcast"
-            ) from None
-        check_tensor_finite("known (observed entries)", known)
-        self.known, self.mask, self.generator = known, mask, generator
-        self.own_nfe_backward = 0
-
-    def replace(self, x: Tensor, t: Tensor) -> Tensor:
-        """x with its known entries set to alpha_t a + sigma_t z, z ~ N(0, I)."""
-        mask, known = self.mask.to(x.device), self.known.to(dtype=x.dtype, device=x.device)
-        z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-        a = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
-        s = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
-        return torch.where(mask, a * known + s * z, x)
-
-    def fill(self, x: Tensor) -> Tensor:
-        """x with its known entries set to the observed values."""
-        known = self.known.to(dtype=x.dtype, device=x.device)
-        return torch.where(self.mask.to(x.device), known, x)
-
-    def _x0_eps(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        a = append_dims(self.sde.alpha(t), x.ndim).to(x.dtype)
-        s = append_dims(self.sde.sigma(t), x.ndim).to(x.dtype)
-        if self.method == "moment":
-            x0, eps, grad = self._moment_guidance(x, t)
-            return x0 + (s**2 / a) * grad, eps - s * grad
-        x0, eps = model_x0_eps(self.model, self.sde, self.replace(x, t), t, None)
-        x0 = self.fill(x0)
-        return x0, torch.where(self.mask.to(x.device), (x - a * x0) / s, eps)
-
-    def _moment_guidance(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The model's (x0, eps) at x and the guidance J_k^T Sigma_kk^-1 (a - D_k(x)), each of
-        shape (B, *D)."""
-        b = x.shape[0]
-        mask = self.mask.to(x.device).expand(x.shape).reshape(b, -1)
-        if not bool((mask == mask[:1]).all()):
-            raise ValueError("inpainting method 'moment' needs the same mask for every example")
-        idx = mask[0].nonzero().flatten()
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            x0, eps = model_x0_eps(self.model, self.sde, xg, t, None)
-            x0f = x0.reshape(b, -1)
-            # rows of dD/dx for the known entries; examples are independent, so one VJP of the
-            # batch sum gives every example's row
-            rows = [
-                torch.autograd.grad(x0f[:, i].sum(), xg, retain_graph=True)[0].reshape(b, -1)
-                for i in idx.tolist()
-            ]
-        self.own_nfe_backward += len(rows)
-        J = torch.stack(rows, dim=1)  # (B, m, D)
-        alpha, sigma = self.sde.alpha(t).to(x.dtype), self.sde.sigma(t).to(x.dtype)
-        cov = (sigma**2 / alpha)[:, None, None] * J[:, :, idx]
-        cov = 0.5 * (cov + cov.transpose(1, 2))
-        known = self.known.to(dtype=x.dtype, device=x.device).expand(x.shape).reshape(b, -1)
-        resid = (known - x0f.detach())[:, idx]
-        v = torch.linalg.solve(cov, resid[:, :, None])[:, :, 0]
-        grad = torch.einsum("bm,bmd->bd", v, J).reshape(x.shape)
-        return x0.detach(), eps.detach(), grad
-
-
 def guided_model(
     model,
     sde,
@@ -298,15 +187,11 @@ def guided_model(
     guidance: float | None = None,
     classifier: Callable | None = None,
     classifier_scale: float = 1.0,
-    known: Tensor | None = None,
-    mask: Tensor | None = None,
-    inpaint: str = "replace",
-    generator: torch.Generator | None = None,
     device=None,
 ):
-    """The wrapper `sample` integrates: `model` itself when nothing is asked for, else the
-    conditioning, guidance and inpainting wrappers composed in that order (inpainting outermost,
-    so the guided model sees the replaced x).
+    """The label-conditioned model `sample` integrates: `model` itself when nothing is asked
+    for, else the conditioning and guidance wrappers composed in that order (`sample` puts an
+    observation's `inverse.Observed` outermost, so the guided model sees a replaced x).
 
     Labels y (an int for the whole batch, or an int tensor (batch,)) condition a model that has
     `num_classes`. `guidance` = w turns that into classifier-free guidance. A `classifier` adds
@@ -341,8 +226,4 @@ def guided_model(
             model = Conditioned(model, sde, labels)
         if classifier is not None:
             model = ClassifierGuided(model, sde, classifier, labels, classifier_scale)
-    if (known is None) != (mask is None):
-        raise ValueError("inpainting needs both known (the observed values) and mask")
-    if known is not None and mask is not None:
-        model = Inpainted(model, sde, known, mask, generator, method=inpaint)
     return model

@@ -12,11 +12,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._utils import check_int, check_tensor_finite, resolve_device
+from .._utils import (
+    batch_times,
+    check_finite_number,
+    check_int,
+    check_tensor_finite,
+    resolve_device,
+)
 from ..models.base import check_sde
 from .counting import CountingModel
 from .grid import Recorder, solve
-from .guidance import Inpainted, guided_model
+from .guidance import guided_model
+from .inverse import LinearOperator, Observed, observed_model
 from .methods import METHODS, Method, available, check_options, fit_steps, steps_for_nfe
 from .results import SolveResult
 from .schedules import check_grid, get_schedule
@@ -46,11 +53,19 @@ def sample(
     classifier_scale: float = 1.0,
     known: Tensor | None = None,
     mask: Tensor | None = None,
-    inpaint: str = "replace",
+    inpaint: str | None = None,
+    operator: LinearOperator | None = None,
+    y_obs: Tensor | None = None,
+    sigma_y: float = 0.0,
+    inverse: str | None = None,
+    inverse_scale: float | None = None,
+    x_init: Tensor | None = None,
+    t_start: float | None = None,
     callback: Callable[[dict], None] | None = None,
     **options,
 ) -> SolveResult:
-    """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min.
+    """Draw samples by integrating the reverse SDE or the probability-flow ODE from T to t_min
+    (or from `t_start`, for editing).
 
     Args:
         model: any object with score(x, t), denoise(x, t), eps(x, t), t of shape (B,).
@@ -61,7 +76,8 @@ def sample(
             largest number of steps that fits is used (the result reports the counted NFE).
             Neither: 50 steps. Adaptive methods ("dopri5") take rtol/atol instead.
         schedule: "uniform", "log_snr" or "karras" (default per method), or the grid itself:
-            a strictly decreasing tensor of times from T to t_min, e.g. `tune_schedule(...).ts`.
+            a strictly decreasing tensor of times from T (or t_start) to t_min, e.g.
+            `tune_schedule(...).ts`.
         generator: the random source for the prior draw and every noise increment.
         noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
             increments of stochastic methods).
@@ -81,11 +97,26 @@ def sample(
             then used unconditionally unless `guidance` is also set.
         known, mask: inpainting / imputation (Song et al. 2021, App. I.2): the entries where the
             bool `mask` is True are observed with values `known` (both broadcastable to
-            `shape`); the output holds them exactly.
-        inpaint: "replace" (Song et al.'s replacement; biased where known and unknown entries
-            are correlated) or "moment" (Gaussian posterior-moment guidance: exact for Gaussian
-            data, one VJP per known entry per evaluation, counted in `nfe_backward`). See
-            `sdegen.solvers.guidance.Inpainted`.
+            `shape`); the output holds them exactly. The same as operator=Inpaint(mask) with
+            y_obs = the known entries, and `inverse` "replace" by default.
+        inpaint: the older name of `inverse`.
+        operator, y_obs, sigma_y: a linear inverse problem y_obs = A x + sigma_y n (n ~ N(0, I)):
+            sample p(x | y_obs) for a `sdegen.solvers.inverse.LinearOperator` A (Inpaint,
+            Downsample, Grayscale, Blur, Matrix); y_obs of A's output shape (B, *M), or one
+            observation broadcast to the batch. With sigma_y = 0 and A A^T = c I (Inpaint,
+            Downsample, Grayscale) the output satisfies A x = y_obs exactly (it is projected).
+        inverse: how: "moment" (default with an operator: Tweedie posterior-moment guidance,
+            exact for Gaussian data, one VJP per observed value per evaluation), "pigdm" (Song
+            et al. 2023) or "dps" (Chung et al. 2023), one VJP per evaluation each, or "replace"
+            (inpainting only; the default for known/mask). VJPs are counted in `nfe_backward`.
+            See `sdegen.solvers.inverse`.
+        inverse_scale: the guidance weight (default 1; DPS's zeta).
+        x_init, t_start: SDEdit (Meng et al. 2022): start from x_init (shape `shape`, or one
+            example (1, *D) for the whole batch) perturbed to t_start in (t_min, T] by the SDE's
+            kernel, alpha(t_start) x_init + sigma(t_start) z with z drawn first from `generator`,
+            and integrate from t_start only; the grid (steps, nfe, schedule) covers
+            [t_min, t_start]. t_start = T is ordinary sampling from the perturbed x_init; a
+            small t_start keeps the output close to x_init.
         callback: called after every step with a dict (as k-diffusion's samplers do): "i" the
             step index (0-based), "t" the time reached (float; None for adaptive steps), "x" the
             state there, and "denoised" the step's x0 estimate where it started (after pc's
@@ -113,14 +144,23 @@ def sample(
     shape, dtype, device = _check_inputs(
         model, sde, shape, steps, nfe, noise, dtype, device, callback
     )
-    ts = _time_grid(method, sde, steps, nfe, schedule, denoise_final, options)
+    window = sde if t_start is None else _Window(sde, t_start)
+    ts = _time_grid(method, window, steps, nfe, schedule, denoise_final, options)
     guided = guided_model(
         model, sde, shape[0], y=y, guidance=guidance, classifier=classifier,
-        classifier_scale=classifier_scale, known=known, mask=mask, inpaint=inpaint,
-        generator=generator, device=device,
+        classifier_scale=classifier_scale, device=device,
+    )  # fmt: skip
+    guided = observed_model(
+        guided, sde, shape, known=known, mask=mask, inpaint=inpaint, operator=operator,
+        y_obs=y_obs, sigma_y=sigma_y, inverse=inverse, inverse_scale=inverse_scale,
+        generator=generator,
     )  # fmt: skip
     counted = CountingModel(guided)
-    if noise is None:
+    if x_init is not None and t_start is None:
+        raise ValueError("x_init needs t_start, the time in (t_min, T] to start the edit from")
+    if x_init is not None or t_start is not None:
+        x = _edit_start(sde, shape, x_init, ts, noise, generator, dtype, device)
+    elif noise is None:
         x = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     else:
         x = noise.to(dtype=dtype, device=device)
@@ -133,8 +173,8 @@ def sample(
         m, counted, sde, x, ts, generator=generator, add_noise_last=denoise_final,
         denoise_final=denoise_final, record=record, **options,
     )  # fmt: skip
-    if isinstance(guided, Inpainted):
-        x = guided.fill(x)  # the observed entries exactly
+    if isinstance(guided, Observed):
+        x = guided.finish(x)  # A x = y exactly, where sigma_y = 0 and A A^T = c I
         if record.states is not None:
             record.states[-1] = x
     return SolveResult(
@@ -184,6 +224,49 @@ def _check_inputs(model, sde, shape, steps, nfe, noise, dtype, device, callback)
         tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
         device = tensor.device if tensor is not None else None
     return shape, dtype or torch.float32, device
+
+
+class _Window:
+    """The SDE seen on [t_min, t_start] by the time grids: T is t_start, and the log-SNR range
+    and its inverse are the SDE's own, restricted (so every named schedule places its steps on
+    [t_min, t_start] as it would on [t_min, T])."""
+
+    def __init__(self, sde, t_start: float) -> None:
+        t_start = check_finite_number("t_start", t_start)
+        if not sde.t_min < t_start <= sde.T:
+            raise ValueError(
+                f"t_start must lie in (t_min, T] = ({sde.t_min:g}, {sde.T:g}], got {t_start!r}"
+            )
+        self.sde, self.T, self.t_min = sde, t_start, sde.t_min
+
+    def half_log_snr_range(self) -> tuple[float, float]:
+        ends = torch.tensor([self.T, self.t_min], dtype=torch.float64)
+        lam = self.sde.half_log_snr(ends)
+        return float(lam[0]), float(lam[1])
+
+    def t_of_half_log_snr(self, lam: Tensor) -> Tensor:
+        return self.sde.t_of_half_log_snr(lam).clamp(self.t_min, self.T)
+
+
+def _edit_start(sde, shape, x_init, ts, noise, generator, dtype, device) -> Tensor:
+    """SDEdit's starting state alpha(t0) x_init + sigma(t0) z at t0 = ts[0], z ~ N(0, I) drawn
+    from `generator`; (B, *D)."""
+    if x_init is None:
+        raise ValueError("t_start needs x_init, the input to edit")
+    if noise is not None:
+        raise ValueError("give noise (a prior draw at T) or x_init (an input to edit), not both")
+    if not torch.is_tensor(x_init) or not x_init.is_floating_point():
+        got = x_init.dtype if torch.is_tensor(x_init) else type(x_init).__name__
+        raise ValueError(f"x_init must be a floating-point tensor, got {got}")
+    check_tensor_finite("x_init", x_init)
+    if tuple(x_init.shape) not in (shape, (1, *shape[1:])):
+        raise ValueError(
+            f"x_init must have shape {shape} or (1, {', '.join(map(str, shape[1:]))}), got "
+            f"{tuple(x_init.shape)}"
+        )
+    x0 = x_init.to(dtype=dtype, device=device).expand(shape)
+    z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    return sde.perturb(x0, batch_times(float(ts[0]), shape[0], x0), z)
 
 
 def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options) -> Tensor:
