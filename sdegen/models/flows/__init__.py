@@ -4,6 +4,8 @@ from .ffjord import FFJORD, ConcatSquashLinear, FFJORDStats, ODENet
 from .layers import (
     ActNorm,
     AffineCoupling,
+    Chain,
+    FactorOut,
     InvConv1x1,
     Invert,
     Squeeze,
@@ -22,6 +24,8 @@ __all__ = [
     "RealNVPImage",
     "AffineCoupling",
     "Squeeze",
+    "Chain",
+    "FactorOut",
     "Invert",
     "ActNorm",
     "InvConv1x1",

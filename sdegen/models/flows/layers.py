@@ -155,6 +155,80 @@ class Invert(nn.Module):
         return self.layer(y)
 
 
+class Chain(nn.ModuleList):
+    """A composition of invertible layers, applied in order by `forward` and backwards by
+    `inverse`; log-determinants add up. An nn.ModuleList, so its layers' state-dict keys are
+    "0.", "1.", ...
+
+    Args:
+        layers: the Bijection modules, data side first.
+    """
+
+    def _bijections(self) -> list[Bijection]:
+        # nn.ModuleList holds them as plain Modules; each is a Bijection
+        return list(self)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """x (B, *event) -> y and log|det dy/dx| (B,) of the composition."""
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self._bijections():
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """y -> x and log|det dx/dy| (B,): each layer's inverse, last layer first."""
+        logdet = y.new_zeros(y.shape[0])
+        for layer in reversed(self._bijections()):
+            y, ld = layer.inverse(y)
+            logdet = logdet + ld
+        return y, logdet
+
+
+class FactorOut(nn.Module):
+    """The multi-scale split (Dinh et al. 2017, RealNVP Sec. 3.6; Kingma & Dhariwal 2018, Glow):
+    the first `keep` channels of x (B, C, ...) go on through `inner`, the other C - keep are
+    factored out, left as they are for the base density:
+
+        y = cat(inner(x[:, :keep]), x[:, keep:]) along dim 1,  logdet = inner's logdet.
+
+    So every layer in `inner` works on keep / C of the dimensions. Glow's learned prior for the
+    factored-out half, N(mu(x_keep), sigma(x_keep)^2), is an affine coupling placed before this
+    layer (see `RealNVPImage(split_prior=True)`).
+
+    Args:
+        keep: channels kept; an integer >= 1.
+        inner: a Bijection on (B, keep, ...) that keeps that shape.
+    """
+
+    inner: Bijection
+
+    def __init__(self, keep: int, inner: nn.Module) -> None:
+        super().__init__()
+        self.keep = check_int("keep", keep, 1)
+        self.inner = inner  # type: ignore[assignment]
+
+    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.ndim < 2 or x.shape[1] <= self.keep:
+            raise ValueError(
+                f"FactorOut keeps {self.keep} channels, so it expects (batch, C, ...) with "
+                f"C > {self.keep}, got {tuple(x.shape)}"
+            )
+        return x[:, : self.keep], x[:, self.keep :]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, ...) -> y of the same shape and logdet (B,)."""
+        kept, out = self._parts(x)
+        kept, logdet = self.inner(kept)
+        return torch.cat([kept, out], dim=1), logdet
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """y (B, C, ...) -> x of the same shape and logdet of the inverse map (B,)."""
+        kept, out = self._parts(y)
+        kept, logdet = self.inner.inverse(kept)
+        return torch.cat([kept, out], dim=1), logdet
+
+
 class ActNorm(nn.Module):
     """Activation normalisation (Kingma & Dhariwal 2018, Glow): y = (x + bias) * exp(log_scale).
 

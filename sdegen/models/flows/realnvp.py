@@ -19,7 +19,8 @@ from ..density import DensityModel
 from .layers import (
     ActNorm,
     AffineCoupling,
-    Bijection,
+    Chain,
+    FactorOut,
     InvConv1x1,
     Invert,
     Squeeze,
@@ -75,11 +76,7 @@ class _Flow(DensityModel):
 
     log_prob_kind = "exact"
     has_rsample = True
-    layers: nn.ModuleList
-
-    def _bijections(self) -> list[Bijection]:
-        # nn.ModuleList registers the layers as plain Modules; each is a Bijection
-        return cast(list[Bijection], list(self.layers))
+    layers: Chain
 
     def _check_z(self, z: Tensor) -> None:
         if not torch.is_tensor(z) or tuple(z.shape[1:]) != tuple(self.event_shape):
@@ -90,20 +87,12 @@ class _Flow(DensityModel):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Data to latent: x (B, *event_shape) -> z of the same shape and log|det dz/dx| (B,)."""
         self.check_x(x)
-        logdet = x.new_zeros(x.shape[0])
-        for layer in self._bijections():
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
+        return self.layers(x)
 
     def inverse_and_logdet(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Latent to data: z (B, *event_shape) -> x of the same shape and log|det dx/dz| (B,)."""
         self._check_z(z)
-        logdet = z.new_zeros(z.shape[0])
-        for layer in reversed(self._bijections()):
-            z, ld = layer.inverse(z)
-            logdet = logdet + ld
-        return z, logdet
+        return self.layers.inverse(z)
 
     def inverse(self, z: Tensor) -> Tensor:
         """Latent to data: z (B, *event_shape) -> x of the same shape."""
@@ -204,7 +193,7 @@ class RealNVP(_Flow):
                 layers.append(InvConv1x1(dim))
             net = coupling_mlp(dim, hidden, zero_init)
             layers.append(AffineCoupling(alternating_mask(dim, i % 2), net, scale_bound))
-        self.layers = nn.ModuleList(layers)
+        self.layers = Chain(layers)
 
 
 class RealNVPImage(_Flow):
@@ -213,8 +202,20 @@ class RealNVPImage(_Flow):
     Each of `num_scales` scales applies `blocks_per_scale` checkerboard couplings (alternating
     parity), a squeeze (C, H, W) -> (4C, H/2, W/2), then `blocks_per_scale` channel-wise
     couplings; each coupling is preceded by an optional ActNorm and an optional invertible 1x1
-    convolution (Kingma & Dhariwal 2018). No factoring-out: the latent is un-squeezed at the end,
-    so z has the shape of x.
+    convolution (Kingma & Dhariwal 2018). By default no factoring-out: every scale works on all
+    the dimensions, and the latent is un-squeezed at the end, so z has the shape of x.
+
+    split=True is the multi-scale architecture (Dinh et al. 2017, Sec. 3.6; Glow): after each
+    scale but the last, half of the channels (2C of the 4C after the squeeze) are factored out
+    to the base density (`FactorOut`), so scale i + 1 works on half the dimensions of scale i.
+    The base stays N(0, I) over the whole latent, so log p(x) sums every level's base term
+    log N(z_i; 0, I) plus the log-det, and sampling draws every level and inverts. With
+    split_prior=True each factored-out half z_i gets Glow's learned prior
+    N(mu(h_i), diag sigma(h_i)^2) given the kept half h_i at that split, as an affine coupling
+    eps_i = (z_i - mu) / sigma (conv conditioner, zero-initialised, so the prior starts at
+    N(0, I)) whose log-det -sum log sigma turns log N(eps_i; 0, I) into log N(z_i; mu, sigma^2).
+    z keeps the shape of x either way: each level's factored-out channels are un-squeezed back
+    in place, and `latent_levels(z)` takes them apart again.
 
     Args:
         shape: (C, H, W), with H and W divisible by 2 ** num_scales.
@@ -225,6 +226,24 @@ class RealNVPImage(_Flow):
         inv_conv: put an invertible 1x1 convolution before each coupling.
         zero_init: zero the conditioners' last convs (identity flow at init, ActNorm aside).
         scale_bound: bound on each coupling's log-scale.
+        split: factor out half the channels after each scale but the last; needs
+            num_scales >= 2.
+        split_prior: Glow's learned conditional Gaussian prior for each factored-out half
+            (only with split=True); False: N(0, I) as in RealNVP.
+
+    Example:
+        >>> import torch
+        >>> from sdegen.models import RealNVPImage
+        >>> _ = torch.manual_seed(0)
+        >>> flow = RealNVPImage((1, 8, 8), num_scales=2, hidden=8, split=True, split_prior=True)
+        >>> flow.level_shapes  # 32 dims factored out after scale 0, 32 left for the last scale
+        [(2, 4, 4), (8, 2, 2)]
+        >>> x = torch.randn(3, 1, 8, 8)
+        >>> z, logdet = flow(x)
+        >>> [tuple(level.shape) for level in flow.latent_levels(z)]
+        [(3, 2, 4, 4), (3, 8, 2, 2)]
+        >>> torch.allclose(flow.inverse(z), x, atol=1e-5)
+        True
     """
 
     def __init__(
@@ -238,6 +257,8 @@ class RealNVPImage(_Flow):
         *,
         zero_init: bool = True,
         scale_bound: float = 3.0,
+        split: bool = False,
+        split_prior: bool = False,
     ) -> None:
         super().__init__()
         shape = tuple(shape)
@@ -250,6 +271,15 @@ class RealNVPImage(_Flow):
         check_int("hidden", hidden, 1)
         _check_bool("actnorm", actnorm)
         _check_bool("inv_conv", inv_conv)
+        _check_bool("split", split)
+        _check_bool("split_prior", split_prior)
+        if split and num_scales < 2:
+            raise ValueError(
+                "split needs num_scales >= 2 (nothing is factored out after the last scale), "
+                f"got num_scales={num_scales}"
+            )
+        if split_prior and not split:
+            raise ValueError("split_prior=True needs split=True")
         c, h, w = shape
         factor = 2**num_scales
         if h % factor or w % factor:
@@ -264,13 +294,55 @@ class RealNVPImage(_Flow):
             pre += [InvConv1x1(channels)] if inv_conv else []
             return [*pre, AffineCoupling(mask, net, scale_bound)]
 
-        layers: list[nn.Module] = []
-        for _ in range(num_scales):
+        def scale(c: int, h: int, w: int) -> list[nn.Module]:
+            layers: list[nn.Module] = []
             for b in range(blocks_per_scale):
                 layers += block(checkerboard_mask((c, h, w), b % 2), c)
             layers.append(Squeeze())
             c, h, w = 4 * c, h // 2, w // 2
             for b in range(blocks_per_scale):
                 layers += block(channel_mask((c, h, w), b % 2), c)
-        layers += [Invert(Squeeze()) for _ in range(num_scales)]
-        self.layers = nn.ModuleList(layers)
+            return layers
+
+        self.split = split
+        if not split:
+            layers: list[nn.Module] = []
+            for _ in range(num_scales):
+                layers += scale(c, h, w)
+                c, h, w = 4 * c, h // 2, w // 2
+            layers += [Invert(Squeeze()) for _ in range(num_scales)]
+            self.layers = Chain(layers)
+            self.level_shapes = [shape]
+            return
+
+        def multiscale(i: int, c: int, h: int, w: int) -> list[nn.Module]:
+            layers = scale(c, h, w)
+            c, h, w = 4 * c, h // 2, w // 2
+            if i < num_scales - 1:
+                if split_prior:  # eps = (z_out - mu(z_kept)) / sigma(z_kept)
+                    net = coupling_convnet(c, hidden, zero_init)
+                    layers.append(AffineCoupling(channel_mask((c, h, w)), net, scale_bound))
+                self.level_shapes.append((c // 2, h, w))
+                inner = Chain(multiscale(i + 1, c // 2, h, w))
+                layers.append(FactorOut(c // 2, inner))
+            else:
+                self.level_shapes.append((c, h, w))
+            return [*layers, Invert(Squeeze())]
+
+        self.level_shapes: list[tuple[int, ...]] = []  # filled by the first split first
+        self.layers = Chain(multiscale(0, c, h, w))
+
+    def latent_levels(self, z: Tensor) -> list[Tensor]:
+        """The latent z (B, C, H, W) = forward(x)[0] taken apart into its levels, one tensor
+        (B, *level_shapes[i]) per level: what each split factored out, then what the last
+        scale produced. Without split, [z]."""
+        self._check_z(z)
+        if not self.split:
+            return [z]
+        squeeze, levels = Squeeze(), []
+        for c_out, _, _ in self.level_shapes[:-1]:
+            z = squeeze(z)[0]
+            keep = z.shape[1] - c_out
+            levels.append(z[:, keep:])
+            z = z[:, :keep]
+        return [*levels, squeeze(z)[0]]
