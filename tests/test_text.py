@@ -115,3 +115,92 @@ def test_errors():
         enc(torch.full((1, 2), 10), torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match="int64"):
         enc(torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool))
+
+
+# ---- text-conditional U-Net -------------------------------------------------------------------
+
+
+def _text_unet(seed=0):
+    from sdegen.models import UNet
+    from sdegen.models.text import TokenConditioner
+
+    torch.manual_seed(seed)
+    tok = Tokenizer(max_len=6)
+    enc = TextEncoder(len(tok), width=16, depth=1, heads=2, max_len=6)
+    net = UNet(1, channels=8, channel_mult=(1, 2), attention_levels=(1,), groups=4,
+               text=TokenConditioner(enc))  # fmt: skip
+    return net, tok
+
+
+def _train_cross_attention(net):
+    """Give every cross-attention block a nonzero output projection, as training would."""
+    g = torch.Generator().manual_seed(3)
+    for m in net.modules():
+        if isinstance(m, CrossAttention):
+            m.proj.weight.data = torch.randn(m.proj.weight.shape, generator=g) * 0.3
+
+
+def test_text_unet_reads_the_prompt_and_null_rows():
+    net, tok = _text_unet()
+    x, c = torch.randn(3, 1, 8, 8), torch.randn(3)
+    ids, _ = tok(["a thick 3", "a thin 7", ""])
+    fresh = net(x, c, ids)
+    assert torch.equal(fresh, net(x, c, None))  # zero-initialised cross-attention: no effect yet
+    _train_cross_attention(net)
+    out = net(x, c, ids)
+    assert not torch.allclose(out[0], net(x, c, ids[[1, 1, 2]])[0])  # the prompt matters
+    # a NULL_LABEL row is the null caption "": the same as the "" row, and as y = None
+    null = torch.full_like(ids, -1)
+    assert torch.allclose(net(x, c, null), net(x, c, ids[[2, 2, 2]]), atol=1e-12)
+    assert torch.allclose(net(x, c, None), net(x, c, null), atol=1e-12)
+    with pytest.raises(ValueError, match="token ids y"):
+        net(x, c, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="num_classes or text"):
+        from sdegen.models import UNet
+
+        UNet(1, channels=8, groups=4, num_classes=10, text=net.text)
+
+
+def test_classifier_free_guidance_on_text():
+    import sdegen
+    from sdegen.solvers.guidance import ClassifierFree, Conditioned
+
+    net, tok = _text_unet()
+    _train_cross_attention(net)
+    sde = sdegen.VPSDE()
+    model = sdegen.ScoreModel(net, sde, "eps")
+    x, t = torch.randn(2, 1, 8, 8), torch.full((2,), 0.5)
+    ids, _ = tok(["a thick 3", "a small 7"])
+    cond = model.x0_eps(x, t, ids)
+    uncond = model.x0_eps(x, t, None)
+    for w, want in ((0.0, uncond), (1.0, cond)):
+        got = ClassifierFree(model, sde, ids, w).x0_eps(x, t)
+        assert torch.allclose(got[0], want[0], atol=1e-10)
+        assert torch.allclose(got[1], want[1], atol=1e-10)
+    got = ClassifierFree(model, sde, ids, 3.0).x0_eps(x, t)
+    assert torch.allclose(got[1], 3 * cond[1] - 2 * uncond[1], atol=1e-10)
+    assert torch.allclose(Conditioned(model, sde, ids).x0_eps(x, t)[1], cond[1])
+    assert model.check_condition(ids, 2) is ids
+
+
+def test_embedding_table_takes_another_encoders_embeddings():
+    from sdegen.models import UNet
+    from sdegen.models.text import EmbeddingTable
+
+    emb, mask = _context(b=3, n=5, w=6)
+    table = EmbeddingTable(emb, mask)
+    torch.manual_seed(0)
+    net = UNet(1, channels=8, channel_mult=(1, 2), attention_levels=(1,), groups=4, text=table)
+    _train_cross_attention(net)
+    x, c = torch.randn(4, 1, 8, 8), torch.randn(4)
+    y = torch.tensor([0, 2, -1, 1])
+    out = net(x, c, y)
+    # row 1 reads context 2: the same as asking for it alone
+    assert torch.allclose(out[1:2], net(x[1:2], c[1:2], torch.tensor([2])), atol=1e-12)
+    idx = table.add(emb[:1, :2] * 2, mask[:1, :2])
+    assert idx.tolist() == [3] and len(table) == 4
+    assert torch.allclose(net(x, c, y), out, atol=1e-12)  # old rows unchanged by padding
+    with pytest.raises(ValueError, match="out of range"):
+        net(x, c, torch.tensor([0, 1, 2, 4]))
+    with pytest.raises(ValueError, match="int64 indices"):
+        net(x, c, torch.zeros(4, 2, dtype=torch.long))

@@ -48,6 +48,28 @@ def check_labels(y, batch: int, num_classes: int | None, *, allow_null: bool = T
     return y.long()
 
 
+def check_condition(model, y, batch: int) -> Tensor:
+    """The condition y checked for `model`: by the model's own `check_condition(y, batch)` where
+    it has one (text-conditional networks take token ids (batch, L) or table indices), else as
+    class labels of its `num_classes` (check_labels)."""
+    check = getattr(model, "check_condition", None)
+    if callable(check):
+        return check(y, batch)
+    return check_labels(y, batch, getattr(model, "num_classes", None))
+
+
+def null_like(y: Tensor) -> Tensor:
+    """The null condition for every example of y: NULL_LABEL rows of y's shape (for token ids,
+    a row starting with NULL_LABEL is the null caption)."""
+    return torch.full_like(y, NULL_LABEL)
+
+
+def drop_condition(y: Tensor, drop: Tensor) -> Tensor:
+    """y with the examples where the bool `drop` (B,) is True replaced by the null condition
+    (label dropout, Ho & Salimans 2022); y is labels (B,) or token ids (B, L)."""
+    return torch.where(drop.reshape(-1, *([1] * (y.ndim - 1))), NULL_LABEL, y)
+
+
 def labels_like(y, batch: int, device=None) -> Tensor | None:
     """An int, or a tensor, as labels of shape (batch,); an int labels the whole batch."""
     if y is None:

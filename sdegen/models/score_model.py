@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .._utils import append_dims, check_choice, check_finite_number
 from ..protocols import SDE
 from .base import PARAMETRIZATIONS, ParametrizedModel, check_network, to_x0_eps
-from .labels import check_labels
+from .labels import check_condition
 
 TIME_INPUTS = ("log_snr", "t")
 
@@ -116,6 +116,11 @@ class ScoreModel(ParametrizedModel):
         """The network's number of classes; None for an unconditional network."""
         return getattr(self.net, "num_classes", None)
 
+    def check_condition(self, y, batch: int) -> Tensor:
+        """The condition y checked for the network: class labels (batch,), or what a
+        text-conditional network takes (see `sdegen.models.labels.check_condition`)."""
+        return check_condition(self.net, y, batch)
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The raw network prediction in this model's parametrization; shape (B, *D), x's
         dtype; t of shape (B,)."""
@@ -126,7 +131,8 @@ class ScoreModel(ParametrizedModel):
     ) -> Tensor:
         x_in = scale_input(x, alpha, sigma, self.sigma_data)
         if y is not None and self.num_classes is None:
-            check_labels(y, x.shape[0], None)  # raises: names the unconditional network
+            # raises for an unconditional network; checks a text network's condition
+            check_condition(self.net, y, x.shape[0])
         c_noise = self.c_noise(t)
         dtype = parameter_dtype(self.net)
         if dtype is not None and dtype != x.dtype:  # run the network in its own dtype

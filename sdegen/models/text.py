@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_int, check_tensor_finite
+from .labels import NULL_LABEL
 
-__all__ = ["CrossAttention", "TextEncoder", "check_context"]
+__all__ = [
+    "CrossAttention",
+    "EmbeddingTable",
+    "TextEncoder",
+    "TokenConditioner",
+    "check_context",
+]
 
 
 def check_context(emb: Tensor, mask: Tensor, batch: int | None = None, width: int | None = None):
@@ -117,3 +124,123 @@ class CrossAttention(nn.Module):
         )
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class TokenConditioner(nn.Module):
+    """Token ids -> context, through a TextEncoder: the condition `y` of a text-conditional
+    network. y is int64 (B, L) with L <= the encoder's max_len, as `Tokenizer` makes them; a row
+    whose first entry is NULL_LABEL (-1) is the null caption (the start token alone), which is
+    what label dropout and classifier-free guidance put in (`torch.full_like(y, NULL_LABEL)`).
+    y = None is the null caption for the whole batch."""
+
+    def __init__(self, encoder: TextEncoder, start_id: int = 1, pad_id: int = 0) -> None:
+        super().__init__()
+        if not isinstance(encoder, TextEncoder):
+            raise TypeError(f"encoder must be a TextEncoder, got {type(encoder).__name__}")
+        self.encoder, self.start_id, self.pad_id = encoder, start_id, pad_id
+        self.width = encoder.width
+
+    def check_condition(self, y, batch: int) -> Tensor:
+        """y checked as token ids (batch, L) (null rows allowed); ValueError otherwise."""
+        if not torch.is_tensor(y) or y.dtype != torch.long or y.ndim != 2 or y.shape[0] != batch:
+            got = f"{y.dtype} {tuple(y.shape)}" if torch.is_tensor(y) else repr(y)
+            raise ValueError(
+                f"a text-conditional model takes token ids y, an int64 tensor (batch={batch}, "
+                f"L) from sdegen.data.captions.Tokenizer; got {got}"
+            )
+        real = y[y[:, 0] != NULL_LABEL]
+        if y.shape[1] > self.encoder.max_len:
+            raise ValueError(
+                f"token ids have length {y.shape[1]}; the encoder takes at most "
+                f"{self.encoder.max_len}"
+            )
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.encoder.vocab_size):
+            raise ValueError(
+                f"token ids must be in 0..{self.encoder.vocab_size - 1} (a row starting with "
+                f"{NULL_LABEL} is the null caption)"
+            )
+        return y
+
+    def forward(self, y: Tensor | None, batch: int, device) -> tuple[Tensor, Tensor]:
+        if y is None:
+            ids = torch.full((batch, 1), self.start_id, dtype=torch.long, device=device)
+        else:
+            ids = self.check_condition(y, batch).clone()
+            null = ids[:, 0] == NULL_LABEL
+            ids[null] = self.pad_id
+            ids[null, 0] = self.start_id
+        mask = ids != self.pad_id
+        return self.encoder(ids, mask), mask
+
+
+class EmbeddingTable(nn.Module):
+    """Contexts computed by any text encoder, kept as a table: y (B,) int64 picks row y of
+    `emb` (K, L, W) with `mask` (K, L) (NULL_LABEL: the null context). The null context is
+    `null_emb` (L0, W) with `null_mask` (L0,) when given (e.g. the encoder's encoding of the
+    empty prompt, as Stable Diffusion uses), else one learned token. So embeddings from a real
+    encoder (CLIP, T5...) condition the network without it, and `add` appends new prompts."""
+
+    def __init__(
+        self,
+        emb: Tensor,
+        mask: Tensor,
+        null_emb: Tensor | None = None,
+        null_mask: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        check_context(emb, mask)
+        self.width = emb.shape[-1]
+        self.register_buffer("emb", emb.detach().clone())
+        self.register_buffer("mask", mask.clone())
+        if (null_emb is None) != (null_mask is None):
+            raise ValueError("give both null_emb and null_mask, or neither")
+        if null_emb is None:
+            self.null = nn.Parameter(torch.zeros(1, 1, self.width, dtype=emb.dtype))
+            self.register_buffer("null_mask", torch.ones(1, 1, dtype=torch.bool))
+        else:
+            check_context(null_emb[None], null_mask[None], width=self.width)  # type: ignore[index]
+            self.register_buffer("null", null_emb[None].detach().clone())
+            self.register_buffer("null_mask", null_mask[None].clone())  # type: ignore[index]
+
+    def __len__(self) -> int:
+        return self.emb.shape[0]
+
+    def add(self, emb: Tensor, mask: Tensor) -> Tensor:
+        """Append contexts emb (K', L', W) with mask (K', L'); returns their indices (K',)."""
+        check_context(emb, mask, width=self.width)
+        n = max(self.emb.shape[1], emb.shape[1])
+        old = len(self)
+        self.emb = torch.cat([_pad(self.emb, n), _pad(emb.to(self.emb), n)])
+        self.mask = torch.cat([_pad(self.mask, n), _pad(mask.to(self.mask.device), n)])
+        return torch.arange(old, len(self))
+
+    def check_condition(self, y, batch: int) -> Tensor:
+        """y checked as indices (batch,) into the table (NULL_LABEL allowed)."""
+        if not torch.is_tensor(y) or y.dtype != torch.long or tuple(y.shape) != (batch,):
+            got = f"{y.dtype} {tuple(y.shape)}" if torch.is_tensor(y) else repr(y)
+            raise ValueError(
+                f"this model takes y as int64 indices ({batch},) into its table of {len(self)} "
+                f"contexts; got {got}"
+            )
+        if batch and (int(y.min()) < NULL_LABEL or int(y.max()) >= len(self)):
+            raise ValueError(f"context index out of range; expected 0..{len(self) - 1} or -1")
+        return y
+
+    def forward(self, y: Tensor | None, batch: int, device) -> tuple[Tensor, Tensor]:
+        n = max(self.emb.shape[1], self.null.shape[1])
+        emb = torch.cat([_pad(self.emb, n), _pad(self.null, n)])  # the null context last
+        mask = torch.cat([_pad(self.mask, n), _pad(self.null_mask, n)])
+        if y is None:
+            idx = torch.full((batch,), len(self), dtype=torch.long, device=device)
+        else:
+            y = self.check_condition(y, batch)
+            idx = torch.where(y == NULL_LABEL, len(self), y)
+        return emb[idx], mask[idx]
+
+
+def _pad(t: Tensor, n: int) -> Tensor:
+    """t (K, L, ...) zero-padded (False for bool) along dim 1 to length n."""
+    if t.shape[1] == n:
+        return t
+    pad = torch.zeros(t.shape[0], n - t.shape[1], *t.shape[2:], dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)

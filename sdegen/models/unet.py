@@ -7,13 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_int
-from .labels import LabelEmbedding
+from .labels import LabelEmbedding, check_labels
 from .networks import (
     SinusoidalEmbedding,
     add_label_embedding,
     check_noise_levels,
     time_mlp,
 )
+from .text import CrossAttention
 
 
 class ResBlock(nn.Module):
@@ -90,6 +91,11 @@ class UNet(nn.Module):
         out_channels: output channels; default `in_channels`.
         num_classes: make it class-conditional: a learned label embedding (with a null row for
             `NULL_LABEL`) is added to the time embedding, as in ADM; None: unconditional.
+        text: make it text-conditional (Rombach et al. 2022): a conditioner from
+            `sdegen.models.text` (`TokenConditioner` for token ids, `EmbeddingTable` for
+            another encoder's embeddings) turns the condition y into a context (B, L, W) with
+            its mask, which a `CrossAttention` block reads after every attention block (the
+            levels in `attention_levels` and the middle). Not together with num_classes.
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         out_channels: int | None = None,
         num_classes: int | None = None,
+        text: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels, 1)
@@ -142,11 +149,26 @@ class UNet(nn.Module):
             LabelEmbedding(num_classes, embed_dim) if num_classes is not None else None
         )
 
+        if text is not None:
+            if num_classes is not None:
+                raise ValueError("give num_classes or text, not both")
+            if not (isinstance(text, nn.Module) and hasattr(text, "check_condition")):
+                raise TypeError(
+                    "text must be a conditioner from sdegen.models.text (TokenConditioner or "
+                    f"EmbeddingTable), got {type(text).__name__}"
+                )
+        self.text = text
+
+        def cross(ch: int) -> list[nn.Module]:
+            return [] if text is None else [CrossAttention(ch, int(text.width), 4, groups)]  # type: ignore[arg-type]
+
         def res(a: int, b: int) -> ResBlock:
             return ResBlock(a, b, embed_dim, groups, dropout)
 
-        def attn(level: int, ch: int) -> nn.Module:
-            return AttentionBlock(ch, groups) if level in attention_levels else nn.Identity()
+        def attn(level: int, ch: int) -> list[nn.Module]:
+            if level not in attention_levels:
+                return [nn.Identity()]
+            return [AttentionBlock(ch, groups), *cross(ch)]
 
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
@@ -154,7 +176,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 self.down.append(
-                    nn.ModuleList([res(ch, channels * mult), attn(level, channels * mult)])
+                    nn.ModuleList([res(ch, channels * mult), *attn(level, channels * mult)])
                 )
                 ch = channels * mult
                 skips.append(ch)
@@ -163,12 +185,13 @@ class UNet(nn.Module):
                 skips.append(ch)
 
         self.mid = nn.ModuleList([res(ch, ch), AttentionBlock(ch, groups), res(ch, ch)])
+        self.mid_cross = cross(ch)[0] if text is not None else None
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
                 block = res(ch + skips.pop(), channels * mult)
-                self.up.append(nn.ModuleList([block, attn(level, channels * mult)]))
+                self.up.append(nn.ModuleList([block, *attn(level, channels * mult)]))
                 ch = channels * mult
             if level > 0:
                 self.up.append(
@@ -182,9 +205,17 @@ class UNet(nn.Module):
         # Default init rather than DDPM's zero init, so the untrained output depends on (x, t).
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
 
+    def check_condition(self, y, batch: int) -> Tensor:
+        """The condition y checked for this network: class labels (batch,), or what its text
+        conditioner takes (token ids (batch, L) or table indices (batch,))."""
+        if self.text is not None:
+            return self.text.check_condition(y, batch)  # type: ignore[operator]
+        return check_labels(y, batch, self.num_classes)
+
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         """Output (B, out_channels, H, W) for x (B, in_channels, H, W), c_noise (B,) and
-        optional labels y (B,); y = None on a conditional network is NULL_LABEL throughout."""
+        the optional condition y: labels (B,), or token ids / table indices of a text
+        conditioner; y = None on a conditional network is NULL_LABEL throughout."""
         if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(
@@ -196,22 +227,33 @@ class UNet(nn.Module):
                 f"(2 ** (len(channel_mult) - 1)), got shape {tuple(x.shape)}"
             )
         check_noise_levels(c_noise, x.shape[0])
-        emb = add_label_embedding(
-            self.label_embed, self.time_mlp(self.embed(c_noise.to(x.dtype))), y
-        )
+        emb = self.time_mlp(self.embed(c_noise.to(x.dtype)))
+        context: tuple[Tensor, Tensor] = (x, x)  # replaced below when read
+        if self.text is not None:
+            ctx_emb, ctx_mask = self.text(y, x.shape[0], x.device)
+            context = (ctx_emb.to(x.dtype), ctx_mask)
+        else:
+            emb = add_label_embedding(self.label_embed, emb, y)
+
+        def attend(blocks, h: Tensor) -> Tensor:  # self-attention, then cross-attention
+            h = blocks[1](h)
+            return blocks[2](h, *context) if len(blocks) > 2 else h
 
         h = self.conv_in(x)
         hs = [h]
         for module in self.down:
             if isinstance(module, nn.ModuleList):
-                h = module[1](module[0](h, emb))
+                h = attend(module, module[0](h, emb))
             else:
                 h = module(h)
             hs.append(h)
-        h = self.mid[2](self.mid[1](self.mid[0](h, emb)), emb)
+        h = self.mid[1](self.mid[0](h, emb))
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, *context)
+        h = self.mid[2](h, emb)
         for module in self.up:
             if isinstance(module, nn.ModuleList):
-                h = module[1](module[0](torch.cat([h, hs.pop()], dim=1), emb))
+                h = attend(module, module[0](torch.cat([h, hs.pop()], dim=1), emb))
             else:
                 h = module(h)
         return self.conv_out(F.silu(self.norm_out(h)))

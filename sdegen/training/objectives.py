@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .._utils import check_choice, check_finite_number
 from ..data.quantize import dequantize
 from ..models.density import DensityModel
-from ..models.labels import NULL_LABEL
+from ..models.labels import drop_condition
 from ..models.vae import VAE, KLSchedule
 from ..protocols import ScoreModelWithSDE
 from .losses import WEIGHTINGS, classifier_loss, dsm_loss, times_from_uniform
@@ -53,7 +53,7 @@ def score_matching(
         if y is not None and p_uncond > 0:
             # drawn after t and noise, so an unconditional run's numbers are unchanged
             drop = rnd.rand(dtype=torch.float64) < p_uncond
-            y = torch.where(drop, NULL_LABEL, y)
+            y = drop_condition(y, drop)
         return dsm_loss(
             model,
             x,

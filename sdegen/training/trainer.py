@@ -123,14 +123,18 @@ def held_out_loss(
 
 
 def _check_labels(labels: Tensor, data: Tensor) -> None:
+    # class labels (N,), or one row of token ids (N, L) per example for a text-conditional model
     if (
         not torch.is_tensor(labels)
-        or labels.shape != (data.shape[0],)
+        or labels.ndim not in (1, 2)
+        or labels.shape[0] != data.shape[0]
         or labels.is_floating_point()
+        or labels.dtype == torch.bool
     ):
         got = tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__
         raise ValueError(
-            f"labels must be an integer tensor of shape ({data.shape[0]},) matching data, got {got}"
+            f"labels must be an integer tensor of shape ({data.shape[0]},) matching data "
+            f"(or ({data.shape[0]}, L) token ids), got {got}"
         )
 
 
