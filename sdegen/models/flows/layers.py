@@ -168,7 +168,7 @@ class Chain(nn.ModuleList):
         # nn.ModuleList holds them as plain Modules; each is a Bijection
         return list(self)  # type: ignore[arg-type]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, *event) -> y and log|det dy/dx| (B,) of the composition."""
         logdet = x.new_zeros(x.shape[0])
         for layer in self._bijections():

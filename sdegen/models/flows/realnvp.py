@@ -305,6 +305,8 @@ class RealNVPImage(_Flow):
             return layers
 
         self.split = split
+        # the shape of each level of the latent: what each split factors out, then the rest
+        self.level_shapes: list[tuple[int, ...]] = [shape]
         if not split:
             layers: list[nn.Module] = []
             for _ in range(num_scales):
@@ -312,7 +314,6 @@ class RealNVPImage(_Flow):
                 c, h, w = 4 * c, h // 2, w // 2
             layers += [Invert(Squeeze()) for _ in range(num_scales)]
             self.layers = Chain(layers)
-            self.level_shapes = [shape]
             return
 
         def multiscale(i: int, c: int, h: int, w: int) -> list[nn.Module]:
@@ -329,7 +330,7 @@ class RealNVPImage(_Flow):
                 self.level_shapes.append((c, h, w))
             return [*layers, Invert(Squeeze())]
 
-        self.level_shapes: list[tuple[int, ...]] = []  # filled by the first split first
+        self.level_shapes = []  # filled by multiscale, the first split first
         self.layers = Chain(multiscale(0, c, h, w))
 
     def latent_levels(self, z: Tensor) -> list[Tensor]:
