@@ -204,3 +204,24 @@ def test_embedding_table_takes_another_encoders_embeddings():
         net(x, c, torch.tensor([0, 1, 2, 4]))
     with pytest.raises(ValueError, match="int64 indices"):
         net(x, c, torch.zeros(4, 2, dtype=torch.long))
+
+
+def test_sample_with_a_prompt_and_guidance():
+    import sdegen
+
+    net, tok = _text_unet()
+    _train_cross_attention(net)
+    sde = sdegen.VPSDE()
+    model = sdegen.ScoreModel(net, sde, "eps")
+    ids = tok(["a thick 3"] * 3)[0]
+    kw = dict(method="ddim", steps=4, generator=None)
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = sdegen.sample(model, sde, (3, 1, 8, 8), noise=noise, **kw)
+    w0 = sdegen.sample(model, sde, (3, 1, 8, 8), noise=noise, y=ids, guidance=0.0, **kw)
+    cond = sdegen.sample(model, sde, (3, 1, 8, 8), noise=noise, y=ids, **kw)
+    w1 = sdegen.sample(model, sde, (3, 1, 8, 8), noise=noise, y=ids, guidance=1.0, **kw)
+    assert torch.allclose(w0.x, plain.x, atol=1e-8) and w0.batch_factor == 2
+    assert torch.allclose(w1.x, cond.x, atol=1e-8)
+    assert not torch.allclose(cond.x, plain.x, atol=1e-4)
+    with pytest.raises(ValueError, match="token ids y"):
+        sdegen.sample(model, sde, (3, 1, 8, 8), y=3, **kw)

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._utils import append_dims, check_finite_number
 from ..models.base import ParametrizedModel
-from ..models.labels import NULL_LABEL, check_labels, labels_like
+from ..models.labels import NULL_LABEL, check_condition, check_labels, labels_like
 
 
 def model_x0_eps(model, sde, x: Tensor, t: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -208,7 +208,7 @@ def guided_model(
         uses_model_labels = classifier is None or guidance is not None
         classes = getattr(classifier, "num_classes", None)
         if uses_model_labels:
-            labels = check_labels(labels, batch, getattr(model, "num_classes", None))
+            labels = check_condition(model, labels, batch)
         elif classes is not None:
             labels = check_labels(labels, batch, classes, allow_null=False)
         else:  # the classifier's output width is known at its first call: checked fully there
