@@ -211,32 +211,61 @@ def test_annealed_objective_refuses_a_source_without_step_and_a_non_vae():
     class NoStep:
         generator = None
 
-    if not hasattr(StepRandom(0, 0, 0, 1, 4), "step"):
-        with pytest.raises(TypeError, match="step"):
-            objective(_vae(), x, NoStep())
+    with pytest.raises(TypeError, match="step=lambda: trainer.step"):
+        objective(_vae(), x, NoStep())
+    with pytest.raises(TypeError, match="step must be a callable"):
+        annealed_vae_loss(KLSchedule(), step=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="VAE"):
         objective(torch.nn.Linear(5, 5), x, NoStep())
     with pytest.raises(TypeError, match="KLSchedule"):
         annealed_vae_loss(lambda step: 1.0)  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(
-    not hasattr(StepRandom(0, 3, 0, 1, 1), "step"),
-    reason="the Trainer's StepRandom does not carry .step yet (requested of its owner)",
-)
-def test_trainer_steps_through_the_schedule():
-    # a warm-up of 4 steps: the first step's loss is the reconstruction term alone (beta 0)
+class RecordingSchedule(KLSchedule):
+    """A KLSchedule that records the steps it is asked about."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seen: list[int] = []
+
+    def __call__(self, step: int) -> float:
+        self.seen.append(step)
+        return super().__call__(step)
+
+
+def test_trainer_steps_through_the_schedule_and_resumes_it(tmp_path):
     data = torch.randn(64, 5, generator=gen(8))
-    vae = _vae()
-    schedule = KLSchedule(beta=1.0, warmup=4)
-    trainer = Trainer(
-        vae, annealed_vae_loss(schedule), data, batch_size=16, progress=False, ema_decay=None
-    )
+
+    def trainer_for(schedule: KLSchedule) -> Trainer:
+        vae = _vae()
+        objective = annealed_vae_loss(schedule, step=lambda: trainer.step)
+        trainer = Trainer(
+            vae,
+            objective,
+            data,
+            batch_size=16,
+            progress=False,
+            ema_decay=None,
+            run_dir=tmp_path,
+            ckpt_every=3,
+        )
+        return trainer
+
+    schedule = RecordingSchedule(beta=1.0, warmup=4)
+    trainer = trainer_for(schedule)
+    # the first step's loss is the reconstruction term alone (beta = schedule(0) = 0)
     x0 = trainer._batch(0)[0]
-    rnd = StepRandom(0, 0, 0, 1, 16)
-    want = float(vae.loss(x0, rnd.generator, beta=0.0))
+    with torch.no_grad():
+        want = float(trainer.model.loss(x0, StepRandom(0, 0, 0, 1, 16).generator, beta=0.0))
     assert trainer.train_step()["loss"] == pytest.approx(want, rel=1e-12)
-    assert StepRandom(0, 3, 0, 1, 1).step == 3
+    trainer.fit(3)
+    assert schedule.seen == [0, 1, 2]
+    # a resumed run continues the schedule at the checkpoint's step
+    resumed_schedule = RecordingSchedule(beta=1.0, warmup=4)
+    resumed = trainer_for(resumed_schedule)
+    assert resumed.resume() and resumed.step == 3
+    resumed.fit(5)
+    assert resumed_schedule.seen == [3, 4]
 
 
 def test_plain_trainer_path_is_unchanged():

@@ -6,6 +6,8 @@ repeat single-process ones exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -99,24 +101,35 @@ def density_loss(bin_width: float | None = None):
     return objective
 
 
-def annealed_vae_loss(schedule: KLSchedule, bin_width: float | None = None):
-    """A VAE's `loss` with the KL weight of the training step, beta = schedule(rnd.step): KL
+def annealed_vae_loss(
+    schedule: KLSchedule,
+    bin_width: float | None = None,
+    *,
+    step: Callable[[], int] | None = None,
+):
+    """A VAE's `loss` with the KL weight of the training step, beta = schedule(step): KL
     annealing (Bowman et al. 2016) or its cyclical form (Fu et al. 2019), see `KLSchedule`.
-    Free bits are the VAE's own (`VAE(free_bits=...)`). The step is the Trainer's (0 first),
-    read from the StepRandom, so a resumed run continues the schedule where it stopped."""
+    Free bits are the VAE's own (`VAE(free_bits=...)`).
+
+    step: () -> the current training step (0 first), e.g. `lambda: trainer.step` for the
+        Trainer the objective is given to (its step is restored by `resume`, so a resumed run
+        continues the schedule). None: read `rnd.step`, for a random source that carries it.
+    """
     if not isinstance(schedule, KLSchedule):
         raise TypeError(f"schedule must be a KLSchedule, got {type(schedule).__name__}")
+    if step is not None and not callable(step):
+        raise TypeError(f"step must be a callable () -> int or None, got {step!r}")
 
     def objective(model: VAE, x: Tensor, rnd) -> Tensor:
         if not isinstance(model, VAE):
             raise TypeError(f"annealed_vae_loss trains a VAE, got {type(model).__name__}")
-        step = getattr(rnd, "step", None)
-        if step is None:
+        k = step() if step is not None else getattr(rnd, "step", None)
+        if k is None:
             raise TypeError(
-                "annealed_vae_loss needs the training step: rnd must carry .step (the "
-                f"Trainer's StepRandom), got {type(rnd).__name__} without it"
+                "annealed_vae_loss needs the training step: pass step=lambda: trainer.step, "
+                f"or a random source with .step (got {type(rnd).__name__} without it)"
             )
         x = _dequantize(x, rnd, bin_width)
-        return model.loss(x, generator=rnd.generator, beta=schedule(step))
+        return model.loss(x, generator=rnd.generator, beta=schedule(k))
 
     return objective
