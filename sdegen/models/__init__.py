@@ -11,6 +11,7 @@ from .dit import DiT, patchify, unpatchify
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
 from .labels import NULL_LABEL, LabelEmbedding, check_labels
+from .learned_variance import LearnedVarianceModel
 from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
 from .unet import UNet
@@ -32,6 +33,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "GaussianFourierEmbedding",
     "ScoreModel",
+    "LearnedVarianceModel",
     "GaussianScore",
     "GaussianMixtureScore",
     "ParametrizedModel",

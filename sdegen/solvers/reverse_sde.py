@@ -14,6 +14,7 @@ from functools import partial
 from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_finite_number
+from .counting import CountingModel
 from .grid import GridMethod, Record, batch_t, randn_like, score_to_x0
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "PC", "PREDICTORS", "Record"]
@@ -71,14 +72,22 @@ class Ancestral(_Predictor):
     SMLD for VE); one evaluation per step.
 
     Mean (x_t + G^2 score) / a, which is Ho et al.'s 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1 -
-    alpha_bar_t) eps) for VP and SMLD's x_t + (sigma_t^2 - sigma_s^2) score for VE. Noise std:
-    `variance` "posterior" G sigma_s / sigma_t (DDPM's beta-tilde; SMLD's choice), or "forward"
-    G (beta).
+    alpha_bar_t) eps) for VP and SMLD's x_t + (sigma_t^2 - sigma_s^2) score for VE. Noise
+    variance `variance`: "posterior" G^2 sigma_s^2 / sigma_t^2 (DDPM's beta-tilde; SMLD's
+    choice), "forward" G^2 (beta), "learned" the model's own Sigma_theta(x_t, t) for the step
+    t -> s (Nichol & Dhariwal 2021, eq. 15; a `LearnedVarianceModel`, whose mean and variance
+    come from the same evaluation), or a callable (x, t, s) -> variance of shape (B,) or
+    (B, *D), e.g. Analytic-DPM's (`sdegen.models.AnalyticDPMVariance`).
     """
 
-    def __init__(self, model, sde, ts: Tensor, *, variance: str, **noise) -> None:
+    def __init__(self, model, sde, ts: Tensor, *, variance, **noise) -> None:
         super().__init__(model, sde, ts, **noise)
-        self.variance = check_choice("variance", variance, ("posterior", "forward"))
+        self.variance = variance
+        if callable(variance):
+            self._variance_fn = variance
+        else:
+            check_choice("variance", variance, VARIANCES)
+            self._variance_fn = _learned_variance(model) if variance == "learned" else None
 
     def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
         tb, sb = batch_t(t, x), batch_t(s, x)
@@ -86,9 +95,32 @@ class Ancestral(_Predictor):
         score = self.model.score(x, tb)
         x_s = (x + _coef(G**2, x) * score) / _coef(a, x)
         if z is not None:
-            std = G * self.sde.sigma(sb) / self.sde.sigma(tb) if self.variance == "posterior" else G
-            x_s = x_s + _coef(std, x) * z
+            if self._variance_fn is not None:
+                var = self._variance_fn(x, tb, sb)
+                std = (var if var.ndim == x.ndim else _coef(var, x)).clamp_min(0).sqrt()
+            elif self.variance == "posterior":
+                std = _coef(G * self.sde.sigma(sb) / self.sde.sigma(tb), x)
+            else:
+                std = _coef(G, x)
+            x_s = x_s + std.to(x.dtype) * z
         return x_s, score_to_x0(self.sde, score, x, tb)
+
+
+VARIANCES = ("posterior", "forward", "learned")
+
+
+def _learned_variance(model) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The variance (x, t, s) -> (B, *D) of the model being counted, for variance="learned";
+    the counter is looked through, so the variance reuses the counted evaluation."""
+    inner = model.model if isinstance(model, CountingModel) else model
+    fn = getattr(inner, "variance", None)
+    if not callable(fn):
+        raise TypeError(
+            "variance='learned' needs a model with its own variance(x, t, s), such as "
+            f"sdegen.models.LearnedVarianceModel (guidance wrappers do not carry one), got "
+            f"{type(inner).__name__}"
+        )
+    return fn
 
 
 def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: float) -> Tensor:
