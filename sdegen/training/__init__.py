@@ -3,7 +3,14 @@
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .losses import WEIGHTINGS, classifier_loss, dsm_loss, sample_times, times_from_uniform
 from .objectives import annealed_vae_loss, classifier_training, density_loss, score_matching
-from .trainer import StepRandom, Trainer, held_out_loss, init_distributed
+from .trainer import (
+    Player,
+    StepRandom,
+    Trainer,
+    adversarial_loss,
+    held_out_loss,
+    init_distributed,
+)
 
 __all__ = [
     "dsm_loss",
@@ -16,6 +23,8 @@ __all__ = [
     "density_loss",
     "annealed_vae_loss",
     "Trainer",
+    "Player",
+    "adversarial_loss",
     "held_out_loss",
     "StepRandom",
     "init_distributed",

@@ -9,6 +9,14 @@ with the same global batch.
 
 Multi-process training uses PyTorch's DDP under torchrun (gloo on CPU, nccl on CUDA); rank 0
 alone writes checkpoints and logs.
+
+Two-player games (GANs) train in one of two ways. By default one step minimises one objective
+with one optimizer: for a GAN's `loss` that is a simultaneous gradient step of both players.
+With `players=` (a `Player` per player of the model), a step is a round of *alternating*
+updates: each player in turn takes `Player.steps` optimizer steps on its own loss with its own
+learning rate and betas, e.g. n_critic = 5 critic steps per generator step (Arjovsky et al.
+2017; Gulrajani et al. 2017) or the two-time-scale update rule (Heusel et al. 2017). Every
+update draws its own batch and noise from (seed, step, update), so resume stays bit-exact.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +39,8 @@ from .._progress import Progress
 from .._utils import check_finite_number, check_int, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
-# (model, x, rnd) -> loss; with labels given to the Trainer, (model, x, rnd, y) -> loss.
+# (model, x, rnd) -> loss; with labels given to the Trainer, (model, x, rnd, y) -> loss;
+# with players given, (model, x, rnd, player) -> that player's loss.
 Objective = Callable[..., Tensor]
 
 _MIX = 0x9E3779B97F4A7C15  # spreads (seed, step) pairs over the seed space
@@ -81,6 +91,41 @@ class StepRandom:
         )
 
 
+def _player_groups(
+    model: nn.Module,
+    players: dict[str, Player],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+) -> list[dict]:
+    """AdamW parameter groups, one per player (in `players` order), disjoint and non-empty."""
+    groups: list[dict] = []
+    seen: dict[int, str] = {}
+    for name, player in players.items():
+        params = list(model.player_parameters(name))  # type: ignore[operator]
+        if not params:
+            raise ValueError(f"player {name!r} has no parameters to train")
+        for p in params:
+            if id(p) in seen:
+                raise ValueError(
+                    f"players {seen[id(p)]!r} and {name!r} share a parameter; "
+                    "player_parameters must be disjoint"
+                )
+            seen[id(p)] = name
+        groups.append(
+            {
+                "params": params,
+                "lr": player.lr if player.lr is not None else lr,
+                "betas": player.betas if player.betas is not None else betas,
+                "weight_decay": (
+                    player.weight_decay if player.weight_decay is not None else weight_decay
+                ),
+                "player": name,
+            }
+        )
+    return groups
+
+
 class _ObjectiveModule(nn.Module):
     """DDP synchronises gradients only through its module's forward: make the objective it."""
 
@@ -92,6 +137,84 @@ class _ObjectiveModule(nn.Module):
         if y is None:
             return self.objective(self.model, x, rnd)
         return self.objective(self.model, x, rnd, y)
+
+
+@dataclass(frozen=True)
+class Player:
+    """One player's share of a round of alternating updates (`Trainer(players=...)`).
+
+    Args:
+        steps: optimizer steps this player takes per round (per Trainer step), each on a fresh
+            batch and fresh noise; e.g. n_critic = 5 for the discriminator of a WGAN.
+        lr, betas, weight_decay: this player's AdamW settings; None takes the Trainer's.
+    """
+
+    steps: int = 1
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 1)
+        if self.lr is not None:
+            check_finite_number("lr", self.lr, positive=True)
+        if self.weight_decay is not None:
+            check_finite_number("weight_decay", self.weight_decay, nonnegative=True)
+        if self.betas is not None:
+            _check_betas(self.betas)
+
+
+def _check_betas(betas: object) -> None:
+    ok = isinstance(betas, (tuple, list)) and len(betas) == 2
+    try:
+        ok = ok and all(0 <= check_finite_number("betas", b) < 1 for b in betas)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+
+
+def adversarial_loss() -> Objective:
+    """The objective of alternating updates (`Trainer(players=...)`): (model, x, rnd, player)
+    -> model.player_loss(player, x, rnd.generator), e.g. a GAN's discriminator or generator
+    loss on the batch x (B, *D)."""
+
+    def objective(model: nn.Module, x: Tensor, rnd: StepRandom, player: str) -> Tensor:
+        return model.player_loss(player, x, generator=rnd.generator)  # type: ignore[operator]
+
+    return objective
+
+
+def _check_players(
+    players: Mapping[str, Player] | None, model: nn.Module, labels: Tensor | None, world: int
+) -> dict[str, Player] | None:
+    """The players option, checked against the model: one Player per player it names."""
+    if players is None:
+        return None
+    if not isinstance(players, Mapping) or not players:
+        raise TypeError(f"players must be a non-empty dict of name -> Player, got {players!r}")
+    for name, player in players.items():
+        if not isinstance(player, Player):
+            raise TypeError(f"players[{name!r}] must be a Player, got {player!r}")
+    names = getattr(model, "players", None)
+    if names is None or not callable(getattr(model, "player_parameters", None)):
+        raise TypeError(
+            "players= needs a model with `players` and `player_parameters(name)` (e.g. a GAN), "
+            f"got {type(model).__name__}"
+        )
+    if set(players) != set(names):
+        raise ValueError(
+            f"players must name each of the model's players {tuple(names)} once, "
+            f"got {tuple(players)}"
+        )
+    if labels is not None:
+        raise ValueError("players= (alternating updates) takes no labels; got labels")
+    if world > 1:
+        raise ValueError(
+            f"players= (alternating updates) runs on one process, got {world} (torchrun); "
+            "train it on one process, or use the simultaneous step (players=None) under DDP"
+        )
+    return dict(players)
 
 
 def held_out_loss(
@@ -226,6 +349,17 @@ class Trainer:
         progress: show progress on rank 0 (a bar on a terminal, else a line every 10 s).
         labels: class labels of `data`, int64 of shape (N,); given, each batch's labels reach
             the objective as a fourth argument (conditional models, classifiers).
+        players: None (one optimizer step on the objective per step), or alternating updates:
+            {name: Player} naming each of `model.players` once, in update order. The model
+            gives each player's parameters (`model.player_parameters(name)`, disjoint) and the
+            objective each player's loss, objective(model, x, rnd, name) (`adversarial_loss()`
+            for a GAN). One AdamW holds one parameter group per player with its own lr, betas
+            and weight decay (so one checkpoint holds both players' Adam states); a step runs
+            each player's `steps` updates in turn, each clipping and stepping that player's
+            parameters only. One process only (DDP is refused), no labels.
+
+    After each optimizer step the Trainer calls `model.after_step(player)` if the model has it
+    (player None for a simultaneous step): a weight-clipped WGAN clips its critic there.
     """
 
     def __init__(
@@ -251,6 +385,7 @@ class Trainer:
         config: dict | None = None,
         progress: bool = True,
         labels: Tensor | None = None,
+        players: Mapping[str, Player] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -264,6 +399,7 @@ class Trainer:
         if labels is not None:
             _check_labels(labels, data)
         self.labels = labels
+        self.players = _check_players(players, model, labels, self.world)
         check_int("batch_size", batch_size, 1)
         if batch_size % self.world:
             raise ValueError(
@@ -292,9 +428,19 @@ class Trainer:
         self.ckpt_every, self.log_every = ckpt_every, log_every
         self.eval_fn, self.eval_every = eval_fn, eval_every
         self.config, self.progress = config or {}, progress
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay
-        )
+        if self.players is None:
+            self.optimizer = torch.optim.AdamW(
+                model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                _player_groups(model, self.players, lr, betas, weight_decay),
+                lr=lr,
+                betas=betas,
+                weight_decay=weight_decay,
+            )
+            # the groups' own learning rates, which warm-up scales
+            self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.ema = (
             AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
             if ema_decay is not None
@@ -363,7 +509,11 @@ class Trainer:
         return self.lr * min(1.0, (step + 1) / self.warmup) if self.warmup else self.lr
 
     def train_step(self) -> dict:
-        """One optimisation step; returns its metrics (loss, lr, grad_norm)."""
+        """One optimisation step (with players: one round of alternating updates); returns its
+        metrics (loss, lr, grad_norm; with players also loss_NAME and grad_norm_NAME: the
+        player's mean loss over its updates and its last gradient norm)."""
+        if self.players is not None:
+            return self._alternating_step()
         step = self.step
         torch.manual_seed(_step_seed(self.seed, step, stream=10_000 + self.rank))  # dropout
         rnd = StepRandom(self.seed, step, self.rank, self.world, self.batch_size, self.device)
@@ -380,12 +530,8 @@ class Trainer:
         clip = self.grad_clip if self.grad_clip is not None else math.inf
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         self.optimizer.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-            # Buffers (batch-norm statistics, ActNorm's init flag) are state, not weights:
-            # the EMA copy takes the model's.
-            for b_ema, b in zip(self.ema.module.buffers(), self.model.buffers()):
-                b_ema.copy_(b)
+        self._after_step(None)
+        self._update_ema()
         self.step += 1
         loss_value = float(loss.detach())
         if self.world > 1:  # the global mean loss, so every rank logs the same curve
@@ -393,6 +539,68 @@ class Trainer:
             dist.all_reduce(t)
             loss_value = float(t) / self.world
         return {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+
+    def _after_step(self, player: str | None) -> None:
+        hook = getattr(self.model, "after_step", None)
+        if callable(hook):
+            hook(player)
+
+    def _update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+            # Buffers (batch-norm statistics, ActNorm's init flag) are state, not weights:
+            # the EMA copy takes the model's.
+            for b_ema, b in zip(self.ema.module.buffers(), self.model.buffers()):
+                b_ema.copy_(b)
+
+    def _alternating_step(self) -> dict:
+        """One round: each player in turn takes its `steps` updates on its own loss. Update u of
+        step s (counted over the round) draws batch, noise and dropout from s * U + u, U the
+        updates per round."""
+        assert self.players is not None
+        step, rounds = self.step, sum(p.steps for p in self.players.values())
+        scale = self._lr(step) / self.lr
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * scale
+        clip = self.grad_clip if self.grad_clip is not None else math.inf
+        self.model.train()
+        metrics: dict = {"step": step + 1, "loss": 0.0, "lr": self._lr(step), "grad_norm": 0.0}
+        u = 0
+        for name, player in self.players.items():
+            params = self._player_params(name)
+            total = 0.0
+            for _ in range(player.steps):
+                index = step * rounds + u
+                u += 1
+                torch.manual_seed(_step_seed(self.seed, index, stream=10_000 + self.rank))
+                rnd = StepRandom(
+                    self.seed, index, self.rank, self.world, self.batch_size, self.device
+                )
+                x, _ = self._batch(index)
+                loss = self.objective(self.model, x, rnd, name)
+                if not torch.is_tensor(loss) or loss.ndim != 0 or not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(f"{name} loss is {loss} at step {step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                # only this player's parameters get gradients, so AdamW steps only them
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                norm = float(nn.utils.clip_grad_norm_(params, clip))
+                self.optimizer.step()
+                self._after_step(name)
+                total += float(loss.detach())
+            metrics[f"loss_{name}"] = total / player.steps
+            metrics[f"grad_norm_{name}"] = norm
+            metrics["loss"] += total / player.steps
+            metrics["grad_norm"] = max(metrics["grad_norm"], norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+        self.step += 1
+        return metrics
+
+    def _player_params(self, name: str) -> list[nn.Parameter]:
+        assert self.players is not None
+        return self.optimizer.param_groups[list(self.players).index(name)]["params"]
 
     def fit(self, steps: int) -> list[dict]:
         """Train until `steps` total steps (an int >= 0); returns the metrics of the steps run
