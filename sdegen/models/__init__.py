@@ -4,6 +4,7 @@ from ..protocols import ScoreModelLike
 from . import adapters
 from .adapters import *  # noqa: F403  (adapters.__all__: the foreign-model adapters)
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
+from .autoencoder import VQVAE, KLAutoencoder, VectorQuantizer
 from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
 from .classifier import ConvClassifier, NoiseConditionalClassifier
 from .distribution import ModelDistribution
@@ -11,6 +12,7 @@ from .dit import DiT, patchify, unpatchify
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
 from .labels import NULL_LABEL, LabelEmbedding, check_labels
+from .latent import LatentDiffusion
 from .learned_variance import LearnedVarianceModel
 from .networks import MLP, GaussianFourierEmbedding, SinusoidalEmbedding
 from .score_model import ScoreModel
@@ -22,6 +24,10 @@ __all__ = [
     "RealNVP",
     "RealNVPImage",
     "VAE",
+    "KLAutoencoder",
+    "VQVAE",
+    "VectorQuantizer",
+    "LatentDiffusion",
     "KLSchedule",
     "free_bits_kl",
     "GAN",
