@@ -32,6 +32,7 @@ MODULES = [
     "sdegen.models.gan",
     "sdegen.score_density",
     "sdegen.models.dit",
+    "sdegen.metrics.inception_score",
 ]
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

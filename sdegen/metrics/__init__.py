@@ -27,6 +27,14 @@ from .features import (
     raw_features,
 )
 from .fid import KIDResult, fid, fid_to_moments, kid, polynomial_mmd2
+from .inception_score import (
+    CLASSIFIERS,
+    InceptionScore,
+    digits_probabilities,
+    inception_probabilities,
+    inception_score,
+    inception_score_from_probs,
+)
 
 __all__ = [
     "gaussian_moments",
@@ -39,6 +47,12 @@ __all__ = [
     "kid",
     "KIDResult",
     "polynomial_mmd2",
+    "inception_score",
+    "inception_score_from_probs",
+    "InceptionScore",
+    "CLASSIFIERS",
+    "digits_probabilities",
+    "inception_probabilities",
     "FEATURES",
     "FeatureFn",
     "get_features",
