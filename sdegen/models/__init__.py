@@ -9,7 +9,6 @@ from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
 from .classifier import ConvClassifier, NoiseConditionalClassifier
 from .distribution import ModelDistribution
 from .dit import DiT, patchify, unpatchify
-from .dit import DiT, patchify, unpatchify
 from .flows import FFJORD, RealNVP, RealNVPImage
 from .gan import GAN
 from .labels import NULL_LABEL, LabelEmbedding, check_labels
@@ -34,9 +33,6 @@ __all__ = [
     "GAN",
     "MLP",
     "UNet",
-    "DiT",
-    "patchify",
-    "unpatchify",
     "DiT",
     "patchify",
     "unpatchify",
