@@ -29,6 +29,8 @@ MODULES = [
     "sdegen.models.flows.realnvp",
     "sdegen.models.flows.ffjord",
     "sdegen.models.vae",
+    "sdegen.models.autoencoder",
+    "sdegen.models.latent",
     "sdegen.models.gan",
     "sdegen.score_density",
     "sdegen.models.dit",
