@@ -92,6 +92,19 @@ def test_likelihood_benchmark_smoke(tmp_path):
     assert (tmp_path / "density_moons.png").stat().st_size > 1000
 
 
+def test_vae_benchmark_smoke(tmp_path):
+    bench = _load("vae")
+    args = ["--quick", "--vaes", "plain", "annealed", "--flows", "split", "--out", str(tmp_path)]
+    bench.main(args)
+    result = json.loads((tmp_path / "results.json").read_text())
+    recs = {r["variant"]: r for r in result["records"]}
+    assert set(recs) == {"plain", "annealed", "split"}
+    assert 0 <= recs["annealed"]["active_units"] <= 16 and len(recs["plain"]["activity"]) == 16
+    assert recs["split"]["level_dims"] == [32, 32] and recs["split"]["bpd"] > 0
+    assert "| annealed |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "latent_activity.png").stat().st_size > 1000
+
+
 def test_digits_classifier_script(tmp_path):
     from sdegen.metrics import load_digits_classifier
 

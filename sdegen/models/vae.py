@@ -147,7 +147,9 @@ class VAE(DensityModel):
         decoder_scale: the per-dimension Gaussian std or logistic scale; None learns it.
         levels: number of bins of the "discretized" decoder (e.g. 256, or 17 for the digits).
         free_bits: lambda of free bits in `loss`, in nats per group of latent dimensions; 0
-            (default) gives the plain KL. See `free_bits_kl`.
+            (default) gives the plain KL. See `free_bits_kl`. The clamp applies to the mean
+            over the batch `loss` sees: under DDP each process's share, so with free bits a
+            multi-process run does not repeat the single-process one exactly.
         free_bits_groups: number of equal groups of latent dimensions for free bits; None: one
             per dimension.
 
