@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .._utils import append_dims, check_choice, check_finite_number
 from ..protocols import SDE
-from .base import PARAMETRIZATIONS, ParametrizedModel, check_network, to_x0_eps
+from .base import ParametrizedModel, check_network, check_parametrization, to_x0_eps
 from .labels import check_condition
 
 TIME_INPUTS = ("log_snr", "t")
@@ -65,7 +65,8 @@ class ScoreModel(ParametrizedModel):
     Args:
         net: an nn.Module mapping (B, *D) and (B,) to (B, *D).
         sde: the SDE object whose alpha, sigma define the conversions, e.g. `VPSDE()`.
-        parametrization: what `net` predicts: "eps", "x0", "v" or "score".
+        parametrization: what `net` predicts: "eps", "x0", "v" or "score"; on a from_betas SDE
+            also "mu", DDPM's mean of the previous step (see `sdegen.models.base`).
         time_input: "log_snr" (the network sees lambda(t) = half_log_snr(t) = log(alpha/sigma),
             the same scale for every SDE; default; the name is kept so saved models load), "t", or a
             callable t -> c_noise, e.g. `sde.timestep` for a DDPM network trained on indices.
@@ -99,7 +100,7 @@ class ScoreModel(ParametrizedModel):
     ) -> None:
         super().__init__(sde)
         self.net = check_network("net", net)
-        self.parametrization = check_choice("parametrization", parametrization, PARAMETRIZATIONS)
+        self.parametrization = check_parametrization(parametrization, sde)
         self.time_input = check_time_input(time_input)
         self.sigma_data = (
             None
@@ -151,4 +152,4 @@ class ScoreModel(ParametrizedModel):
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
         out = self._predict(x, t, alpha, sigma, y)
-        return to_x0_eps(self.parametrization, out, x, alpha, sigma)
+        return to_x0_eps(self.parametrization, out, x, alpha, sigma, sde=self.sde, t=t)

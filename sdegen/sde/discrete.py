@@ -288,12 +288,15 @@ def discretized_gaussian_log_likelihood(
 ) -> Tensor:
     """log P(x) in nats, elementwise, of N(mean, var) discretized to bins of width bin_width.
 
-    DDPM's decoder L_0 (Ho et al. 2020, section 3.3): data on the grid -1, -1 + w, ..., 1
-    (w = bin_width, 2/255 for 8-bit data) get the Gaussian mass of [x - w/2, x + w/2], the edge
-    bins extended to -inf (x = -1) and +inf (x = 1), so the masses of all bins sum to 1.
+    DDPM's decoder L_0 (Ho et al. 2020, section 3.3): a value x gets the Gaussian mass of
+    [x - w/2, x + w/2] (w = bin_width), the lowest bin's extended to -inf and the highest's to
+    +inf, so the masses of all bins sum to 1. Two grids of [-1, 1] are understood: DDPM's, with
+    values -1, -1 + w, ..., 1 (w = 2/255 for 8-bit data), and sdegen's bin centres
+    -1 + (k + 1/2) w (w = 2/256 for 8-bit data, `sdegen.data.quantize`); the edge bins are those
+    within 3w/4 of -1 or 1.
 
     Args:
-        x: data in [-1, 1] on the grid; mean, var: broadcastable to x, var > 0.
+        x: data in [-1, 1] on one of these grids; mean, var: broadcastable to x, var > 0.
         bin_width: w > 0.
     Returns:
         log-probabilities of the broadcast shape, nats.
@@ -312,8 +315,8 @@ def discretized_gaussian_log_likelihood(
     std = var.sqrt()
     lo = (x - w / 2 - mean) / std
     hi = (x + w / 2 - mean) / std
-    lower_edge = x < -1 + w / 2
-    upper_edge = x > 1 - w / 2
+    lower_edge = x < -1 + 0.75 * w
+    upper_edge = x > 1 - 0.75 * w
     inf = torch.full_like(lo, math.inf)
     lo = torch.where(lower_edge, -inf, lo)
     hi = torch.where(upper_edge, inf, hi)

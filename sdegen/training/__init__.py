@@ -1,7 +1,14 @@
 """Training: objectives, the trainer, checkpoints."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .losses import WEIGHTINGS, classifier_loss, dsm_loss, sample_times, times_from_uniform
+from .losses import (
+    TIME_SAMPLINGS,
+    WEIGHTINGS,
+    classifier_loss,
+    dsm_loss,
+    sample_times,
+    times_from_uniform,
+)
 from .objectives import annealed_vae_loss, classifier_training, density_loss, score_matching
 from .trainer import (
     Player,
@@ -11,6 +18,7 @@ from .trainer import (
     held_out_loss,
     init_distributed,
 )
+from .vlb import VLB_VARIANCES, VLBTerms, vlb_loss, vlb_objective, vlb_terms
 
 __all__ = [
     "dsm_loss",
@@ -31,4 +39,10 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "TIME_SAMPLINGS",
+    "VLB_VARIANCES",
+    "VLBTerms",
+    "vlb_terms",
+    "vlb_loss",
+    "vlb_objective",
 ]

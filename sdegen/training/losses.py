@@ -12,6 +12,10 @@ weight lambda(t)/sigma^2:
                 (lambda the log-SNR), so importance sampling t with density proportional to
                 g^2/sigma^2 is sampling the log-SNR uniformly, with the constant weight
                 lambda(t_min) - lambda(T). That is what `importance_sampling=True` does.
+
+Times are continuous (uniform on [t_min, T]) by default; `time_sampling="discrete"` draws DDPM's
+integer steps k uniformly from {1..N} of a from_betas SDE instead (Ho et al. 2020, Algorithm 1),
+t = k/N, so the network sees only the grid times it is sampled on.
 """
 
 from __future__ import annotations
@@ -21,14 +25,47 @@ from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_tensor_finite, sum_except_batch
 from ..protocols import SDE, ScoreModelWithSDE
+from ..sde.discrete import grid_size
 
 WEIGHTINGS = ("simple", "sigma2", "likelihood")
+TIME_SAMPLINGS = ("continuous", "discrete")
 
 
-def times_from_uniform(sde: SDE, u: Tensor, *, importance_sampling: bool = False) -> Tensor:
+def check_time_sampling(
+    time_sampling: str, sde: SDE | None = None, *, importance_sampling: bool = False
+) -> str:
+    """`time_sampling` when it is one of TIME_SAMPLINGS and fits: "discrete" needs a from_betas
+    SDE (checked when sde is given) and excludes importance sampling; else ValueError."""
+    check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+    if time_sampling == "discrete":
+        if importance_sampling:
+            raise ValueError(
+                "time_sampling='discrete' draws grid steps uniformly and cannot be combined "
+                "with importance_sampling=True"
+            )
+        if sde is not None:
+            try:
+                grid_size(sde)
+            except ValueError:
+                raise ValueError(
+                    f"time_sampling='discrete' needs an SDE on DDPM's grid, built with "
+                    f"VPSDE.from_betas(betas) (sde: vp_ddpm in a config), got {sde!r}"
+                ) from None
+    return time_sampling
+
+
+def times_from_uniform(
+    sde: SDE, u: Tensor, *, importance_sampling: bool = False, time_sampling: str = "continuous"
+) -> Tensor:
     """Map u ~ U(0, 1) to training times: uniform on [t_min, T], or uniform in log-SNR (the
-    importance distribution proportional to g^2/sigma^2). Shape preserved, float64 inside."""
+    importance distribution proportional to g^2/sigma^2), or with time_sampling="discrete" the
+    grid time k/N of a from_betas SDE, k = floor(N u) + 1 uniform on {1..N}. Shape preserved,
+    float64 inside."""
+    check_time_sampling(time_sampling, sde, importance_sampling=importance_sampling)
     u = u.to(torch.float64)
+    if time_sampling == "discrete":
+        n = grid_size(sde)
+        return (torch.floor(u * n).clamp(0, n - 1) + 1) / n
     if importance_sampling:
         lo, hi = sde.half_log_snr_range()
         return sde.t_of_half_log_snr(lo + u * (hi - lo))
@@ -40,13 +77,16 @@ def sample_times(
     n: int,
     *,
     importance_sampling: bool = False,
+    time_sampling: str = "continuous",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """n training times, shape (n,); see `times_from_uniform`."""
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-    return times_from_uniform(sde, u, importance_sampling=importance_sampling).to(dtype)
+    return times_from_uniform(
+        sde, u, importance_sampling=importance_sampling, time_sampling=time_sampling
+    ).to(dtype)
 
 
 def _given_or_drawn_times_and_noise(
@@ -56,6 +96,7 @@ def _given_or_drawn_times_and_noise(
     noise: Tensor | None,
     importance_sampling: bool,
     generator: torch.Generator | None,
+    time_sampling: str = "continuous",
 ) -> tuple[Tensor, Tensor]:
     B = x0.shape[0]
     if t is None:
@@ -63,6 +104,7 @@ def _given_or_drawn_times_and_noise(
             sde,
             B,
             importance_sampling=importance_sampling,
+            time_sampling=time_sampling,
             generator=generator,
             dtype=x0.dtype,
             device=x0.device,
@@ -85,6 +127,7 @@ def dsm_loss(
     noise: Tensor | None = None,
     reduce: bool = True,
     y: Tensor | None = None,
+    time_sampling: str = "continuous",
 ) -> Tensor:
     """Denoising score-matching loss of a score model on clean data x0.
 
@@ -99,6 +142,9 @@ def dsm_loss(
         t, noise: fix the times (B,) and the noise (B, *D) instead of drawing them.
         reduce: mean over the batch; otherwise per-example losses of shape (B,).
         y: class labels (B,) of x0 for a conditional model (NULL_LABEL entries: unconditional).
+        time_sampling: "continuous" (t uniform on [t_min, T]) or "discrete" (DDPM's integer
+            steps: t = k/N, k uniform on {1..N}, for a from_betas SDE; weighting "simple" or
+            "sigma2"; the discrete bound itself is `sdegen.training.vlb`).
     Returns:
         the loss, a scalar (or shape (B,) if not reduce).
     """
@@ -112,8 +158,16 @@ def dsm_loss(
             f"got weighting={weighting!r}"
         )
     sde = model.sde
+    if time_sampling == "discrete" and weighting == "likelihood":
+        raise ValueError(
+            "weighting='likelihood' weights the continuous-time bound; with "
+            "time_sampling='discrete' train on DDPM's discrete bound (sdegen.training.vlb) instead"
+        )
+    check_time_sampling(time_sampling, sde, importance_sampling=importance_sampling)
     B = x0.shape[0]
-    t, noise = _given_or_drawn_times_and_noise(sde, x0, t, noise, importance_sampling, generator)
+    t, noise = _given_or_drawn_times_and_noise(
+        sde, x0, t, noise, importance_sampling, generator, time_sampling
+    )
     x_t = sde.perturb(x0, t, noise)
     sq = ((model.eps(x_t, t) if y is None else model.eps(x_t, t, y)) - noise) ** 2
     if weighting == "simple":

@@ -17,7 +17,13 @@ from ..models.density import DensityModel
 from ..models.labels import drop_condition
 from ..models.vae import VAE, KLSchedule
 from ..protocols import ScoreModelWithSDE
-from .losses import WEIGHTINGS, classifier_loss, dsm_loss, times_from_uniform
+from .losses import (
+    WEIGHTINGS,
+    check_time_sampling,
+    classifier_loss,
+    dsm_loss,
+    times_from_uniform,
+)
 
 
 def _dequantize(x: Tensor, rnd, bin_width: float | None) -> Tensor:
@@ -31,8 +37,12 @@ def score_matching(
     importance_sampling: bool | None = None,
     bin_width: float | None = None,
     p_uncond: float = 0.0,
+    time_sampling: str = "continuous",
 ):
     """Denoising score matching (see `dsm_loss`) with per-example times and noise.
+
+    time_sampling: "continuous" (t uniform on [t_min, T], or in log-SNR with importance
+        sampling) or "discrete" (DDPM's steps k uniform on {1..N} of a from_betas SDE, t = k/N).
 
     bin_width: dequantize discrete data by this bin width first (None: continuous data).
     p_uncond: label dropout for a conditional model (Ho & Salimans 2022): each example's label
@@ -47,11 +57,17 @@ def score_matching(
     if p_uncond > 1:
         raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
     if importance_sampling is None:
-        importance_sampling = weighting == "likelihood"
+        importance_sampling = weighting == "likelihood" and time_sampling != "discrete"
+    if time_sampling == "discrete" and weighting == "likelihood":
+        raise ValueError(
+            "weighting='likelihood' weights the continuous-time bound; with "
+            "time_sampling='discrete' train on DDPM's discrete bound (objective 'vlb') instead"
+        )
+    check_time_sampling(time_sampling, importance_sampling=importance_sampling)
 
     def objective(model: ScoreModelWithSDE, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         x = _dequantize(x, rnd, bin_width)
-        t, noise = _step_times_and_noise(model, x, rnd, importance_sampling)
+        t, noise = _step_times_and_noise(model, x, rnd, importance_sampling, time_sampling)
         if y is not None and p_uncond > 0:
             # drawn after t and noise, so an unconditional run's numbers are unchanged
             drop = rnd.rand(dtype=torch.float64) < p_uncond
@@ -64,16 +80,20 @@ def score_matching(
             t=t,
             noise=noise,
             y=y,
+            time_sampling=time_sampling,
         )
 
     return objective
 
 
 def _step_times_and_noise(
-    model, x: Tensor, rnd, importance_sampling: bool
+    model, x: Tensor, rnd, importance_sampling: bool, time_sampling: str = "continuous"
 ) -> tuple[Tensor, Tensor]:
     t = times_from_uniform(
-        model.sde, rnd.rand(dtype=torch.float64), importance_sampling=importance_sampling
+        model.sde,
+        rnd.rand(dtype=torch.float64),
+        importance_sampling=importance_sampling,
+        time_sampling=time_sampling,
     ).to(x.dtype)
     return t, rnd.randn(*x.shape[1:], dtype=x.dtype)
 
