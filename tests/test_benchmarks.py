@@ -454,3 +454,21 @@ def test_nfe_fid_benchmark_smoke(tmp_path):
         r["fid_test"] for r in digits["records"]
     ]
     assert again["analytic"]["records"] == result["analytic"]["records"]
+
+
+def test_text_benchmark_smoke(tmp_path):
+    # tiny: 3 training steps, one sample per prompt at NFE 3, its own classifier
+    bench = _load("text")
+    clf = tmp_path / "clf.safetensors"
+    _load("digits_classifier").main(["--out", str(clf), "--steps", "10"])
+    args = ["--steps", "3", "--n-per-prompt", "1", "--nfe", "3", "--classifier", str(clf)]
+    bench.main(args + ["--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["guidance"] for r in result["records"]] == list(bench.WEIGHTS)
+    for r in result["records"]:
+        assert r["nfe"] == 3 and r["batch_factor"] == 2 and r["n"] == 100
+        for key in ("digit", "thickness", "size", "slant"):
+            assert 0 <= r[f"{key}_accuracy"] <= 1
+    assert result["meta"]["train_steps"] == 3 and result["meta"]["prompts"] == 100
+    assert "| 4 |" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / "grid_w2.png").stat().st_size > 500

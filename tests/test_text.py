@@ -225,3 +225,50 @@ def test_sample_with_a_prompt_and_guidance():
     assert not torch.allclose(cond.x, plain.x, atol=1e-4)
     with pytest.raises(ValueError, match="token ids y"):
         sdegen.sample(model, sde, (3, 1, 8, 8), y=3, **kw)
+
+
+# ---- text-conditional runs: config, CLI, reloading ----------------------------------------------
+
+
+def test_text_run_from_the_command_line(tmp_path, capsys):
+    import numpy as np
+
+    from sdegen.assembly import load_run
+    from sdegen.cli import main
+
+    run = str(tmp_path / "run")
+    tiny = ["--set", "data=digits", "--set", "text=true", "--set", "steps=2", "--set",
+            "batch_size=16", "--set", "network_params={channels: 8, channel_mult: [1, 2]}",
+            "--quiet"]  # fmt: skip
+    assert main(["train", "--run", run, *tiny]) == 0
+    loaded = load_run(run)
+    assert loaded.text is not None and loaded.model.net.text is not None
+    # the captions are rebuilt from the config: the same every time
+    assert torch.equal(loaded.text.train_ids, load_run(run).text.train_ids)
+    out = tmp_path / "s"
+    args = ["sample", "--run", run, "--nfe", "3", "--n", "4", "--quiet", "--out", str(out)]
+    assert main([*args, "--prompt", "a bold tiny 7", "--guidance", "2"]) == 0
+    saved = np.load(out.with_suffix(".npz"))
+    assert saved["x"].shape == (4, 1, 8, 8) and str(saved["prompt"]) == "a bold tiny 7"
+    assert int(saved["batch_factor"]) == 2
+    capsys.readouterr()
+    for extra, message in (
+        (["--prompt", "a purple 7"], "unknown word 'purple'"),
+        (["--class", "3"], "give --prompt, not --class"),
+        (["--prompt", "a 3", "--class", "3"], "--class or --prompt, not both"),
+    ):
+        assert main([*args, *extra]) == 2
+        assert message in capsys.readouterr().err
+    plain = str(tmp_path / "plain")
+    assert main(["train", "--run", plain, *tiny[:2], *tiny[4:]]) == 0
+    assert main(["sample", "--run", plain, "--nfe", "2", "--prompt", "a 3"]) == 2
+    assert "needs a text-conditional run" in capsys.readouterr().err
+    for cfg, message in (
+        (["--set", "data=toy:8gaussians", "--set", "text=true"], "needs labelled images"),
+        (["--set", "data=digits", "--set", "text=true", "--set", "conditional=true"],
+         "exclusive"),
+        (["--set", "data=digits", "--set", "text=true", "--set", "network=mlp"],
+         "cannot read text"),
+    ):  # fmt: skip
+        assert main(["train", "--run", str(tmp_path / "bad"), *cfg]) == 2
+        assert message in capsys.readouterr().err

@@ -33,6 +33,7 @@ from .runs import (
     load_run,
     make_trainer,
     run_classes,
+    run_text,
 )
 from .tables import (
     DATA,
@@ -69,6 +70,7 @@ __all__ = [
     "LoadedRun",
     "build_model",
     "run_classes",
+    "run_text",
     "load_run",
     "make_trainer",
     "EXACT_TRACE_MAX_DIM",

@@ -44,7 +44,8 @@ class TrainConfig:
     network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
     weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
     conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
-    p_uncond: float = _key(0.1, "label dropout of a conditional run, in [0, 1]")
+    p_uncond: float = _key(0.1, "label (caption) dropout of a conditional run, in [0, 1]")
+    text: bool = _key(False, "text-conditional on generated captions (digits, mnist; unet)")
     steps: int = _key(2000, "optimisation steps in all (>= 1)")
     batch_size: int = _key(256, "global batch size (>= 1)")
     lr: float = _key(2e-3, "AdamW learning rate (> 0)")
@@ -151,6 +152,11 @@ def from_dict(values: dict) -> TrainConfig:
             raise ValueError(f"config key {name} must be {expected}, got {v!r}")
     if not 0.0 <= cfg.p_uncond <= 1.0:
         raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
+    if cfg.text and cfg.conditional:
+        raise ValueError(
+            "config keys conditional and text are exclusive: a run is conditioned on class "
+            "labels or on captions (captions name the digit)"
+        )
     for name in ("steps", "batch_size", "n_train", "log_every"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"config key {name} must be >= 1, got {getattr(cfg, name)!r}")

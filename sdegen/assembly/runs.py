@@ -12,6 +12,7 @@ from ..models import ScoreModel
 from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
 from .config import TrainConfig, read_run_config
 from .tables import Data, build_network, build_sde, load_data
+from .text import TextSetup, text_setup
 
 
 def run_classes(cfg: TrainConfig, data: Data) -> int | None:
@@ -26,10 +27,19 @@ def run_classes(cfg: TrainConfig, data: Data) -> int | None:
     return data.num_classes
 
 
+def run_text(cfg: TrainConfig, data: Data) -> TextSetup | None:
+    """The captions and tokenizer of a text-conditional run (cfg.text); None otherwise."""
+    return text_setup(data, cfg.seed) if cfg.text else None
+
+
 def build_model(
-    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
+    cfg: TrainConfig,
+    event_shape: tuple[int, ...],
+    num_classes: int | None = None,
+    text: TextSetup | None = None,
 ) -> ScoreModel:
-    """The run's score model; class-conditional on num_classes classes when given."""
+    """The run's score model; class-conditional on num_classes classes when given, or
+    text-conditional on a run's captions (`run_text`)."""
     torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
     sde = build_sde(cfg)
     # Built in float32 whatever torch's default dtype is (the data are float32): initialising
@@ -37,7 +47,8 @@ def build_model(
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        net = build_network(cfg, event_shape, num_classes)
+        conditioner = text.conditioner() if text is not None else None
+        net = build_network(cfg, event_shape, num_classes, text=conditioner)
     finally:
         torch.set_default_dtype(default)
     return ScoreModel(net, sde, cfg.parametrization)
@@ -45,7 +56,15 @@ def build_model(
 
 # Keys that fix the network's shape and meaning: a checkpoint trained with other values cannot
 # be loaded under this config, or would load and be used with the wrong SDE without a word.
-MODEL_KEYS = ("data", "sde", "sde_params", "parametrization", "network", "network_params")
+MODEL_KEYS = (
+    "data",
+    "sde",
+    "sde_params",
+    "parametrization",
+    "network",
+    "network_params",
+    "text",
+)
 
 
 def _check_compatible(path: Path, cfg: TrainConfig, num_classes: int | None) -> None:
@@ -72,12 +91,14 @@ def _check_compatible(path: Path, cfg: TrainConfig, num_classes: int | None) -> 
 
 @dataclass
 class LoadedRun:
-    """A trained run: its config, data, model (in eval mode) and the step it was saved at."""
+    """A trained run: its config, data, model (in eval mode), the step it was saved at, and
+    for a text-conditional run its captions and tokenizer (`text.prompt_ids(...)`)."""
 
     cfg: TrainConfig
     data: Data
     model: ScoreModel
     step: int
+    text: TextSetup | None = None
 
 
 def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
@@ -89,7 +110,8 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
     num_classes = run_classes(cfg, data)
     _check_compatible(path, cfg, num_classes)
-    model = build_model(cfg, data.event_shape, num_classes)
+    text = run_text(cfg, data)
+    model = build_model(cfg, data.event_shape, num_classes, text)
     if ema and (path / "ema.safetensors").is_file():
         from torch.optim.swa_utils import AveragedModel
 
@@ -99,7 +121,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     else:
         meta = load_checkpoint(path, model)
     model.eval()
-    return LoadedRun(cfg, data, model, int(meta["step"]))
+    return LoadedRun(cfg, data, model, int(meta["step"]), text)
 
 
 def load_foreign(spec: str):
@@ -162,21 +184,28 @@ def make_trainer(
     and the held-out loss every `eval_every` steps; a conditional run trains on the labels with
     label dropout p_uncond, and its checkpoints record num_classes."""
     num_classes = run_classes(cfg, data)
+    text = run_text(cfg, data)
     if cfg.batch_size > len(data.train):
         raise ValueError(
             f"config key batch_size ({cfg.batch_size}) exceeds the {len(data.train)} training "
             f"examples of {cfg.data!r}"
             + (f" (n_train = {cfg.n_train})" if cfg.data.startswith("toy:") else "")
         )
+    conditional = num_classes is not None or text is not None
     objective = score_matching(
-        cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if num_classes else 0.0
+        cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if conditional else 0.0
     )
-    test_labels = data.test_labels[:2000] if num_classes and data.test_labels is not None else None
+    labels, test_labels = None, None
+    if text is not None:  # captions as token ids, one row per image
+        labels, test_labels = text.train_ids, text.test_ids[:2000]
+    elif num_classes:
+        labels = data.train_labels
+        test_labels = data.test_labels[:2000] if data.test_labels is not None else None
     return Trainer(
         model,
         objective,
         data.train,
-        labels=data.train_labels if num_classes else None,
+        labels=labels,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         warmup=cfg.warmup,

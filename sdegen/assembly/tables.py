@@ -158,12 +158,22 @@ def _mlp(event_shape: tuple[int, ...], num_classes: int | None, params: dict) ->
     )
 
 
-def _unet(event_shape: tuple[int, ...], num_classes: int | None, params: dict) -> torch.nn.Module:
+def _unet(
+    event_shape: tuple[int, ...],
+    num_classes: int | None,
+    params: dict,
+    text: torch.nn.Module | None = None,
+) -> torch.nn.Module:
     if len(event_shape) != 3:
         raise ValueError(f"network 'unet' needs images (C, H, W), got {event_shape}")
     params = {"channels": 32, "channel_mult": (1, 2), **params}
     return _call_with_params(
-        "network_params", UNet, params, in_channels=event_shape[0], num_classes=num_classes
+        "network_params",
+        UNet,
+        params,
+        in_channels=event_shape[0],
+        num_classes=num_classes,
+        text=text,
     )
 
 
@@ -177,15 +187,27 @@ def _dit(event_shape: tuple[int, ...], num_classes: int | None, params: dict) ->
 
 # name -> builder(event_shape, num_classes, network_params); "auto" picks one by the data
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"mlp": _mlp, "unet": _unet, "dit": _dit}
+# the networks that read text through cross-attention (their builder takes text=)
+TEXT_NETWORKS = ("unet",)
 
 
 def build_network(
-    cfg: TrainConfig, event_shape: tuple[int, ...], num_classes: int | None = None
+    cfg: TrainConfig,
+    event_shape: tuple[int, ...],
+    num_classes: int | None = None,
+    text: torch.nn.Module | None = None,
 ) -> torch.nn.Module:
     """The network named by cfg.network for examples of `event_shape`, with keyword arguments
-    cfg.network_params; "auto" is the U-Net for images (C, H, W) and the MLP otherwise."""
+    cfg.network_params; "auto" is the U-Net for images (C, H, W) and the MLP otherwise. `text`
+    (a conditioner of sdegen.models.text) makes it text-conditional."""
     check_choice("network", cfg.network, ("auto", *NETWORKS))
     kind = cfg.network
     if kind == "auto":
         kind = "unet" if len(event_shape) == 3 else "mlp"
-    return NETWORKS[kind](event_shape, num_classes, cfg.network_params)
+    if text is None:
+        return NETWORKS[kind](event_shape, num_classes, cfg.network_params)
+    if kind not in TEXT_NETWORKS:
+        raise ValueError(
+            f"network {kind!r} cannot read text; text: true needs one of {', '.join(TEXT_NETWORKS)}"
+        )
+    return NETWORKS[kind](event_shape, num_classes, cfg.network_params, text=text)

@@ -151,10 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample this class (conditional runs; -1: unconditional)",
     )
     p.add_argument(
+        "--prompt",
+        default=None,
+        help='sample from a caption, e.g. "a thick small 7" (text-conditional runs)',
+    )
+    p.add_argument(
         "--guidance",
         type=_number(),
         default=None,
-        help="classifier-free guidance weight w with --class (0 uncond., 1 cond., >1 guided)",
+        help="classifier-free guidance weight w with --class or --prompt (0 uncond., 1 cond., "
+        ">1 guided)",
     )
     p.add_argument(
         "--out", help="output path without suffix (default: RUN/samples/METHOD-BUDGET-SEED)"

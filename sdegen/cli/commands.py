@@ -31,8 +31,10 @@ from ..assembly import (
     read_run_config,
     resolve_trace,
     run_classes,
+    run_text,
     save_config,
 )
+from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import ring_mixture
 from ..training import latest_checkpoint
@@ -72,7 +74,7 @@ def train(args: argparse.Namespace) -> int:
         cfg.device = args.device
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape, run_classes(cfg, data))
+    model = build_model(cfg, data.event_shape, run_classes(cfg, data), run_text(cfg, data))
     trainer = make_trainer(cfg, data, model, run, device=device, progress=not args.quiet)
     if args.resume:
         if not trainer.resume():
@@ -91,7 +93,11 @@ def train(args: argparse.Namespace) -> int:
     history = trainer.fit(cfg.steps)
     if trainer.rank == 0:
         last = history[-1]["loss"] if history else float("nan")
-        kind = f"conditional (p_uncond {cfg.p_uncond}) " if cfg.conditional else ""
+        kind = (
+            f"{'text-' if cfg.text else ''}conditional (p_uncond {cfg.p_uncond}) "
+            if cfg.conditional or cfg.text
+            else ""
+        )
         print(
             f"trained {kind}{cfg.data} with {cfg.sde}/{cfg.parametrization}: steps {start} -> "
             f"{trainer.step}, last loss {last:.4f}; run folder {run}"
@@ -155,6 +161,7 @@ class _Source:
     event_shape: tuple[int, ...]
     step: int | None
     folder: Path  # where outputs go by default
+    text: TextSetup | None = None  # a text-conditional run's captions and tokenizer
 
 
 def _event_shape(text: str) -> tuple[int, ...]:
@@ -177,7 +184,7 @@ def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
                 raise ValueError(f"--{flag} goes with --model; a run has its own data")
         run = load_run(args.run, ema=not args.no_ema)
         return _Source(run.model, run.model.sde, run.data, run.data.event_shape, run.step,
-                       Path(args.run))  # fmt: skip
+                       Path(args.run), run.text)  # fmt: skip
     model, sde = load_foreign(args.model)
     data = load_data(args.data) if getattr(args, "data", None) is not None else None
     if need_data and data is None:
@@ -197,18 +204,30 @@ def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
 def sample(args: argparse.Namespace) -> int:
     kw = _sample_kwargs(args)
     label = getattr(args, "class_label", None)
+    prompt = getattr(args, "prompt", None)
     guidance = getattr(args, "guidance", None)
-    if guidance is not None and label is None:
-        raise ValueError("--guidance needs --class (the class to guide towards)")
+    if label is not None and prompt is not None:
+        raise ValueError("give --class or --prompt, not both")
+    if guidance is not None and label is None and prompt is None:
+        raise ValueError("--guidance needs --class or --prompt (what to guide towards)")
     device = resolve_device(args.device)
     src = _source(args)
     if isinstance(src.model, torch.nn.Module):
         src.model.to(device)
     if label is not None:
+        if src.text is not None:
+            raise ValueError("this run is text-conditional: give --prompt, not --class")
         kw["y"] = label  # checked against the model's classes by sample()
+    if prompt is not None:
+        if src.text is None:
+            raise ValueError("--prompt needs a text-conditional run (trained with --set text=true)")
+        kw["y"] = src.text.prompt_ids(prompt, args.n).to(device)
     if guidance is not None:
         kw["guidance"] = guidance
-    tag = "" if label is None else f"-class{label}" + (f"-w{guidance:g}" if guidance else "")
+    w_tag = f"-w{guidance:g}" if guidance else ""
+    tag = "" if label is None else f"-class{label}{w_tag}"
+    if prompt is not None:
+        tag = "-" + ("_".join(prompt.lower().split()) or "null")[:60] + w_tag
     budget = (
         f"nfe{args.nfe}"
         if args.nfe is not None
@@ -253,14 +272,13 @@ def sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         step=-1 if src.step is None else src.step,
         label=-1 if label is None else label,
+        prompt="" if prompt is None else prompt,
         guidance=float("nan") if guidance is None else guidance,
         batch_factor=res.batch_factor,
     )
-    what = (
-        ""
-        if label is None
-        else f", class {label}" + (f", guidance {guidance:g}" if guidance else "")
-    )
+    what = "" if label is None else f", class {label}"
+    what += "" if prompt is None else f", prompt {prompt!r}"
+    what += f", guidance {guidance:g}" if guidance and (label is not None or prompt) else ""
     trained = "" if src.step is None else f", step {src.step}"
     png = _save_samples(
         x, src.data, out, f"{args.method}, NFE {res.nfe}{what}{trained}, seed {args.seed}"
