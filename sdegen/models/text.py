@@ -180,6 +180,11 @@ class EmbeddingTable(nn.Module):
     empty prompt, as Stable Diffusion uses), else one learned token. So embeddings from a real
     encoder (CLIP, T5...) condition the network without it, and `add` appends new prompts."""
 
+    emb: Tensor
+    mask: Tensor
+    null: Tensor
+    null_mask: Tensor
+
     def __init__(
         self,
         emb: Tensor,
