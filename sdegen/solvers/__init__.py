@@ -12,6 +12,7 @@ import sys as _sys
 
 from . import sampling as _sampling
 from .counting import CountingModel
+from .langevin import LangevinResult, langevin, langevin_step
 from .likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, log_likelihood
 from .methods import METHODS, Method, available, steps_for_nfe
 from .pf_ode import ode_drift
@@ -42,4 +43,7 @@ __all__ = [
     "SolveResult",
     "LikelihoodResult",
     "CountingModel",
+    "langevin",
+    "langevin_step",
+    "LangevinResult",
 ]

@@ -12,7 +12,16 @@ from types import MappingProxyType
 from torch import Tensor
 
 from .._utils import check_choice, check_int
-from . import adaptive, edm, exponential, kdiffusion, pf_ode, reverse_sde, torchsde_methods
+from . import (
+    adaptive,
+    edm,
+    exponential,
+    kdiffusion,
+    langevin,
+    pf_ode,
+    reverse_sde,
+    torchsde_methods,
+)
 from .grid import GridMethod
 
 
@@ -85,6 +94,13 @@ _PC = {"snr": 0.16, "corrector_steps": 1, "predictor": "reverse_diffusion"}
 def _pc_cost(n: int, options: dict) -> int:
     k = check_int("corrector_steps", options.get("corrector_steps", _PC["corrector_steps"]), 0)
     return n * (1 + k)
+
+
+_LANGEVIN = {"K": 1, "eps": None}
+
+
+def _langevin_cost(n: int, options: dict) -> int:
+    return n * check_int("K", options.get("K", _LANGEVIN["K"]), 1)
 
 
 def _torchsde(name: str, cost: Callable[[int, dict], int], summary: str) -> Method:
@@ -221,6 +237,12 @@ METHODS: dict[str, Method] = {
         step=edm.EDMStochastic,
         options={"churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
         stochastic=True),
+    # NCSN's sampler (Song & Ermon 2019): K Langevin steps at each level of the grid, the
+    # levels geometric in sigma/alpha on the default log-SNR grid (langevin.py)
+    "annealed_langevin": Method(
+        "sde", "log_snr", _langevin_cost,
+        "annealed Langevin dynamics (NCSN): K steps of size ~ eps sigma^2 per noise level",
+        step=langevin.AnnealedLangevin, options=_LANGEVIN, stochastic=True),
     **K_METHODS,
 }
 # fmt: on
