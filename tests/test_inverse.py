@@ -410,3 +410,26 @@ def test_sdedit_errors():
         sdegen.sample(model, sde, (4, 2), steps=2, x_init=x, t_start=0.5, noise=x)
     with pytest.raises(ValueError, match="the grid must run from T = 0.5"):
         sdegen.sample(model, sde, (4, 2), x_init=x, t_start=0.5, schedule=torch.tensor([1.0, 1e-3]))
+
+
+def test_cli_sample_edits_an_input_with_init_and_t_start(tmp_path, monkeypatch, capsys):
+    """`sdegen sample --init FILE.pt --t-start T`: a small t_start keeps the samples near the
+    input; one example's tensor is broadcast to --n; each flag alone is refused."""
+    import numpy as np
+
+    from sdegen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.py").write_text(
+        "import torch\nfrom sdegen.models import GaussianScore\nfrom sdegen.sde import VPSDE\n"
+        "def gaussian():\n    sde = VPSDE()\n"
+        "    return GaussianScore(torch.zeros(2), torch.eye(2), sde), sde\n"
+    )
+    torch.save(torch.tensor([1.5, -1.0]), tmp_path / "x.pt")
+    argv = ["sample", "--model", "mine.py:gaussian", "--shape", "2", "--n", "50", "--quiet"]
+    assert main([*argv, "--steps", "8", "--init", "x.pt", "--t-start", "0.02", "--out", "e"]) == 0
+    x = torch.from_numpy(np.load(tmp_path / "e.npz")["x"])
+    assert x.shape == (50, 2)
+    assert float((x - torch.tensor([1.5, -1.0])).norm(dim=1).mean()) < 0.3
+    assert main([*argv, "--steps", "8", "--t-start", "0.5"]) == 2
+    assert "needs both --init FILE.pt and --t-start" in capsys.readouterr().err

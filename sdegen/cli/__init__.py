@@ -163,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
         ">1 guided)",
     )
     p.add_argument(
+        "--init",
+        default=None,
+        help="SDEdit: a .pt tensor (N, *shape), (1, *shape) or (*shape) to edit, with --t-start",
+    )
+    p.add_argument(
+        "--t-start",
+        type=_number(positive=True),
+        default=None,
+        help="SDEdit: perturb --init to this time in (t_min, T] and sample from there",
+    )
+    p.add_argument(
         "--out", help="output path without suffix (default: RUN/samples/METHOD-BUDGET-SEED)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -224,6 +224,16 @@ def sample(args: argparse.Namespace) -> int:
         kw["y"] = src.text.prompt_ids(prompt, args.n).to(device)
     if guidance is not None:
         kw["guidance"] = guidance
+    init, t_start = getattr(args, "init", None), getattr(args, "t_start", None)
+    if (init is None) != (t_start is None):
+        raise ValueError("SDEdit needs both --init FILE.pt and --t-start T")
+    if init is not None:
+        x_init = torch.load(init, map_location="cpu", weights_only=True)
+        if not torch.is_tensor(x_init):
+            raise ValueError(f"--init {init} must hold one tensor, got {type(x_init).__name__}")
+        if tuple(x_init.shape) == tuple(src.event_shape):
+            x_init = x_init[None]
+        kw.update(x_init=x_init.to(device), t_start=t_start)  # shapes checked by sample()
     w_tag = f"-w{guidance:g}" if guidance else ""
     tag = "" if label is None else f"-class{label}{w_tag}"
     if prompt is not None:
