@@ -5,6 +5,7 @@ Layout: sampling.py holds the entry point `sample`; methods.py the spec of every
 (`METHODS`); grid.py the one fixed-grid loop that runs them; one file per family of methods
 (reverse_sde.py, exponential.py with exp_quadrature.py, edm.py, pf_ode.py, adaptive.py,
 torchsde_methods.py); schedules.py and tuning.py the time grids; guidance.py conditioning;
+inverse.py linear inverse problems (operators and posterior guidance);
 likelihood.py the PF-ODE likelihood; counting.py and results.py the NFE count and result types.
 """
 
@@ -12,6 +13,7 @@ import sys as _sys
 
 from . import sampling as _sampling
 from .counting import CountingModel
+from .inverse import Blur, Downsample, Grayscale, Inpaint, LinearOperator, Matrix
 from .langevin import LangevinResult, langevin, langevin_step
 from .likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, log_likelihood
 from .methods import METHODS, Method, available, steps_for_nfe
