@@ -15,7 +15,8 @@ from sdegen.data import load_digits
 from sdegen.models import VQVAE, KLAutoencoder, LatentDiffusion, UNet
 from sdegen.models.density import DensityModel, bits_per_dim
 from sdegen.score_density import ScoreSDEDensity
-from sdegen.training import Trainer, density_loss
+from sdegen.training import StepRandom, Trainer, density_loss, score_matching
+from sdegen.training.objectives import latent_score_matching
 
 
 class _ExactGaussian(DensityModel):
@@ -183,3 +184,23 @@ def test_latent_diffusion_errors():
     )
     with pytest.raises(ValueError, match="bin_width must be 2 / levels"):
         ldm.bits_per_dim(torch.zeros(1, 1, 8, 8), 2 / 256)
+
+
+def test_latent_score_matching_is_dsm_on_rescaled_posterior_draws():
+    torch.manual_seed(0)
+    ae = KLAutoencoder.conv((1, 8, 8), latent_channels=2, hidden=8)
+    ae.latent_scale.fill_(1.7)
+    sde = sdegen.VPSDE()
+    net = UNet(2, channels=8, channel_mult=(1,), attention_levels=())
+    model = sdegen.ScoreModel(net, sde)
+    x = load_digits("train").x[:8].double()
+    loss = latent_score_matching(ae)(model, x, StepRandom(3, 5, 0, 1, 8))
+    rnd = StepRandom(3, 5, 0, 1, 8)  # the same draws, in the objective's order
+    z = 1.7 * ae.encode_latents(x, rnd.randn(*ae.latent_shape, dtype=torch.float64))
+    want = score_matching("simple")(model, z.detach(), rnd)
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-12)
+    loss.backward()
+    assert all(p.grad is None for p in ae.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(TypeError, match="autoencoder must be a KLAutoencoder or VQVAE"):
+        latent_score_matching(nn.Linear(2, 2))

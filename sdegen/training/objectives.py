@@ -153,3 +153,34 @@ def annealed_vae_loss(
         return model.loss(x, generator=rnd.generator, beta=schedule(k))
 
     return objective
+
+
+def latent_score_matching(
+    autoencoder,
+    weighting: str = "simple",
+    importance_sampling: bool | None = None,
+    p_uncond: float = 0.0,
+):
+    """Denoising score matching of a score model on latents (Rombach et al. 2022, LDM): each
+    image x (B, *event_shape) of the batch is encoded by the frozen `autoencoder`
+    (`sdegen.models.KLAutoencoder` or `VQVAE`) to z_s = latent_scale * encode_latents(x, noise),
+    a fresh posterior draw per example and step (noise from StepRandom, so runs repeat
+    exactly), and `score_matching(weighting, importance_sampling, p_uncond=p_uncond)` is taken
+    on z_s. The model is the score model on latent shapes (`LatentDiffusion.prior.model`).
+    The encoder runs without gradients in its own dtype; z_s gets the batch's dtype."""
+    for name in ("latent_shape", "latent_scale", "encode_latents"):
+        if not hasattr(autoencoder, name):
+            raise TypeError(
+                f"autoencoder must be a KLAutoencoder or VQVAE (with {name}), "
+                f"got {type(autoencoder).__name__}"
+            )
+    dsm = score_matching(weighting, importance_sampling, p_uncond=p_uncond)
+
+    def objective(model: ScoreModelWithSDE, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
+        scale = autoencoder.latent_scale
+        noise = rnd.randn(*autoencoder.latent_shape, dtype=scale.dtype)
+        with torch.no_grad():
+            z = (autoencoder.encode_latents(x.to(scale.dtype), noise) * scale).to(x.dtype)
+        return dsm(model, z, rnd) if y is None else dsm(model, z, rnd, y)
+
+    return objective
