@@ -26,6 +26,7 @@ MODULES = [
     "sdegen.models.density",
     "sdegen.models.distribution",
     "sdegen.solvers.sampling",
+    "sdegen.solvers.inverse",
     "sdegen.solvers.langevin",
     "sdegen.models.flows.realnvp",
     "sdegen.models.flows.ffjord",
