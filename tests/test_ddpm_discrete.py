@@ -636,3 +636,45 @@ def test_vlb_objective_in_the_trainer_and_refusals():
         vlb_terms(model, x0, noise=torch.zeros(4, 2))
     with pytest.raises(ValueError, match="variance\\(x_t, k\\) must return a tensor broadcastable"):
         vlb_loss(model, x0, variance=lambda x, k: torch.ones(3))
+
+
+# ---- the config ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ["objective=vlb"],
+        ["time_sampling=discrete", "parametrization=mu"],
+    ],
+    ids=["vlb", "discrete_dsm_mu"],
+)
+def test_a_run_trains_on_ddpms_grid(tmp_path, keys):
+    from sdegen.assembly.config import load_config
+    from sdegen.assembly.runs import build_model, make_trainer
+    from sdegen.assembly.tables import load_data
+
+    tiny = ["data=toy:moons", "n_train=128", "batch_size=32", "steps=2", "ckpt_every=0"]
+    sde_keys = ["sde=ddpm", "sde_params={schedule: cosine, n: 100}", "network_params={hidden: 16}"]
+    cfg = load_config(None, [*tiny, *sde_keys, *keys])
+    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
+    model = build_model(cfg, data.event_shape)
+    seen = []
+    real = model.x0_eps
+
+    def spy(x, t, y=None):
+        seen.append(t.detach().clone())
+        return real(x, t) if y is None else real(x, t, y)
+
+    model.x0_eps = spy
+    trainer = make_trainer(cfg, data, model, tmp_path / "run", progress=False)
+    logs = trainer.fit(cfg.steps)
+    assert all(math.isfinite(rec["loss"]) for rec in logs if "loss" in rec)
+    t = torch.cat(seen)
+    grid_index(model.sde, t)  # every training time is on the grid k / 100
+    assert model.sde.schedule.N == 100
+    with pytest.raises(ValueError, match="config key objective must be one of dsm, vlb"):
+        load_config(None, ["objective=elbo"])
+    bad = load_config(None, [*tiny, "network_params={hidden: 16}", keys[0]])  # sde: vp
+    with pytest.raises(ValueError, match="needs an SDE on DDPM's grid \\(sde: ddpm\\)"):
+        make_trainer(bad, data, build_model(bad, data.event_shape), tmp_path / "bad")

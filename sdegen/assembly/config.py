@@ -15,12 +15,17 @@ from typing import Any
 
 import yaml
 
+from ..training.losses import TIME_SAMPLINGS
 from .tables import DATA_KINDS, SDES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+
+# training objectives of a run: denoising score matching, or DDPM's variational bound
+OBJECTIVES = ("dsm", "vlb")
 
 
 def _key(default, help: str, **kw):
@@ -39,10 +44,18 @@ class TrainConfig:
     n_train: int = _key(20000, "examples drawn for toy data sets")
     sde: str = _key("vp", " | ".join(SDES))
     sde_params: dict = _key({}, "keyword arguments of the SDE, e.g. {beta_max: 10}")
-    parametrization: str = _key("v", "eps | x0 | v | score (v is well scaled for every SDE)")
+    parametrization: str = _key(
+        "v", "eps | x0 | v | score | mu (v is well scaled for every SDE; mu: sde ddpm)"
+    )
     network: str = _key("auto", "mlp | unet | dit | auto (mlp for vectors, unet for images)")
     network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
     weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
+    objective: str = _key(
+        "dsm", "dsm | vlb (vlb: DDPM's discrete bound in bits/dim; needs sde ddpm)"
+    )
+    time_sampling: str = _key(
+        "continuous", "continuous | discrete (dsm on DDPM's integer steps; needs sde ddpm)"
+    )
     conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
     p_uncond: float = _key(0.1, "label (caption) dropout of a conditional run, in [0, 1]")
     text: bool = _key(False, "text-conditional on generated captions (digits, mnist; unet)")
@@ -150,6 +163,11 @@ def from_dict(values: dict) -> TrainConfig:
         }[expected]
         if not ok:
             raise ValueError(f"config key {name} must be {expected}, got {v!r}")
+    for name, choices in (("objective", OBJECTIVES), ("time_sampling", TIME_SAMPLINGS)):
+        if getattr(cfg, name) not in choices:
+            raise ValueError(
+                f"config key {name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}"
+            )
     if not 0.0 <= cfg.p_uncond <= 1.0:
         raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
     if cfg.text and cfg.conditional:

@@ -10,6 +10,8 @@ import torch
 
 from ..models import ScoreModel
 from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
+from ..training.losses import check_time_sampling
+from ..training.vlb import vlb_objective
 from .config import TrainConfig, read_run_config
 from .tables import Data, build_network, build_sde, load_data
 from .text import TextSetup, text_setup
@@ -171,6 +173,21 @@ def load_foreign(spec: str):
     return model, sde
 
 
+def _discrete_objective(cfg: TrainConfig, data: Data, model, dsm_objective):
+    """The objective of a run on DDPM's grid: the bound (objective vlb, bits/dim) or DSM on
+    integer steps (time_sampling discrete, `dsm_objective`); both need a from_betas SDE."""
+    key = "objective: vlb" if cfg.objective == "vlb" else "time_sampling: discrete"
+    try:
+        check_time_sampling("discrete", model.sde)
+    except ValueError:
+        raise ValueError(
+            f"config key {key} needs an SDE on DDPM's grid (sde: ddpm), got sde {cfg.sde!r}"
+        ) from None
+    if cfg.objective == "vlb":
+        return vlb_objective(bin_width=data.bin_width)
+    return dsm_objective
+
+
 def make_trainer(
     cfg: TrainConfig,
     data: Data,
@@ -193,8 +210,13 @@ def make_trainer(
         )
     conditional = num_classes is not None or text is not None
     objective = score_matching(
-        cfg.weighting, bin_width=data.bin_width, p_uncond=cfg.p_uncond if conditional else 0.0
+        cfg.weighting,
+        bin_width=data.bin_width,
+        p_uncond=cfg.p_uncond if conditional else 0.0,
+        time_sampling=cfg.time_sampling,
     )
+    if cfg.objective == "vlb" or cfg.time_sampling == "discrete":
+        objective = _discrete_objective(cfg, data, model, objective)
     labels, test_labels = None, None
     if text is not None:  # captions as token ids, one row per image
         labels, test_labels = text.train_ids, text.test_ids[:2000]

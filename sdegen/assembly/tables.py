@@ -20,7 +20,7 @@ from .. import data as datasets
 from .._utils import check_choice
 from ..models import MLP, UNet
 from ..models.dit import DiT
-from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE
+from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE, ddpm_sde
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -32,6 +32,8 @@ SDES: dict[str, Callable] = {
     "subvp": SubVPSDE,
     "ve": VESDE,
     "edm": EDMSDE,
+    # DDPM's discrete grid (VPSDE.from_betas): sde_params {schedule, n, beta_start, ...}
+    "ddpm": ddpm_sde,
 }
 TEST_SIZE_TOY = 2000
 

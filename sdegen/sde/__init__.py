@@ -4,6 +4,7 @@ from .base import LinearSDE
 from .discrete import (
     BETA_SCHEDULES,
     beta_schedule,
+    ddpm_sde,
     discretized_gaussian_log_likelihood,
     gaussian_kl,
     grid_index,
@@ -39,6 +40,7 @@ __all__ = [
     "rectified_flow",
     "BETA_SCHEDULES",
     "beta_schedule",
+    "ddpm_sde",
     "posterior",
     "posterior_coefficients",
     "gaussian_kl",

@@ -6,7 +6,7 @@ time t_k = k / N is DDPM's q(x_k | x_0) = N(sqrt(alpha_bar_k) x_0, (1 - alpha_ba
 tensors:
 
 - `beta_schedule`: the linear (Ho et al. 2020), cosine (Nichol & Dhariwal 2021), quadratic and
-  sigmoid (Xu et al. 2022, GeoDiff) beta arrays.
+  sigmoid (Xu et al. 2022, GeoDiff) beta arrays; `ddpm_sde` the SDE on one of them.
 - `posterior` / `posterior_coefficients`: q(x_s | x_t, x_0) for any linear SDE and s < t; on
   adjacent grid steps of a from_betas SDE it is DDPM's (mu_tilde, beta_tilde) (Ho et al. eq. 7).
 - `gaussian_kl` and `discretized_gaussian_log_likelihood`: the two kinds of terms of DDPM's
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_finite_number, check_int
-from .vp import DiscreteBeta, ddpm_betas
+from .vp import VPSDE, DiscreteBeta, ddpm_betas
 
 BETA_SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 
@@ -86,6 +86,23 @@ def beta_schedule(name: str, n: int, **params: float) -> Tensor:
         return torch.linspace(math.sqrt(start), math.sqrt(end), n, dtype=torch.float64) ** 2
     u = torch.sigmoid(torch.linspace(-6.0, 6.0, n, dtype=torch.float64))
     return start + (end - start) * u
+
+
+def ddpm_sde(
+    schedule: str = "linear",
+    n: int = 1000,
+    *,
+    beta_start: float | None = None,
+    beta_end: float | None = None,
+    s: float | None = None,
+    max_beta: float | None = None,
+) -> VPSDE:
+    """DDPM's discrete-time diffusion as an SDE: `VPSDE.from_betas(beta_schedule(schedule, n,
+    ...))` with grid times k/n, k = 1..n; the parameters left None take `beta_schedule`'s
+    defaults. It is the config's `sde: ddpm` (sde_params e.g. {schedule: cosine, n: 1000})."""
+    given = {"beta_start": beta_start, "beta_end": beta_end, "s": s, "max_beta": max_beta}
+    params = {k: v for k, v in given.items() if v is not None}
+    return VPSDE.from_betas(beta_schedule(schedule, n, **params))
 
 
 def _cosine_betas(n: int, s: float, max_beta: float) -> Tensor:
