@@ -472,3 +472,21 @@ def test_text_benchmark_smoke(tmp_path):
     assert result["meta"]["train_steps"] == 3 and result["meta"]["prompts"] == 100
     assert "| 4 |" in (tmp_path / "out" / "table.md").read_text()
     assert (tmp_path / "out" / "grid_w2.png").stat().st_size > 500
+
+
+def test_langevin_benchmark_smoke(tmp_path):
+    bench = _load("langevin")
+    argv = ["--n", "200", "--nfe", "10", "--sdes", "ve", "--seeds", "1", "--floor-sets", "2"]
+    bench.main([*argv, "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "results.json").read_text())
+    recs = {r["variant"]: r for r in result["records"]}
+    # counted NFE: 9 levels of K = 1 or 3 levels of K = 3, plus the denoise; pc: 4 x 2 + 1
+    assert recs["annealed_langevin"]["nfe"] == recs["annealed_langevin K=3"]["nfe"] == 10
+    assert recs["annealed_langevin K=3"]["steps"] == 3 and recs["pc"]["nfe"] == 9
+    # NCSN's eps = 2e-5 at sigma_L = 0.01 is VE's own setting
+    assert abs(recs["annealed_langevin NCSN eps"]["options"]["eps"] - 2e-5) < 1e-8
+    table = (tmp_path / "table.md").read_text()
+    assert "| annealed_langevin |" in table and "noise floor" in table
+    assert (tmp_path / "sw_vs_nfe.png").stat().st_size > 1000
+    bench.main(["--replot", "--out", str(tmp_path)])
+    assert (tmp_path / "table.md").read_text() == table
