@@ -2,10 +2,13 @@
 
 Two small VP score models, one on a 2-D toy set (8 Gaussians, whose density is known in closed
 form) and one on the 8x8 digits; each is sampled with three solvers and its test-set likelihood
-is evaluated through the probability-flow ODE. The digits model is class-conditional, trained
-with label dropout, so the same network gives the unconditional samples and metrics (null
-label) and a grid with one row per digit, plain and with classifier-free guidance. Everything
-lands in one folder: report.md, PNGs and results.json. A few minutes on 2 CPU cores.
+is evaluated through the probability-flow ODE. The digits model is text-conditional on
+captions made from each image's label and measured attributes (`sdegen.data.captions`),
+trained with caption dropout, so the same network gives the unconditional samples and metrics
+(the null caption), a grid with one row per digit ("a 0" ... "a 9"), plain and with
+classifier-free guidance, and rows of prompted attributes ("a thick 7", "a small 7"...).
+Everything lands in one folder: report.md, PNGs and results.json. A few minutes on 2 CPU
+cores.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from ..assembly import (
     make_trainer,
     plots,
     run_classes,
+    run_text,
     save_config,
 )
 from ..metrics import frechet_distance_from_samples, sliced_wasserstein
+from ..solvers.results import SolveResult
 
 SAMPLERS = (("dpmpp_2m", 20), ("heun", 20), ("euler_maruyama", 100))
 # --fast: a smoke run of the whole pipeline in under a minute on 2 cores; sampling the full test
@@ -40,6 +45,10 @@ FAST_SAMPLES = 256
 SWEEP = ("dpmpp_2m", "ddim", "heun", "euler_maruyama")
 SWEEP_NFE = (5, 10, 20, 50)
 GRID_GUIDANCE = (1.0, 3.0)  # classifier-free guidance weights of the class grids
+# the prompted rows of the report: one attribute word at a time, on two digits
+PROMPT_WORDS = ("thin", "thick", "small", "large", "left-slanted", "right-slanted")
+PROMPT_DIGITS = (3, 7)
+PROMPT_GUIDANCE = 3.0
 
 
 def _configs(fast: bool) -> dict[str, TrainConfig]:
@@ -63,7 +72,7 @@ def _configs(fast: bool) -> dict[str, TrainConfig]:
             ckpt_every=500,
             log_every=20,
             network_params={"channels": 32, "channel_mult": [1, 2]},
-            conditional=True,
+            text=True,
             p_uncond=0.2,
         ),
     }
@@ -72,13 +81,14 @@ def _configs(fast: bool) -> dict[str, TrainConfig]:
 def _train(name: str, cfg: TrainConfig, out: Path):
     run_dir = out / name
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape, run_classes(cfg, data))
+    text = run_text(cfg, data)
+    model = build_model(cfg, data.event_shape, run_classes(cfg, data), text)
     save_config(cfg, run_dir)
     trainer = make_trainer(cfg, data, model, run_dir)
     start = time.perf_counter()
     history = trainer.fit(cfg.steps)
     curve = [(h["step"], h["loss"]) for h in history]
-    return data, trainer.eval_model.eval(), curve, time.perf_counter() - start
+    return data, trainer.eval_model.eval(), curve, time.perf_counter() - start, text
 
 
 def _quality(x: torch.Tensor, data, image: bool) -> float:
@@ -116,7 +126,7 @@ def _samplers(fast: bool) -> list[tuple[str, int]]:
 
 
 def _toy_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None:
-    data, model, curve, secs = _train("toy", cfg, out)
+    data, model, curve, secs, _ = _train("toy", cfg, out)
     n = FAST_SAMPLES if fast else len(data.test)
     part = {
         "train_seconds": secs,
@@ -170,7 +180,7 @@ def _toy_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None:
 
 
 def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None:
-    data, model, curve, secs = _train("digits", cfg, out)
+    data, model, curve, secs, text = _train("digits", cfg, out)
     n = 64 if fast else len(data.test)
     part = {
         "train_seconds": secs,
@@ -188,20 +198,12 @@ def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None
         plots.image_grid(
             res.x[:64], out / f"digits_{method}.png", nrow=8, title=f"{method}, NFE {res.nfe}"
         )
-    # one row per digit, 8 samples each, from one noise draw: conditional (w = 1) and guided
-    labels = torch.arange(data.num_classes).repeat_interleave(8)
+    # one row per digit ("a 0" ... "a 9"), 8 samples each, from one noise draw: conditional
+    # (w = 1) and guided
+    prompts = [f"a {d}" for d in range(data.num_classes)]
     part["class_grids"] = []
     for w in GRID_GUIDANCE:
-        res = solvers.sample(
-            model,
-            model.sde,
-            (len(labels), *data.event_shape),
-            method="dpmpp_2m",
-            nfe=20,
-            y=labels,
-            guidance=w,
-            generator=torch.Generator().manual_seed(0),
-        )
+        res = _prompted(model, text, prompts, 8, w, data.event_shape)
         name = f"digits_classes_w{w:g}.png"
         plots.image_grid(
             res.x, out / name, nrow=8, title=f"one row per digit, guidance w = {w:g}, NFE {res.nfe}"
@@ -209,6 +211,20 @@ def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None
         part["class_grids"].append(
             {"guidance": w, "nfe": res.nfe, "batch_factor": res.batch_factor, "png": name}
         )
+    # prompted attributes: one row per word, 8 samples each of each digit
+    prompts = [f"a {word} {d}" for word in PROMPT_WORDS for d in PROMPT_DIGITS]
+    res = _prompted(model, text, prompts, 4, PROMPT_GUIDANCE, data.event_shape)
+    plots.image_grid(
+        res.x, out / "digits_prompts.png", nrow=8,
+        title=f"rows: {', '.join(PROMPT_WORDS)} ({'/'.join(map(str, PROMPT_DIGITS))}); "
+        f"w = {PROMPT_GUIDANCE:g}",
+    )  # fmt: skip
+    part["prompt_grid"] = {
+        "prompts": prompts,
+        "guidance": PROMPT_GUIDANCE,
+        "nfe": res.nfe,
+        "png": "digits_prompts.png",
+    }
     # 64 dimensions: the exact trace would cost 64 VJPs per evaluation; Hutchinson's estimate is
     # unbiased per image and is averaged over the whole test set.
     m = 16 if fast else n
@@ -224,6 +240,22 @@ def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None
         seed=0,
     )
     results["digits"], results["curves"]["digits"] = part, curve
+
+
+def _prompted(model, text, prompts: list[str], n: int, w: float, event_shape) -> SolveResult:
+    """n samples for each prompt (in order), DPM-Solver++(2M) at NFE 20 with guidance w, from
+    one noise draw."""
+    ids = text.prompt_ids([p for p in prompts for _ in range(n)])
+    return solvers.sample(
+        model,
+        model.sde,
+        (len(ids), *event_shape),
+        method="dpmpp_2m",
+        nfe=20,
+        y=ids,
+        guidance=w,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def _report(results: dict) -> str:
@@ -272,14 +304,21 @@ def _report(results: dict) -> str:
         "",
         *[f"![{m}](digits_{m}.png)" for m, _ in SAMPLERS],
         "",
-        "The digits model is class-conditional, trained with label dropout "
-        f"(p_uncond {results['meta']['p_uncond']}): the samples and numbers above use its null "
-        "label (unconditional); below, one row per digit 0-9, DPM-Solver++(2M) at NFE "
-        f"{dig['class_grids'][0]['nfe']}, with classifier-free guidance w (w = 1: conditional; "
-        "each evaluation runs the conditional and unconditional predictions as one doubled "
-        "batch).",
+        "The digits model is text-conditional on captions made from each image's label and "
+        "measured thickness, size and slant, trained with caption dropout "
+        f"(p_uncond {results['meta']['p_uncond']}): the samples and numbers above use the null "
+        'caption (unconditional); below, one row per prompt "a 0" ... "a 9", '
+        f"DPM-Solver++(2M) at NFE {dig['class_grids'][0]['nfe']}, with classifier-free guidance "
+        "w (w = 1: conditional; each evaluation runs the conditional and unconditional "
+        "predictions as one doubled batch).",
         "",
         *[f"![w = {g['guidance']:g}]({g['png']})" for g in dig["class_grids"]],
+        "",
+        f"Prompted attributes, w = {dig['prompt_grid']['guidance']:g}, four samples per "
+        f"prompt, two prompts per row: {', '.join(repr(p) for p in dig['prompt_grid']['prompts'])}"
+        ".",
+        "",
+        f"![prompts]({dig['prompt_grid']['png']})",
         "",
         "## Training loss",
         "",

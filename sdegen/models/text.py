@@ -11,8 +11,9 @@ The embeddings may come from `TextEncoder` or from any other encoder.
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_int, check_tensor_finite
@@ -119,9 +120,11 @@ class CrossAttention(nn.Module):
         def split(t: Tensor) -> Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
             return t.reshape(b, -1, self.heads, hd).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(
-            split(q), split(k), split(v), attn_mask=mask[:, None, None, :]
-        )
+        # written out rather than F.scaled_dot_product_attention: with a mask, its CPU kernel's
+        # backward has no vmap rule, and the exact-trace likelihood vmaps VJPs through it
+        scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(hd)
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ split(v)
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
