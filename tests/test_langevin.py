@@ -395,3 +395,27 @@ def test_ssm_rejects_bad_arguments():
         sliced_score_matching("sum")
     with pytest.raises(ValueError, match="importance_sampling"):
         ssm_loss(sdegen.GaussianScore(MU, COV, VPSDE()), x, importance_sampling=True)
+
+
+def test_a_run_config_trains_with_sliced_score_matching(tmp_path):
+    from sdegen.assembly import build_model, load_config, load_data, make_trainer
+
+    cfg = load_config(
+        overrides=["objective=ssm_vr", "weighting=sigma2", "n_train=200", "batch_size=50"]
+    )
+    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
+    model = build_model(cfg, data.event_shape)
+    trainer = make_trainer(cfg, data, model, tmp_path / "run", progress=False)
+    # its held-out loss is SSM-VR's with the run's weighting, not DSM's
+    test = data.test[:2000]
+    ssm = held_out_loss(sliced_score_matching("sigma2", variance_reduction=True), test)
+    dsm = held_out_loss(sdegen.training.score_matching("sigma2"), test)
+    assert trainer.eval_fn(model, 0) == ssm(model, 0) != dsm(model, 0)
+    trainer.fit(2)
+    for bad, match in (
+        (["objective=ssm", "time_sampling=discrete"], "time_sampling must be 'continuous'"),
+        (["objective=sm"], "objective must be one of dsm, vlb, ssm, ssm_vr"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            cfg = load_config(overrides=bad + ["n_train=200", "batch_size=50"])
+            make_trainer(cfg, data, model, tmp_path / "bad", progress=False)

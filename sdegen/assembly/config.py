@@ -24,8 +24,9 @@ else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 
-# training objectives of a run: denoising score matching, or DDPM's variational bound
-OBJECTIVES = ("dsm", "vlb")
+# training objectives of a run: denoising score matching, or DDPM's variational bound, or
+# sliced score matching (ssm_vr: its variance-reduced form)
+OBJECTIVES = ("dsm", "vlb", "ssm", "ssm_vr")
 
 
 def _key(default, help: str, **kw):
@@ -51,7 +52,9 @@ class TrainConfig:
     network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
     weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
     objective: str = _key(
-        "dsm", "dsm | vlb (vlb: DDPM's discrete bound in bits/dim; needs sde ddpm)"
+        "dsm",
+        "dsm | vlb | ssm | ssm_vr (vlb: DDPM's discrete bound in bits/dim, needs sde ddpm; "
+        "ssm: sliced score matching)",
     )
     time_sampling: str = _key(
         "continuous", "continuous | discrete (dsm on DDPM's integer steps; needs sde ddpm)"
@@ -170,6 +173,11 @@ def from_dict(values: dict) -> TrainConfig:
             )
     if not 0.0 <= cfg.p_uncond <= 1.0:
         raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
+    if cfg.objective in ("ssm", "ssm_vr") and cfg.time_sampling != "continuous":
+        raise ValueError(
+            f"config key objective: {cfg.objective} draws continuous times; time_sampling "
+            f"must be 'continuous', got {cfg.time_sampling!r}"
+        )
     if cfg.text and cfg.conditional:
         raise ValueError(
             "config keys conditional and text are exclusive: a run is conditioned on class "

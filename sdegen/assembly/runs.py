@@ -11,6 +11,7 @@ import torch
 from ..models import ScoreModel
 from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
 from ..training.losses import check_time_sampling
+from ..training.sliced import sliced_score_matching
 from ..training.vlb import vlb_objective
 from .config import TrainConfig, read_run_config
 from .tables import Data, build_network, build_sde, load_data
@@ -188,6 +189,21 @@ def _discrete_objective(cfg: TrainConfig, data: Data, model, dsm_objective):
     return dsm_objective
 
 
+def _sliced(cfg: TrainConfig, data: Data, *, conditional: bool, text: bool):
+    """Sliced score matching (objective ssm; ssm_vr: its variance-reduced form) with the run's
+    weighting on continuous times; a class-conditional run drops labels as DSM does."""
+    if text:
+        raise ValueError(
+            f"config key objective: {cfg.objective} does not support text-conditional runs"
+        )
+    return sliced_score_matching(
+        cfg.weighting,
+        variance_reduction=cfg.objective == "ssm_vr",
+        bin_width=data.bin_width,
+        p_uncond=cfg.p_uncond if conditional else 0.0,
+    )
+
+
 def make_trainer(
     cfg: TrainConfig,
     data: Data,
@@ -217,6 +233,8 @@ def make_trainer(
     )
     if cfg.objective == "vlb" or cfg.time_sampling == "discrete":
         objective = _discrete_objective(cfg, data, model, objective)
+    if cfg.objective in ("ssm", "ssm_vr"):
+        objective = _sliced(cfg, data, conditional=num_classes is not None, text=text is not None)
     labels, test_labels = None, None
     if text is not None:  # captions as token ids, one row per image
         labels, test_labels = text.train_ids, text.test_ids[:2000]

@@ -10,6 +10,7 @@ from .losses import (
     times_from_uniform,
 )
 from .objectives import annealed_vae_loss, classifier_training, density_loss, score_matching
+from .sliced import PROJECTIONS, sliced_score_matching, sliced_score_matching_loss, ssm_loss
 from .trainer import (
     Player,
     StepRandom,
@@ -45,4 +46,8 @@ __all__ = [
     "vlb_terms",
     "vlb_loss",
     "vlb_objective",
+    "sliced_score_matching",
+    "sliced_score_matching_loss",
+    "ssm_loss",
+    "PROJECTIONS",
 ]
