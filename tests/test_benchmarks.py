@@ -68,6 +68,34 @@ def test_schedules_benchmark_smoke(tmp_path):
     assert (tmp_path / "grid_vs_method.png").stat().st_size > 1000
 
 
+def test_schedules_benchmark_beta_part(tmp_path):
+    # the DDPM beta schedules: SNR curves and sampler cells; --parts betas keeps the grid part
+    bench = _load("schedules")
+    tiny = [
+        "--n",
+        "200",
+        "--nfe",
+        "4",
+        "--seeds",
+        "1",
+        "--beta-steps",
+        "50",
+        "--out",
+        str(tmp_path),
+    ]
+    bench.main([*tiny, "--sdes", "vp", "--methods", "euler", "--betas", "linear"])
+    first = json.loads((tmp_path / "results.json").read_text())
+    bench.main([*tiny, "--parts", "betas", "--betas", "cosine", "sigmoid"])
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["records"] == first["records"]
+    assert [c["schedule"] for c in result["beta_curves"]] == ["cosine", "sigmoid"]
+    assert all(c["log_snr_first"] > 0 > c["log_snr_last"] for c in result["beta_curves"])
+    assert len(result["beta_records"]) == 2 * 3 * 2  # schedules x methods x grids at one NFE
+    table = (tmp_path / "table.md").read_text()
+    assert "| sigmoid |" in table and "| euler |" in table
+    assert (tmp_path / "snr_curves.png").stat().st_size > 1000
+
+
 def test_likelihood_benchmark_smoke(tmp_path):
     bench = _load("likelihood")
     bench.main(
