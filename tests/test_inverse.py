@@ -100,6 +100,18 @@ def test_adjoint_is_the_autograd_transpose_and_solves_match_dense_algebra(name):
     torch.testing.assert_close(op(op.project(x, y)), y)
 
 
+def test_solves_of_a_rank_deficient_operator_are_pseudo_inverses():
+    """A without full row rank: (r2 A A^T + s2 I)^+ and A^+ as torch.linalg.pinv gives them
+    (directions A cannot reach get 0 when s2 = 0 and 1 / s2 otherwise)."""
+    A = torch.randn(3, 5, dtype=F64, generator=_gen(4))
+    A = torch.cat([A, A[:1] - 2 * A[2:3]])  # rank 3, 4 observations
+    op, y = Matrix(A), torch.randn(2, 4, dtype=F64, generator=_gen(5))
+    for s2 in (0.0, 0.1):
+        want = y @ torch.linalg.pinv(0.7 * A @ A.T + s2 * torch.eye(4, dtype=F64)).T
+        torch.testing.assert_close(op.gram_solve(y, 0.7, s2), want)
+    torch.testing.assert_close(op.pinv(y), y @ torch.linalg.pinv(A).T)
+
+
 @given(
     factor=st.sampled_from([2, 3]),
     c=st.integers(1, 3),

@@ -134,7 +134,7 @@ class LinearOperator(ABC):
         lam, U = self._gram_eig(y)
         r2 = torch.as_tensor(r2, dtype=y.dtype, device=y.device).reshape(-1, 1)
         d = r2 * lam + s2  # (B or 1, m)
-        tiny = 1e-10 * float(lam.max()) * float(r2.max()) + s2
+        tiny = 1e-10 * (float(lam.max()) * float(r2.abs().max()) + s2)
         inv = torch.where(d > tiny, 1 / d.clamp_min(1e-300), torch.zeros((), dtype=d.dtype))
         yf = y.reshape(y.shape[0], -1)
         return (((yf @ U) * inv) @ U.T).reshape(y.shape)
