@@ -518,3 +518,36 @@ def test_langevin_benchmark_smoke(tmp_path):
     assert (tmp_path / "sw_vs_nfe.png").stat().st_size > 1000
     bench.main(["--replot", "--out", str(tmp_path)])
     assert (tmp_path / "table.md").read_text() == table
+
+
+
+def test_inverse_benchmark_smoke(tmp_path):
+    # tiny: 4 digits restored at NFE 3, one Gaussian observation with 4 samples, scored by an
+    # untrained digits CNN (the pipeline is under test here, not the numbers)
+    import math
+
+    from sdegen.metrics import DigitsClassifier, DigitsTraining, save_digits_classifier
+
+    bench = _load("inverse")
+    clf = tmp_path / "clf.safetensors"
+    save_digits_classifier(DigitsClassifier(), DigitsTraining(0, 0, 1, 0.0, 0.0, 297, 0.0), clf)
+    args = ["--nfe", "3", "--sigma-y", "0", "0.1", "--images", "4", "--post-images", "1"]
+    args += ["--n-post", "4", "--classifier", str(clf), "--out", str(tmp_path)]
+    result = bench.main(args)
+    labels = [label for label, _, _ in bench.METHODS]
+    recs = result["digits"]["records"]
+    assert [r["method"] for r in recs if r["sigma_y"] == 0.1] == [
+        "pseudo-inverse", "Gaussian posterior mean", *labels
+    ]  # fmt: skip
+    for r in recs:
+        sampled = r["method"] in labels
+        assert r["nfe"] == (3 if sampled else 0) and math.isfinite(r["psnr"])
+        assert r["nfe_backward"] == (48 if r["method"] == "moment" else 3 if sampled else 0)
+    gau = result["gaussian"]["records"]
+    assert len(gau) == 2 * (len(labels) + 1) and all(r["rms_error"] > 0 for r in gau)
+    table = (tmp_path / "table.md").read_text()
+    assert "| 0.1 | pigdm | 3 | 3 |" in table
+    for name in ("examples.png", "psnr_vs_nfe.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    bench.main(["--replot", "--out", str(tmp_path)])
+    assert (tmp_path / "table.md").read_text() == table
