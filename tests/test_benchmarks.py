@@ -520,7 +520,6 @@ def test_langevin_benchmark_smoke(tmp_path):
     assert (tmp_path / "table.md").read_text() == table
 
 
-
 def test_inverse_benchmark_smoke(tmp_path):
     # tiny: 4 digits restored at NFE 3, one Gaussian observation with 4 samples, scored by an
     # untrained digits CNN (the pipeline is under test here, not the numbers)
