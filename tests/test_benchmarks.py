@@ -550,3 +550,32 @@ def test_inverse_benchmark_smoke(tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
     bench.main(["--replot", "--out", str(tmp_path)])
     assert (tmp_path / "table.md").read_text() == table
+
+
+def test_latent_benchmark_smoke(tmp_path):
+    # tiny: 4 training steps of each model, 20 samples at NFE 4, bits/dim of 2 test images at
+    # rtol 1e-2, scored by an untrained digits CNN (the pipeline is under test, not the numbers)
+    import pytest
+
+    from sdegen.metrics import DigitsClassifier, DigitsTraining, save_digits_classifier
+
+    bench = _load("latent")
+    clf = tmp_path / "clf.safetensors"
+    save_digits_classifier(DigitsClassifier(), DigitsTraining(0, 0, 1, 0.0, 0.0, 297, 0.0), clf)
+    out = tmp_path / "out"
+    result = bench.main(["--quick", "--classifier", str(clf), "--out", str(out)])
+    recs = {r["kind"]: r for r in result["records"]}
+    assert set(recs) == {"pixel", "latent"}
+    for r in recs.values():
+        assert r["steps"] == 4 and r["n_bpd"] == 2 and r["bpd"] > 0
+        assert [(s["nfe"], s["n"]) for s in r["samples"]] == [(4, 20)]
+    lat = recs["latent"]
+    parts = lat["reconstruction_bpd"] + lat["prior_bpd"] + lat["entropy_bpd"]
+    assert parts == pytest.approx(lat["bpd"], rel=1e-9)
+    assert result["meta"]["latent_shape"] == [2, 4, 4] and result["autoencoder"]["rate_bits"] > 0
+    table = (out / "table.md").read_text()
+    assert "| latent |" in table and "| pixel |" in table
+    for name in ("fid_vs_nfe.png", "samples_pixel_nfe4.png", "samples_latent_nfe4.png"):
+        assert (out / name).stat().st_size > 500, name
+    bench.main(["--replot", "--out", str(out)])
+    assert (out / "table.md").read_text() == table
