@@ -1774,6 +1774,8 @@ _INVALID: dict[str, list[str]] = {
     "objective": ["nope", "", "DSM", "vlb", *_WRONG_TYPE_FOR_STR],  # vlb: the run's sde is vp
     "time_sampling": ["nope", "", "grid", "discrete", *_WRONG_TYPE_FOR_STR],  # idem
     "conditional": ["maybe", "2", "[true]", "null", "abc", "1.5"],
+    # true: the run's sde is vp, not on DDPM's grid
+    "learned_variance": ["maybe", "2", "[true]", "null", "abc", "1.5", "true"],
     "p_uncond": ["-0.5", "2", "1.5", "nan", "inf", "-inf", "1e30", "null", *_WRONG_TYPE_FOR_FLOAT],
     "steps": ["0", "-1", "-5", *_WRONG_TYPE_FOR_INT],
     "batch_size": ["0", "-4", "16.0", "1000000", *_WRONG_TYPE_FOR_INT],

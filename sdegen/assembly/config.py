@@ -62,6 +62,9 @@ class TrainConfig:
     conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
     p_uncond: float = _key(0.1, "label (caption) dropout of a conditional run, in [0, 1]")
     text: bool = _key(False, "text-conditional on generated captions (digits, mnist; unet)")
+    learned_variance: bool = _key(
+        False, "learn the reverse variance with L_hybrid (Improved DDPM); a from_betas sde"
+    )
     steps: int = _key(2000, "optimisation steps in all (>= 1)")
     batch_size: int = _key(256, "global batch size (>= 1)")
     lr: float = _key(2e-3, "AdamW learning rate (> 0)")

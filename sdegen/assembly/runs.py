@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..models import ScoreModel
+from ..models import LearnedVarianceModel, ScoreModel
+from ..sde.discrete import grid_size
 from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
+from ..training.hybrid import hybrid_objective
 from ..training.losses import check_time_sampling
 from ..training.sliced import sliced_score_matching
 from ..training.vlb import vlb_objective
 from .config import TrainConfig, read_run_config
-from .tables import Data, build_network, build_sde, load_data
+from .tables import Data, build_network, build_sde, learned_variance_params, load_data
 from .text import TextSetup, text_setup
 
 
@@ -45,6 +47,8 @@ def build_model(
     text-conditional on a run's captions (`run_text`)."""
     torch.manual_seed(cfg.seed)  # the initial weights belong to the run's seed
     sde = build_sde(cfg)
+    if cfg.learned_variance:  # the network outputs the prediction and the weights v
+        cfg = replace(cfg, network_params=learned_variance_params(cfg, event_shape))
     # Built in float32 whatever torch's default dtype is (the data are float32): initialising
     # in float64 and casting would draw different random numbers, hence different weights.
     default = torch.get_default_dtype()
@@ -54,6 +58,8 @@ def build_model(
         net = build_network(cfg, event_shape, num_classes, text=conditioner)
     finally:
         torch.set_default_dtype(default)
+    if cfg.learned_variance:
+        return LearnedVarianceModel(net, sde, cfg.parametrization)
     return ScoreModel(net, sde, cfg.parametrization)
 
 
@@ -67,6 +73,7 @@ MODEL_KEYS = (
     "network",
     "network_params",
     "text",
+    "learned_variance",
 )
 
 
@@ -174,6 +181,31 @@ def load_foreign(spec: str):
     return model, sde
 
 
+def _hybrid(cfg: TrainConfig, data: Data, model, *, conditional: bool):
+    """L_hybrid for a run with learned_variance: true (Improved DDPM), after checking the
+    config keys it needs: a from_betas SDE, the "simple" weighting and the dsm objective (which
+    L_hybrid replaces), no conditioning."""
+    try:
+        grid_size(model.sde)
+    except ValueError:
+        raise ValueError(
+            f"config key learned_variance: true needs an SDE on DDPM's grid (sde: ddpm), "
+            f"got sde {cfg.sde!r}"
+        ) from None
+    for key, value, want in (
+        ("weighting", cfg.weighting, "simple"),
+        ("objective", cfg.objective, "dsm"),
+    ):
+        if value != want:
+            raise ValueError(
+                "config key learned_variance: true trains L_hybrid = L_simple + 0.001 L_vlb; "
+                f"{key} must be {want!r}, got {value!r}"
+            )
+    if conditional:
+        raise ValueError("config key learned_variance: true is not supported on conditional runs")
+    return hybrid_objective(bin_width=data.bin_width)
+
+
 def _discrete_objective(cfg: TrainConfig, data: Data, model, dsm_objective):
     """The objective of a run on DDPM's grid: the bound (objective vlb, bits/dim) or DSM on
     integer steps (time_sampling discrete, `dsm_objective`); both need a from_betas SDE."""
@@ -233,6 +265,8 @@ def make_trainer(
     )
     if cfg.objective == "vlb" or cfg.time_sampling == "discrete":
         objective = _discrete_objective(cfg, data, model, objective)
+    if cfg.learned_variance:
+        objective = _hybrid(cfg, data, model, conditional=conditional)
     if cfg.objective in ("ssm", "ssm_vr"):
         objective = _sliced(cfg, data, conditional=num_classes is not None, text=text is not None)
     labels, test_labels = None, None

@@ -193,6 +193,25 @@ NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"mlp": _mlp, "unet": _une
 TEXT_NETWORKS = ("unet",)
 
 
+# name -> the keyword of the network's output channels, set to twice the data's channels for a
+# learned variance (config key learned_variance: prediction and variance weights v)
+OUTPUT_CHANNELS = {"mlp": "out_dim", "unet": "out_channels", "dit": "out_channels"}
+
+
+def learned_variance_params(cfg: TrainConfig, event_shape: tuple[int, ...]) -> dict:
+    """cfg.network_params with the network's output channels doubled (`OUTPUT_CHANNELS`), for a
+    `LearnedVarianceModel`; ValueError for a network without that option."""
+    kind = cfg.network
+    if kind == "auto":
+        kind = "unet" if len(event_shape) == 3 else "mlp"
+    if kind not in OUTPUT_CHANNELS:
+        raise ValueError(
+            f"learned_variance: true needs a network with an output-channels option "
+            f"({', '.join(OUTPUT_CHANNELS)}), got network {kind!r}"
+        )
+    return {**cfg.network_params, OUTPUT_CHANNELS[kind]: 2 * event_shape[0]}
+
+
 def build_network(
     cfg: TrainConfig,
     event_shape: tuple[int, ...],

@@ -125,7 +125,7 @@ class LearnedVarianceModel(ScoreModel):
         self.net.extra = None  # do not keep the tensor (nor, in training, its graph) around
         assert extra is not None  # set by _SplitOutput.forward, which _predict just ran
         v = extra.to(x.dtype)
-        x0, eps = to_x0_eps(self.parametrization, out, x, alpha, sigma)
+        x0, eps = to_x0_eps(self.parametrization, out, x, alpha, sigma, sde=self.sde, t=t)
         return x0, eps, v
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import append_dims
+from .._utils import append_dims, check_finite_number
 from .discrete import posterior_coefficients
 
 
@@ -101,27 +101,42 @@ def _posterior_x0_coefficient(sde, s64: Tensor, t64: Tensor) -> tuple[Tensor, Te
     return c0, lam2
 
 
-def analytic_dpm_variance(sde, s: Tensor, t: Tensor, gamma: Tensor) -> Tensor:
+def analytic_dpm_variance(
+    sde,
+    s: Tensor,
+    t: Tensor,
+    gamma: Tensor | float,
+    *,
+    data_range: tuple[float, float] | None = None,
+) -> Tensor:
     """Analytic-DPM's optimal isotropic reverse variance from Gamma_t = E||eps(x_t)||^2 / d.
 
     Bao et al. 2022, Theorem 1, for the reverse step t -> s with the posterior mean:
-    sigma*^2 = lambda^2 + c0^2 sigma_t^2 / alpha_t^2 (1 - Gamma_t), clipped to the bounds
-    [lambda^2, lambda^2 + c0^2 sigma_t^2 / alpha_t^2] of their Theorem 2 (Gamma in [0, 1] for
-    the exact noise predictor; an estimate may leave it), lambda^2 = beta_tilde.
+    sigma*^2 = lambda^2 + c0^2 sigma_t^2 / alpha_t^2 (1 - Gamma_t), lambda^2 = beta_tilde.
+    Gamma is clipped to [0, 1] (its range for the exact noise predictor; an estimate may leave
+    it), and with `data_range` = (a, b), data in [a, b]^d, the result to the bounds of their
+    Theorem 2, [lambda^2, lambda^2 + c0^2 ((b - a) / 2)^2] (Cov(x_0 | x_t) is at most
+    ((b - a)/2)^2 per dimension), which binds where alpha_t is small.
 
     Args:
         sde: a linear SDE.
         s, t: times (B,), 0 <= s < t.
         gamma: E||E[eps | x_t]||^2 / d at t, shape (B,) or a number (a Monte Carlo estimate
             from a trained noise predictor, or the exact value).
+        data_range: (a, b) with a < b, the range of the data; None: no such bound.
     Returns:
         sigma*^2, float64 of shape (B,).
     """
     s64, t64 = _times(s, t)
     g = torch.as_tensor(gamma, dtype=torch.float64).expand(t64.shape)
     c0, lam2 = _posterior_x0_coefficient(sde, s64, t64)
-    span = c0**2 * (sde.sigma(t64) / sde.alpha(t64)).to(torch.float64) ** 2
-    return lam2 + span * (1 - g).clamp(0, 1)
+    post = (sde.sigma(t64) / sde.alpha(t64)).to(torch.float64) ** 2 * (1 - g).clamp(0, 1)
+    if data_range is not None:
+        lo, hi = (check_finite_number("data_range", v) for v in data_range)
+        if not lo < hi:
+            raise ValueError(f"data_range must be (a, b) with a < b, got {data_range!r}")
+        post = post.clamp(max=((hi - lo) / 2) ** 2)
+    return lam2 + c0**2 * post
 
 
 def gaussian_posterior_covariance(sde, t: Tensor, cov: Tensor) -> Tensor:

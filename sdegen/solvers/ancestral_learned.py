@@ -55,7 +55,8 @@ class AnalyticDPMVariance:
     """Analytic-DPM's reverse variance for a trained noise predictor (Bao et al. 2022).
 
     sigma*^2(t -> s) = lambda^2 + c0^2 sigma_t^2 / alpha_t^2 (1 - Gamma_t), clipped to its
-    bounds (`sdegen.sde.reverse_variance.analytic_dpm_variance`), with Gamma_t =
+    bounds (`sdegen.sde.reverse_variance.analytic_dpm_variance`; `data_range` = (a, b) adds
+    Theorem 2's for data in [a, b]), with Gamma_t =
     E||eps_theta(x_t, t)||^2 / d estimated on data. Called as (x, t, s) -> (B,), it is the
     `variance` option of ancestral sampling:
 
@@ -68,7 +69,15 @@ class AnalyticDPMVariance:
         nfe: network evaluations the estimate cost (0 when built from given values).
     """
 
-    def __init__(self, sde, ts: Tensor, gamma: Tensor, *, nfe: int = 0) -> None:
+    def __init__(
+        self,
+        sde,
+        ts: Tensor,
+        gamma: Tensor,
+        *,
+        nfe: int = 0,
+        data_range: tuple[float, float] | None = None,
+    ) -> None:
         ts = torch.as_tensor(ts, dtype=torch.float64).flatten()
         gamma = torch.as_tensor(gamma, dtype=torch.float64).flatten()
         if ts.shape != gamma.shape or ts.numel() < 1:
@@ -78,6 +87,7 @@ class AnalyticDPMVariance:
             )
         check_tensor_finite("gamma", gamma)
         self.sde, self.ts, self.gamma, self.nfe = sde, ts, gamma, nfe
+        self.data_range = data_range
 
     @classmethod
     @torch.no_grad()
@@ -90,11 +100,13 @@ class AnalyticDPMVariance:
         *,
         batch_size: int = 500,
         generator: torch.Generator | None = None,
+        data_range: tuple[float, float] | None = None,
     ) -> AnalyticDPMVariance:
         """Estimate Gamma_t = E||eps_theta(x_t, t)||^2 / d at each time of ts but the last
         (the final grid time starts no step) from x_t = alpha_t x_0 + sigma_t eps, x_0 the rows
         of `data` (B, *D); one evaluation per batch of `batch_size` per time (Bao et al. use a
-        fresh Monte Carlo sample per timestep; here every time reuses the same x_0)."""
+        fresh Monte Carlo sample per timestep; here every time reuses the same x_0).
+        data_range: (a, b), the data's range, for the bound of Bao et al.'s Theorem 2."""
         check_tensor_finite("data", data)
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError(f"data must have shape (M, *D) with M >= 1, got {tuple(data.shape)}")
@@ -111,7 +123,7 @@ class AnalyticDPMVariance:
                 total += float((eps.double() ** 2).sum())
                 nfe += 1
             gamma[i] = total / (data.shape[0] * d)
-        return cls(sde, ts, gamma, nfe=nfe)
+        return cls(sde, ts, gamma, nfe=nfe, data_range=data_range)
 
     def gamma_at(self, t: Tensor) -> Tensor:
         """Gamma at times t (B,) of the grid it was fitted on, float64 (B,); ValueError off it."""
@@ -128,4 +140,5 @@ class AnalyticDPMVariance:
 
     def __call__(self, x: Tensor, t: Tensor, s: Tensor) -> Tensor:
         """The variance of the step t -> s, shape (B,), float64; x is unused (isotropic)."""
-        return analytic_dpm_variance(self.sde, s, t, self.gamma_at(t)).to(t.device)
+        gamma = self.gamma_at(t)
+        return analytic_dpm_variance(self.sde, s, t, gamma, data_range=self.data_range).to(t.device)

@@ -1,6 +1,7 @@
 """Training: objectives, the trainer, checkpoints."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .hybrid import hybrid_loss, hybrid_objective
 from .losses import (
     TIME_SAMPLINGS,
     WEIGHTINGS,
@@ -46,6 +47,8 @@ __all__ = [
     "vlb_terms",
     "vlb_loss",
     "vlb_objective",
+    "hybrid_loss",
+    "hybrid_objective",
     "sliced_score_matching",
     "sliced_score_matching_loss",
     "ssm_loss",
