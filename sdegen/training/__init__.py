@@ -10,7 +10,13 @@ from .losses import (
     sample_times,
     times_from_uniform,
 )
-from .objectives import annealed_vae_loss, classifier_training, density_loss, score_matching
+from .objectives import (
+    annealed_vae_loss,
+    classifier_training,
+    density_loss,
+    latent_score_matching,
+    score_matching,
+)
 from .sliced import PROJECTIONS, sliced_score_matching, sliced_score_matching_loss, ssm_loss
 from .trainer import (
     Player,
@@ -32,6 +38,7 @@ __all__ = [
     "score_matching",
     "density_loss",
     "annealed_vae_loss",
+    "latent_score_matching",
     "Trainer",
     "Player",
     "adversarial_loss",
