@@ -502,6 +502,35 @@ def test_text_benchmark_smoke(tmp_path):
     assert (tmp_path / "out" / "grid_w2.png").stat().st_size > 500
 
 
+def test_gan_benchmark_smoke(tmp_path):
+    import math
+
+    import torch
+
+    from sdegen.data import toy_sample
+
+    bench = _load("gan")
+    # the coverage metric: true samples cover all 8 modes with HQ near 1 - exp(-9/2); samples
+    # of one mode cover one
+    true = toy_sample("8gaussians", 4000, generator=torch.Generator().manual_seed(5))
+    cov = bench.coverage(true)
+    assert cov["modes"] == 8 and abs(cov["high_quality"] - (1 - math.exp(-4.5))) < 0.006
+    one = bench.centres()[3] + 0.1 * torch.randn(500, 2, generator=torch.Generator())
+    assert bench.coverage(one)["modes"] == 1 and bench.coverage(one)["shares"][3] == 1.0
+    names = ["nonsaturating, alternating", "WGAN clip 0.01, n_critic 5"]
+    result = bench.main(["--quick", "--variants", *names, "--out", str(tmp_path)])
+    recs = {r["variant"]: r for r in result["records"]}
+    assert set(recs) == set(names)
+    assert recs[names[0]]["updates"] == 30 and recs[names[1]]["updates"] == 90  # 15 x (n_c + 1)
+    floor = result["meta"]["noise_floor"]
+    assert floor["modes"] == 8 and abs(floor["high_quality"][0] - 0.9889) < 0.02
+    table = (tmp_path / "table.md").read_text()
+    assert "WGAN clip" in table and "exact 0.9889" in table
+    assert (tmp_path / "samples.png").stat().st_size > 1000
+    bench.main(["--replot", "--out", str(tmp_path)])
+    assert (tmp_path / "table.md").read_text() == table
+
+
 def test_langevin_benchmark_smoke(tmp_path):
     bench = _load("langevin")
     argv = ["--n", "200", "--nfe", "10", "--sdes", "ve", "--seeds", "1", "--floor-sets", "2"]
