@@ -213,7 +213,8 @@ class RealNVPImage(_Flow):
     split_prior=True each factored-out half z_i gets Glow's learned prior
     N(mu(h_i), diag sigma(h_i)^2) given the kept half h_i at that split, as an affine coupling
     eps_i = (z_i - mu) / sigma (conv conditioner, zero-initialised, so the prior starts at
-    N(0, I)) whose log-det -sum log sigma turns log N(eps_i; 0, I) into log N(z_i; mu, sigma^2).
+    N(0, I); log sigma soft-clamped to +-scale_bound like every coupling's log-scale) whose
+    log-det -sum log sigma turns log N(eps_i; 0, I) into log N(z_i; mu, sigma^2).
     z keeps the shape of x either way: each level's factored-out channels are un-squeezed back
     in place, and `latent_levels(z)` takes them apart again.
 
