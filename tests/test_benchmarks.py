@@ -484,6 +484,31 @@ def test_nfe_fid_benchmark_smoke(tmp_path):
     assert again["analytic"]["records"] == result["analytic"]["records"]
 
 
+def test_dit_benchmark_smoke(tmp_path):
+    # tiny: 3 training steps of a narrow U-Net and a one-block DiT, 20 samples at NFE 3, scored
+    # by an untrained digits CNN (the pipeline is under test here, not the numbers)
+    from sdegen.metrics import DigitsClassifier, DigitsTraining, save_digits_classifier
+
+    bench = _load("dit")
+    clf = tmp_path / "clf.safetensors"
+    save_digits_classifier(DigitsClassifier(), DigitsTraining(0, 0, 1, 0.0, 0.0, 297, 0.0), clf)
+    args = ["--steps", "3", "--n", "20", "--nfe", "3", "--splits", "2", "--loss-draws", "1"]
+    args += ["--unet-channels", "8", "--dit-hidden", "16", "--dit-depth", "1"]
+    result = bench.main(args + ["--classifier", str(clf), "--out", str(tmp_path / "out")])
+    recs = {r["network"]: r for r in result["records"]}
+    assert set(recs) == {"unet", "dit"}
+    for r in recs.values():
+        assert r["nfe"] == 3 and r["n"] == 20 and r["steps"] == 3 and r["test_loss_rows"] == 297
+        assert r["fid"] > 0 and 1 <= r["inception_score"] <= 10 and r["seconds_per_step"] > 0
+    assert recs["dit"]["params"]["depth"] == 1 and recs["unet"]["params"]["channels"] == 8
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert f"| {recs['dit']['parameters']:,} |" in table and "(floor)" in table
+    for name in ("train_loss.png", "samples_unet.png", "samples_dit.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 500, name
+    bench.main(["--replot", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "table.md").read_text() == table
+
+
 def test_text_benchmark_smoke(tmp_path):
     # tiny: 3 training steps, one sample per prompt at NFE 3, its own classifier
     bench = _load("text")
