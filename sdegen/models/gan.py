@@ -75,7 +75,18 @@ def spectral_normalize(net: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018) of every Linear and Conv layer of `net`, in
     place: each weight W is used as W / sigma(W), sigma estimated by one step of power
     iteration per training-mode forward (torch.nn.utils.parametrizations.spectral_norm); a conv
-    weight is normalised as the matrix (out_channels, in_channels * kh * kw). Returns `net`."""
+    weight is normalised as the matrix (out_channels, in_channels * kh * kw). Returns `net`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> net = spectral_normalize(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)))
+        >>> net.train()(torch.randn(4, 3)).shape  # each training forward: one power iteration
+        torch.Size([4, 1])
+        >>> round(float(torch.linalg.matrix_norm(net[0].weight.detach(), ord=2)), 3)
+        1.0
+    """
     layers = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     if not layers:
         raise ValueError(f"spectral_norm found no Linear or Conv layer in {type(net).__name__}")
