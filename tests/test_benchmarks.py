@@ -633,3 +633,29 @@ def test_latent_benchmark_smoke(tmp_path):
         assert (out / name).stat().st_size > 500, name
     bench.main(["--replot", "--out", str(out)])
     assert (out / "table.md").read_text() == table
+
+
+def test_ddpm_benchmark_smoke(tmp_path):
+    # tiny: 4 training steps of each model on N = 50 steps, 32 samples at NFE 4 and 8, the bound
+    # on 2 test images, scored by an untrained digits CNN (the pipeline is under test)
+    from sdegen.metrics import DigitsClassifier, DigitsTraining, save_digits_classifier
+
+    bench = _load("ddpm")
+    clf = tmp_path / "clf.safetensors"
+    save_digits_classifier(DigitsClassifier(), DigitsTraining(0, 0, 1, 0.0, 0.0, 297, 0.0), clf)
+    out = tmp_path / "out"
+    result = bench.main(["--quick", "--classifier", str(clf), "--out", str(out)])
+    assert {(r["model"], r["variance"]) for r in result["bpd"]} == {
+        v for v in bench.VARIANTS if v[1] != "analytic"
+    }
+    assert all(r["n"] == 2 and r["bpd"] > 0 for r in result["bpd"])
+    cells = {(r["model"], r["variance"], r["nfe"]) for r in result["fid"]}
+    assert cells == {(m, v, n) for m, v in bench.VARIANTS for n in (4, 8)}  # counted NFE
+    analytic = [r for r in result["fid"] if r["variance"] == "analytic"]
+    assert [r["nfe_gamma"] for r in analytic] == [3, 7]  # one batch at each step's start
+    table = (out / "table.md").read_text()
+    assert "| learned | learned |" in table and "| discrete | analytic |" in table
+    for name in ("fid_vs_nfe.png", "samples_learned_learned_nfe8.png"):
+        assert (out / name).stat().st_size > 500, name
+    bench.main(["--replot", "--out", str(out)])
+    assert (out / "table.md").read_text() == table

@@ -15,6 +15,7 @@ the same (x, t) pays one evaluation, as Improved DDPM's sampler does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,13 @@ class _SplitOutput(nn.Module):
     @property
     def num_classes(self) -> int | None:
         return getattr(self.net, "num_classes", None)
+
+    def take_extra(self) -> Tensor:
+        """The second half of the latest output, let go of here (nor is its graph kept)."""
+        extra, self.extra = self.extra, None
+        if extra is None:
+            raise RuntimeError("no network output to take the variance weights from")
+        return extra
 
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         out = self.net(x, c_noise) if y is None else self.net(x, c_noise, y)
@@ -121,10 +129,7 @@ class LearnedVarianceModel(ScoreModel):
         t = batch_times(t, x.shape[0], x)
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
         out = self._predict(x, t, alpha, sigma, y)
-        extra = self.net.extra
-        self.net.extra = None  # do not keep the tensor (nor, in training, its graph) around
-        assert extra is not None  # set by _SplitOutput.forward, which _predict just ran
-        v = extra.to(x.dtype)
+        v = cast(_SplitOutput, self.net).take_extra().to(x.dtype)
         x0, eps = to_x0_eps(self.parametrization, out, x, alpha, sigma, sde=self.sde, t=t)
         return x0, eps, v
 
