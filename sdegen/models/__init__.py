@@ -5,7 +5,14 @@ from . import adapters
 from .adapters import *  # noqa: F403  (adapters.__all__: the foreign-model adapters)
 from .analytic import GaussianMixtureScore, GaussianScore, ring_mixture
 from .autoencoder import VQVAE, KLAutoencoder, VectorQuantizer
-from .base import PARAMETRIZATIONS, ParametrizedModel, from_x0_eps, to_x0_eps
+from .base import (
+    GRID_PARAMETRIZATIONS,
+    MODEL_PARAMETRIZATIONS,
+    PARAMETRIZATIONS,
+    ParametrizedModel,
+    from_x0_eps,
+    to_x0_eps,
+)
 from .classifier import ConvClassifier, NoiseConditionalClassifier
 from .distribution import ModelDistribution
 from .dit import DiT, patchify, unpatchify
@@ -45,6 +52,8 @@ __all__ = [
     "ParametrizedModel",
     "ScoreModelLike",
     "PARAMETRIZATIONS",
+    "GRID_PARAMETRIZATIONS",
+    "MODEL_PARAMETRIZATIONS",
     "to_x0_eps",
     "from_x0_eps",
     "ring_mixture",

@@ -202,6 +202,24 @@ def vlb_terms(
         max_batch: rows per model evaluation (steps are stacked up to this many rows).
     Returns:
         VLBTerms: terms (B, N), prior (B,), with .total and .bits_per_dim.
+
+    Example:
+        The exact model of N(0, 0.3^2) data on 8-bit levels, at the 40 levels around 0: the
+        bound is a little above -log2 of their probabilities under the data (6.65 bits on
+        average; the bound's mean is about 6.7).
+
+        >>> import torch
+        >>> from sdegen.models import GaussianScore
+        >>> from sdegen.sde import ddpm_sde
+        >>> from sdegen.training import vlb_terms
+        >>> sde = ddpm_sde("linear", 100)
+        >>> model = GaussianScore(torch.zeros(1), 0.09 * torch.eye(1), sde)
+        >>> x = -1 + (torch.arange(108, 148) + 0.5) * 2 / 256  # 40 levels around 0, (40, 1)
+        >>> r = vlb_terms(model, x[:, None], variance="forward", generator=torch.Generator())
+        >>> r.terms.shape, r.prior.shape  # L_0 and the KL terms of the 100 steps; L_T
+        (torch.Size([40, 100]), torch.Size([40]))
+        >>> 6.6 < float(r.bits_per_dim.mean()) < 6.9
+        True
     """
     sde = model.sde
     n = grid_size(sde)
