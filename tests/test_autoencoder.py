@@ -174,6 +174,7 @@ def test_vqvae_loss_and_gradients_reach_encoder_decoder_and_codebook():
 # ---------------------------------------------------------------- KL autoencoder
 
 
+@torch.no_grad()
 def test_kl_autoencoder_shapes_rate_and_latent_scale():
     torch.manual_seed(0)
     ae = KLAutoencoder.conv((1, 8, 8), latent_channels=4, hidden=8, beta=1e-3)
