@@ -48,4 +48,10 @@ __all__ = [
     "langevin",
     "langevin_step",
     "LangevinResult",
+    "LinearOperator",
+    "Inpaint",
+    "Downsample",
+    "Grayscale",
+    "Blur",
+    "Matrix",
 ]
