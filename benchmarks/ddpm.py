@@ -34,6 +34,7 @@ the variants at equal compute, not the state of the art.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -264,8 +265,10 @@ def markdown(result: dict) -> str:
         f"{result['training']['learned']['parameters']}), {meta['train_steps']} steps of batch "
         f"{meta['batch_size']} at lr {meta['lr']} (seed {meta['train_seed']}), on the digits' "
         f"train split; N = {meta['ddpm_steps']} linear betas. Sampling seed {meta['seed']}; "
-        f"{meta['threads']} thread(s); whole run {meta['seconds']:.0f} s. Sized to run in about "
-        "7 minutes on a busy 2-core machine: the nets are small and far from converged.",
+        f"{meta['threads']} thread(s); whole run {meta['cpu_seconds']:.0f} s of CPU time "
+        f"({meta['seconds']:.0f} s wall at load average {meta['load_average_at_start']:.1f} on "
+        f"{meta['cpus']} cores). Sized to run in a few minutes on 2 cores: the nets are small and "
+        "far from converged.",
         "",
         f"**Bits/dim** (DDPM's discrete bound, all N terms, discretized decoder of bin width "
         f"2/17, on the first {meta['n_bpd']} test images, one noise draw per step; +- is the "
@@ -387,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.ddpm_steps, args.train_steps, args.floor_sets, args.grid_nfe = 50, 4, 2, 8
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    start, cpu_start, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     data = load_data("digits")
     clf_path = ensure_digits_classifier(args.classifier)
     feats = digits_features(clf_path)
@@ -416,6 +419,8 @@ def main(argv: list[str] | None = None) -> dict:
         "network": {k: list(v) if isinstance(v, tuple) else v for k, v in NETWORK.items()},
         "quick": args.quick,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "load_average_at_start": load,
         "date": time.strftime("%Y-%m-%d"),
         "commit": harness.git_commit(),
         **harness.environment(),

@@ -16,7 +16,7 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 import sdegen
-from sdegen.models import MLP, GaussianScore, LearnedVarianceModel
+from sdegen.models import MLP, GaussianScore, LearnedVarianceModel, ScoreModel
 from sdegen.sde import VPSDE, beta_schedule, gaussian_kl, grid_times, posterior
 from sdegen.sde.reverse_variance import (
     analytic_dpm_variance,
@@ -222,6 +222,14 @@ def test_model_splits_prediction_and_variance_weights():
     assert net.out.weight.grad is not None and bool(net.out.weight.grad.abs().sum() > 0)
     with pytest.raises(ValueError, match="must return twice the channels of x"):
         LearnedVarianceModel(MLP(2, hidden=8, depth=1), sde).eps(x, t)
+
+    class FirstHalf(nn.Module):  # the prediction half alone, for a plain ScoreModel
+        def forward(self, x, c):
+            return net(x, c)[:, :2]
+
+    for kind in ("mu", "v", "x0"):  # every parametrization, DDPM's mean included
+        got = LearnedVarianceModel(net, sde, kind).denoise(x, t)
+        torch.testing.assert_close(got, ScoreModel(FirstHalf(), sde, kind).denoise(x, t))
 
 
 def test_model_works_on_images_through_the_unet():

@@ -15,6 +15,12 @@ from .discrete import (
     previous_grid_time,
     previous_step_coefficients,
 )
+from .reverse_variance import (
+    analytic_dpm_variance,
+    interpolated_variance,
+    optimal_variance,
+    variance_bounds,
+)
 from .ve import EDMSDE, VESDE
 from .vp import VPSDE, CosineBeta, DiscreteBeta, LinearBeta, SubVPSDE, ddpm_betas
 
@@ -50,4 +56,8 @@ __all__ = [
     "grid_index",
     "previous_grid_time",
     "previous_step_coefficients",
+    "variance_bounds",
+    "interpolated_variance",
+    "optimal_variance",
+    "analytic_dpm_variance",
 ]

@@ -12,6 +12,7 @@ likelihood.py the PF-ODE likelihood; counting.py and results.py the NFE count an
 import sys as _sys
 
 from . import sampling as _sampling
+from .ancestral_learned import AnalyticDPMVariance, respaced_grid
 from .counting import CountingModel
 from .inverse import Blur, Downsample, Grayscale, Inpaint, LinearOperator, Matrix
 from .langevin import LangevinResult, langevin, langevin_step
@@ -54,4 +55,6 @@ __all__ = [
     "Grayscale",
     "Blur",
     "Matrix",
+    "respaced_grid",
+    "AnalyticDPMVariance",
 ]
