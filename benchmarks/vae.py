@@ -12,7 +12,7 @@ Flows: the Glow-style image flow (RealNVPImage, 2 scales) without the split, wit
 (half the channels factored out after the first scale) and with the split and Glow's learned
 split prior, trained for the same steps on dequantized digits; exact test bits/dim and time.
 
-    python benchmarks/vae.py            # about 5 minutes on 1 thread of a busy 2-core machine
+    python benchmarks/vae.py            # 2 CPU-minutes; about 8 minutes on a busy 2-core machine
     python benchmarks/vae.py --quick    # a smoke run
 """
 
@@ -214,8 +214,8 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = harness.parser(__doc__)
-    p.add_argument("--steps", type=int, default=1200, help="VAE training steps")
-    p.add_argument("--flow-steps", type=int, default=300, help="flow training steps")
+    p.add_argument("--steps", type=int, default=1000, help="VAE training steps")
+    p.add_argument("--flow-steps", type=int, default=250, help="flow training steps")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--k", type=int, default=256, help="importance samples of the VAE estimate")
