@@ -419,3 +419,32 @@ def test_a_run_config_trains_with_sliced_score_matching(tmp_path):
         with pytest.raises(ValueError, match=match):
             cfg = load_config(overrides=bad + ["n_train=200", "batch_size=50"])
             make_trainer(cfg, data, model, tmp_path / "bad", progress=False)
+
+
+def test_langevin_step_takes_a_step_size_per_example():
+    x, s, z = torch.randn(3, 2, generator=_gen(16)), torch.randn(3, 2), torch.randn(3, 2)
+    h = torch.tensor([0.1, 0.5, 2.0])
+    rows = [
+        sdegen.solvers.langevin_step(x[i : i + 1], s[i : i + 1], float(h[i]), z[i : i + 1])
+        for i in range(3)
+    ]
+    torch.testing.assert_close(sdegen.solvers.langevin_step(x, s, h, z), torch.cat(rows))
+    torch.testing.assert_close(rows[2], x[2:] + 1.0 * s[2:] + math.sqrt(2.0) * z[2:])
+
+
+def test_conditional_ssm_is_the_ssm_of_the_labelled_component():
+    # labels reach the score: the mixture's score given y = k is component k's score
+    sde = VPSDE()
+    covs = torch.stack([COV, 0.5 * torch.eye(2)])
+    mix = sdegen.GaussianMixtureScore([0.4, 0.6], torch.stack([MU, -MU]), covs, sde)
+    x0 = torch.randn(64, 2, generator=_gen(17))
+    t = torch.full((64,), 0.2)
+    noise = torch.randn(64, 2, generator=_gen(18))
+    probes = torch.randn(2, 64, 2, generator=_gen(19))
+    kw = dict(t=t, noise=noise, probes=probes, weighting="sigma2", reduce=False)
+    with torch.no_grad():
+        cond = ssm_loss(mix, x0, y=torch.ones(64, dtype=torch.long), **kw)
+        comp = ssm_loss(sdegen.GaussianScore(-MU, covs[1], sde), x0, **kw)
+        whole = ssm_loss(mix, x0, **kw)
+    torch.testing.assert_close(cond, comp)
+    assert not torch.allclose(cond, whole)
