@@ -238,7 +238,8 @@ def test_trainer_steps_through_the_schedule_and_resumes_it(tmp_path):
 
     def trainer_for(schedule: KLSchedule) -> Trainer:
         vae = _vae()
-        objective = annealed_vae_loss(schedule, step=lambda: trainer.step)
+        # the Trainer's StepRandom carries the step: no step= needed
+        objective = annealed_vae_loss(schedule)
         trainer = Trainer(
             vae,
             objective,

@@ -131,9 +131,9 @@ def annealed_vae_loss(
     annealing (Bowman et al. 2016) or its cyclical form (Fu et al. 2019), see `KLSchedule`.
     Free bits are the VAE's own (`VAE(free_bits=...)`).
 
-    step: () -> the current training step (0 first), e.g. `lambda: trainer.step` for the
-        Trainer the objective is given to (its step is restored by `resume`, so a resumed run
-        continues the schedule). None: read `rnd.step`, for a random source that carries it.
+    step: None (default): the step of the Trainer's random source (`StepRandom.step`, restored
+        by `resume`, so a resumed run continues the schedule); or a callable () -> step for
+        a loop of one's own.
     """
     if not isinstance(schedule, KLSchedule):
         raise TypeError(f"schedule must be a KLSchedule, got {type(schedule).__name__}")

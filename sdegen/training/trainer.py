@@ -53,6 +53,7 @@ def _step_seed(seed: int, step: int, stream: int = 0) -> int:
 class StepRandom:
     """Random numbers for one training step, the same per example however the batch is split.
 
+    `step` is the training step the numbers belong to (a KL-annealing objective reads it).
     Each draw makes a tensor for the whole global batch from a generator seeded by (seed, step)
     and returns this process's rows [rank::world] (DistributedSampler's interleaving), so
     example i of the global batch gets the same numbers on 1 process or on W.
@@ -68,6 +69,7 @@ class StepRandom:
         device: torch.device | str = "cpu",
     ) -> None:
         self.rank, self.world, self.global_batch = rank, world, global_batch
+        self.step = step  # the training step (objectives with a schedule read it)
         self.device = device
         self._gen = torch.Generator().manual_seed(_step_seed(seed, step))
         # for objectives that need no split invariance (e.g. a VAE's sampling inside `loss`)
