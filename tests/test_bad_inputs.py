@@ -1778,6 +1778,10 @@ _INVALID: dict[str, list[str]] = {
     "learned_variance": ["maybe", "2", "[true]", "null", "abc", "1.5", "true"],
     # true: the run's data are toy points, which have no labels to caption
     "text": ["maybe", "2", "[true]", "null", "abc", "1.5", "true"],
+    # kl: the run's data are toy points, not images
+    "latent": ["nope", "", "KL", "kl", *_WRONG_TYPE_FOR_STR],
+    "latent_params": ["{nope: 1}", "{hidden: abc}", *_WRONG_TYPE_FOR_DICT],
+    "latent_steps": ["0", "-1", *_WRONG_TYPE_FOR_INT],
     "p_uncond": ["-0.5", "2", "1.5", "nan", "inf", "-inf", "1e30", "null", *_WRONG_TYPE_FOR_FLOAT],
     "steps": ["0", "-1", "-5", *_WRONG_TYPE_FOR_INT],
     "batch_size": ["0", "-4", "16.0", "1000000", *_WRONG_TYPE_FOR_INT],

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..training.losses import TIME_SAMPLINGS
-from .tables import DATA_KINDS, SDES
+from .tables import DATA_KINDS, LATENT_KINDS, SDES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,6 +62,9 @@ class TrainConfig:
     conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
     p_uncond: float = _key(0.1, "label (caption) dropout of a conditional run, in [0, 1]")
     text: bool = _key(False, "text-conditional on generated captions (digits, mnist; unet)")
+    latent: str = _key("none", "none | kl | vq: diffuse in a trained autoencoder's latents")
+    latent_params: dict = _key({}, "keyword arguments of the autoencoder, e.g. {hidden: 16}")
+    latent_steps: int = _key(1000, "training steps of the autoencoder of a latent run (>= 1)")
     learned_variance: bool = _key(
         False, "learn the reverse variance with L_hybrid (Improved DDPM); a from_betas sde"
     )
@@ -181,6 +184,12 @@ def from_dict(values: dict) -> TrainConfig:
             f"config key objective: {cfg.objective} draws continuous times; time_sampling "
             f"must be 'continuous', got {cfg.time_sampling!r}"
         )
+    if cfg.latent not in LATENT_KINDS:
+        raise ValueError(
+            f"unknown config key latent {cfg.latent!r}; expected one of: {', '.join(LATENT_KINDS)}"
+        )
+    if cfg.latent_steps < 1:
+        raise ValueError(f"config key latent_steps must be >= 1, got {cfg.latent_steps!r}")
     if cfg.text and cfg.conditional:
         raise ValueError(
             "config keys conditional and text are exclusive: a run is conditioned on class "

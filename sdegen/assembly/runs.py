@@ -8,14 +8,22 @@ from pathlib import Path
 
 import torch
 
-from ..models import LearnedVarianceModel, ScoreModel
+from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ScoreModel
 from ..sde.discrete import grid_size
-from ..training import Trainer, held_out_loss, latest_checkpoint, load_checkpoint, score_matching
+from ..training import (
+    Trainer,
+    held_out_loss,
+    latent_score_matching,
+    latest_checkpoint,
+    load_checkpoint,
+    score_matching,
+)
 from ..training.hybrid import hybrid_objective
 from ..training.losses import check_time_sampling
 from ..training.sliced import sliced_score_matching
 from ..training.vlb import vlb_objective
 from .config import TrainConfig, read_run_config
+from .latent import load_autoencoder
 from .tables import Data, build_network, build_sde, learned_variance_params, load_data
 from .text import TextSetup, text_setup
 
@@ -74,6 +82,8 @@ MODEL_KEYS = (
     "network_params",
     "text",
     "learned_variance",
+    "latent",
+    "latent_params",
 )
 
 
@@ -101,14 +111,16 @@ def _check_compatible(path: Path, cfg: TrainConfig, num_classes: int | None) -> 
 
 @dataclass
 class LoadedRun:
-    """A trained run: its config, data, model (in eval mode), the step it was saved at, and
-    for a text-conditional run its captions and tokenizer (`text.prompt_ids(...)`)."""
+    """A trained run: its config, data, model (in eval mode), the step it was saved at, for a
+    text-conditional run its captions and tokenizer (`text.prompt_ids(...)`), and for a latent
+    run its autoencoder (the model is a score model on its rescaled latents)."""
 
     cfg: TrainConfig
     data: Data
     model: ScoreModel
     step: int
     text: TextSetup | None = None
+    autoencoder: KLAutoencoder | VQVAE | None = None  # a latent run's: the model is on its latents
 
 
 def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
@@ -121,7 +133,9 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     num_classes = run_classes(cfg, data)
     _check_compatible(path, cfg, num_classes)
     text = run_text(cfg, data)
-    model = build_model(cfg, data.event_shape, num_classes, text)
+    autoencoder = load_autoencoder(cfg, data, run_dir) if cfg.latent != "none" else None
+    shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
+    model = build_model(cfg, shape, num_classes, text)
     if ema and (path / "ema.safetensors").is_file():
         from torch.optim.swa_utils import AveragedModel
 
@@ -131,7 +145,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     else:
         meta = load_checkpoint(path, model)
     model.eval()
-    return LoadedRun(cfg, data, model, int(meta["step"]), text)
+    return LoadedRun(cfg, data, model, int(meta["step"]), text, autoencoder)
 
 
 def load_foreign(spec: str):
@@ -236,6 +250,25 @@ def _sliced(cfg: TrainConfig, data: Data, *, conditional: bool, text: bool):
     )
 
 
+def _latent(cfg: TrainConfig, autoencoder, *, p_uncond: float):
+    """DSM on the latents of a latent run's trained autoencoder, after checking the config keys
+    it cannot be combined with."""
+    if autoencoder is None:
+        raise ValueError(
+            f"latent: {cfg.latent} trains on a trained autoencoder; pass autoencoder= "
+            "(sdegen.assembly.latent.train_autoencoder)"
+        )
+    for key, plain in (("objective", "dsm"), ("time_sampling", "continuous")):
+        if getattr(cfg, key) != plain:
+            raise ValueError(
+                f"config key latent: {cfg.latent} trains by DSM on latents; {key} must be "
+                f"{plain!r}, got {getattr(cfg, key)!r}"
+            )
+    if cfg.learned_variance:
+        raise ValueError(f"config key latent: {cfg.latent} does not take learned_variance: true")
+    return latent_score_matching(autoencoder, cfg.weighting, p_uncond=p_uncond)
+
+
 def make_trainer(
     cfg: TrainConfig,
     data: Data,
@@ -244,10 +277,12 @@ def make_trainer(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    autoencoder: KLAutoencoder | VQVAE | None = None,
 ) -> Trainer:
     """The Trainer a run config describes: DSM with its weighting, dequantizing discrete data,
     and the held-out loss every `eval_every` steps; a conditional run trains on the labels with
-    label dropout p_uncond, and its checkpoints record num_classes."""
+    label dropout p_uncond, and its checkpoints record num_classes. A latent run (cfg.latent)
+    trains on the latents of its trained `autoencoder` (`sdegen.assembly.latent`)."""
     num_classes = run_classes(cfg, data)
     text = run_text(cfg, data)
     if cfg.batch_size > len(data.train):
@@ -265,10 +300,12 @@ def make_trainer(
     )
     if cfg.objective == "vlb" or cfg.time_sampling == "discrete":
         objective = _discrete_objective(cfg, data, model, objective)
-    if cfg.learned_variance:
-        objective = _hybrid(cfg, data, model, conditional=conditional)
     if cfg.objective in ("ssm", "ssm_vr"):
         objective = _sliced(cfg, data, conditional=num_classes is not None, text=text is not None)
+    if cfg.learned_variance:
+        objective = _hybrid(cfg, data, model, conditional=conditional)
+    if cfg.latent != "none":
+        objective = _latent(cfg, autoencoder, p_uncond=cfg.p_uncond if conditional else 0.0)
     labels, test_labels = None, None
     if text is not None:  # captions as token ids, one row per image
         labels, test_labels = text.train_ids, text.test_ids[:2000]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import data as datasets
 from .._utils import check_choice
-from ..models import MLP, UNet
+from ..models import MLP, VQVAE, KLAutoencoder, UNet
 from ..models.dit import DiT
 from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE, ddpm_sde
 
@@ -210,6 +210,48 @@ def learned_variance_params(cfg: TrainConfig, event_shape: tuple[int, ...]) -> d
             f"({', '.join(OUTPUT_CHANNELS)}), got network {kind!r}"
         )
     return {**cfg.network_params, OUTPUT_CHANNELS[kind]: 2 * event_shape[0]}
+
+
+def _kl_autoencoder(
+    shape: tuple[int, ...],
+    latent_channels: int = 2,
+    hidden: int = 32,
+    downsample: int = 1,
+    likelihood: str = "gaussian",
+    beta: float = 1e-3,
+    levels: int | None = None,
+    decoder_scale: float | None = None,
+) -> KLAutoencoder:
+    return KLAutoencoder.conv(
+        shape, latent_channels, hidden, downsample, likelihood,
+        beta=beta, levels=levels, decoder_scale=decoder_scale,
+    )  # fmt: skip
+
+
+def _vq_autoencoder(
+    shape: tuple[int, ...],
+    num_codes: int = 64,
+    code_dim: int = 4,
+    hidden: int = 32,
+    downsample: int = 1,
+    beta: float = 0.25,
+    update: str = "ema",
+    decay: float = 0.99,
+    restart_threshold: float | None = None,
+) -> VQVAE:
+    return VQVAE.conv(
+        shape, num_codes, code_dim, hidden, downsample,
+        beta=beta, update=update, decay=decay, restart_threshold=restart_threshold,
+    )  # fmt: skip
+
+
+# the autoencoders of latent runs (config key latent): name -> (builder, its defaults), the
+# defaults overridden by config key latent_params (the builder's keywords)
+AUTOENCODERS: dict[str, tuple[Callable[..., torch.nn.Module], dict]] = {
+    "kl": (_kl_autoencoder, {}),
+    "vq": (_vq_autoencoder, {}),
+}
+LATENT_KINDS = ("none", *AUTOENCODERS)
 
 
 def build_network(

@@ -34,9 +34,10 @@ from ..assembly import (
     run_text,
     save_config,
 )
+from ..assembly.latent import autoencoder_dir, decode, train_autoencoder
 from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
-from ..models import ring_mixture
+from ..models import VQVAE, KLAutoencoder, ring_mixture
 from ..training import latest_checkpoint
 
 
@@ -62,7 +63,7 @@ def train(args: argparse.Namespace) -> int:
                 "--conditional cannot make an unconditional run conditional on --resume"
             )
     else:
-        if latest_checkpoint(run) is not None:
+        if latest_checkpoint(run) is not None or latest_checkpoint(autoencoder_dir(run)):
             raise ValueError(
                 f"run folder {run} already holds a checkpoint; use --resume to "
                 "continue it or choose a new --run folder"
@@ -74,8 +75,16 @@ def train(args: argparse.Namespace) -> int:
         cfg.device = args.device
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape, run_classes(cfg, data), run_text(cfg, data))
-    trainer = make_trainer(cfg, data, model, run, device=device, progress=not args.quiet)
+    autoencoder = None
+    if cfg.latent != "none":  # stage 1: the autoencoder (trained once, then loaded)
+        if not args.resume:
+            save_config(cfg, run)  # so that an interrupted stage 1 can be resumed
+        autoencoder = train_autoencoder(cfg, data, run, device=device, progress=not args.quiet)
+    shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
+    model = build_model(cfg, shape, run_classes(cfg, data), run_text(cfg, data))
+    trainer = make_trainer(
+        cfg, data, model, run, device=device, progress=not args.quiet, autoencoder=autoencoder
+    )
     if args.resume:
         if not trainer.resume():
             raise FileNotFoundError(f"run folder {run} has no checkpoint to resume from")
@@ -93,14 +102,15 @@ def train(args: argparse.Namespace) -> int:
     history = trainer.fit(cfg.steps)
     if trainer.rank == 0:
         last = history[-1]["loss"] if history else float("nan")
+        where = "" if autoencoder is None else f" (in the latents of a {cfg.latent} autoencoder)"
         kind = (
             f"{'text-' if cfg.text else ''}conditional (p_uncond {cfg.p_uncond}) "
             if cfg.conditional or cfg.text
             else ""
         )
         print(
-            f"trained {kind}{cfg.data} with {cfg.sde}/{cfg.parametrization}: steps {start} -> "
-            f"{trainer.step}, last loss {last:.4f}; run folder {run}"
+            f"trained {kind}{cfg.data}{where} with {cfg.sde}/{cfg.parametrization}: steps "
+            f"{start} -> {trainer.step}, last loss {last:.4f}; run folder {run}"
         )
     return 0
 
@@ -162,6 +172,7 @@ class _Source:
     step: int | None
     folder: Path  # where outputs go by default
     text: TextSetup | None = None  # a text-conditional run's captions and tokenizer
+    autoencoder: KLAutoencoder | VQVAE | None = None  # a latent run's: decodes the samples
 
 
 def _event_shape(text: str) -> tuple[int, ...]:
@@ -183,8 +194,10 @@ def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
             if getattr(args, flag, None) is not None:
                 raise ValueError(f"--{flag} goes with --model; a run has its own data")
         run = load_run(args.run, ema=not args.no_ema)
-        return _Source(run.model, run.model.sde, run.data, run.data.event_shape, run.step,
-                       Path(args.run), run.text)  # fmt: skip
+        ae = run.autoencoder
+        shape = ae.latent_shape if ae is not None else run.data.event_shape
+        return _Source(run.model, run.model.sde, run.data, shape, run.step, Path(args.run),
+                       run.text, run.autoencoder)  # fmt: skip
     model, sde = load_foreign(args.model)
     data = load_data(args.data) if getattr(args, "data", None) is not None else None
     if need_data and data is None:
@@ -267,7 +280,8 @@ def sample(args: argparse.Namespace) -> int:
         )
     finally:
         progress.close()
-    x = res.x.cpu()
+    x = res.x if src.autoencoder is None else decode(src.autoencoder.to(device), res.x)
+    x = x.cpu()
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise FloatingPointError(
@@ -325,6 +339,7 @@ def likelihood(args: argparse.Namespace) -> int:
             seed=args.seed,
             probes=args.probes,
             progress=progress,
+            autoencoder=src.autoencoder,
         )
     finally:
         progress.close()
@@ -338,6 +353,8 @@ def likelihood(args: argparse.Namespace) -> int:
     tmp.write_text(json.dumps(result, indent=1, allow_nan=False))
     os.replace(tmp, out)
     line = f"{args.split} NLL {result['nll_nats']:.4f} nats"
+    if result["kind"] == "bound":
+        line = f"{args.split} NLL <= {result['nll_nats']:.4f} nats (latent-diffusion bound)"
     if "bits_per_dim" in result:
         line += f", {result['bits_per_dim']:.4f} bits/dim"
     if "true_nll_nats" in result:

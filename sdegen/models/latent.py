@@ -47,6 +47,8 @@ class LatentBound:
     prior: E_q log p_prior(z_s), the latent model's log-density of the rescaled latents.
     entropy: E_q[-log q(z_s|x)], the encoder's entropy (sampled, in the rescaled coordinates).
     kind: "bound". prior_kind: the prior's `log_prob_kind` ("ode" for the PF-ODE).
+    nfe, nfe_backward: the prior's counted network evaluations and VJPs over all draws, where
+    the prior reports them (`log_prob_with_stats`, as ScoreSDEDensity does); else 0.
     """
 
     log_prob: Tensor
@@ -56,6 +58,8 @@ class LatentBound:
     kind: str
     prior_kind: str
     samples: int
+    nfe: int = 0
+    nfe_backward: int = 0
 
 
 class LatentDiffusion(DensityModel):
@@ -179,13 +183,20 @@ class LatentDiffusion(DensityModel):
         s = ae.latent_scale.to(x.dtype)
         dims = tuple(range(1, mean.ndim))
         rec = prior = entropy = x.new_zeros(x.shape[0])
+        stats = getattr(self.prior, "log_prob_with_stats", None)
+        nfe = nfe_backward = 0
         for _ in range(samples):
             eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
             z = mean + std * eps
             with torch.no_grad():
                 out = ae.decode(z.reshape(z.shape[0], -1))
                 rec = rec + ae.log_likelihood(x, out)
-            prior = prior + self.prior.log_prob(s * z, **prior_kwargs).detach()
+            if stats is not None:  # the prior's evaluations, counted
+                res = stats(s * z, **prior_kwargs)
+                prior = prior + res.log_prob.detach()
+                nfe, nfe_backward = nfe + res.nfe, nfe_backward + res.nfe_backward
+            else:
+                prior = prior + self.prior.log_prob(s * z, **prior_kwargs).detach()
             # -log N(s z; s mean, (s std)^2) at z = mean + std eps
             log_q = -(0.5 * eps.square() + torch.log(s * std) + 0.5 * math.log(2 * math.pi))
             entropy = entropy - log_q.sum(dim=dims)
@@ -198,6 +209,8 @@ class LatentDiffusion(DensityModel):
             kind="bound",
             prior_kind=self.prior.log_prob_kind,
             samples=samples,
+            nfe=nfe,
+            nfe_backward=nfe_backward,
         )
 
     def log_prob(
