@@ -1,10 +1,12 @@
 """Text-conditional generation on the 8x8 digits: is the prompt obeyed, against the guidance w?
 
-One text-conditional U-Net (VP, v-parametrised, cross-attention over the built-in text
-encoder, caption dropout p_uncond; config key `text: true`) is trained on the digits' train
-split with captions made from each image's label and measured attributes
-(`sdegen.data.captions`: thickness = ink mass, size = radius of gyration, slant = shear, each a
-per-class tertile word). It is then sampled from prompts at each guidance weight w:
+Two text-conditional U-Nets (VP, v-parametrised, cross-attention over the built-in text
+encoder, caption dropout p_uncond; config key `text: true`), one on the pixels and one on the
+latents of a KL autoencoder (config key `latent: kl`, the autoencoder trained first for as
+many steps), are trained on the digits' train split with captions made from each image's
+label and measured attributes (`sdegen.data.captions`: thickness = ink mass, size = radius of
+gyration, slant = shear, each a per-class tertile word). Each is then sampled from prompts
+at each guidance weight w:
 
 - "a D" for every digit D, and
 - "a WORD D" for every digit and every attribute word (thin/medium/thick,
@@ -18,8 +20,8 @@ for attributes, the real test images' own captions are obeyed by definition, so 
 is chance (1/3) for an unconditional model, and the test split's agreement with the train
 split's tertiles is reported (how far the bins transfer).
 
-    python benchmarks/text.py                  # trains, then samples; ~10-15 min on 2 cores
-    python benchmarks/text.py --run RUN_DIR    # reuse a trained text-conditional digits run
+    python benchmarks/text.py                    # trains both, then samples; ~15 min on 2 cores
+    python benchmarks/text.py --runs DIR         # keep the trained runs in DIR (reused later)
 """
 
 from __future__ import annotations
@@ -43,15 +45,18 @@ from sdegen.assembly import (
     run_text,
     save_config,
 )
+from sdegen.assembly.latent import decode, train_autoencoder
 from sdegen.data.captions import ATTRIBUTES, Prompt, caption
 from sdegen.metrics import fid
 from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier
 
 WEIGHTS = (0.0, 1.0, 2.0, 4.0)
+# the models compared: name -> config key latent (pixels, or the KL autoencoder's latents)
+MODELS = {"pixel": "none", "latent": "kl"}
 METHOD = "dpmpp_2m"
 
 
-def train(run_dir: Path, steps: int, p_uncond: float, seed: int):
+def train(run_dir: Path, steps: int, p_uncond: float, seed: int, latent: str = "none"):
     cfg = TrainConfig(
         data="digits",
         steps=steps,
@@ -64,11 +69,15 @@ def train(run_dir: Path, steps: int, p_uncond: float, seed: int):
         text=True,
         p_uncond=p_uncond,
         seed=seed,
+        latent=latent,
+        latent_steps=steps,
     )
     data = load_data(cfg.data, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape, None, run_text(cfg, data))
     save_config(cfg, run_dir)
-    trainer = make_trainer(cfg, data, model, run_dir, progress=False)
+    ae = train_autoencoder(cfg, data, run_dir, progress=False) if latent != "none" else None
+    shape = ae.latent_shape if ae is not None else data.event_shape
+    model = build_model(cfg, shape, None, run_text(cfg, data))
+    trainer = make_trainer(cfg, data, model, run_dir, progress=False, autoencoder=ae)
     trainer.fit(cfg.steps)
     return load_run(run_dir)
 
@@ -99,49 +108,52 @@ def score(x: torch.Tensor, asked: list[Prompt], clf, bins) -> dict:
     return out
 
 
-def evaluate(run, clf, n: int, nfe: int, seed: int, out: Path) -> list[dict]:
+def evaluate(run, name: str, clf, n: int, nfe: int, seed: int, out: Path) -> list[dict]:
     asked = [p for p in prompts() for _ in range(n)]
     ids = run.text.prompt_ids([caption(p) for p in asked])
     feats = lambda x: clf.features(x.float())  # noqa: E731
     records = []
     for w in WEIGHTS:
         start = time.perf_counter()
+        ae = run.autoencoder
         res = sdegen.sample(
             run.model,
             run.model.sde,
-            (len(asked), 1, 8, 8),
+            (len(asked), *(ae.latent_shape if ae is not None else (1, 8, 8))),
             method=METHOD,
             nfe=nfe,
             y=ids,
             guidance=w,
             generator=torch.Generator().manual_seed(seed),
         )
+        x = res.x if ae is None else decode(ae, res.x)
         seconds = time.perf_counter() - start
-        digit_only = res.x[: 10 * n]
+        digit_only = x[: 10 * n]
         record = {
+            "model": name,
             "guidance": w,
             "seed": seed,
             "n": len(asked),
             "nfe": res.nfe,
             "batch_factor": res.batch_factor,
             "seconds": seconds,
-            **score(res.x, asked, clf, run.text.bins),
+            **score(x, asked, clf, run.text.bins),
             "fid_digit_prompts": fid(digit_only, run.data.train, features=feats),
         }
         records.append(record)
         print(json.dumps(record), flush=True)
         # a grid: rows thin/thick/small/large/left/right for digits 0-9, one sample each
         rows = []
-        for name, level in (("thickness", 0), ("thickness", 2), ("size", 0), ("size", 2),
+        for attr, level in (("thickness", 0), ("thickness", 2), ("size", 0), ("size", 2),
                             ("slant", 0), ("slant", 2)):  # fmt: skip
             for d in range(10):
-                i = asked.index(Prompt(digit=d, **{name: level}))
-                rows.append(res.x[i])
+                i = asked.index(Prompt(digit=d, **{attr: level}))
+                rows.append(x[i])
         plots.image_grid(
             torch.stack(rows),
-            out / f"grid_w{w:g}.png",
+            out / f"grid_{name}_w{w:g}.png",
             nrow=10,
-            title=f"rows: thin, thick, small, large, left-, right-slanted; w = {w:g}",
+            title=f"{name}; rows: thin, thick, small, large, left-, right-slanted; w = {w:g}",
         )
     return records
 
@@ -150,9 +162,20 @@ def markdown(records: list[dict], meta: dict) -> str:
     lines = [
         "# Text-conditional digits: prompts obeyed against the guidance weight",
         "",
-        f"One text-conditional U-Net ({meta['train_steps']} steps, {meta['train_seconds']:.0f} s "
-        f"of training, VP, v-parametrised, caption dropout p_uncond = {meta['p_uncond']}), "
-        f"{meta['n']} samples per row ({meta['n_per_prompt']} per prompt, {meta['prompts']} "
+        "Text-conditional U-Nets, VP, v-parametrised, caption dropout p_uncond = "
+        f"{meta['p_uncond']}: "
+        + "; ".join(
+            f"**{k}** ({m['train_steps']} score-model steps"
+            + (
+                f" after {m['latent_steps']} steps of its {m['latent']} autoencoder, latents "
+                f"{tuple(m['latent_shape'])}"
+                if m["latent"] != "none"
+                else " on pixels"
+            )
+            + f", {m['train_seconds']:.0f} s of training in all)"
+            for k, m in meta["models"].items()
+        )
+        + f". {meta['n']} samples per row ({meta['n_per_prompt']} per prompt, {meta['prompts']} "
         f"prompts: 'a D' and 'a WORD D'), {METHOD} at counted NFE {meta['nfe']} (each "
         f"evaluation one network call on a doubled batch), seed {meta['seed']}. Digit: the "
         f"digits CNN's class equals D (CNN on the real test split: "
@@ -162,32 +185,37 @@ def markdown(records: list[dict], meta: dict) -> str:
         f"against the train split (digits CNN features); floor, real test split: "
         f"{meta['fid_floor']:.2f}.",
         "",
-        "| w | digit | thickness | size | slant | thickness & digit | size & digit "
-        "| slant & digit | FID ('a D') |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | w | digit | thickness | size | slant | thickness & digit | size & digit "
+        "| slant & digit | FID ('a D') | s per sample |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
-            f"| {r['guidance']:g} | {r['digit_accuracy']:.3f} | {r['thickness_accuracy']:.3f} | "
+            f"| {r['model']} | {r['guidance']:g} | {r['digit_accuracy']:.3f} | "
+            f"{r['thickness_accuracy']:.3f} | "
             f"{r['size_accuracy']:.3f} | {r['slant_accuracy']:.3f} | "
             f"{r['thickness_and_digit_accuracy']:.3f} | {r['size_and_digit_accuracy']:.3f} | "
-            f"{r['slant_and_digit_accuracy']:.3f} | {r['fid_digit_prompts']:.2f} |"
+            f"{r['slant_and_digit_accuracy']:.3f} | {r['fid_digit_prompts']:.2f} | "
+            f"{r['seconds'] / r['n']:.1e} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(records: list[dict], meta: dict, path: Path) -> None:
     plt = harness.pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ws = [r["guidance"] for r in records]
-    for key, label in (("digit_accuracy", "digit"), ("thickness_accuracy", "thickness"),
-                       ("size_accuracy", "size"), ("slant_accuracy", "slant")):  # fmt: skip
-        ax.plot(ws, [r[key] for r in records], "o-", label=label)
-    ax.axhline(0.1, color="0.6", ls=":", label="chance, digit")
-    ax.axhline(1 / 3, color="0.6", ls="--", label="chance, attribute")
-    ax.set(xlabel="guidance weight w", ylabel="accuracy", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    ax.set_title(f"digits from prompts, NFE {meta['nfe']}, n = {meta['n']}", fontsize=10)
+    models = list(meta["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rs = [r for r in records if r["model"] == model]
+        ws = [r["guidance"] for r in rs]
+        for key, label in (("digit_accuracy", "digit"), ("thickness_accuracy", "thickness"),
+                           ("size_accuracy", "size"), ("slant_accuracy", "slant")):  # fmt: skip
+            ax.plot(ws, [r[key] for r in rs], "o-", label=label)
+        ax.axhline(0.1, color="0.6", ls=":", label="chance, digit")
+        ax.axhline(1 / 3, color="0.6", ls="--", label="chance, attribute")
+        ax.set(xlabel="guidance weight w", ylabel="accuracy", ylim=(0, 1.02))
+        ax.legend(fontsize=8)
+        ax.set_title(f"{model}: NFE {meta['nfe']}, n = {meta['n']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -199,8 +227,11 @@ def figures(records: list[dict], meta: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = harness.parser(__doc__)
-    p.add_argument("--run", type=Path, help="a trained text-conditional digits run to reuse")
-    p.add_argument("--steps", type=int, default=2000, help="training steps (without --run)")
+    p.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="which models to train"
+    )
+    p.add_argument("--runs", type=Path, help="a folder to keep the trained runs in (reused)")
+    p.add_argument("--steps", type=int, default=2000, help="training steps of each model")
     p.add_argument("--p-uncond", type=float, default=0.2)
     p.add_argument("--n-per-prompt", type=int, default=10)
     p.add_argument("--nfe", type=int, default=20)
@@ -219,23 +250,30 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     clf = load_digits_classifier(args.classifier or ensure_digits_classifier())
-    start = time.perf_counter()
-    if args.run is not None:
-        run = load_run(args.run)
-    else:
-        run = train(
-            Path(tempfile.mkdtemp(prefix="sdegen-text-")), args.steps, args.p_uncond, args.seed
-        )
-    if run.text is None:
-        raise ValueError(f"run {args.run} is not text-conditional (config text: false)")
-    train_seconds = time.perf_counter() - start
+    runs_dir = args.runs or Path(tempfile.mkdtemp(prefix="sdegen-text-"))
+    runs, models = {}, {}
+    for name in args.models:
+        folder = runs_dir / name
+        start = time.perf_counter()
+        if (folder / "latest").exists():
+            run = load_run(folder)
+        else:
+            run = train(folder, args.steps, args.p_uncond, args.seed, latent=MODELS[name])
+        runs[name] = run
+        ae = run.autoencoder
+        models[name] = {
+            "train_steps": run.step,
+            "train_seconds": time.perf_counter() - start,
+            "latent": run.cfg.latent,
+            "latent_steps": run.cfg.latent_steps if ae is not None else 0,
+            "latent_shape": list(ae.latent_shape) if ae is not None else None,
+        }
     torch.set_grad_enabled(False)
-    data = run.data
+    data = next(iter(runs.values())).data
     feats = lambda x: clf.features(x.float())  # noqa: E731
     meta = {
-        "train_steps": run.step,
-        "p_uncond": run.cfg.p_uncond,
-        "train_seconds": train_seconds,
+        "models": models,
+        "p_uncond": args.p_uncond,
         "n_per_prompt": args.n_per_prompt,
         "prompts": len(prompts()),
         "n": len(prompts()) * args.n_per_prompt,
@@ -245,9 +283,11 @@ def main(argv: list[str] | None = None) -> None:
         "fid_floor": fid(data.test, data.train, features=feats),
         "torch": torch.__version__,
     }
-    records = evaluate(run, clf, args.n_per_prompt, args.nfe, args.seed, args.out)
+    records = []
+    for name, run in runs.items():
+        records += evaluate(run, name, clf, args.n_per_prompt, args.nfe, args.seed, args.out)
     result = {"meta": meta, "records": records}
-    grids = [f"grid_w{w:g}.png" for w in WEIGHTS]
+    grids = [f"grid_{name}_w{w:g}.png" for name in runs for w in WEIGHTS]
     harness.save(args.out, result, markdown(records, meta), figures(records, meta), also=grids)
 
 

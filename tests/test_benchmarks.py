@@ -515,16 +515,19 @@ def test_text_benchmark_smoke(tmp_path):
     clf = tmp_path / "clf.safetensors"
     _load("digits_classifier").main(["--out", str(clf), "--steps", "10"])
     args = ["--steps", "3", "--n-per-prompt", "1", "--nfe", "3", "--classifier", str(clf)]
-    bench.main(args + ["--out", str(tmp_path / "out")])
+    bench.main(args + ["--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")])
     result = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [r["guidance"] for r in result["records"]] == list(bench.WEIGHTS)
+    want = [(m, w) for m in ("pixel", "latent") for w in bench.WEIGHTS]
+    assert [(r["model"], r["guidance"]) for r in result["records"]] == want
     for r in result["records"]:
         assert r["nfe"] == 3 and r["batch_factor"] == 2 and r["n"] == 100
         for key in ("digit", "thickness", "size", "slant"):
             assert 0 <= r[f"{key}_accuracy"] <= 1
-    assert result["meta"]["train_steps"] == 3 and result["meta"]["prompts"] == 100
-    assert "| 4 |" in (tmp_path / "out" / "table.md").read_text()
-    assert (tmp_path / "out" / "grid_w2.png").stat().st_size > 500
+    models = result["meta"]["models"]
+    assert models["pixel"]["train_steps"] == models["latent"]["train_steps"] == 3
+    assert models["latent"]["latent_shape"] == [2, 4, 4] and result["meta"]["prompts"] == 100
+    assert "| latent | 4 |" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "out" / "grid_latent_w2.png").stat().st_size > 500
 
 
 def test_gan_benchmark_smoke(tmp_path):
