@@ -13,7 +13,7 @@ PF-ODE log-likelihood of dequantized test images, and the latent model's bound
 trace, both in bits per pixel of the discrete data. Also the autoencoder's reconstruction
 (MSE, PSNR) and rate.
 
-    python benchmarks/latent.py          # about 6 minutes on 1 thread of a busy 2-core machine
+    python benchmarks/latent.py          # 2.5 min of CPU, 4-12 min wall on a busy 2-core machine
     python benchmarks/latent.py --quick  # a smoke run
 """
 
@@ -84,10 +84,10 @@ def train_score(kind: str, ae: KLAutoencoder, data, args) -> tuple:
         net = UNet(ae.latent_shape[0], channels=args.channels, channel_mult=(1, 2))
         objective = latent_score_matching(ae, "simple")
     model = sdegen.ScoreModel(net, sde).float()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer = _trainer(model, objective, data.train, args, args.steps)
     trainer.fit(args.steps)
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() - start, time.process_time() - cpu)
     model = trainer.eval_model.eval()
     params = sum(p.numel() for p in model.parameters())
     return model, sde, seconds, params
@@ -167,7 +167,8 @@ def run(args, out: Path) -> dict:
     records = []
     for kind in KINDS:
         model, sde, seconds, params = train_score(kind, ae, data, args)
-        rec = {"kind": kind, "train_s": seconds, "params": params, "steps": args.steps}
+        rec = {"kind": kind, "params": params, "steps": args.steps}
+        rec.update(train_s=seconds[0], train_cpu_s=seconds[1])
         rec.update(likelihood(kind, model, sde, ae, data, args))
         rec["samples"] = sample_metrics(kind, model, sde, ae, data, feats, args, out)
         records.append(rec)
@@ -195,7 +196,8 @@ def markdown(result: dict) -> str:
         "",
         f"Seed {m['seed']}, 1500 training and 297 test images, 1 torch thread of a busy 2-core "
         f"machine shared with other jobs: the whole run took {m['wall_s'] / 60:.1f} min wall, "
-        f"{m['cpu_s'] / 60:.1f} min of CPU, so wall times are indicative. Autoencoder: "
+        f"{m['cpu_s'] / 60:.1f} min of CPU, so wall times are indicative (CPU seconds of "
+        "training in brackets; the latent model's include its encoder). Autoencoder: "
         "KL-regularised, latent "
         f"{' x '.join(map(str, m['latent_shape']))}, beta {m['beta']}, {m['ae_steps']} steps "
         f"({a['train_s']:.0f} s), discretized-logistic decoder; test MSE {a['mse']:.4f} "
@@ -204,19 +206,22 @@ def markdown(result: dict) -> str:
         f"SDE, DSM with the simple weighting, {m['steps']} steps of batch {m['batch']} each.",
         "",
         f"FID: {m['n']} samples of DPM-Solver++(2M) against the training images in the digits "
-        f"classifier's features (floor, the test images: {m['fid_floor']:.2f}); NFE counted. "
+        f"classifier's features (floor, the test images: {m['fid_floor']:.2f}); one sample "
+        "set per cell (FID's sampling spread is not measured: nearby values may differ by "
+        "chance); NFE counted. "
         f"Bits/dim on {m['n_bpd']} test images, Hutchinson trace, rtol = atol = {m['tol']}: the "
         "pixel model's PF-ODE log-likelihood of dequantized images (an estimate of a bound on "
         "the discrete bits), the latent model's variational bound (decoder + latent prior + "
         "encoder entropy), both upper bounds on bits/dim; ± is the standard error over images.",
         "",
-        "| model | params | train s | bits/dim | NFE | FID | ms / sample |",
+        "| model | params | train s (CPU s) | bits/dim | NFE | FID | ms / sample |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in result["records"]:
         for s in r["samples"]:
             lines.append(
-                f"| {r['kind']} | {r['params']} | {r['train_s']:.0f} | {r['bpd']:.3f} ± "
+                f"| {r['kind']} | {r['params']} | {r['train_s']:.0f} ({r['train_cpu_s']:.0f}) | "
+                f"{r['bpd']:.3f} ± "
                 f"{r['bpd_sem']:.3f} | {s['nfe']} | {s['fid']:.2f} | {s['ms_per_sample']:.2f} |"
             )
     lat = next((r for r in result["records"] if r["kind"] == "latent"), None)
