@@ -15,10 +15,20 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import sdegen
-from sdegen.models import FFJORD, GAN, MLP, VAE, RealNVP, RealNVPImage, ScoreModel
+from sdegen.models import (
+    FFJORD,
+    GAN,
+    MLP,
+    VAE,
+    KLAutoencoder,
+    LatentDiffusion,
+    RealNVP,
+    RealNVPImage,
+    ScoreModel,
+)
 from sdegen.models.density import LOG_PROB_KINDS, DensityModel, bits_per_dim
 from sdegen.protocols import SDE, ScoreModelLike, ScoreModelWithSDE
 from sdegen.score_density import ScoreSDEDensity
@@ -274,6 +284,14 @@ def _score_sde_mlp() -> ScoreSDEDensity:
     return ScoreSDEDensity(ScoreModel(net, sde), sde, (2,))
 
 
+def _latent_diffusion() -> LatentDiffusion:
+    # a linear KL autoencoder (2 -> 2 latent dims) and a PF-ODE prior on its latents
+    ae = KLAutoencoder(nn.Linear(2, 4), nn.Linear(2, 2), (2,), (2,))
+    sde = VPSDE()
+    net = MLP(2, hidden=16, depth=1, embed_dim=8)
+    return LatentDiffusion(ae, ScoreSDEDensity(ScoreModel(net, sde), sde, (2,)))
+
+
 DENSITY_CASES = {
     "RealNVP": DensityCase(
         lambda: RealNVP(2, num_layers=4, hidden=16, zero_init=False), _points, (9.0, 181), 1e-4
@@ -309,6 +327,12 @@ DENSITY_CASES = {
     ),
     "ScoreSDEDensity-mlp": DensityCase(
         _score_sde_mlp, _points, log_prob_options={"differentiable": True}
+    ),
+    "KLAutoencoder": DensityCase(
+        lambda: KLAutoencoder(nn.Linear(2, 4), nn.Linear(2, 2), (2,), (2,)), _points
+    ),
+    "LatentDiffusion": DensityCase(
+        _latent_diffusion, _points, log_prob_options={"differentiable": True}
     ),
 }
 

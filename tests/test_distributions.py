@@ -29,7 +29,10 @@ F64 = torch.float64
 
 # Families whose draws are discrete, so not reparametrizable, and why; every other family
 # must have rsample (a new one too, until it is listed here with its reason).
-NOT_REPARAMETRIZABLE = {"VAE-discretized-conv": "discretized decoder: draws are bin centres"}
+NOT_REPARAMETRIZABLE = {
+    "VAE-discretized-conv": "discretized decoder: draws are bin centres",
+    "LatentDiffusion": "its latents come from the prior's sampler, not a reparametrization",
+}
 # Parameters a draw does not depend on: the VAE's encoder, the GAN's discriminator.
 NOT_IN_SAMPLES = ("encoder.", "discriminator_net.")
 

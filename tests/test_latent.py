@@ -118,7 +118,7 @@ def _tiny_ldm(sde, autoencoder=None):
 def test_sampling_decodes_latents_with_any_sde_and_sampler(sde_name, method):
     sde = sdegen.VPSDE() if sde_name == "vp" else sdegen.VESDE()
     ldm = _tiny_ldm(sde)
-    x = ldm.sample(3, generator=torch.Generator().manual_seed(0), method=method, nfe=4)
+    x = ldm.sample(3, generator=torch.Generator().manual_seed(0), mean=True, method=method, nfe=4)
     assert x.shape == (3, 1, 8, 8) and bool(torch.isfinite(x).all())
     # the same draw by hand: the sampler on the latent score model, then decode
     res = sdegen.sample(
@@ -204,3 +204,27 @@ def test_latent_score_matching_is_dsm_on_rescaled_posterior_draws():
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(TypeError, match="autoencoder must be a KLAutoencoder or VQVAE"):
         latent_score_matching(nn.Linear(2, 2))
+
+
+def test_sample_draws_the_decoder_noise_and_the_bound_is_differentiable():
+    ae, marginal, *_ = _linear_gaussian(scale=2.0)
+    sde = sdegen.VPSDE()
+    score = sdegen.GaussianScore(torch.zeros(2), 4.0 * torch.eye(2), sde)
+    ldm = LatentDiffusion(ae, ScoreSDEDensity(score, sde, (2,)))
+    kw = {"method": "ddim", "nfe": 5}
+    x = ldm.sample(4, generator=torch.Generator().manual_seed(2), **kw)
+    g = torch.Generator().manual_seed(2)  # by hand: latents, decoder mean, Gaussian noise
+    z = ldm.prior.sample(4, generator=g, **kw).double() / 2.0
+    out = ae.decode(z)
+    want = out + 0.3 * torch.randn(out.shape, generator=g)
+    assert torch.allclose(x, want, atol=1e-12)
+    assert torch.allclose(
+        ldm.sample(4, generator=torch.Generator().manual_seed(2), mean=True, **kw), out
+    )
+    # log_prob (the bound) is differentiable in x and in the autoencoder's parameters
+    xs = marginal.sample((3,)).requires_grad_(True)
+    ldm.log_prob(
+        xs, generator=torch.Generator().manual_seed(0), rtol=1e-4, atol=1e-4
+    ).sum().backward()
+    assert xs.grad is not None and bool(torch.isfinite(xs.grad).all())
+    assert all(p.grad is not None for p in ae.parameters())

@@ -242,6 +242,21 @@ class KLAutoencoder(VAE, _LatentCodec):
             return to_centres(to_levels(out, self._levels), self._levels, dtype=out.dtype)
         return out
 
+    def draw(self, out: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A draw x ~ p(x|z) (N, *event_shape) from the decoder output `out` (as `sample` of
+        the VAE draws): Gaussian mean + scale * eps, a Bernoulli draw, or a logistic draw
+        snapped to its bin centre ("discretized"); noise from `generator`."""
+        if self.likelihood == "bernoulli":
+            return torch.bernoulli(torch.sigmoid(out), generator=generator)
+        if self.likelihood == "gaussian":
+            noise = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        else:  # logistic noise log(u) - log(1 - u)
+            u = torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+            u = u.clamp(1e-12, 1 - 1e-12)
+            noise = torch.log(u) - torch.log1p(-u)
+        x = out + torch.exp(self.log_scale) * noise
+        return self.image_mean(x) if self.likelihood == "discretized" else x
+
     def decode_latents(self, z: Tensor) -> Tensor:
         """The decoder's mean image (N, *event_shape) for unscaled latents z (N, *latent_shape)."""
         self.check_latents(z)

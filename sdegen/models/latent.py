@@ -67,7 +67,9 @@ class LatentDiffusion(DensityModel):
 
     Args:
         autoencoder: a trained `KLAutoencoder` or `VQVAE` with its `latent_scale` fitted
-            (`fit_latent_scale`); frozen here (requires_grad False, kept in eval mode).
+            (`fit_latent_scale`); frozen here: kept in eval mode, and `loss` (training) encodes
+            without gradients, so training through `loss` or `latent_score_matching` never
+            changes it. The bound (`log_prob`) is differentiable in every parameter and in x.
         prior: a `DensityModel` with event_shape == autoencoder.latent_shape, e.g. a
             `ScoreSDEDensity` of a score model on latents. Its `loss` trains it (`loss` here
             encodes first) and its `sample` keyword arguments (method, nfe, ...) pass through.
@@ -107,7 +109,7 @@ class LatentDiffusion(DensityModel):
                 f"prior.event_shape must be the autoencoder's latent_shape "
                 f"{autoencoder.latent_shape}, got {tuple(prior.event_shape)}"
             )
-        self.autoencoder = autoencoder.requires_grad_(False).eval()
+        self.autoencoder = autoencoder.eval()
         self.prior = prior
         self.event_shape = autoencoder.event_shape
 
@@ -150,12 +152,36 @@ class LatentDiffusion(DensityModel):
         )
         return self.prior.loss(self.encode(x, noise), generator=generator)
 
-    def sample(self, n: int, generator: torch.Generator | None = None, **kwargs) -> Tensor:
+    def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Refused: the latents come from the prior's sampler (a discretised reverse process of
+        any kind), so the draws are not reparametrizable (`has_rsample` is False)."""
+        raise NotImplementedError(
+            "LatentDiffusion's latents come from the prior's sampler, so its draws are not "
+            "reparametrizable (has_rsample is False); use sample()"
+        )
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        mean: bool = False,
+        **kwargs,
+    ) -> Tensor:
         """n images (n, *event_shape): latents drawn by `prior.sample(n, generator, **kwargs)`
-        (e.g. method="dpmpp_2m", nfe=20 for a `ScoreSDEDensity`), decoded to the decoder's mean
-        image, as LDM shows its samples (not a further draw of p(x|z))."""
+        (e.g. method="dpmpp_2m", nfe=20 for a `ScoreSDEDensity`), then x ~ p(x|z) (the model
+        whose log_prob is bounded; noise from `generator`) or, with mean=True, the decoder's
+        mean image, as LDM shows its samples (`decode`). A VQ-VAE's decoder has no noise model:
+        its samples are always the decoded images."""
         check_int("n", n)
-        return self.decode(self.prior.sample(n, generator=generator, **kwargs))
+        z_s = self.prior.sample(n, generator=generator, **kwargs)
+        ae = self.autoencoder
+        if mean or not isinstance(ae, KLAutoencoder):
+            return self.decode(z_s)
+        z = z_s.to(ae.latent_scale.dtype) / ae.latent_scale
+        ae.check_latents(z)
+        return ae.draw(ae.decode(z.reshape(n, -1)), generator)
 
     def bound(
         self,
@@ -168,8 +194,9 @@ class LatentDiffusion(DensityModel):
         """The bound E_q[log p(x|z) + log p_prior(z_s) - log q(z_s|x)] <= log p(x) and its parts
         for images x (B, *event_shape), in nats, averaged over `samples` draws z_s ~ q(z_s|x)
         (noise from `generator`). prior_kwargs go to `prior.log_prob` (e.g. trace="hutchinson",
-        rtol, atol for a `ScoreSDEDensity`). Only for the KL autoencoder (a VQ-VAE has no
-        posterior density): TypeError otherwise."""
+        rtol, atol for a `ScoreSDEDensity`, and differentiable=True for gradients through its
+        PF-ODE; the decoder and encoder terms are always differentiable). Only for the KL
+        autoencoder (a VQ-VAE has no posterior density): TypeError otherwise."""
         ae = self.autoencoder
         if not isinstance(ae, KLAutoencoder):
             raise TypeError(
@@ -178,8 +205,7 @@ class LatentDiffusion(DensityModel):
             )
         check_int("samples", samples)
         x = ae._prepare(x)
-        with torch.no_grad():
-            mean, std = ae.posterior(x)
+        mean, std = ae.posterior(x)
         s = ae.latent_scale.to(x.dtype)
         dims = tuple(range(1, mean.ndim))
         rec = prior = entropy = x.new_zeros(x.shape[0])
@@ -188,15 +214,14 @@ class LatentDiffusion(DensityModel):
         for _ in range(samples):
             eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
             z = mean + std * eps
-            with torch.no_grad():
-                out = ae.decode(z.reshape(z.shape[0], -1))
-                rec = rec + ae.log_likelihood(x, out)
+            out = ae.decode(z.reshape(z.shape[0], -1))
+            rec = rec + ae.log_likelihood(x, out)
             if stats is not None:  # the prior's evaluations, counted
                 res = stats(s * z, **prior_kwargs)
-                prior = prior + res.log_prob.detach()
+                prior = prior + res.log_prob
                 nfe, nfe_backward = nfe + res.nfe, nfe_backward + res.nfe_backward
             else:
-                prior = prior + self.prior.log_prob(s * z, **prior_kwargs).detach()
+                prior = prior + self.prior.log_prob(s * z, **prior_kwargs)
             # -log N(s z; s mean, (s std)^2) at z = mean + std eps
             log_q = -(0.5 * eps.square() + torch.log(s * std) + 0.5 * math.log(2 * math.pi))
             entropy = entropy - log_q.sum(dim=dims)
