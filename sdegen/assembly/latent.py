@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..models import VQVAE, KLAutoencoder, LatentDiffusion
+from ..models.latent import decode_scaled
 from ..score_density import ScoreSDEDensity
 from ..training import Trainer, density_loss, latest_checkpoint, load_checkpoint
 from .config import TrainConfig
@@ -129,6 +130,4 @@ def latent_density(ae: KLAutoencoder | VQVAE, model, sde) -> LatentDiffusion:
 def decode(ae: KLAutoencoder | VQVAE, z_s: Tensor) -> Tensor:
     """Images of rescaled latents z_s (N, *latent_shape) (what a sampler draws in a latent run):
     the decoder's mean image, in the autoencoder's dtype."""
-    scale = ae.latent_scale
-    with torch.no_grad():
-        return ae.decode_latents(z_s.to(scale.dtype) / scale)
+    return decode_scaled(ae, z_s)

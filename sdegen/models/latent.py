@@ -38,6 +38,15 @@ from .density import DensityModel
 from .density import bits_per_dim as _bits_per_dim
 
 
+def decode_scaled(autoencoder: KLAutoencoder | VQVAE, z_s: Tensor) -> Tensor:
+    """Images (N, *event_shape), the decoder's mean, of rescaled latents z_s = s z (N,
+    *latent_shape) of `autoencoder` (s its latent_scale), in the autoencoder's dtype, without
+    gradients."""
+    scale = autoencoder.latent_scale
+    with torch.no_grad():
+        return autoencoder.decode_latents(z_s.to(scale.dtype) / scale)
+
+
 @dataclass(frozen=True)
 class LatentBound:
     """The latent-diffusion bound on log p(x) and its three parts, each (B,) in nats, means
@@ -138,9 +147,7 @@ class LatentDiffusion(DensityModel):
     def decode(self, z_s: Tensor) -> Tensor:
         """Images (N, *event_shape), the decoder's mean, of rescaled latents z_s (N,
         *latent_shape), computed in the autoencoder's dtype (samplers default to float32)."""
-        scale = self.autoencoder.latent_scale
-        with torch.no_grad():
-            return self.autoencoder.decode_latents(z_s.to(scale.dtype) / scale)
+        return decode_scaled(self.autoencoder, z_s)
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The prior's training loss on the rescaled latents of x (B, *event_shape): one
