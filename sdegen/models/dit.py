@@ -10,7 +10,6 @@ token back to a p x p patch. Same call as the U-Net, ``net(x, c_noise, y=None)``
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_choice, check_finite_number, check_int
@@ -19,6 +18,7 @@ from .networks import (
     SinusoidalEmbedding,
     add_label_embedding,
     check_noise_levels,
+    dot_product_attention,
     time_mlp,
 )
 
@@ -133,7 +133,7 @@ class DiTBlock(nn.Module):
         b, n, d = h.shape
         # (B, N, 3D) -> three (B, heads, N, D / heads)
         q, k, v = self.qkv(h).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
     def forward(self, h: Tensor, c: Tensor) -> Tensor:

@@ -19,6 +19,19 @@ from .labels import LabelEmbedding, check_labels
 EMBEDDINGS = ("sinusoidal", "fourier")
 
 
+def dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v over the last two dims: q (..., N, d), k and v
+    (..., L, d), mask (..., N or 1, L) bool (True: attend; a False key gets weight exactly 0).
+
+    Written out rather than `F.scaled_dot_product_attention`, whose CPU kernel's backward has no
+    vmap rule: the exact-trace likelihood vmaps VJPs through the network, and fell back to a
+    slow loop (with a warning) on it."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
 def check_even_dim(name: str, value: int) -> int:
     """Return `value` when it is an even integer >= 2, else raise ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value % 2:

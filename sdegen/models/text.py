@@ -11,13 +11,12 @@ The embeddings may come from `TextEncoder` or from any other encoder.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from .._utils import check_int, check_tensor_finite
 from .labels import NULL_LABEL
+from .networks import dot_product_attention
 
 __all__ = [
     "CrossAttention",
@@ -120,11 +119,7 @@ class CrossAttention(nn.Module):
         def split(t: Tensor) -> Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
             return t.reshape(b, -1, self.heads, hd).transpose(1, 2)
 
-        # written out rather than F.scaled_dot_product_attention: with a mask, its CPU kernel's
-        # backward has no vmap rule, and the exact-trace likelihood vmaps VJPs through it
-        scores = split(q) @ split(k).transpose(-1, -2) / math.sqrt(hd)
-        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ split(v)
+        out = dot_product_attention(split(q), split(k), split(v), mask[:, None, None, :])
         out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
