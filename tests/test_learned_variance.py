@@ -469,3 +469,25 @@ def test_config_learned_variance_builds_the_model_and_trains_it_by_l_hybrid(tmp_
         bad = replace(cfg, **change)
         with pytest.raises(ValueError, match=match):
             make_trainer(bad, data, build_model(bad, (2,)), None, progress=False)
+
+
+def test_cli_samples_a_learned_variance_run_with_its_own_variance(tmp_path):
+    import numpy as np
+
+    import sdegen
+    from sdegen.assembly import load_run
+    from sdegen.cli import main
+
+    run = str(tmp_path / "lv")
+    sets = ["sde=ddpm", "learned_variance=true", "steps=3", "batch_size=64", "n_train=256",
+            "network_params={hidden: 16, depth: 1}"]  # fmt: skip
+    assert main(["train", "--run", run, *[a for s in sets for a in ("--set", s)], "--quiet"]) == 0
+    out = tmp_path / "s"
+    args = ["sample", "--run", run, "--method", "ancestral", "--steps", "5", "--n", "4"]
+    assert main([*args, "--quiet", "--out", str(out)]) == 0
+    model = load_run(run).model
+    kw = dict(method="ancestral", steps=5, generator=torch.Generator().manual_seed(0))
+    learned = sdegen.sample(model, model.sde, (4, 2), variance="learned", **kw).x
+    assert np.array_equal(np.load(out.with_suffix(".npz"))["x"], learned.numpy())
+    kw["generator"] = torch.Generator().manual_seed(0)
+    assert not torch.equal(sdegen.sample(model, model.sde, (4, 2), **kw).x, learned)

@@ -37,7 +37,7 @@ from ..assembly import (
 from ..assembly.latent import autoencoder_dir, decode, train_autoencoder
 from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
-from ..models import VQVAE, KLAutoencoder, ring_mixture
+from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ring_mixture
 from ..training import latest_checkpoint
 
 
@@ -237,6 +237,8 @@ def sample(args: argparse.Namespace) -> int:
         kw["y"] = src.text.prompt_ids(prompt, args.n).to(device)
     if guidance is not None:
         kw["guidance"] = guidance
+    if args.method == "ancestral" and isinstance(src.model, LearnedVarianceModel):
+        kw["variance"] = "learned"  # a learned_variance run samples with its own Sigma_theta
     init, t_start = getattr(args, "init", None), getattr(args, "t_start", None)
     if (init is None) != (t_start is None):
         raise ValueError("SDEdit needs both --init FILE.pt and --t-start T")
