@@ -20,10 +20,8 @@ from pathlib import Path
 
 import torch
 
-import sdegen
 from sdegen.assembly import SDES, harness
 from sdegen.models import ring_mixture
-from sdegen.solvers import METHODS
 
 # (label, method, options); "eps_ratio" is eps / sigma~_L^2, turned into eps per SDE
 VARIANTS = [
@@ -61,36 +59,14 @@ def run(n: int, nfes: list[int], sdes: list[str], seed: int, seeds: int, floor_s
                 rec = {"sde": sde_name, "variant": label, "method": method, "nfe_budget": budget}
                 kw = _options(sde, options)
                 try:
-                    runs = []
-                    for k in range(seeds):
-                        start = time.perf_counter()
-                        res = sdegen.sample(
-                            model,
-                            sde,
-                            (n, 2),
-                            method=method,
-                            nfe=budget,
-                            generator=torch.Generator().manual_seed(seed + k),
-                            **kw,
-                        )
-                        runs.append(
-                            {
-                                "seconds": time.perf_counter() - start,
-                                **harness.mixture_metrics(res.x, model, reference),
-                            }
-                        )
+                    res, fields = harness.mixture_runs(
+                        model, sde, reference, method=method, n=n, seed=seed, seeds=seeds,
+                        nfe=budget, **kw,
+                    )  # fmt: skip
                 except ValueError as e:  # budget below one step of this method
                     records.append({**rec, "skipped": str(e)})
                     continue
-                rec.update(
-                    nfe=res.nfe,
-                    steps=len(res.ts) - 1,
-                    options=kw,
-                    seeds=seeds,
-                    schedule=METHODS[method].schedule,
-                )
-                for key in ("frechet", "sliced_w2", "seconds"):
-                    rec[key], rec[key + "_std"] = harness.mean_std([r[key] for r in runs])
+                rec.update(fields, options=kw)
                 records.append(rec)
                 print(
                     f"{sde_name:4s} {label:28s} budget={budget:4d} nfe={res.nfe:4d} "

@@ -12,12 +12,10 @@ metrics (the same metric between true samples). Writes JSON, a markdown table an
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
-import sdegen
 from sdegen.assembly import SDES, harness
 from sdegen.models import ring_mixture
 from sdegen.solvers import METHODS
@@ -46,34 +44,13 @@ def run(
             kw = {} if budget is None else {"nfe": budget}
             rec = {"sde": sde_name, "method": method, "nfe_budget": budget}
             try:
-                runs = []
-                for k in range(seeds):
-                    start = time.perf_counter()
-                    res = sdegen.sample(
-                        model,
-                        sde,
-                        (n, 2),
-                        method=method,
-                        generator=torch.Generator().manual_seed(seed + k),
-                        **kw,
-                    )
-                    runs.append(
-                        {
-                            "seconds": time.perf_counter() - start,
-                            **harness.mixture_metrics(res.x, model, reference),
-                        }
-                    )
+                res, fields = harness.mixture_runs(
+                    model, sde, reference, method=method, n=n, seed=seed, seeds=seeds, **kw
+                )
             except ValueError as e:  # budget below one step of this method
                 records.append({**rec, "skipped": str(e)})
                 continue
-            rec.update(
-                nfe=res.nfe,
-                steps=len(res.ts) - 1,
-                seeds=seeds,
-                schedule=METHODS[method].schedule,
-            )
-            for key in ("frechet", "sliced_w2", "seconds"):
-                rec[key], rec[key + "_std"] = harness.mean_std([r[key] for r in runs])
+            rec.update(fields)
             records.append(rec)
             print(
                 f"{sde_name:6s} {method:26s} budget={budget!s:>4} nfe={res.nfe:4d} "

@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -185,6 +186,36 @@ def mixture_metrics(x: torch.Tensor, model, reference: torch.Tensor) -> dict[str
             x, reference, generator=torch.Generator().manual_seed(PROJ_SEED)
         ),
     }
+
+
+def mixture_runs(
+    model, sde, reference: torch.Tensor, *, method: str, n: int, seed: int, seeds: int, **kw
+) -> tuple[Any, dict]:
+    """Sample n points with `method` (keyword arguments kw: nfe, options) from `seeds` prior
+    draws (seeds seed, seed + 1, ...) and score each by mixture_metrics: (the last result, the
+    record fields nfe, steps, seeds, schedule and the mean and std of frechet, sliced_w2 and
+    seconds). Raises ValueError when the budget is below one step of the method."""
+    from ..solvers import METHODS, sample
+
+    runs = []
+    for k in range(seeds):
+        start = time.perf_counter()
+        res = sample(
+            model, sde, (n, *reference.shape[1:]), method=method,
+            generator=torch.Generator().manual_seed(seed + k), **kw,
+        )  # fmt: skip
+        runs.append(
+            {"seconds": time.perf_counter() - start, **mixture_metrics(res.x, model, reference)}
+        )
+    fields: dict[str, Any] = {
+        "nfe": res.nfe,
+        "steps": len(res.ts) - 1,
+        "seeds": seeds,
+        "schedule": METHODS[method].schedule,
+    }
+    for key in ("frechet", "sliced_w2", "seconds"):
+        fields[key], fields[key + "_std"] = mean_std([r[key] for r in runs])
+    return res, fields
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
