@@ -116,6 +116,21 @@ def _given_or_drawn_times_and_noise(
     return t, noise
 
 
+def check_weighting(weighting: str, importance_sampling: bool | None) -> bool:
+    """A DSM weighting name checked, and whether it samples t by importance: None means yes for
+    "likelihood" (its importance sampling is uniform in the log-SNR), no otherwise; only
+    "likelihood" supports it."""
+    check_choice("weighting", weighting, WEIGHTINGS)
+    if importance_sampling is None:
+        importance_sampling = weighting == "likelihood"
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError(
+            f"importance_sampling applies to weighting='likelihood' only, "
+            f"got weighting={weighting!r}"
+        )
+    return importance_sampling
+
+
 def dsm_loss(
     model: ScoreModelWithSDE,
     x0: Tensor,
@@ -148,15 +163,8 @@ def dsm_loss(
     Returns:
         the loss, a scalar (or shape (B,) if not reduce).
     """
-    check_choice("weighting", weighting, WEIGHTINGS)
+    importance_sampling = check_weighting(weighting, importance_sampling)
     check_tensor_finite("x0", x0)
-    if importance_sampling is None:
-        importance_sampling = weighting == "likelihood"
-    if importance_sampling and weighting != "likelihood":
-        raise ValueError(
-            f"importance_sampling applies to weighting='likelihood' only, "
-            f"got weighting={weighting!r}"
-        )
     sde = model.sde
     if time_sampling == "discrete" and weighting == "likelihood":
         raise ValueError(

@@ -40,7 +40,7 @@ from .._utils import check_choice, check_finite_number, check_int, check_tensor_
 from ..divergence import divergence, probes_like
 from ..models.labels import NULL_LABEL
 from ..protocols import SDE
-from .losses import WEIGHTINGS, _given_or_drawn_times_and_noise
+from .losses import WEIGHTINGS, _given_or_drawn_times_and_noise, check_weighting
 from .objectives import _dequantize, _step_times_and_noise
 
 __all__ = ["PROJECTIONS", "sliced_score_matching_loss", "ssm_loss", "sliced_score_matching"]
@@ -159,15 +159,8 @@ def ssm_loss(
     Returns:
         the loss, a scalar (or (B,) if not reduce).
     """
-    check_choice("weighting", weighting, WEIGHTINGS)
+    importance_sampling = check_weighting(weighting, importance_sampling)
     check_tensor_finite("x0", x0)
-    if importance_sampling is None:
-        importance_sampling = weighting == "likelihood"
-    if importance_sampling and weighting != "likelihood":
-        raise ValueError(
-            f"importance_sampling applies to weighting='likelihood' only, "
-            f"got weighting={weighting!r}"
-        )
     sde = model.sde
     t, noise = _given_or_drawn_times_and_noise(sde, x0, t, noise, importance_sampling, generator)
     x_t = sde.perturb(x0, t, noise)
