@@ -53,9 +53,7 @@ def score_matching(
     check_choice("weighting", weighting, WEIGHTINGS)
     if bin_width is not None:
         bin_width = check_finite_number("bin_width", bin_width, positive=True)
-    p_uncond = check_finite_number("p_uncond", p_uncond, nonnegative=True)
-    if p_uncond > 1:
-        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
+    p_uncond = check_p_uncond(p_uncond)
     if importance_sampling is None:
         importance_sampling = weighting == "likelihood" and time_sampling != "discrete"
     if time_sampling == "discrete" and weighting == "likelihood":
@@ -68,10 +66,7 @@ def score_matching(
     def objective(model: ScoreModelWithSDE, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         x = _dequantize(x, rnd, bin_width)
         t, noise = _step_times_and_noise(model, x, rnd, importance_sampling, time_sampling)
-        if y is not None and p_uncond > 0:
-            # drawn after t and noise, so an unconditional run's numbers are unchanged
-            drop = rnd.rand(dtype=torch.float64) < p_uncond
-            y = drop_condition(y, drop)
+        y = label_dropout(y, rnd, p_uncond)  # after t and noise: unconditional runs unchanged
         return dsm_loss(
             model,
             x,
@@ -84,6 +79,23 @@ def score_matching(
         )
 
     return objective
+
+
+def check_p_uncond(p_uncond: float) -> float:
+    """A label-dropout probability checked: a number in [0, 1]."""
+    p_uncond = check_finite_number("p_uncond", p_uncond, nonnegative=True)
+    if p_uncond > 1:
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
+    return p_uncond
+
+
+def label_dropout(y: Tensor | None, rnd, p_uncond: float) -> Tensor | None:
+    """The condition y (labels (B,) or token ids (B, L)) with each example replaced by the null
+    condition with probability p_uncond, drawn from the step's random source (label dropout,
+    Ho & Salimans 2022); y itself when None or p_uncond is 0 (then nothing is drawn)."""
+    if y is None or p_uncond == 0:
+        return y
+    return drop_condition(y, rnd.rand(dtype=torch.float64) < p_uncond)
 
 
 def _step_times_and_noise(

@@ -38,10 +38,9 @@ from torch import Tensor
 
 from .._utils import check_choice, check_finite_number, check_int, check_tensor_finite
 from ..divergence import divergence, probes_like
-from ..models.labels import NULL_LABEL
 from ..protocols import SDE
 from .losses import WEIGHTINGS, _given_or_drawn_times_and_noise, check_weighting
-from .objectives import _dequantize, _step_times_and_noise
+from .objectives import _dequantize, _step_times_and_noise, check_p_uncond, label_dropout
 
 __all__ = ["PROJECTIONS", "sliced_score_matching_loss", "ssm_loss", "sliced_score_matching"]
 
@@ -204,9 +203,7 @@ def sliced_score_matching(
     n_projections = check_int("n_projections", n_projections, 1)
     if bin_width is not None:
         bin_width = check_finite_number("bin_width", bin_width, positive=True)
-    p_uncond = check_finite_number("p_uncond", p_uncond, nonnegative=True)
-    if p_uncond > 1:
-        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond!r}")
+    p_uncond = check_p_uncond(p_uncond)
     if importance_sampling is None:
         importance_sampling = weighting == "likelihood"
 
@@ -218,9 +215,7 @@ def sliced_score_matching(
             # drawn per example, batch first, then moved to (K, B, *D)
             u = rnd.randn(n_projections, *x.shape[1:], dtype=x.dtype)
             probes = (torch.sign(u) if projection == "rademacher" else u).transpose(0, 1)
-        if y is not None and p_uncond > 0:
-            drop = rnd.rand(dtype=torch.float64) < p_uncond
-            y = torch.where(drop, NULL_LABEL, y)
+        y = label_dropout(y, rnd, p_uncond)
         return ssm_loss(
             model,
             x,
