@@ -186,6 +186,22 @@ def load_inception(
     return net.eval()
 
 
+def inception_pixels(b: Tensor, resize: int | None = None) -> Tensor:
+    """Images b (B, C, H, W), C 1 or 3, as the Inception network takes them: uint8 RGB, from
+    floats in [-1, 1] (256 levels) or uint8, bilinearly resized to resize x resize first when
+    given (grey images repeated over the 3 channels)."""
+    from ..data import to_levels
+
+    if b.dtype != torch.uint8:
+        if resize is not None:
+            b = F.interpolate(b.to(torch.float32), size=(resize, resize), mode="bilinear")
+        b = to_levels(b, 256).to(torch.uint8)
+    elif resize is not None:
+        size = (resize, resize)
+        b = F.interpolate(b.float(), size=size, mode="bilinear").round().to(torch.uint8)
+    return b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
+
+
 def inception_features(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -216,7 +232,6 @@ def inception_features(
         ``x -> (B, F)`` float64 features on x's device, computed on `device` (default: x's
         device) in batches of `batch_size`, without gradients.
     """
-    from ..data import to_levels
 
     batch_size = _check_batch_size(batch_size)
     if resize is not None and (
@@ -226,14 +241,7 @@ def inception_features(
     net = load_inception(path, sha256=sha256, trusted=trusted)
 
     def to_pixels(b: Tensor) -> Tensor:
-        if b.dtype != torch.uint8:
-            if resize is not None:
-                b = F.interpolate(b.to(torch.float32), size=(resize, resize), mode="bilinear")
-            b = to_levels(b, 256).to(torch.uint8)
-        elif resize is not None:
-            size = (resize, resize)
-            b = F.interpolate(b.float(), size=size, mode="bilinear").round().to(torch.uint8)
-        return b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
+        return inception_pixels(b, resize)
 
     @torch.no_grad()
     def extract(x: Tensor) -> Tensor:

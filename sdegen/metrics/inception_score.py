@@ -22,10 +22,15 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from .._utils import check_choice, check_finite_number, check_int, check_tensor_finite
-from .features import _batches, _check_batch_size, _inception_path, load_inception
+from .features import (
+    _batches,
+    _check_batch_size,
+    _inception_path,
+    inception_pixels,
+    load_inception,
+)
 
 __all__ = [
     "InceptionScore",
@@ -192,7 +197,6 @@ def inception_probabilities(
     Returns:
         ``x (B, C, H, W), C in {1, 3} -> (B, 1008)`` float64 probabilities on x's device.
     """
-    from ..data import to_levels
 
     batch_size = _check_batch_size(batch_size)
     if resize is not None:
@@ -202,16 +206,8 @@ def inception_probabilities(
     file = _inception_path(path)
     net = load_inception(file, sha256=sha256, trusted=trusted)
 
-    # the preprocessing of inception_features (sdegen.metrics.features), step for step
-    def to_pixels(b: Tensor) -> Tensor:
-        if b.dtype != torch.uint8:
-            if resize is not None:
-                b = F.interpolate(b.to(torch.float32), size=(resize, resize), mode="bilinear")
-            b = to_levels(b, 256).to(torch.uint8)
-        elif resize is not None:
-            size = (resize, resize)
-            b = F.interpolate(b.float(), size=size, mode="bilinear").round().to(torch.uint8)
-        return b.expand(-1, 3, -1, -1) if b.shape[1] == 1 else b
+    def to_pixels(b: Tensor) -> Tensor:  # the preprocessing of inception_features
+        return inception_pixels(b, resize)
 
     # StyleGAN2-ADA's file: forward(img, return_features, use_fp16, no_output_bias)
     schema = getattr(getattr(net, "forward", None), "schema", None)
