@@ -166,6 +166,19 @@ def previous_grid_time(sde, t: Tensor) -> Tensor:
 # ---- the forward posterior ------------------------------------------------------------------
 
 
+def step_times(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """The times of steps t -> s checked (tensors of one shape (B,)), detached, as float64."""
+    for name, v in (("s", s), ("t", t)):
+        if not torch.is_tensor(v) or v.ndim != 1:
+            got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+            raise ValueError(f"{name} must be a tensor of shape (B,), got {got}")
+    if s.shape != t.shape:
+        raise ValueError(
+            f"s and t must have the same shape, got {tuple(s.shape)} and {tuple(t.shape)}"
+        )
+    return s.detach().to(torch.float64), t.detach().to(torch.float64)
+
+
 def posterior_coefficients(sde, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """q(x_s | x_t, x_0) = N(c0 x_0 + ct x_t, var I) for a linear SDE, 0 <= s < t.
 
@@ -185,15 +198,7 @@ def posterior_coefficients(sde, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, T
     Returns:
         c0, ct, var, each float64 of shape (B,).
     """
-    for name, v in (("s", s), ("t", t)):
-        if not torch.is_tensor(v) or v.ndim != 1:
-            got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
-            raise ValueError(f"{name} must be a tensor of shape (B,), got {got}")
-    if s.shape != t.shape:
-        raise ValueError(
-            f"s and t must have the same shape, got {tuple(s.shape)} and {tuple(t.shape)}"
-        )
-    s64, t64 = s.detach().to(torch.float64), t.detach().to(torch.float64)
+    s64, t64 = step_times(s, t)
     if bool((s64 >= t64).any()):
         i = int(torch.nonzero(s64 >= t64)[0])
         raise ValueError(f"s must be < t, got s={float(s64[i])!r}, t={float(t64[i])!r}")

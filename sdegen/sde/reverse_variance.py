@@ -28,19 +28,7 @@ import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_finite_number
-from .discrete import posterior_coefficients
-
-
-def _times(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    for name, v in (("s", s), ("t", t)):
-        if not torch.is_tensor(v) or v.ndim != 1:
-            got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
-            raise ValueError(f"{name} must be a tensor of shape (B,), got {got}")
-    if s.shape != t.shape:
-        raise ValueError(
-            f"s and t must have the same shape, got {tuple(s.shape)}, {tuple(t.shape)}"
-        )
-    return s.detach().to(torch.float64), t.detach().to(torch.float64)
+from .discrete import posterior_coefficients, step_times
 
 
 def variance_bounds(sde, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,7 +46,7 @@ def variance_bounds(sde, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         beta_tilde and beta, float64 of shape (B,), 0 < beta_tilde <= beta.
     """
-    s64, t64 = _times(s, t)
+    s64, t64 = step_times(s, t)
     first = s64 <= 0
     if bool((first & (2 * t64 > sde.T * (1 + 1e-9))).any()):
         raise ValueError(f"a step from t to s = 0 needs 2t <= T = {sde.T} for the clipped bound")
@@ -127,7 +115,7 @@ def analytic_dpm_variance(
     Returns:
         sigma*^2, float64 of shape (B,).
     """
-    s64, t64 = _times(s, t)
+    s64, t64 = step_times(s, t)
     g = torch.as_tensor(gamma, dtype=torch.float64).expand(t64.shape)
     c0, lam2 = _posterior_x0_coefficient(sde, s64, t64)
     post = (sde.sigma(t64) / sde.alpha(t64)).to(torch.float64) ** 2 * (1 - g).clamp(0, 1)
@@ -185,7 +173,7 @@ def optimal_variance(sde, s: Tensor, t: Tensor, cov: Tensor, *, diagonal: bool =
     Returns:
         float64 of shape (B,) (isotropic) or (B, D) (diagonal).
     """
-    s64, t64 = _times(s, t)
+    s64, t64 = step_times(s, t)
     c0, lam2 = _posterior_x0_coefficient(sde, s64, t64)
     post = torch.diagonal(gaussian_posterior_covariance(sde, t64, cov), dim1=-2, dim2=-1)
     if diagonal:
