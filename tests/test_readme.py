@@ -5,7 +5,8 @@ Each block is one test, id `bash:L63` / `python:L88`: the README line of the blo
 code. Blocks run in README order in one xdist worker, sharing state as a reader's session would:
 
 - Python blocks share one namespace (a later block may use names an earlier one defined) and
-  run with an empty temporary folder as working directory, in one fresh Python started for them
+  run in the shell blocks' working folder (below; so Python can load a run a command trained),
+  in one fresh Python started for them
   (tests/readme_worker.py), not in pytest's process: there most of sdegen is already imported
   and conftest has set float64 as torch's default dtype, so a block could pass that fails for a
   reader (`import sdegen` then `sdegen.training...` did).
@@ -61,7 +62,10 @@ REWRITES: dict[str, list[str]] = {
     "quickstart": ["--fast"],
     # a few steps on a small batch: the test checks the commands work, not the model's quality
     # (n_train sizes the toy data sets only; digits ignore it)
-    "train": "--set steps=10 --set batch_size=64 --set n_train=2000 --quiet".split(),
+    # (latent_steps: a latent run's autoencoder stage; other runs record and ignore it)
+    "train": (
+        "--set steps=10 --set batch_size=64 --set n_train=2000 --set latent_steps=10 --quiet"
+    ).split(),
     # --resume accepts --set steps only; 15 > the first part's 10, so it trains on
     "train --resume": "--set steps=15 --quiet".split(),
     "sample": "--n 8".split(),
@@ -83,6 +87,7 @@ BENCH_SMOKE: dict[str, list[str]] = {
         "--quick --toy moons --no-digits --families realnvp --out bench/likelihood"
     ).split(),
     "digits_classifier": "--steps 10 --out bench/digits_classifier.safetensors".split(),
+    "vae": "--quick --out bench/vae".split(),
 }
 # A config file a command names (`--config my.yaml`) that the README does not show how to make
 # is written before the command runs: this content, or an empty mapping (all defaults).
@@ -292,8 +297,8 @@ class ReadmeSession:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     base = tmp_path_factory.mktemp("readme")
-    (base / "python").mkdir()
-    (base / "shell").mkdir()
+    # one working folder for both, as a reader's: Python can load the run a command trained
+    (base / "work").mkdir()
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -304,7 +309,7 @@ def session(tmp_path_factory):
         # the digits classifier cache: inside the temporary folder, not ~/.cache
         "SDEGEN_CACHE": str(base / "cache"),
     }
-    state = ReadmeSession(base / "python", base / "shell", env)
+    state = ReadmeSession(base / "work", base / "work", env)
     yield state
     if state.worker is not None:
         state.worker.stdin.close()
