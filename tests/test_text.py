@@ -272,3 +272,35 @@ def test_text_run_from_the_command_line(tmp_path, capsys):
     ):  # fmt: skip
         assert main(["train", "--run", str(tmp_path / "bad"), *cfg]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_text_dit_reads_the_prompt_and_guides():
+    import sdegen
+    from sdegen.models import DiT
+    from sdegen.models.text import TokenConditioner
+    from sdegen.solvers.guidance import ClassifierFree
+
+    torch.manual_seed(0)
+    tok = Tokenizer(max_len=6)
+    enc = TextEncoder(len(tok), width=16, depth=1, heads=2, max_len=6)
+    net = DiT(1, patch_size=2, hidden=16, depth=2, heads=2, text=TokenConditioner(enc))
+    x, c = torch.randn(3, 1, 8, 8), torch.randn(3)
+    ids, _ = tok(["a thick 3", "a thin 7", ""])
+    assert bool((net(x, c, ids) == 0).all())  # adaLN-Zero and zero cross-attention: output 0
+    for p in net.parameters():  # a trained network: every weight nonzero
+        if p.dim() > 1:
+            torch.nn.init.normal_(p, std=0.3)
+    _train_cross_attention(net)
+    out = net(x, c, ids)
+    assert not torch.allclose(out[0], net(x, c, ids[[1, 1, 2]])[0])  # the prompt matters
+    assert torch.allclose(net(x, c, torch.full_like(ids, -1)), net(x, c, None), atol=1e-12)
+    sde = sdegen.VPSDE()
+    model = sdegen.ScoreModel(net, sde, "eps")
+    t = torch.full((3,), 0.5)
+    cond, uncond = model.x0_eps(x, t, ids)[1], model.x0_eps(x, t, None)[1]
+    assert torch.allclose(ClassifierFree(model, sde, ids, 0.0).x0_eps(x, t)[1], uncond)
+    assert torch.allclose(ClassifierFree(model, sde, ids, 1.0).x0_eps(x, t)[1], cond)
+    with pytest.raises(ValueError, match="token ids y"):
+        net(x, c, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="num_classes or text"):
+        DiT(1, hidden=16, heads=2, num_classes=10, text=net.text)

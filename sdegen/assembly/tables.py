@@ -179,18 +179,28 @@ def _unet(
     )
 
 
-def _dit(event_shape: tuple[int, ...], num_classes: int | None, params: dict) -> torch.nn.Module:
+def _dit(
+    event_shape: tuple[int, ...],
+    num_classes: int | None,
+    params: dict,
+    text: torch.nn.Module | None = None,
+) -> torch.nn.Module:
     if len(event_shape) != 3:
         raise ValueError(f"network 'dit' needs images (C, H, W), got {event_shape}")
     return _call_with_params(
-        "network_params", DiT, params, in_channels=event_shape[0], num_classes=num_classes
+        "network_params",
+        DiT,
+        params,
+        in_channels=event_shape[0],
+        num_classes=num_classes,
+        text=text,
     )
 
 
 # name -> builder(event_shape, num_classes, network_params); "auto" picks one by the data
 NETWORKS: dict[str, Callable[..., torch.nn.Module]] = {"mlp": _mlp, "unet": _unet, "dit": _dit}
 # the networks that read text through cross-attention (their builder takes text=)
-TEXT_NETWORKS = ("unet",)
+TEXT_NETWORKS = ("unet", "dit")
 
 
 # name -> the keyword of the network's output channels, set to twice the data's channels for a

@@ -21,6 +21,7 @@ from .networks import (
     dot_product_attention,
     time_mlp,
 )
+from .text import CrossAttention, check_text_conditioner, network_condition
 
 POS_EMBEDDINGS = ("sincos", "learned")
 
@@ -173,6 +174,10 @@ class DiT(nn.Module):
         out_channels: output channels; default `in_channels`.
         num_classes: class-conditional on this many classes (label dropout to `NULL_LABEL`
             gives classifier-free guidance); None: unconditional.
+        text: text-conditional through a conditioner of `sdegen.models.text` (token ids, or
+            another encoder's embeddings): after every block the tokens read the context by
+            a `CrossAttention` (zero-initialised, so the untrained output stays 0). Not
+            together with num_classes.
 
     Example:
         >>> import torch
@@ -196,6 +201,7 @@ class DiT(nn.Module):
         embed_dim: int | None = None,
         out_channels: int | None = None,
         num_classes: int | None = None,
+        text: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = check_int("in_channels", in_channels, 1)
@@ -248,6 +254,18 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             DiTBlock(hidden, heads, mlp_ratio, embed_dim) for _ in range(depth)
         )
+        check_text_conditioner(text)
+        if text is not None and num_classes is not None:
+            raise ValueError("give num_classes or text, not both")
+        self.text = text
+        self.cross = (
+            nn.ModuleList(
+                CrossAttention(hidden, int(text.width), heads, tokens=True)  # type: ignore[arg-type]
+                for _ in range(depth)
+            )
+            if text is not None
+            else None
+        )
         self.norm_out = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(embed_dim, 2 * hidden)
         self.out = nn.Linear(hidden, p * p * self.out_channels)
@@ -261,9 +279,15 @@ class DiT(nn.Module):
             return self.pos.to(like.dtype)
         return sincos_pos_embed(self.hidden, grid_h, grid_w).to(like.device, like.dtype)
 
+    def check_condition(self, y, batch: int) -> Tensor:
+        """The condition y checked for this network: class labels (batch,), or what its text
+        conditioner takes."""
+        return network_condition(self.text, self.num_classes, y, batch)
+
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         """Output (B, out_channels, H, W) for x (B, in_channels, H, W), c_noise (B,) and
-        optional labels y (B,); y = None on a conditional network is NULL_LABEL throughout."""
+        the optional condition y: labels (B,), or what a text conditioner takes; y = None on a
+        conditional network is the null condition throughout."""
         p = self.patch_size
         _check_image(x, self.in_channels, p)
         h_img, w_img = x.shape[2], x.shape[3]
@@ -274,9 +298,16 @@ class DiT(nn.Module):
                 "pos_embed='sincos' for other sizes"
             )
         check_noise_levels(c_noise, x.shape[0])
-        c = add_label_embedding(self.label_embed, self.time_mlp(self.embed(c_noise.to(x.dtype))), y)
+        c = self.time_mlp(self.embed(c_noise.to(x.dtype)))
+        if self.text is None:
+            c = add_label_embedding(self.label_embed, c, y)
+        else:
+            emb, mask = self.text(y, x.shape[0], x.device)
+            context = (emb.to(x.dtype), mask)
         h = self.patch_embed(patchify(x, p)) + self.positions(h_img // p, w_img // p, x)
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             h = block(h, c)
+            if self.cross is not None:
+                h = self.cross[i](h, *context)
         shift, scale = self.ada_out(c).chunk(2, dim=1)
         return unpatchify(self.out(modulate(self.norm_out(h), shift, scale)), p, h_img, w_img)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._utils import check_int, check_tensor_finite
-from .labels import NULL_LABEL
+from .labels import NULL_LABEL, check_labels
 from .networks import dot_product_attention
 
 __all__ = [
@@ -92,17 +92,30 @@ class CrossAttention(nn.Module):
     """Image features (B, C, H, W) attend to a context (B, L, context_dim) with its mask:
     multi-head attention, queries from the GroupNorm-ed features, keys and values from the
     context, added back to the input through an output projection. The projection starts at
-    zero, so a fresh block is the identity and a network gains it without changing."""
+    zero, so a fresh block is the identity and a network gains it without changing.
 
-    def __init__(self, channels: int, context_dim: int, heads: int = 4, groups: int = 8) -> None:
+    tokens=True: the features are a token sequence (B, N, C) (a transformer's, e.g. the DiT's),
+    normalised by a LayerNorm instead."""
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        heads: int = 4,
+        groups: int = 8,
+        *,
+        tokens: bool = False,
+    ) -> None:
         super().__init__()
         check_int("channels", channels, 1)
         check_int("context_dim", context_dim, 1)
         check_int("heads", heads, 1)
         if channels % heads:
             raise ValueError(f"channels {channels} must be divisible by heads {heads}")
-        self.heads, self.context_dim = heads, context_dim
-        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.heads, self.context_dim, self.tokens = heads, context_dim, tokens
+        self.norm: nn.Module = (
+            nn.LayerNorm(channels) if tokens else nn.GroupNorm(min(groups, channels), channels)
+        )
         self.q = nn.Linear(channels, channels, bias=False)
         self.kv = nn.Linear(context_dim, 2 * channels, bias=False)
         self.proj = nn.Linear(channels, channels)
@@ -110,18 +123,36 @@ class CrossAttention(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: Tensor, emb: Tensor, mask: Tensor) -> Tensor:
-        b, c, h, w = x.shape
+        b, c = x.shape[0], x.shape[-1 if self.tokens else 1]
         check_context(emb, mask, batch=b, width=self.context_dim)
         hd = c // self.heads
-        q = self.q(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C)
+        seq = self.norm(x) if self.tokens else self.norm(x).flatten(2).transpose(1, 2)
+        q = self.q(seq)  # (B, N, C), N tokens or H * W positions
         k, v = self.kv(emb.to(q.dtype)).chunk(2, dim=-1)  # (B, L, C) each
 
         def split(t: Tensor) -> Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
             return t.reshape(b, -1, self.heads, hd).transpose(1, 2)
 
         out = dot_product_attention(split(q), split(k), split(v), mask[:, None, None, :])
-        out = self.proj(out.transpose(1, 2).reshape(b, h * w, c))
-        return x + out.transpose(1, 2).reshape(b, c, h, w)
+        out = self.proj(out.transpose(1, 2).reshape(b, -1, c))
+        return x + (out if self.tokens else out.transpose(1, 2).reshape(x.shape))
+
+
+def check_text_conditioner(text) -> None:
+    """A network's `text` argument checked: a conditioner of this module (or None)."""
+    if text is not None and not (isinstance(text, nn.Module) and hasattr(text, "check_condition")):
+        raise TypeError(
+            "text must be a conditioner from sdegen.models.text (TokenConditioner or "
+            f"EmbeddingTable), got {type(text).__name__}"
+        )
+
+
+def network_condition(text: nn.Module | None, num_classes: int | None, y, batch: int) -> Tensor:
+    """The condition y of a network checked: by its text conditioner (token ids or table
+    indices) when it has one, else as class labels of its num_classes."""
+    if text is not None:
+        return text.check_condition(y, batch)  # type: ignore[operator]
+    return check_labels(y, batch, num_classes)
 
 
 class TokenConditioner(nn.Module):

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils import check_int
-from .labels import LabelEmbedding, check_labels
+from .labels import LabelEmbedding
 from .networks import (
     SinusoidalEmbedding,
     add_label_embedding,
     check_noise_levels,
     time_mlp,
 )
-from .text import CrossAttention
+from .text import CrossAttention, check_text_conditioner, network_condition
 
 
 class ResBlock(nn.Module):
@@ -152,11 +152,7 @@ class UNet(nn.Module):
         if text is not None:
             if num_classes is not None:
                 raise ValueError("give num_classes or text, not both")
-            if not (isinstance(text, nn.Module) and hasattr(text, "check_condition")):
-                raise TypeError(
-                    "text must be a conditioner from sdegen.models.text (TokenConditioner or "
-                    f"EmbeddingTable), got {type(text).__name__}"
-                )
+            check_text_conditioner(text)
         self.text = text
 
         def cross(ch: int) -> list[nn.Module]:
@@ -208,9 +204,7 @@ class UNet(nn.Module):
     def check_condition(self, y, batch: int) -> Tensor:
         """The condition y checked for this network: class labels (batch,), or what its text
         conditioner takes (token ids (batch, L) or table indices (batch,))."""
-        if self.text is not None:
-            return self.text.check_condition(y, batch)  # type: ignore[operator]
-        return check_labels(y, batch, self.num_classes)
+        return network_condition(self.text, self.num_classes, y, batch)
 
     def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         """Output (B, out_channels, H, W) for x (B, in_channels, H, W), c_noise (B,) and
