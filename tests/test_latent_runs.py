@@ -89,3 +89,32 @@ def test_vq_latent_run_samples(tmp_path):
                  str(out)]) == 0  # fmt: skip
     assert np.load(out.with_suffix(".npz"))["x"].shape == (3, 1, 8, 8)
     assert build_autoencoder(load_run(run).cfg, load_data("digits")).latent_shape == (4, 4, 4)
+
+
+def test_interrupted_autoencoder_stage_resumes_from_the_command_line(tmp_path, capsys):
+    from sdegen.assembly import save_config
+    from sdegen.training import Trainer, density_loss
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [s for s in TINY if "=" in s])
+    data = load_data("digits")
+    # what a run killed during its autoencoder stage leaves: the config and an unfinished
+    # autoencoder checkpoint (no fitted latent scale), no score-model checkpoint
+    save_config(cfg, run)
+    ae = build_autoencoder(cfg, data)
+    Trainer(ae, density_loss(), data.train, batch_size=32, run_dir=autoencoder_dir(run),
+            ckpt_every=0, progress=False, ema_decay=None).fit(2)  # fmt: skip
+    assert not (run / "latest").exists()
+    assert main(["train", "--run", str(run), "--resume", "--quiet"]) == 0
+    loaded = load_run(run)
+    assert loaded.step == 3 and float(loaded.autoencoder.latent_scale) != 1.0
+    metrics = (autoencoder_dir(run) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["step"] for m in metrics][-1] == 4  # it went on from step 2 to 4
+
+
+def test_a_bad_latent_config_trains_nothing_and_leaves_no_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    bad = [*TINY, "--set", "network_params={channels: 8, nope: 1}"]
+    assert main(["train", "--run", str(run), *bad]) == 2
+    assert "network_params has unknown" in capsys.readouterr().err
+    assert not run.exists()  # refused before the autoencoder stage wrote anything

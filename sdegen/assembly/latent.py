@@ -54,13 +54,16 @@ def train_autoencoder(
     data: Data,
     run_dir: str | Path,
     *,
+    ae: KLAutoencoder | VQVAE | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> KLAutoencoder | VQVAE:
     """Stage 1 of a latent run: train the autoencoder for cfg.latent_steps steps (resuming its
     checkpoint if one is there), fit its latent scale on the training split, and save it. An
-    autoencoder already trained to latent_steps is loaded, not trained again."""
-    ae = build_autoencoder(cfg, data)
+    autoencoder already trained to latent_steps is loaded, not trained again. `ae`: the run's
+    untrained autoencoder (`build_autoencoder`), trained in place (so an objective built on it
+    sees the trained one); None builds it."""
+    ae = build_autoencoder(cfg, data) if ae is None else ae
     folder = autoencoder_dir(run_dir)
     path = latest_checkpoint(folder)
     if path is not None:

@@ -69,8 +69,8 @@ def evaluate_likelihood(
         settings: dict[str, Any] = dict(trace=trace, probes=probes, rtol=rtol, atol=atol)
         if density is not None:
             bound = density.bound(chunk, generator=g, **settings)
-            parts.append(torch.stack([bound.reconstruction, bound.prior, bound.entropy]))
-            logp, counts = bound.log_prob, (bound.nfe, bound.nfe_backward)
+            parts.append(torch.stack([bound.reconstruction, bound.prior, bound.entropy]).detach())
+            logp, counts = bound.log_prob.detach(), (bound.nfe, bound.nfe_backward)
         else:
             res = solvers.log_likelihood(model, model.sde, chunk, generator=g, **settings)
             logp, counts = res.log_prob, (res.nfe, res.nfe_backward)

@@ -34,7 +34,7 @@ from ..assembly import (
     run_text,
     save_config,
 )
-from ..assembly.latent import autoencoder_dir, decode, train_autoencoder
+from ..assembly.latent import autoencoder_dir, build_autoencoder, decode, train_autoencoder
 from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ring_mixture
@@ -75,18 +75,17 @@ def train(args: argparse.Namespace) -> int:
         cfg.device = args.device
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    autoencoder = None
-    if cfg.latent != "none":  # stage 1: the autoencoder (trained once, then loaded)
-        if not args.resume:
-            save_config(cfg, run)  # so that an interrupted stage 1 can be resumed
-        autoencoder = train_autoencoder(cfg, data, run, device=device, progress=not args.quiet)
+    # Everything is built, and so every config key checked, before any training: a latent
+    # run's untrained autoencoder gives the score model its shape and is trained in place below.
+    autoencoder = build_autoencoder(cfg, data) if cfg.latent != "none" else None
     shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
     model = build_model(cfg, shape, run_classes(cfg, data), run_text(cfg, data))
     trainer = make_trainer(
         cfg, data, model, run, device=device, progress=not args.quiet, autoencoder=autoencoder
     )
     if args.resume:
-        if not trainer.resume():
+        stage_1 = autoencoder is not None and latest_checkpoint(autoencoder_dir(run)) is not None
+        if not trainer.resume() and not stage_1:
             raise FileNotFoundError(f"run folder {run} has no checkpoint to resume from")
         if trainer.step >= cfg.steps:
             if trainer.step > cfg.steps:
@@ -98,6 +97,8 @@ def train(args: argparse.Namespace) -> int:
             return 0
     if trainer.rank == 0:
         save_config(cfg, run)
+    if autoencoder is not None:  # stage 1: the autoencoder (trained once, then loaded)
+        train_autoencoder(cfg, data, run, ae=autoencoder, device=device, progress=not args.quiet)
     start = trainer.step
     history = trainer.fit(cfg.steps)
     if trainer.rank == 0:
