@@ -423,33 +423,36 @@ def main(argv: list[str] | None = None) -> dict:
         models[kind], training[kind] = train(kind, data, args)
     ddpm = models["discrete"].sde
     models["continuous"] = on_grid("continuous", models["continuous"], ddpm)
-    torch.set_grad_enabled(False)
-    bpd = bits_per_dim(models, ddpm, data, args)
-    fid = fids(models, ddpm, data, feats, test_moments, args)
-    profile = variance_profile(models, ddpm, data, args)
-    meta = {
-        **{k: getattr(args, k) for k in ("nfe", "n", "n_bpd", "n_gamma", "ddpm_steps")},
-        **{k: getattr(args, k) for k in ("train_steps", "batch_size", "lr", "train_seed", "seed")},
-        "network": {k: list(v) if isinstance(v, tuple) else v for k, v in NETWORK.items()},
-        "quick": args.quick,
-        "seconds": time.perf_counter() - start,
-        "cpu_seconds": time.process_time() - cpu_start,
-        "load_average_at_start": load,
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": harness.git_commit(),
-        **harness.environment(),
-    }
-    result = {
-        "meta": meta,
-        "training": training,
-        "noise_floor": floor,
-        "bpd": bpd,
-        "fid": fid,
-        "variance_profile": profile,
-    }
-    grids = [f"samples_{k}_{v}_nfe{args.grid_nfe}.png" for k, v in VARIANTS]
-    harness.save(args.out, result, markdown(result), figures(result), also=grids)
-    return result
+    with torch.no_grad():  # from here on only sampling and scoring
+        bpd = bits_per_dim(models, ddpm, data, args)
+        fid = fids(models, ddpm, data, feats, test_moments, args)
+        profile = variance_profile(models, ddpm, data, args)
+        meta = {
+            **{k: getattr(args, k) for k in ("nfe", "n", "n_bpd", "n_gamma", "ddpm_steps")},
+            **{
+                k: getattr(args, k)
+                for k in ("train_steps", "batch_size", "lr", "train_seed", "seed")
+            },
+            "network": {k: list(v) if isinstance(v, tuple) else v for k, v in NETWORK.items()},
+            "quick": args.quick,
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - cpu_start,
+            "load_average_at_start": load,
+            "date": time.strftime("%Y-%m-%d"),
+            "commit": harness.git_commit(),
+            **harness.environment(),
+        }
+        result = {
+            "meta": meta,
+            "training": training,
+            "noise_floor": floor,
+            "bpd": bpd,
+            "fid": fid,
+            "variance_profile": profile,
+        }
+        grids = [f"samples_{k}_{v}_nfe{args.grid_nfe}.png" for k, v in VARIANTS]
+        harness.save(args.out, result, markdown(result), figures(result), also=grids)
+        return result
 
 
 if __name__ == "__main__":

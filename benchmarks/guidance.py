@@ -196,24 +196,26 @@ def main(argv: list[str] | None = None) -> None:
     if not run.cfg.conditional:
         raise ValueError(f"run {args.run} is not class-conditional (config conditional: false)")
     train_seconds = time.perf_counter() - start
-    torch.set_grad_enabled(False)  # from here on only sampling and scoring
-    data = run.data
-    feats = lambda x: clf.features(x.float())  # noqa: E731
-    meta = {
-        "train_steps": run.step,
-        "p_uncond": run.cfg.p_uncond,
-        "train_seconds": train_seconds,
-        "n": 10 * args.n_per_class,
-        "nfe": args.nfe,
-        "seeds": args.seeds,
-        "clf_test_accuracy": float((clf(data.test).argmax(1) == data.test_labels).double().mean()),
-        "fid_floor": fid(data.test, data.train, features=feats),
-        "torch": torch.__version__,
-    }
-    records = evaluate(run.model, data, clf, args.n_per_class, args.nfe, args.seeds, args.out)
-    grids = [f"grid_{method}_w{w:g}.png" for method in SAMPLERS for w in WEIGHTS]
-    result = {"meta": meta, "records": records}
-    harness.save(args.out, result, markdown(records, meta), figures(records, meta), also=grids)
+    with torch.no_grad():  # from here on only sampling and scoring
+        data = run.data
+        feats = lambda x: clf.features(x.float())  # noqa: E731
+        meta = {
+            "train_steps": run.step,
+            "p_uncond": run.cfg.p_uncond,
+            "train_seconds": train_seconds,
+            "n": 10 * args.n_per_class,
+            "nfe": args.nfe,
+            "seeds": args.seeds,
+            "clf_test_accuracy": float(
+                (clf(data.test).argmax(1) == data.test_labels).double().mean()
+            ),
+            "fid_floor": fid(data.test, data.train, features=feats),
+            "torch": torch.__version__,
+        }
+        records = evaluate(run.model, data, clf, args.n_per_class, args.nfe, args.seeds, args.out)
+        grids = [f"grid_{method}_w{w:g}.png" for method in SAMPLERS for w in WEIGHTS]
+        result = {"meta": meta, "records": records}
+        harness.save(args.out, result, markdown(records, meta), figures(records, meta), also=grids)
 
 
 if __name__ == "__main__":

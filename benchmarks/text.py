@@ -268,27 +268,29 @@ def main(argv: list[str] | None = None) -> None:
             "latent_steps": run.cfg.latent_steps if ae is not None else 0,
             "latent_shape": list(ae.latent_shape) if ae is not None else None,
         }
-    torch.set_grad_enabled(False)
-    data = next(iter(runs.values())).data
-    feats = lambda x: clf.features(x.float())  # noqa: E731
-    meta = {
-        "models": models,
-        "p_uncond": args.p_uncond,
-        "n_per_prompt": args.n_per_prompt,
-        "prompts": len(prompts()),
-        "n": len(prompts()) * args.n_per_prompt,
-        "nfe": args.nfe,
-        "seed": args.seed,
-        "clf_test_accuracy": float((clf(data.test).argmax(1) == data.test_labels).double().mean()),
-        "fid_floor": fid(data.test, data.train, features=feats),
-        "torch": torch.__version__,
-    }
-    records = []
-    for name, run in runs.items():
-        records += evaluate(run, name, clf, args.n_per_prompt, args.nfe, args.seed, args.out)
-    result = {"meta": meta, "records": records}
-    grids = [f"grid_{name}_w{w:g}.png" for name in runs for w in WEIGHTS]
-    harness.save(args.out, result, markdown(records, meta), figures(records, meta), also=grids)
+    with torch.no_grad():  # from here on only sampling and scoring
+        data = next(iter(runs.values())).data
+        feats = lambda x: clf.features(x.float())  # noqa: E731
+        meta = {
+            "models": models,
+            "p_uncond": args.p_uncond,
+            "n_per_prompt": args.n_per_prompt,
+            "prompts": len(prompts()),
+            "n": len(prompts()) * args.n_per_prompt,
+            "nfe": args.nfe,
+            "seed": args.seed,
+            "clf_test_accuracy": float(
+                (clf(data.test).argmax(1) == data.test_labels).double().mean()
+            ),
+            "fid_floor": fid(data.test, data.train, features=feats),
+            "torch": torch.__version__,
+        }
+        records = []
+        for name, run in runs.items():
+            records += evaluate(run, name, clf, args.n_per_prompt, args.nfe, args.seed, args.out)
+        result = {"meta": meta, "records": records}
+        grids = [f"grid_{name}_w{w:g}.png" for name in runs for w in WEIGHTS]
+        harness.save(args.out, result, markdown(records, meta), figures(records, meta), also=grids)
 
 
 if __name__ == "__main__":

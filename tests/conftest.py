@@ -57,3 +57,12 @@ def mixture(sde, dim: int = 2) -> GaussianMixtureScore:
     A = torch.randn(2, dim, dim, generator=g)
     covs = 0.1 * A @ A.transpose(1, 2) / dim + 0.15 * torch.eye(dim)
     return GaussianMixtureScore(torch.tensor([0.35, 0.65]), means, covs, sde)
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """A test (or a benchmark script run in-process) that switches autograd off must not
+    leave it off for the tests after it in the same worker."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
