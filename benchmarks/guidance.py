@@ -24,14 +24,10 @@ import torch
 import sdegen
 from sdegen.assembly import (
     TrainConfig,
-    build_model,
     harness,
-    load_data,
     load_run,
-    make_trainer,
     plots,
-    run_classes,
-    save_config,
+    setup_run,
 )
 from sdegen.metrics import fid
 from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier
@@ -54,11 +50,7 @@ def train(run_dir: Path, steps: int, p_uncond: float, seed: int):
         p_uncond=p_uncond,
         seed=seed,
     )
-    data = load_data(cfg.data, seed=cfg.seed)
-    model = build_model(cfg, data.event_shape, run_classes(cfg, data))
-    save_config(cfg, run_dir)
-    trainer = make_trainer(cfg, data, model, run_dir, progress=False)
-    trainer.fit(cfg.steps)
+    setup_run(cfg, run_dir, progress=False).fit()
     return load_run(run_dir)
 
 

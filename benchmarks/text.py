@@ -36,16 +36,12 @@ import torch
 import sdegen
 from sdegen.assembly import (
     TrainConfig,
-    build_model,
     harness,
-    load_data,
     load_run,
-    make_trainer,
     plots,
-    run_text,
-    save_config,
+    setup_run,
 )
-from sdegen.assembly.latent import decode, train_autoencoder
+from sdegen.assembly.latent import decode
 from sdegen.data.captions import ATTRIBUTES, Prompt, caption
 from sdegen.metrics import fid
 from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier
@@ -72,13 +68,7 @@ def train(run_dir: Path, steps: int, p_uncond: float, seed: int, latent: str = "
         latent=latent,
         latent_steps=steps,
     )
-    data = load_data(cfg.data, seed=cfg.seed)
-    save_config(cfg, run_dir)
-    ae = train_autoencoder(cfg, data, run_dir, progress=False) if latent != "none" else None
-    shape = ae.latent_shape if ae is not None else data.event_shape
-    model = build_model(cfg, shape, None, run_text(cfg, data))
-    trainer = make_trainer(cfg, data, model, run_dir, progress=False, autoencoder=ae)
-    trainer.fit(cfg.steps)
+    setup_run(cfg, run_dir, progress=False).fit()
     return load_run(run_dir)
 
 

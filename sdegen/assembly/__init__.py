@@ -28,12 +28,14 @@ from .likelihood import EXACT_TRACE_MAX_DIM, evaluate_likelihood, resolve_trace
 from .runs import (
     MODEL_KEYS,
     LoadedRun,
+    RunSetup,
     build_model,
     load_foreign,
     load_run,
     make_trainer,
     run_classes,
     run_text,
+    setup_run,
 )
 from .tables import (
     DATA,
@@ -73,6 +75,8 @@ __all__ = [
     "run_text",
     "load_run",
     "make_trainer",
+    "setup_run",
+    "RunSetup",
     "EXACT_TRACE_MAX_DIM",
     "resolve_trace",
     "evaluate_likelihood",

@@ -22,7 +22,7 @@ from ..training.hybrid import hybrid_objective
 from ..training.losses import check_time_sampling
 from ..training.sliced import sliced_score_matching
 from ..training.vlb import vlb_objective
-from .config import TrainConfig, read_run_config
+from .config import TrainConfig, read_run_config, save_config
 from .latent import load_autoencoder
 from .tables import Data, build_network, build_sde, learned_variance_params, load_data
 from .text import TextSetup, text_setup
@@ -332,3 +332,54 @@ def make_trainer(
         config={**cfg.to_dict(), "num_classes": num_classes},
         progress=progress,
     )
+
+
+@dataclass
+class RunSetup:
+    """Everything a run config builds before it trains: its data, a latent run's untrained
+    autoencoder, a text run's captions, the score model and its Trainer (`setup_run`)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    data: Data
+    model: ScoreModel
+    trainer: Trainer
+    autoencoder: KLAutoencoder | VQVAE | None = None
+    text: TextSetup | None = None
+
+    def fit(self) -> list[dict]:
+        """Train: save the config (rank 0), a latent run's autoencoder stage (trained once, then
+        loaded), then the score model to cfg.steps. Returns the score model's step metrics."""
+        from .latent import train_autoencoder
+
+        trainer = self.trainer
+        if trainer.rank == 0:
+            save_config(self.cfg, self.run_dir)
+        if self.autoencoder is not None:
+            train_autoencoder(self.cfg, self.data, self.run_dir, ae=self.autoencoder,
+                              device=trainer.device, progress=trainer.progress)  # fmt: skip
+        return trainer.fit(self.cfg.steps)
+
+
+def setup_run(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> RunSetup:
+    """Build a run from its config without training anything, so that every config key is
+    checked first: the data, a latent run's untrained autoencoder (it gives the score model its
+    shape, and `RunSetup.fit` trains it in place), the score model and its Trainer."""
+    from .latent import build_autoencoder
+
+    run_dir = Path(run_dir)
+    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
+    autoencoder = build_autoencoder(cfg, data) if cfg.latent != "none" else None
+    shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
+    text = run_text(cfg, data)
+    model = build_model(cfg, shape, run_classes(cfg, data), text)
+    trainer = make_trainer(
+        cfg, data, model, run_dir, device=device, progress=progress, autoencoder=autoencoder
+    )
+    return RunSetup(cfg, run_dir, data, model, trainer, autoencoder, text)

@@ -19,22 +19,18 @@ from .._utils import resolve_device
 from ..assembly import (
     SDES,
     Data,
-    build_model,
     evaluate_likelihood,
     harness,
     load_config,
     load_data,
     load_foreign,
     load_run,
-    make_trainer,
     plots,
     read_run_config,
     resolve_trace,
-    run_classes,
-    run_text,
-    save_config,
+    setup_run,
 )
-from ..assembly.latent import autoencoder_dir, build_autoencoder, decode, train_autoencoder
+from ..assembly.latent import autoencoder_dir, decode
 from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ring_mixture
@@ -74,15 +70,9 @@ def train(args: argparse.Namespace) -> int:
     if args.device is not None:
         cfg.device = args.device
     device = resolve_device(cfg.device)
-    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    # Everything is built, and so every config key checked, before any training: a latent
-    # run's untrained autoencoder gives the score model its shape and is trained in place below.
-    autoencoder = build_autoencoder(cfg, data) if cfg.latent != "none" else None
-    shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
-    model = build_model(cfg, shape, run_classes(cfg, data), run_text(cfg, data))
-    trainer = make_trainer(
-        cfg, data, model, run, device=device, progress=not args.quiet, autoencoder=autoencoder
-    )
+    # everything is built, and so every config key checked, before any training
+    setup = setup_run(cfg, run, device=device, progress=not args.quiet)
+    trainer, autoencoder = setup.trainer, setup.autoencoder
     if args.resume:
         stage_1 = autoencoder is not None and latest_checkpoint(autoencoder_dir(run)) is not None
         if not trainer.resume() and not stage_1:
@@ -95,12 +85,8 @@ def train(args: argparse.Namespace) -> int:
                 )
             print(f"run {run} is already at step {trainer.step} = steps; nothing to do")
             return 0
-    if trainer.rank == 0:
-        save_config(cfg, run)
-    if autoencoder is not None:  # stage 1: the autoencoder (trained once, then loaded)
-        train_autoencoder(cfg, data, run, ae=autoencoder, device=device, progress=not args.quiet)
     start = trainer.step
-    history = trainer.fit(cfg.steps)
+    history = setup.fit()
     if trainer.rank == 0:
         last = history[-1]["loss"] if history else float("nan")
         where = "" if autoencoder is None else f" (in the latents of a {cfg.latent} autoencoder)"

@@ -25,14 +25,9 @@ import torch
 from .. import __version__, solvers
 from ..assembly import (
     TrainConfig,
-    build_model,
     evaluate_likelihood,
-    load_data,
-    make_trainer,
     plots,
-    run_classes,
-    run_text,
-    save_config,
+    setup_run,
 )
 from ..metrics import frechet_distance_from_samples, sliced_wasserstein
 from ..solvers.results import SolveResult
@@ -79,16 +74,12 @@ def _configs(fast: bool) -> dict[str, TrainConfig]:
 
 
 def _train(name: str, cfg: TrainConfig, out: Path):
-    run_dir = out / name
-    data = load_data(cfg.data, n_train=cfg.n_train, seed=cfg.seed)
-    text = run_text(cfg, data)
-    model = build_model(cfg, data.event_shape, run_classes(cfg, data), text)
-    save_config(cfg, run_dir)
-    trainer = make_trainer(cfg, data, model, run_dir)
+    setup = setup_run(cfg, out / name)
     start = time.perf_counter()
-    history = trainer.fit(cfg.steps)
+    history = setup.fit()
     curve = [(h["step"], h["loss"]) for h in history]
-    return data, trainer.eval_model.eval(), curve, time.perf_counter() - start, text
+    model = setup.trainer.eval_model.eval()
+    return setup.data, model, curve, time.perf_counter() - start, setup.text
 
 
 def _quality(x: torch.Tensor, data, image: bool) -> float:
