@@ -662,3 +662,17 @@ def test_ddpm_benchmark_smoke(tmp_path):
         assert (out / name).stat().st_size > 500, name
     bench.main(["--replot", "--out", str(out)])
     assert (out / "table.md").read_text() == table
+
+
+def test_overhead_benchmark_smoke(tmp_path):
+    import pytest
+
+    bench = _load("overhead")
+    if _load("_peers_adapters").load_k_diffusion()[0] is None:
+        pytest.skip("k-diffusion is not installed")
+    result = bench.main(["--nfe", "10", "--repeats", "2", "--out", str(tmp_path)])
+    for r in result["records"]:  # the same denoiser calls on both sides, counted
+        assert abs(r["calls_sdegen"] - r["calls_k_diffusion"]) <= 1, r
+        assert r["ratio"] > 0 and r["us_per_call_sdegen"] > 0
+    assert {r["method"] for r in result["records"]} == set(bench.PAIRS)
+    assert "| dpmpp_2m | sample_dpmpp_2m |" in (tmp_path / "table.md").read_text()

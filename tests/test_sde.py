@@ -273,3 +273,18 @@ def test_snr_and_the_deprecated_log_snr_names():
         torch.testing.assert_close(sde.t_of_log_snr(lam), t)
     with pytest.warns(DeprecationWarning, match="half_log_snr_range"):
         assert sde.log_snr_range() == sde.half_log_snr_range()
+
+
+def test_times_checked_trusts_times_inside_and_checks_outside():
+    from sdegen.sde.base import times_checked
+
+    sde = VPSDE()
+    bad = torch.tensor([2.0])
+    with pytest.raises(ValueError, match=r"t must lie in \[t_min, T\]"):
+        sde.alpha(bad)
+    with times_checked():  # a solver's loop over a grid it checked once
+        assert sde.check_t(bad) is bad
+    with pytest.raises(RuntimeError), times_checked():
+        raise RuntimeError("a failing step")
+    with pytest.raises(ValueError, match=r"t must lie in \[t_min, T\]"):
+        sde.alpha(bad)  # the flag is reset after the context, also after an error

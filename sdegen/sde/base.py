@@ -11,9 +11,11 @@ forms; the base class derives f, g^2 by autograd and inverts the log-SNR by bise
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from numbers import Real
 
 import torch
@@ -26,6 +28,22 @@ ScheduleFn = Callable[[Tensor], Tensor]
 # Relative slack when checking t against [t_min, T]: grids built in float64 and cast to float32
 # may land one ulp outside the interval.
 _T_RTOL = 1e-6
+# Set inside `times_checked()`: a solver that validated its whole time grid once tells
+# check_t not to check every step again (a check costs as much as a small network's call).
+_CHECKED = threading.local()
+
+
+@contextlib.contextmanager
+def times_checked() -> Iterator[None]:
+    """Within this context `LinearSDE.check_t` trusts its argument: for a solver's step loop
+    whose grid was checked once (`sample` checks it before integrating), so that per-step work
+    is the step's own. Not for user code: times outside [t_min, T] then go unreported."""
+    before = getattr(_CHECKED, "on", False)
+    _CHECKED.on = True
+    try:
+        yield
+    finally:
+        _CHECKED.on = before
 
 
 def _deprecated(old: str, new: str) -> None:
@@ -253,7 +271,10 @@ class LinearSDE:
         return -0.5 * quad - d * (math.log(self.prior_std) + 0.5 * math.log(2 * math.pi))
 
     def check_t(self, t: Tensor) -> Tensor:
-        """Return t unchanged, or raise ValueError if it is NaN or outside [t_min, T]."""
+        """Return t unchanged, or raise ValueError if it is NaN or outside [t_min, T]; inside
+        `times_checked()` (a solver's checked grid) t is returned as it is."""
+        if getattr(_CHECKED, "on", False):
+            return t
         if not torch.is_tensor(t):
             raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
         if t.is_complex() or t.dtype == torch.bool:
