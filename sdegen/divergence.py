@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._utils import check_choice, check_int
+from .random import RandomSource, randint, randn
 
 PROBE_NOISES = ("rademacher", "gaussian")
 TRACES = ("exact", "hutchinson")
@@ -250,13 +251,14 @@ def hutchinson_divergence(
 
 
 def probes_like(
-    x: Tensor, probes: int, noise: str = "rademacher", generator: torch.Generator | None = None
+    x: Tensor, probes: int, noise: str = "rademacher", generator: RandomSource = None
 ) -> Tensor:
-    """Hutchinson probes of shape (probes, *x.shape): Rademacher signs or standard normals."""
+    """Hutchinson probes of shape (probes, *x.shape): Rademacher signs or standard normals (from
+    a PerExampleGenerator of B seeds, example i's probes from seed i)."""
     check_choice("noise", noise, PROBE_NOISES)
     check_int("probes", probes)
     shape = (probes, *x.shape)
     if noise == "rademacher":
-        signs = torch.randint(0, 2, shape, generator=generator, device=x.device)
+        signs = randint(0, 2, shape, generator, device=x.device, batch_dim=1)
         return (2 * signs - 1).to(x.dtype)
-    return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    return randn(shape, generator, dtype=x.dtype, device=x.device, batch_dim=1)

@@ -336,3 +336,128 @@ def save(
     written += [name for name in also if name not in written]
     print(f"wrote {', '.join(written)} in {out}")
     return written
+
+
+# ---- splitting the examples over processes (torchrun) -----------------------------------------
+
+
+def batch_slices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[slice]:
+    """The batches of examples 0..n-1 that process `rank` of `world` computes: example k lies in
+    batch k // batch_size whatever the number of processes, and batch j goes to process
+    j % world (round robin). Each batch is then the same computation under 1, 2 or N processes,
+    which makes their outputs bit-identical; EDM's generate.py (Karras et al. 2022) splits the
+    examples by the number of processes instead, so its batches, and with them its outputs,
+    change with it.
+
+    Example:
+        >>> batch_slices(10, 4, rank=1, world=2)
+        [slice(4, 8, None)]
+    """
+    from .._utils import check_int
+
+    n, batch_size = check_int("n", n, 0), check_int("batch_size", batch_size, 1)
+    world = check_int("world", world, 1)
+    rank = check_int("rank", rank, 0, world - 1)
+    starts = range(rank * batch_size, n, world * batch_size)
+    return [slice(k, min(k + batch_size, n)) for k in starts]
+
+
+def process_device(device: torch.device | None) -> torch.device | None:
+    """This process's device under torchrun: a bare "cuda" becomes cuda:LOCAL_RANK (and the
+    current CUDA device, which NCCL's collectives use), so that the processes of one machine
+    take one GPU each; any other device is returned as it is."""
+    local = os.environ.get("LOCAL_RANK")
+    if device is None or device.type != "cuda" or device.index is not None or local is None:
+        return device
+    device = torch.device("cuda", int(local))
+    torch.cuda.set_device(device)
+    return device
+
+
+def map_batches(
+    fn: Callable[[slice, Any], Any], n: int, batch_size: int, generator=None
+) -> list[Any]:
+    """fn(rows, generator of those rows) for each batch of examples 0..n-1 (rows: a slice), the
+    results in batch order (their tensors moved to the CPU).
+
+    With a `sdegen.random.PerExampleGenerator` of n seeds, each batch gets its rows' view
+    (example k's draws come from seed k in whichever batch) and, under torchrun (a process
+    group of several processes), the batches are dealt to the processes by `batch_slices` and
+    every result reaches every process (all_gather_object); every process must then call this
+    with the same arguments. With a torch.Generator or None the batches run here, in order,
+    each continuing the generator's one stream, as a single loop over them would.
+    """
+    from ..random import PerExampleGenerator
+
+    per_example = isinstance(generator, PerExampleGenerator)
+    if per_example and len(generator) != n:
+        raise ValueError(
+            f"the per-example generator holds {len(generator)} seeds for {n} examples; give "
+            "one seed per example"
+        )
+    rank, world = 0, 1
+    if per_example:
+        from ..training import init_distributed
+
+        rank, world = init_distributed(str(generator.device))
+    mine = [  # (batch index, its result)
+        (rows.start // batch_size, _on_cpu(fn(rows, generator[rows] if per_example else generator)))
+        for rows in batch_slices(n, batch_size, rank, world)
+    ]
+    if world == 1:
+        return [result for _, result in mine]
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, mine)
+    return [result for _, result in sorted((p for part in parts for p in part), key=lambda p: p[0])]
+
+
+def _on_cpu(obj: Any) -> Any:
+    """obj with every tensor in it (in tuples, lists, dicts and dataclasses) on the CPU."""
+    import dataclasses
+
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: _on_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return dataclasses.replace(obj, **fields)
+    return obj
+
+
+# sample()'s arguments that hold one row per example, shape (n, ...): each batch gets its rows
+PER_EXAMPLE_KWARGS = ("noise", "y", "x_init", "known", "mask", "y_obs")
+
+
+def sample_batches(
+    model, sde, shape: tuple[int, ...], *, batch_size: int | None = None, generator=None, **kw
+) -> tuple[torch.Tensor, list[Any]]:
+    """`sdegen.sample` of shape (n, *D) in batches of `batch_size` (None: one batch of n), split
+    over the torchrun processes as `map_batches` splits them: with a PerExampleGenerator of n
+    seeds (`sdegen.random`) the samples are bit-identical under 1, 2 or N processes; with a
+    torch.Generator (or None, or no randomness at all: a deterministic method from given
+    `noise`) the batches run in this process, in order. Keyword arguments go to `sample`; those
+    in PER_EXAMPLE_KWARGS with n rows are sliced to each batch's rows. Returns the samples
+    (n, *D) on the CPU, the same on every process, and each batch's SolveResult (for its nfe).
+    """
+    from .._utils import check_int
+    from ..solvers import sample
+
+    n = check_int("shape[0]", shape[0], 1)
+    batch_size = n if batch_size is None else check_int("batch_size", batch_size, 1)
+
+    def one(rows: slice, gen) -> Any:
+        part: dict[str, Any] = {
+            k: v[rows] if k in PER_EXAMPLE_KWARGS and torch.is_tensor(v) and v.ndim and len(v) == n
+            else v
+            for k, v in kw.items()
+        }  # fmt: skip
+        b = rows.stop - rows.start
+        return sample(model, sde, (b, *shape[1:]), generator=gen, **part)
+
+    results = map_batches(one, n, batch_size, generator)
+    return torch.cat([r.x for r in results]), results

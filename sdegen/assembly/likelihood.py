@@ -15,6 +15,8 @@ from .._progress import Progress
 from ..data import dequantize
 from ..models import VQVAE, KLAutoencoder
 from ..models.density import bits_per_dim
+from ..random import PerExampleGenerator, rand
+from .harness import map_batches
 from .latent import latent_density
 from .tables import Data
 
@@ -43,6 +45,7 @@ def evaluate_likelihood(
     probes: int = 1,
     progress: Progress | None = None,
     autoencoder: KLAutoencoder | VQVAE | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     """NLL (nats) and, for discrete data, bits/dim of x under the PF-ODE, in float64.
 
@@ -52,33 +55,47 @@ def evaluate_likelihood(
     lives on its latents) the number is the latent-diffusion bound (`LatentDiffusion.bound`:
     decoder term + latent PF-ODE log-likelihood + encoder entropy, one posterior draw per
     image, no dequantization: the decoder is discretized), and "kind" says "bound".
+
+    Randomness (dequantization, Hutchinson probes, the bound's posterior draws) comes from one
+    generator seeded by `seed`, or with `seeds` (one per example of x) from example k's own
+    seed: each example's number is then the same in whichever batch it lies, and under torchrun
+    the batches are split over the processes (`harness.map_batches`), every process calling
+    this with the same arguments, and getting the same numbers as one process would.
     """
     trace = resolve_trace(trace, data)
     model = copy.deepcopy(model)
     if isinstance(model, torch.nn.Module):
         model = model.double()
-    g = torch.Generator(x.device).manual_seed(seed)
+    g: torch.Generator | PerExampleGenerator = (
+        torch.Generator(x.device).manual_seed(seed)
+        if seeds is None
+        else PerExampleGenerator(seeds, x.device)
+    )
     x = x.double()
     density = None
     if autoencoder is not None:
         density = latent_density(copy.deepcopy(autoencoder).double(), model, model.sde)
     elif data.bin_width is not None:  # uniform dequantization, explicit
-        x = dequantize(x, data.bin_width, generator=g)
-    logps, nfe, nfe_b, parts = [], 0, 0, []
-    for chunk in x.split(batch):
-        settings: dict[str, Any] = dict(trace=trace, probes=probes, rtol=rtol, atol=atol)
+        x = dequantize(x, data.bin_width, uniform=rand(x.shape, g, dtype=x.dtype, device=x.device))
+    settings: dict[str, Any] = dict(trace=trace, probes=probes, rtol=rtol, atol=atol)
+
+    def one(rows: slice, gen) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
+        chunk, part = x[rows], None
         if density is not None:
-            bound = density.bound(chunk, generator=g, **settings)
-            parts.append(torch.stack([bound.reconstruction, bound.prior, bound.entropy]).detach())
+            bound = density.bound(chunk, generator=gen, **settings)
+            part = torch.stack([bound.reconstruction, bound.prior, bound.entropy]).detach()
             logp, counts = bound.log_prob.detach(), (bound.nfe, bound.nfe_backward)
         else:
-            res = solvers.log_likelihood(model, model.sde, chunk, generator=g, **settings)
+            res = solvers.log_likelihood(model, model.sde, chunk, generator=gen, **settings)
             logp, counts = res.log_prob, (res.nfe, res.nfe_backward)
-        logps.append(logp)
-        nfe, nfe_b = nfe + counts[0], nfe_b + counts[1]
         if progress is not None:
             progress.update(len(chunk))
-    logp = torch.cat(logps)
+        return logp, counts[0], counts[1], part
+
+    batches = map_batches(one, x.shape[0], batch, g)
+    logp = torch.cat([b[0] for b in batches]).to(x.device)
+    nfe, nfe_b = sum(b[1] for b in batches), sum(b[2] for b in batches)
+    parts = [b[3] for b in batches if b[3] is not None]
     n = x.shape[0]
     out: dict[str, Any] = {
         "kind": "ode" if density is None else "bound",

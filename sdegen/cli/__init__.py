@@ -69,6 +69,33 @@ def _seed(text: str) -> int:
 
 positive_int, nonnegative_int = _int_at_least(1), _int_at_least(0)
 
+SEEDS_MAX = 10_000_000  # seeds one --seeds may list (each example holds a generator)
+
+
+def _seeds(text: str) -> list[int]:
+    """--seeds: comma-separated seeds and inclusive ranges, e.g. "0-999" or "3,7,10-19"."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        ends = part.strip().split("-")
+        if len(ends) > 2 or not all(e.strip().isdigit() for e in ends):
+            raise argparse.ArgumentTypeError(
+                f"must be seeds >= 0 and ranges A-B separated by commas, e.g. 0-999 or 3,7,10-19; "
+                f"got {text!r}"
+            )
+        lo, hi = int(ends[0]), int(ends[-1])
+        if hi < lo or hi >= 2**63:
+            raise argparse.ArgumentTypeError(
+                f"range {part.strip()!r} must run from low to high within [0, 2**63), in {text!r}"
+            )
+        if len(seeds) + hi - lo + 1 > SEEDS_MAX:
+            raise argparse.ArgumentTypeError(f"lists more than {SEEDS_MAX} seeds: {text!r}")
+        seeds.extend(range(lo, hi + 1))
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"lists a seed twice ({text!r}): two examples with one seed are the same example"
+        )
+    return seeds
+
 
 def _add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     p.add_argument("--device", default=default, help="auto (cuda if available), cpu, cuda, cuda:N")
@@ -140,8 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rtol", type=_number(positive=True), help="adaptive methods only")
     p.add_argument("--atol", type=_number(positive=True), help="adaptive methods only")
-    p.add_argument("--n", type=positive_int, default=64, help="number of samples")
+    p.add_argument("--n", type=positive_int, help="number of samples (default 64, or as --seeds)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the prior draw and the noise")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        metavar="SEEDS",
+        help="one seed per sample, e.g. 0-999: each sample the same in any batch and under "
+        "torchrun with any number of processes (under torchrun the default is --seed + k for "
+        "sample k)",
+    )
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        help="samples per batch with --seeds or under torchrun (default 256); a batch is one "
+        "computation, dealt to the processes in turn",
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument(
         "--class",
@@ -200,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=_number(positive=True), default=1e-5)
     p.add_argument("--batch", type=positive_int, default=256)
     p.add_argument("--seed", type=_seed, default=0, help="dequantization / probe seed")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        metavar="SEEDS",
+        help="one seed per example (its dequantization and probes), e.g. 0-299: the same "
+        "numbers under torchrun with any number of processes (there the default is --seed + k "
+        "for example k); without --n, evaluates as many examples as seeds",
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)

@@ -34,7 +34,8 @@ from ..assembly.latent import autoencoder_dir, decode
 from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ring_mixture
-from ..training import latest_checkpoint
+from ..random import PerExampleGenerator
+from ..training import init_distributed, latest_checkpoint
 
 
 def train(args: argparse.Namespace) -> int:
@@ -201,8 +202,48 @@ def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
     return _Source(model, sde, data, shape, None, Path("."))
 
 
+SAMPLE_BATCH = 256  # samples per batch with per-example seeds (--batch)
+
+
+def _under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ  # set by torchrun for each process, whatever their number
+
+
+def _example_seeds(args: argparse.Namespace, n: int | None, what: str) -> list[int] | None:
+    """One seed per example: --seeds, or under torchrun --seed + k for example k (then n must
+    be known); None without either: one generator seeded by --seed, one process (the default)."""
+    if args.seeds is not None:
+        if n is not None and n != len(args.seeds):
+            raise ValueError(
+                f"--seeds lists {len(args.seeds)} seeds but --n asks for {n} {what}: give one "
+                "seed per example (or leave out --n)"
+            )
+        return args.seeds
+    if _under_torchrun():
+        assert n is not None  # callers know n when --seeds is not given
+        return list(range(args.seed, args.seed + n))
+    return None
+
+
+def _seeds_tag(seeds: list[int]) -> str:
+    """Seeds as ranges, for a file name: "0-63", "3_7_10-19" (cut to 40 characters)."""
+    runs: list[list[int]] = []
+    for s in seeds:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    text = "_".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return text if len(text) <= 40 else f"{text[:32]}..n{len(seeds)}"
+
+
 def sample(args: argparse.Namespace) -> int:
     kw = _sample_kwargs(args)
+    n = args.n if args.n is not None or args.seeds is not None else 64
+    seeds = _example_seeds(args, n, "samples")
+    n = len(seeds) if seeds is not None else n
+    if args.batch is not None and seeds is None:
+        raise ValueError("--batch goes with --seeds (or torchrun): batches need a seed per sample")
     label = getattr(args, "class_label", None)
     prompt = getattr(args, "prompt", None)
     guidance = getattr(args, "guidance", None)
@@ -210,7 +251,8 @@ def sample(args: argparse.Namespace) -> int:
         raise ValueError("give --class or --prompt, not both")
     if guidance is not None and label is None and prompt is None:
         raise ValueError("--guidance needs --class or --prompt (what to guide towards)")
-    device = resolve_device(args.device)
+    device = harness.process_device(resolve_device(args.device))
+    rank, world = init_distributed(str(device))
     src = _source(args)
     if isinstance(src.model, torch.nn.Module):
         src.model.to(device)
@@ -221,7 +263,7 @@ def sample(args: argparse.Namespace) -> int:
     if prompt is not None:
         if src.text is None:
             raise ValueError("--prompt needs a text-conditional run (trained with --set text=true)")
-        kw["y"] = src.text.prompt_ids(prompt, args.n).to(device)
+        kw["y"] = src.text.prompt_ids(prompt, n).to(device)
     if guidance is not None:
         kw["guidance"] = guidance
     if args.method == "ancestral" and isinstance(src.model, LearnedVarianceModel):
@@ -247,29 +289,48 @@ def sample(args: argparse.Namespace) -> int:
         if "steps" in kw
         else "adaptive"
     )
+    seed_tag = f"seed{args.seed}" if seeds is None else f"seeds{_seeds_tag(seeds)}"
     out = _output_path(
         Path(args.out)
         if args.out
-        else src.folder / "samples" / f"{args.method}-{budget}-seed{args.seed}{tag}"
+        else src.folder / "samples" / f"{args.method}-{budget}-{seed_tag}{tag}"
     )
     steps = kw.get("steps") or (
         solvers.steps_for_nfe(args.method, args.nfe) if args.nfe is not None else 0
     )
-    progress = Progress(steps, f"sample {args.method}", quiet=args.quiet or not steps)
+    # per-example seeds: aligned batches of --batch, dealt to the torchrun processes in turn;
+    # else one batch from one generator, as a single process always sampled
+    batch = (args.batch or SAMPLE_BATCH) if seeds is not None else n
+    generator = (
+        torch.Generator(device).manual_seed(args.seed)
+        if seeds is None
+        else PerExampleGenerator(seeds, device or "cpu")
+    )
+    mine = len(harness.batch_slices(n, batch, rank, world))
+    quiet = args.quiet or not steps or rank != 0
+    progress = Progress(steps * mine, f"sample {args.method}", quiet=quiet)
     try:
-        res = solvers.sample(
+        x, results = harness.sample_batches(
             src.model,
             src.sde,
-            (args.n, *src.event_shape),
+            (n, *src.event_shape),
+            batch_size=batch,
             method=args.method,
-            generator=torch.Generator(device).manual_seed(args.seed),
+            generator=generator,
             device=device,
             callback=lambda _: progress.update(),
             **kw,
         )
     finally:
         progress.close()
-    x = res.x if src.autoencoder is None else decode(src.autoencoder.to(device), res.x)
+    if rank != 0:
+        return 0  # process 0 writes what all of them sampled
+    res = results[0]
+    # evaluations per sample: each batch's count (they differ only for adaptive methods)
+    nfes = [r.nfe for r in results]
+    nfe = nfes[0] if len(set(nfes)) == 1 else sum(k * len(r.x) for k, r in zip(nfes, results)) / n
+    if src.autoencoder is not None:
+        x = decode(src.autoencoder.to(device), x.to(device))
     x = x.cpu()
     bad = int((~torch.isfinite(x)).sum())
     if bad:
@@ -280,9 +341,12 @@ def sample(args: argparse.Namespace) -> int:
     np.savez(
         out.with_suffix(".npz"),
         x=x.numpy(),
-        nfe=res.nfe,
+        nfe=nfe,
         method=args.method,
-        seed=args.seed,
+        seed=args.seed if seeds is None else -1,
+        seeds=np.asarray([] if seeds is None else seeds, dtype=np.int64),
+        batch=batch,
+        nfe_batches=np.asarray(nfes),
         step=-1 if src.step is None else src.step,
         label=-1 if label is None else label,
         prompt="" if prompt is None else prompt,
@@ -293,28 +357,43 @@ def sample(args: argparse.Namespace) -> int:
     what += "" if prompt is None else f", prompt {prompt!r}"
     what += f", guidance {guidance:g}" if guidance and (label is not None or prompt) else ""
     trained = "" if src.step is None else f", step {src.step}"
-    png = _save_samples(
-        x, src.data, out, f"{args.method}, NFE {res.nfe}{what}{trained}, seed {args.seed}"
-    )
-    batch = " on a doubled batch (classifier-free guidance)" if res.batch_factor == 2 else ""
+    seed_text = f"seed {args.seed}" if seeds is None else f"seeds {_seeds_tag(seeds)}"
+    png = _save_samples(x, src.data, out, f"{args.method}, NFE {nfe:g}{what}{trained}, {seed_text}")
+    doubled = " on a doubled batch (classifier-free guidance)" if res.batch_factor == 2 else ""
+    split = "" if world == 1 else f", {len(results)} batches over {world} processes"
     print(
-        f"sampled {args.n}{what} with {args.method}: NFE {res.nfe}{batch} (counted); wrote "
+        f"sampled {n}{what} with {args.method}: NFE {nfe:g}{doubled} (counted){split}; wrote "
         f"{out.with_suffix('.npz')}" + (f" and {png}" if png else "")
     )
     return 0
 
 
 def likelihood(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = harness.process_device(resolve_device(args.device))
+    rank, world = init_distributed(str(device))
     src = _source(args, need_data=True)
     assert src.data is not None  # _source(need_data=True) guarantees it
     x = src.data.test if args.split == "test" else src.data.train
     x = x[: args.n] if args.n else x
+    if args.seeds is not None and not args.n:  # as many examples as seeds
+        if len(args.seeds) > len(x):
+            raise ValueError(
+                f"--seeds lists {len(args.seeds)} seeds, but the {args.split} split has only "
+                f"{len(x)} examples"
+            )
+        x = x[: len(args.seeds)]
+    n = len(x)
+    seeds = _example_seeds(args, n, "examples")
     out = src.folder / f"likelihood-{args.split}.json"
     if not os.access(out.parent, os.W_OK):
         raise ValueError(f"run folder {out.parent} is not writable: cannot write {out.name}")
     trace = resolve_trace(args.trace, src.data)
-    progress = Progress(len(x), f"likelihood ({trace} trace)", quiet=args.quiet)
+    mine = sum(s.stop - s.start for s in harness.batch_slices(n, args.batch, rank, world))
+    progress = Progress(
+        len(x) if seeds is None else mine,
+        f"likelihood ({trace} trace)",
+        quiet=args.quiet or rank != 0,
+    )
     start = time.perf_counter()
     try:
         result = evaluate_likelihood(
@@ -329,10 +408,15 @@ def likelihood(args: argparse.Namespace) -> int:
             probes=args.probes,
             progress=progress,
             autoencoder=src.autoencoder,
+            seeds=seeds,
         )
     finally:
         progress.close()
+    if rank != 0:
+        return 0  # process 0 writes what all of them computed
     result.update(split=args.split, step=src.step, seconds=time.perf_counter() - start)
+    if seeds is not None:
+        result.update(seeds=_seeds_tag(seeds), batch=args.batch)
     bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise FloatingPointError(
@@ -351,7 +435,9 @@ def likelihood(args: argparse.Namespace) -> int:
     how = "exact" if trace == "exact" else f"Hutchinson estimate, {args.probes} probes"
     print(
         f"{line}; {result['n']} examples, NFE {result['nfe']} (+{result['nfe_backward']} "
-        f"VJPs), trace {how}; wrote {out}"
+        f"VJPs), trace {how}"
+        + ("" if world == 1 else f", over {world} processes")
+        + f"; wrote {out}"
     )
     return 0
 

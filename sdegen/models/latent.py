@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_int
+from ..random import randn
 from .autoencoder import VQVAE, KLAutoencoder
 from .density import DensityModel
 from .density import bits_per_dim as _bits_per_dim
@@ -219,12 +220,12 @@ class LatentDiffusion(DensityModel):
         stats = getattr(self.prior, "log_prob_with_stats", None)
         nfe = nfe_backward = 0
         for _ in range(samples):
-            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            eps = randn(mean.shape, generator, dtype=mean.dtype, device=mean.device)
             z = mean + std * eps
             out = ae.decode(z.reshape(z.shape[0], -1))
             rec = rec + ae.log_likelihood(x, out)
             if stats is not None:  # the prior's evaluations, counted
-                res = stats(s * z, **prior_kwargs)
+                res = stats(s * z, generator=generator, **prior_kwargs)  # its probes too
                 prior = prior + res.log_prob
                 nfe, nfe_backward = nfe + res.nfe, nfe_backward + res.nfe_backward
             else:

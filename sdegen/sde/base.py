@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_finite_number
+from ..random import RandomSource, randn
 
 ScheduleFn = Callable[[Tensor], Tensor]
 
@@ -252,16 +253,17 @@ class LinearSDE:
         self,
         shape: tuple[int, ...],
         *,
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> Tensor:
-        """Sample the prior N(0, prior_std^2 I) of shape `shape` = (B, *D)."""
+        """Sample the prior N(0, prior_std^2 I) of shape `shape` = (B, *D), from `generator` (a
+        torch.Generator, or a PerExampleGenerator of B seeds: row i from seed i)."""
         if not isinstance(shape, (tuple, list, torch.Size)) or not all(
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
         ):
             raise ValueError(f"shape must be a tuple of integers >= 0, got {shape!r}")
-        z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        z = randn(shape, generator, dtype=dtype, device=device)
         return self.prior_std * z
 
     def prior_log_prob(self, z: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..models.base import to_x0_eps
+from ..random import RandomSource, randn
 from ..sde.base import times_checked
 
 if TYPE_CHECKING:
@@ -34,9 +35,10 @@ def batch_t(t: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
 
-def randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """N(0, I) noise of x's shape, dtype and device, drawn from `generator`."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def randn_like(x: Tensor, generator: RandomSource) -> Tensor:
+    """N(0, I) noise of x's shape, dtype and device, drawn from `generator` (a
+    torch.Generator, or a PerExampleGenerator: row i from example i's own seed)."""
+    return randn(x.shape, generator, dtype=x.dtype, device=x.device)
 
 
 def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
@@ -115,7 +117,7 @@ def solve(
     x: Tensor,
     ts: Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     add_noise_last: bool = False,
     denoise_final: bool = False,
     record: Recorder | None = None,

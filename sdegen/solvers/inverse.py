@@ -68,6 +68,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .._utils import append_dims, check_choice, check_finite_number, check_int, check_tensor_finite
+from ..random import RandomSource, randn
 from .guidance import _Wrapper, model_x0_eps
 
 __all__ = [
@@ -382,7 +383,7 @@ class Observed(_Wrapper):
         sigma_y: float = 0.0,
         method: str = "moment",
         scale: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: RandomSource = None,
         shape: tuple[int, ...] | None = None,
         method_name: str = "inverse method",
     ) -> None:
@@ -448,7 +449,7 @@ class Observed(_Wrapper):
         op = self.operator
         assert isinstance(op, Inpaint)  # checked at construction
         mask, known = op.batch_mask(x), op.adjoint(self._obs(x))
-        z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        z = randn(x.shape, self.generator, dtype=x.dtype, device=x.device)
         x_rep = torch.where(mask, a * known + s * z, x)
         x0, eps = model_x0_eps(self.model, self.sde, x_rep, t, None)
         x0 = torch.where(mask, known, x0)
@@ -541,7 +542,7 @@ def observed_model(
     sigma_y: float = 0.0,
     inverse: str | None = None,
     inverse_scale: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ):
     """`model` conditioned on an observation for `sample`: itself when none is given, else
     `Observed`. known=/mask= is the Inpaint operator with y = the known entries (method

@@ -20,6 +20,7 @@ from .._utils import (
     resolve_device,
 )
 from ..models.base import check_sde
+from ..random import RandomSource, randn
 from .counting import CountingModel
 from .grid import Recorder, solve
 from .guidance import guided_model
@@ -41,7 +42,7 @@ def sample(
     steps: int | None = None,
     nfe: int | None = None,
     schedule: str | Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     noise: Tensor | None = None,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
@@ -78,7 +79,13 @@ def sample(
         schedule: "uniform", "log_snr" or "karras" (default per method), or the grid itself:
             a strictly decreasing tensor of times from T (or t_start) to t_min, e.g.
             `tune_schedule(...).ts`.
-        generator: the random source for the prior draw and every noise increment.
+        generator: the random source for the prior draw and every noise increment: a
+            torch.Generator (one stream for the batch), or a `sdegen.random.PerExampleGenerator`
+            of B seeds, one per example, whose draws for example i come from seed i only, so
+            that each example comes out the same in any batch (given a model that treats
+            examples independently) and sampling can be split over processes. Fixed-grid and
+            torchsde methods; the adaptive ones (dopri5, dpm_adaptive) share their steps across
+            the batch, so their examples depend on the batch.
         noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
             increments of stochastic methods).
         dtype, device: of the samples (default: noise's; else float32 on the model's device
@@ -265,7 +272,7 @@ def _edit_start(sde, shape, x_init, ts, noise, generator, dtype, device) -> Tens
             f"{tuple(x_init.shape)}"
         )
     x0 = x_init.to(dtype=dtype, device=device).expand(shape)
-    z = torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    z = randn(shape, generator, dtype=dtype, device=device)
     return sde.perturb(x0, batch_times(float(ts[0]), shape[0], x0), z)
 
 

@@ -3,7 +3,8 @@
 torchsde integrates forward in time, so the reverse SDE is written in tau = T - t:
     dx = -[f(t) x - g(t)^2 score(x, t)] dtau + g(t) dW_tau.
 The noise is additive (g depends on t only), so the Ito and Stratonovich forms coincide and every
-torchsde method applies. The Brownian motion is a BrownianInterval seeded from `generator`.
+torchsde method applies. The Brownian motion is a BrownianInterval seeded from `generator`; with
+a PerExampleGenerator, example i's row is a BrownianInterval of its own, seeded from seed i.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torchsde
 from torch import Tensor
 
+from ..random import PerExampleGenerator, randint
 from .grid import Record, batch_t
 
 # torchsde method -> (sde_type, levy area approximation its Brownian motion must provide)
@@ -49,6 +51,60 @@ class _ReverseSDE(torch.nn.Module):
         return self.sde.diffusion(self._t(tau, y)).to(y.dtype)[:, None] + 0 * y
 
 
+class _PerExampleBrownian(torchsde.BaseBrownian):
+    """A Brownian motion of shape (B, d) whose row i is `rows[i]`, a BrownianInterval of shape
+    (1, d) of its own: each example's path is the same in any batch."""
+
+    def __init__(self, rows: list[torchsde.BrownianInterval]) -> None:
+        self.rows = rows
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        parts = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.rows]
+        if isinstance(parts[0], tuple):  # (W, U[, A]): each concatenated over the rows
+            return tuple(torch.cat(p, dim=0) for p in zip(*parts))
+        return torch.cat(parts, dim=0)
+
+    def __repr__(self) -> str:
+        return f"_PerExampleBrownian({len(self.rows)} rows of {self.rows[0]!r})"
+
+    @property
+    def dtype(self):
+        return self.rows[0].dtype
+
+    @property
+    def device(self):
+        return self.rows[0].device
+
+    @property
+    def shape(self):
+        return torch.Size((len(self.rows), *self.rows[0].shape[1:]))
+
+    @property
+    def levy_area_approximation(self):
+        return self.rows[0].levy_area_approximation
+
+
+def _brownian(generator, y0: Tensor, taus: Tensor, levy: str):
+    """The Brownian motion over [taus[0], taus[-1]] for states y0 (B, d): one BrownianInterval
+    seeded from `generator`, or per example one from each example's seed."""
+    per_example = isinstance(generator, PerExampleGenerator)
+    seeds = randint(0, 2**62, (y0.shape[0] if per_example else 1,), generator).tolist()
+    size = (1, *y0.shape[1:]) if per_example else y0.shape
+    rows = [
+        torchsde.BrownianInterval(
+            t0=float(taus[0]),
+            t1=float(taus[-1]),
+            size=size,
+            dtype=y0.dtype,
+            device=y0.device,
+            entropy=seed,
+            levy_area_approximation=levy,
+        )  # fmt: skip
+        for seed in seeds
+    ]
+    return _PerExampleBrownian(rows) if per_example else rows[0]
+
+
 def _make(method: str):
     sde_type, levy = TORCHSDE_METHODS[method]
 
@@ -57,17 +113,8 @@ def _make(method: str):
         if not torch.allclose(gaps, gaps[0].expand_as(gaps), rtol=1e-9, atol=0):
             raise ValueError(f"torchsde_{method} steps a fixed dt and needs schedule='uniform'")
         taus = ts[0] - ts  # float64: float32 time sums would add a sliver step
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         y0 = x.reshape(x.shape[0], -1)
-        bm = torchsde.BrownianInterval(
-            t0=float(taus[0]),
-            t1=float(taus[-1]),
-            size=y0.shape,
-            dtype=x.dtype,
-            device=x.device,
-            entropy=seed,
-            levy_area_approximation=levy,
-        )
+        bm = _brownian(generator, y0, taus, levy)
         rsde = _ReverseSDE(model, sde, float(ts[0]), x.shape, sde_type)
         # dt a hair above the grid gap makes exactly one solver step per grid interval.
         dt = float(gaps[0]) * (1 + 1e-9)
