@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-import sdegen
 from sdegen.assembly import TrainConfig, build_model, harness, load_data, make_trainer, plots
 from sdegen.metrics import fid, inception_score, inception_score_from_probs
 from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier
@@ -98,21 +97,25 @@ def evaluate(model, record: dict, args, data, clf, out: Path) -> dict:
     noise = torch.randn(args.n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed + 7))
     start = time.perf_counter()
     with torch.no_grad():
-        res = sdegen.sample(model, model.sde, noise.shape, method="dpmpp_2m", nfe=args.nfe,
-                            noise=noise)  # fmt: skip
+        # One batch, as before; with batch_size and a PerExampleGenerator the same call deals
+        # aligned batches to torchrun's processes (the sampler is deterministic from `noise`).
+        x, batches = harness.sample_batches(
+            model, model.sde, noise.shape, method="dpmpp_2m", nfe=args.nfe, noise=noise
+        )
+        nfe = batches[0].nfe
         seconds = time.perf_counter() - start
-        score = inception_score(res.x, classifier=probs, splits=args.splits)
+        score = inception_score(x, classifier=probs, splits=args.splits)
         record.update(
             n=args.n,
-            nfe=res.nfe,
+            nfe=nfe,
             sample_seconds=seconds,
-            fid=fid(res.x, data.train, features=feats),
+            fid=fid(x, data.train, features=feats),
             inception_score=score.mean,
             inception_score_std=score.std,
         )
     kind = record["network"]
-    title = f"{kind}, {record['parameters']:,} parameters, NFE {res.nfe}"
-    plots.image_grid(res.x[:64], out / f"samples_{kind}.png", nrow=8, title=title)
+    title = f"{kind}, {record['parameters']:,} parameters, NFE {nfe}"
+    plots.image_grid(x[:64], out / f"samples_{kind}.png", nrow=8, title=title)
     return record
 
 

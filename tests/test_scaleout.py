@@ -239,7 +239,7 @@ def test_cli_seed_options_are_checked(tmp_path, capsys):
             main([*base, "--seeds", bad])
         assert msg in capsys.readouterr().err
     assert main([*base, "--seeds", "0-3", "--n", "5"]) == 2
-    assert "--seeds lists 4 seeds but --n asks for 5 samples" in capsys.readouterr().err
+    assert "--n asks for 5 samples but --seeds lists only 4 seeds" in capsys.readouterr().err
     assert main([*base, "--batch", "2"]) == 2
     assert "--batch goes with --seeds" in capsys.readouterr().err
 

@@ -167,15 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rtol", type=_number(positive=True), help="adaptive methods only")
     p.add_argument("--atol", type=_number(positive=True), help="adaptive methods only")
-    p.add_argument("--n", type=positive_int, help="number of samples (default 64, or as --seeds)")
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        help="number of samples (default 64, or as many as --seeds; under torchrun give --seeds: "
+        "torchrun reads --n as its own --nnodes)",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="seed of the prior draw and the noise")
     p.add_argument(
         "--seeds",
         type=_seeds,
         metavar="SEEDS",
-        help="one seed per sample, e.g. 0-999: each sample the same in any batch and under "
-        "torchrun with any number of processes (under torchrun the default is --seed + k for "
-        "sample k)",
+        help="one seed per sample, e.g. 0-999 (with --n: the first N): each sample the same in "
+        "any batch and under torchrun with any number of processes (under torchrun the default "
+        "is --seed + k for sample k)",
     )
     p.add_argument(
         "--batch",
@@ -228,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_source(p, shape=False)
     p.add_argument("--split", choices=["test", "train"], default="test", help="test or train")
-    p.add_argument("--n", type=nonnegative_int, default=0, help="first N examples (0: all)")
+    p.add_argument(
+        "--n",
+        type=nonnegative_int,
+        default=0,
+        help="first N examples (0: all, or as many as --seeds; under torchrun give --seeds)",
+    )
     p.add_argument(
         "--trace",
         choices=["auto", "exact", "hutchinson"],

@@ -210,15 +210,16 @@ def _under_torchrun() -> bool:
 
 
 def _example_seeds(args: argparse.Namespace, n: int | None, what: str) -> list[int] | None:
-    """One seed per example: --seeds, or under torchrun --seed + k for example k (then n must
-    be known); None without either: one generator seeded by --seed, one process (the default)."""
+    """One seed per example: --seeds (the first n of them, for n examples), or under torchrun
+    --seed + k for example k (then n must be known); None without either: one generator seeded
+    by --seed, one process (the default)."""
     if args.seeds is not None:
-        if n is not None and n != len(args.seeds):
+        if n is not None and n > len(args.seeds):
             raise ValueError(
-                f"--seeds lists {len(args.seeds)} seeds but --n asks for {n} {what}: give one "
-                "seed per example (or leave out --n)"
+                f"--n asks for {n} {what} but --seeds lists only {len(args.seeds)} seeds: give "
+                "one seed per example"
             )
-        return args.seeds
+        return args.seeds[:n]
     if _under_torchrun():
         assert n is not None  # callers know n when --seeds is not given
         return list(range(args.seed, args.seed + n))

@@ -83,9 +83,10 @@ def sample(
             torch.Generator (one stream for the batch), or a `sdegen.random.PerExampleGenerator`
             of B seeds, one per example, whose draws for example i come from seed i only, so
             that each example comes out the same in any batch (given a model that treats
-            examples independently) and sampling can be split over processes. Fixed-grid and
-            torchsde methods; the adaptive ones (dopri5, dpm_adaptive) share their steps across
-            the batch, so their examples depend on the batch.
+            examples independently) and sampling can be split over processes
+            (`sdegen.assembly.harness.sample_batches`). Not so for the methods whose examples
+            share something: the adaptive ones (dopri5, dpm_adaptive) choose steps by an error
+            norm over the batch, and pc its step size from batch-mean norms.
         noise: the prior draw x(T) itself, shape `shape` (then `generator` drives only the
             increments of stochastic methods).
         dtype, device: of the samples (default: noise's; else float32 on the model's device
