@@ -38,6 +38,8 @@ MODULES = [
     "sdegen.models.latent",
     "sdegen.models.gan",
     "sdegen.score_density",
+    "sdegen.random",
+    "sdegen.assembly.harness",
     "sdegen.models.dit",
     "sdegen.metrics.inception_score",
 ]
