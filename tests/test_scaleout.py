@@ -254,6 +254,13 @@ def test_cli_seed_options_are_checked(tmp_path, capsys):
     assert "--n asks for 5 samples but --seeds lists only 4 seeds" in capsys.readouterr().err
     assert main([*base, "--batch", "2"]) == 2
     assert "--batch goes with --seeds" in capsys.readouterr().err
+    # --n takes the first seeds; sample k is seed k's, alone or in a batch (here of 2)
+    run = [*base, "--method", "euler_maruyama", "--steps", "3"]
+    assert main([*run, "--seeds", "5-9", "--n", "3", "--batch", "2", "--out", f"{tmp_path}/a"]) == 0
+    assert main([*run, "--seeds", "6", "--out", str(tmp_path / "b")]) == 0
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["seeds"].tolist() == [5, 6, 7] and a["nfe_batches"].tolist() == [4, 4]
+    assert np.array_equal(a["x"][1], b["x"][0])
 
 
 # ---- two processes under torchrun write what one process writes ------------------------------
