@@ -31,14 +31,26 @@ def ode_drift(model, sde, x: Tensor, t: Tensor) -> Tensor:
     return _velocity(model, sde, x, t)[0]
 
 
-def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = None, **kwargs):
-    """torchdiffeq.odeint of func(t, y) over ts, kept inside [t_min, T].
+def integrate(
+    func,
+    y0,
+    ts: Tensor,
+    sde,
+    *,
+    method: str,
+    options: dict | None = None,
+    bounds: tuple[float, float] | None = None,
+    **kwargs,
+):
+    """torchdiffeq.odeint of func(t, y) over ts, kept inside [t_min, T] (or `bounds`).
 
     torchdiffeq's adaptive solvers probe t0 + h0 when choosing the first step and step past the
     final time before interpolating; the model must never see a time outside [t_min, T]. So an
     adaptive step is made to land on the final time (option step_t) and the probes are clamped.
+    bounds: (lo, hi) of the integration variable when it is not t (for example the angle of
+    `log_likelihood`); None for (sde.t_min, sde.T).
     """
-    lo, hi = sde.t_min, sde.T
+    lo, hi = (sde.t_min, sde.T) if bounds is None else bounds
 
     def clamped(t: Tensor, y):
         return func(t.clamp(lo, hi), y)
@@ -48,19 +60,24 @@ def integrate(func, y0, ts: Tensor, sde, *, method: str, options: dict | None = 
 
 
 class _PFODEStep(GridMethod):
+    """The step times are 0-dim tensors in x's dtype, as torchdiffeq has them, but kept on the
+    CPU (the grid is a CPU float64 tensor): reading one back as a float for the model's (B,)
+    time then never waits for an accelerator, and a CPU 0-dim dt scales x on any device."""
+
     def __init__(self, model, sde, ts: Tensor) -> None:
         super().__init__(model, sde, ts)
-        self.t_x: Tensor | None = None  # the grid in x's dtype and device
+        self.t_x: Tensor | None = None  # the grid in x's dtype, on the CPU
 
     def velocity(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(velocity, score) at a 0-dim time t, kept inside [t_min, T] as `integrate` does."""
+        """(velocity, score) at a 0-dim CPU time t, kept inside [t_min, T] as `integrate` does."""
         t = batch_t(float(t.clamp(self.sde.t_min, self.sde.T)), x)
         return _velocity(self.model, self.sde, x, t)
 
     def times(self, i: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """t0, dt = t1 - t0 and t1 as 0-dim tensors in x's dtype, as torchdiffeq steps them."""
+        """t0, dt = t1 - t0 and t1 as 0-dim CPU tensors in x's dtype, as torchdiffeq steps
+        them."""
         if self.t_x is None:
-            self.t_x = self.ts.to(x.dtype).to(x.device)
+            self.t_x = self.ts.to(x.dtype)
         t0, t1 = self.t_x[i], self.t_x[i + 1]
         return t0, t1 - t0, t1
 
