@@ -1,13 +1,22 @@
-"""Per-step overhead of the fixed-grid samplers against k-diffusion's, with a trivial model.
+"""Per-step overhead of every fixed-grid sampler against k-diffusion's, with a trivial model.
 
 Both libraries sample with the same trivial exact denoiser, D(x, sigma) = x / (1 + sigma^2)
 (the posterior mean of N(0, I) data under VE noise sigma), so nearly all the time measured is
 the samplers' own bookkeeping: sdegen through `KDiffusionModel` on the EDM SDE (alpha = 1,
-sigma(t) = t, so it receives the same sigma), k-diffusion's `sample_*` functions directly on
-sdegen's own grid of noise levels followed by sigma = 0. Batch 1, 2-D, float32, one thread.
-Every denoiser call is counted by one wrapper shared by both sides; the figure reported is
-wall time per call, the median over `--repeats` runs that alternate between the two libraries
-(so both see the same machine load), and the ratio sdegen / k-diffusion of those medians.
+sigma(t) = t, so it receives the same sigma), k-diffusion's `sample_*` functions directly.
+Batch 1, 2-D, float32, one thread. Every denoiser call is counted by one wrapper shared by both
+sides; the figure reported is wall time per call (sdegen's includes all of `sdegen.sample`:
+grid, prior draw, final denoising), the median over `--repeats` runs that alternate between the
+two libraries (so both see the same machine load); the ratio sdegen / k-diffusion is taken per
+run (each sdegen run paired with the k-diffusion run after it) and reported as the median of
+those ratios, with their interquartile range as the spread.
+
+Every method of `METHODS` with a `step` (a fixed grid) is measured. Where k-diffusion has the
+same update ("same"), its sampler runs on sdegen's own grid for that method and budget followed
+by sigma = 0. Where it has none ("stand-in"), the comparison is per evaluation against
+k-diffusion's first-order sampler of the same kind on a Karras grid with as many calls:
+`sample_euler` for deterministic methods, `sample_euler_ancestral` for those that draw noise at
+every step (so both sides pay for a noise draw).
 
     python benchmarks/overhead.py                 # ~1 minute on one core
 """
@@ -23,18 +32,41 @@ import torch
 import sdegen
 from sdegen.assembly import harness
 from sdegen.models.adapters import KDiffusionModel
+from sdegen.solvers.methods import METHODS
+from sdegen.solvers.schedules import get_schedule
 
-# sdegen method -> the k-diffusion sampler of the same update (see the README's name table)
-PAIRS = {
-    "k_euler": "sample_euler",
-    "ddim": "sample_euler",
-    "euler_ancestral": "sample_euler_ancestral",
-    "k_heun": "sample_heun",
-    "heun": "sample_heun",
-    "dpm_2": "sample_dpm_2",
-    "lms": "sample_lms",
-    "dpmpp_2m": "sample_dpmpp_2m",
-    "dpmpp_2s_ancestral": "sample_dpmpp_2s_ancestral",
+# sdegen method -> (k-diffusion sampler, its keyword arguments, "same" update or "stand-in")
+_EULER = ("sample_euler", {}, "stand-in")
+_EULER_ANCESTRAL = ("sample_euler_ancestral", {}, "stand-in")
+PAIRS: dict[str, tuple[str, dict, str]] = {
+    "euler_maruyama": _EULER_ANCESTRAL,
+    "reverse_diffusion": _EULER_ANCESTRAL,
+    "ancestral": ("sample_euler_ancestral", {}, "same"),  # DDPM's ancestral step on VP
+    "pc": _EULER_ANCESTRAL,
+    "euler": ("sample_euler", {}, "same"),  # Euler in t = Euler in sigma on EDM
+    "rk4": _EULER,
+    "heun": ("sample_heun", {}, "same"),
+    "ddim": ("sample_euler", {}, "same"),
+    "dpmpp_2m": ("sample_dpmpp_2m", {}, "same"),
+    "dpmpp_3m": ("sample_dpmpp_3m_sde", {"eta": 0.0}, "same"),
+    "dpmpp_sde": ("sample_dpmpp_2m_sde", {"eta": 1.0}, "same"),
+    "unipc": _EULER,
+    "dpmpp_2s": ("sample_dpmpp_2s_ancestral", {"eta": 0.0}, "same"),
+    "dpmpp_3s": _EULER,
+    "edm_sde": (
+        "sample_heun",
+        {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
+        "same",
+    ),
+    "annealed_langevin": _EULER_ANCESTRAL,
+    "k_euler": ("sample_euler", {}, "same"),
+    "euler_ancestral": ("sample_euler_ancestral", {}, "same"),
+    "k_heun": ("sample_heun", {}, "same"),
+    "dpm_2": ("sample_dpm_2", {}, "same"),
+    "dpm_2_ancestral": ("sample_dpm_2_ancestral", {}, "same"),
+    "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}, "same"),
+    "lms": ("sample_lms", {}, "same"),
+    "deis": _EULER,
 }
 
 
@@ -59,95 +91,139 @@ def _sdegen_run(method: str, sde, nfe: int, seed: int) -> tuple[float, int]:
     return time.perf_counter() - start, d.calls
 
 
-def _k_run(ks, name: str, sigmas: torch.Tensor, seed: int) -> tuple[float, int]:
+def _k_run(ks, name: str, kwargs: dict, sigmas: torch.Tensor, seed: int) -> tuple[float, int]:
     d = Counted()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 2, generator=g) * sigmas[0]
-    kw = {}
-    if "ancestral" in name:
+    kw = dict(kwargs)
+    if "ancestral" in name or name.endswith("_sde"):
+        # noise from the generator, as sdegen draws it (not k-diffusion's Brownian tree)
         kw["noise_sampler"] = lambda s, s_next: torch.randn(1, 2, generator=g)
     start = time.perf_counter()
     getattr(ks, name)(d, x, sigmas, disable=True, **kw)
     return time.perf_counter() - start, d.calls
 
 
-def measure(ks, nfe: int, repeats: int, seed: int) -> list[dict]:
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def measure(ks, nfe: int, repeats: int, seed: int, methods: list[str]) -> list[dict]:
     sde = sdegen.EDMSDE()
     records = []
-    for method, k_name in PAIRS.items():
-        # k-diffusion steps on sdegen's own grid for this method and budget, then to sigma = 0
-        ts = sdegen.sample(KDiffusionModel(Counted(), sde), sde, (1, 2), method=method, nfe=nfe).ts
-        sigmas = torch.cat([ts.to(torch.float32), torch.zeros(1)])
+    for method in methods:
+        k_name, k_kwargs, kind = PAIRS[method]
+        run = sdegen.sample(KDiffusionModel(Counted(), sde), sde, (1, 2), method=method, nfe=nfe)
+        if kind == "same":
+            # k-diffusion steps on sdegen's own grid for this method and budget, then to 0
+            levels = run.ts
+        else:
+            # a first-order stand-in making as many calls, on a Karras grid (1 call per level)
+            levels = get_schedule(sde, "karras", run.nfe - 1)
+        sigmas = torch.cat([levels.to(torch.float32), torch.zeros(1)])
         ours, theirs, calls = [], [], (0, 0)
         _sdegen_run(method, sde, nfe, seed)  # warm-up of both paths
-        _k_run(ks, k_name, sigmas, seed)
+        _k_run(ks, k_name, k_kwargs, sigmas, seed)
         for r in range(repeats):
             t_ours, n_ours = _sdegen_run(method, sde, nfe, seed + r)
-            t_theirs, n_theirs = _k_run(ks, k_name, sigmas, seed + r)
+            t_theirs, n_theirs = _k_run(ks, k_name, k_kwargs, sigmas, seed + r)
             ours.append(t_ours / n_ours)
             theirs.append(t_theirs / n_theirs)
             calls = (n_ours, n_theirs)
         a, b = statistics.median(ours), statistics.median(theirs)
+        # each run beside the other library's next one: their ratio cancels slow load drift
+        paired = [o / t for o, t in zip(ours, theirs)]
+        ratio, (q1, q3) = statistics.median(paired), _quartiles(paired)
         records.append(
             {
                 "method": method,
                 "k_diffusion": k_name,
+                "k_diffusion_options": k_kwargs,
+                "analogue": kind,
                 "calls_sdegen": calls[0],
                 "calls_k_diffusion": calls[1],
                 "us_per_call_sdegen": 1e6 * a,
                 "us_per_call_k_diffusion": 1e6 * b,
-                "ratio": a / b,
-                "spread_sdegen": 1e6 * (max(ours) - min(ours)),
-                "spread_k_diffusion": 1e6 * (max(theirs) - min(theirs)),
+                "iqr_sdegen": [1e6 * v for v in _quartiles(ours)],
+                "iqr_k_diffusion": [1e6 * v for v in _quartiles(theirs)],
+                "ratio": ratio,
+                "ratio_iqr": [q1, q3],
             }
         )
         print(
-            f"{method:20s} vs {k_name:26s} {1e6 * a:8.1f} / {1e6 * b:8.1f} us per call, "
-            f"ratio {a / b:.2f} (calls {calls[0]} / {calls[1]})",
+            f"{method:20s} vs {k_name:26s} ({kind:8s}) {1e6 * a:7.1f} / {1e6 * b:7.1f} us per "
+            f"call, ratio {ratio:.2f} [IQR {q1:.2f}-{q3:.2f}] (calls {calls[0]} / {calls[1]})",
             flush=True,
         )
     return records
 
 
 def markdown(records: list[dict], meta: dict) -> str:
+    worst = max(records, key=lambda r: r["ratio"])
     lines = [
         "# Per-step overhead against k-diffusion (trivial exact denoiser)",
         "",
         f"Batch 1, 2-D, float32, {meta['threads']} thread, budget NFE {meta['nfe']} (sdegen's "
-        f"final denoise included; k-diffusion steps on the same grid to sigma = 0), median of "
-        f"{meta['repeats']} alternating runs, seed {meta['seed']}, k-diffusion imported as: "
-        f"{meta['k_diffusion']}. Microseconds of wall time per denoiser call; the spread is "
-        "max - min over the runs.",
+        f"whole `sample` call, final denoise included), median of {meta['repeats']} alternating "
+        f"runs, seed {meta['seed']}, k-diffusion imported as: {meta['k_diffusion']}. "
+        "Microseconds of wall time per denoiser call, with the interquartile range over the "
+        "runs; the ratio is the median, and the IQR, of the per-run ratios sdegen / "
+        "k-diffusion (each sdegen run paired with the k-diffusion run after it). "
+        "\"same\": k-diffusion's sampler of the same update on sdegen's grid "
+        'for the method, then sigma = 0; "stand-in": k-diffusion has no such sampler, so '
+        "the time per call is compared with its euler (deterministic methods) or "
+        "euler_ancestral (methods drawing noise every step) making as many calls on a Karras "
+        f"grid. Largest ratio: {worst['method']} {worst['ratio']:.2f}. Measured on a shared "
+        "2-core machine: other processes add noise, which the IQR shows.",
         "",
-        "| sdegen | k-diffusion | calls | us/call sdegen | us/call k-diffusion | ratio |",
-        "|---|---|---|---|---|---|",
+        "| sdegen | k-diffusion | kind | calls | us/call sdegen | us/call k-diffusion | ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in records:
+        opts = ", ".join(f"{k}={v}" for k, v in r["k_diffusion_options"].items())
+        name = r["k_diffusion"] + (f"({opts})" if opts else "")
+        (a1, a3), (b1, b3), (q1, q3) = r["iqr_sdegen"], r["iqr_k_diffusion"], r["ratio_iqr"]
         lines.append(
-            f"| {r['method']} | {r['k_diffusion']} | {r['calls_sdegen']} / "
-            f"{r['calls_k_diffusion']} | {r['us_per_call_sdegen']:.0f} "
-            f"(± {r['spread_sdegen'] / 2:.0f}) | {r['us_per_call_k_diffusion']:.0f} "
-            f"(± {r['spread_k_diffusion'] / 2:.0f}) | {r['ratio']:.2f} |"
+            f"| {r['method']} | {name} | {r['analogue']} | {r['calls_sdegen']} / "
+            f"{r['calls_k_diffusion']} | {r['us_per_call_sdegen']:.0f} ({a1:.0f}-{a3:.0f}) | "
+            f"{r['us_per_call_k_diffusion']:.0f} ({b1:.0f}-{b3:.0f}) | {r['ratio']:.2f} "
+            f"({q1:.2f}-{q3:.2f}) |"
         )
     return "\n".join(lines) + "\n"
 
 
 def plot(records: list[dict], path: Path) -> None:
     plt = harness.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    names = [r["method"] for r in records]
-    ax.barh(names, [r["ratio"] for r in records], color="tab:blue")
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(records) + 1.2))
+    names = [r["method"] + ("" if r["analogue"] == "same" else " *") for r in records]
+    ratios = [r["ratio"] for r in records]
+    err = [
+        [max(0.0, r["ratio"] - r["ratio_iqr"][0]) for r in records],
+        [max(0.0, r["ratio_iqr"][1] - r["ratio"]) for r in records],
+    ]
+    ax.barh(names, ratios, xerr=err, color="tab:blue")
     ax.axvline(1.0, color="0.4", ls="--")
-    ax.set(xlabel="time per call, sdegen / k-diffusion", title="per-step overhead (trivial model)")
+    ax.invert_yaxis()
+    ax.set(
+        xlabel="time per call, sdegen / k-diffusion (bars: IQR; *: stand-in)",
+        title="per-step overhead (trivial model)",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def fixed_grid_methods() -> list[str]:
+    """Every method of METHODS that runs on a fixed grid (has a `step`), in METHODS' order."""
+    return [name for name, m in METHODS.items() if m.step is not None]
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     p = harness.parser(__doc__)
     p.add_argument("--nfe", type=int, default=100, help="network-evaluation budget")
-    p.add_argument("--repeats", type=int, default=15, help="alternating runs per sampler")
+    p.add_argument("--repeats", type=int, default=21, help="alternating runs per sampler")
+    p.add_argument("--methods", nargs="*", default=None, help="a subset (default: all)")
     args = harness.parse(
         p,
         argv,
@@ -164,7 +240,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     if ks is None:
         raise SystemExit(f"overhead needs k-diffusion to compare with: {how}")
     torch.set_num_threads(1)
-    records = measure(ks, args.nfe, args.repeats, args.seed)
+    methods = fixed_grid_methods()
+    missing = sorted(set(methods) - set(PAIRS))
+    if missing:
+        raise SystemExit(f"overhead has no k-diffusion pairing for {missing}: add it to PAIRS")
+    if args.methods:
+        unknown = sorted(set(args.methods) - set(methods))
+        if unknown:
+            raise SystemExit(f"--methods: not fixed-grid methods: {unknown}")
+        methods = [m for m in methods if m in args.methods]
+    records = measure(ks, args.nfe, args.repeats, args.seed, methods)
     meta = {
         "nfe": args.nfe,
         "repeats": args.repeats,

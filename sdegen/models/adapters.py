@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from .._utils import append_dims, check_choice, check_finite_number, check_int
 from ..protocols import SDE
+from ..sde.base import LinearSDE
+from ..sde.ve import EDMSDE, VESDE
 from ..sde.vp import VPSDE, DiscreteBeta
 from .base import ParametrizedModel, to_x0_eps
 from .labels import NULL_LABEL, check_labels
@@ -99,14 +101,18 @@ class ForeignModel(ParametrizedModel):
         if y is not None:
             y = check_labels(y, x_in.shape[0], self.num_classes)
             null = y == NULL_LABEL
+            message = (
+                "labels hold NULL_LABEL (-1: unconditional, as classifier-free guidance "
+                "asks), but this adapter knows no null class of the network: pass "
+                "null_label=<the index it was trained with for no class>"
+            )
             if self.null_label is not None:
                 y = torch.where(null, self.null_label, y)
+            elif y.device.type != "cpu":
+                # bool() would wait for the device at every call: assert there instead
+                torch._assert_async(~null.any(), message)
             elif bool(null.any()):
-                raise ValueError(
-                    "labels hold NULL_LABEL (-1: unconditional, as classifier-free guidance "
-                    "asks), but this adapter knows no null class of the network: pass "
-                    "null_label=<the index it was trained with for no class>"
-                )
+                raise ValueError(message)
         dtype = self.net_dtype()
         x_net = x_in if dtype is None else x_in.to(dtype)
         if dtype is not None and c_noise.is_floating_point():
@@ -296,6 +302,17 @@ def from_diffusers(
     return model, sde
 
 
+def unit_alpha(sde: SDE) -> bool:
+    """Whether sde's alpha(t) is 1 by construction: a VESDE or EDMSDE whose alpha is the class's
+    own. Dividing by alpha is then exact, so an adapter may skip it (and its broadcast)."""
+    alpha = getattr(type(sde), "_alpha", None)
+    return (
+        isinstance(sde, (VESDE, EDMSDE))
+        and alpha in (VESDE._alpha, EDMSDE._alpha)
+        and type(sde).alpha is LinearSDE.alpha
+    )
+
+
 class KDiffusionModel(ForeignModel):
     """A k-diffusion-style denoiser D(x, sigma) -> x0 in VE noise levels, for any linear SDE.
 
@@ -313,10 +330,16 @@ class KDiffusionModel(ForeignModel):
 
     parametrization = "x0"
 
+    def x0_only(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        sigma = self.sde.sigma(t)
+        if unit_alpha(self.sde):  # x / 1 and sigma / 1 are x and sigma, bit for bit
+            return self.call_net(x, sigma, y)
+        alpha = self.sde.alpha(t)
+        return self.call_net(x / append_dims(alpha, x.ndim), sigma / alpha, y)
+
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
-        x0 = self.call_net(x / append_dims(alpha, x.ndim), sigma / alpha, y)
-        return to_x0_eps(self.parametrization, x0, x, alpha, sigma)
+        x0 = self.x0_only(x, t, y)
+        return to_x0_eps(self.parametrization, x0, x, self.sde.alpha(t), self.sde.sigma(t))
 
 
 class EDMModel(ForeignModel):
@@ -358,7 +381,7 @@ class EDMModel(ForeignModel):
         )
         self.sigma_data = check_finite_number("sigma_data", sigma_data, positive=True)
 
-    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def x0_only(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
         s, sd = sigma / alpha, self.sigma_data
         x_ve = x / append_dims(alpha, x.ndim)
@@ -366,8 +389,11 @@ class EDMModel(ForeignModel):
         c_out = s * sd / (s**2 + sd**2).sqrt()
         c_in = (s**2 + sd**2).rsqrt()
         f = self.call_net(append_dims(c_in, x.ndim) * x_ve, s.log() / 4, y)
-        x0 = append_dims(c_skip, x.ndim) * x_ve + append_dims(c_out, x.ndim) * f
-        return to_x0_eps(self.parametrization, x0, x, alpha, sigma)
+        return append_dims(c_skip, x.ndim) * x_ve + append_dims(c_out, x.ndim) * f
+
+    def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x0 = self.x0_only(x, t, y)
+        return to_x0_eps(self.parametrization, x0, x, self.sde.alpha(t), self.sde.sigma(t))
 
 
 class ScoreSDEModel(ForeignModel):

@@ -15,7 +15,7 @@ import math
 from torch import Tensor
 
 from .._utils import check_finite_number
-from .exp_quadrature import LogSNRSchedule
+from .exp_quadrature import LogSNRSchedule, scale
 from .grid import GridMethod, batch_t, randn_like
 
 __all__ = ["Heun", "EDMStochastic"]
@@ -27,19 +27,21 @@ class Heun(GridMethod):
 
     def __init__(self, model, sde, ts: Tensor) -> None:
         super().__init__(model, sde, ts)
-        self.alpha = sde.alpha(ts).tolist()
+        self.path = LogSNRSchedule(sde, ts)
+        self.alpha = self.path.alpha
         self.sig = (sde.sigma(ts) / sde.alpha(ts)).tolist()  # sigma~
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sig = self.alpha, self.sig
-        denoised = self.model.denoise(x, batch_t(self.ts[i].item(), x))
-        d_cur = (x / alpha[i] - denoised) / sig[i]
-        x_next = x / alpha[i] + (sig[i + 1] - sig[i]) * d_cur  # in x~
+        denoised = self.model.denoise(x, self.path.t_batch(i, x))
+        x_cur = x if alpha[i] == 1.0 else x / alpha[i]  # x / 1 is x exactly
+        d_cur = (x_cur - denoised) / sig[i]
+        x_next = x_cur + (sig[i + 1] - sig[i]) * d_cur  # in x~
         if i < self.n - 1:
-            x0_next = self.model.denoise(alpha[i + 1] * x_next, batch_t(self.ts[i + 1].item(), x))
+            x0_next = self.model.denoise(scale(alpha[i + 1], x_next), self.path.t_batch(i + 1, x))
             d_prime = (x_next - x0_next) / sig[i + 1]
-            x_next = x / alpha[i] + (sig[i + 1] - sig[i]) * 0.5 * (d_cur + d_prime)
-        return alpha[i + 1] * x_next, denoised
+            x_next = x_cur + (sig[i + 1] - sig[i]) * 0.5 * (d_cur + d_prime)
+        return scale(alpha[i + 1], x_next), denoised
 
 
 class EDMStochastic(GridMethod):
@@ -74,6 +76,16 @@ class EDMStochastic(GridMethod):
         self.path = LogSNRSchedule(sde, ts)
         self.sig = [s / a for s, a in zip(self.path.sigma, self.path.alpha)]  # sigma~
         self.gamma = min(churn / self.n, math.sqrt(2) - 1)
+        # per step, once per solve: the raised level sigma_hat (sigma~ (1 + gamma) inside
+        # [s_tmin, s_tmax], capped at sigma~(T)) and, where it is raised, its time and alpha
+        sig = self.sig
+        self.sigma_hat = []
+        for i in range(self.n):
+            gamma = self.gamma if self.s_tmin <= sig[i] <= self.s_tmax else 0.0
+            self.sigma_hat.append(min(sig[i] * (1 + gamma), sig[0]))
+        raised = [i for i in range(self.n) if self.sigma_hat[i] > sig[i]]
+        at = self.path.at_lambdas([-math.log(self.sigma_hat[i]) for i in raised])
+        self.at_hat = {i: (t, a) for i, (t, a, _) in zip(raised, at)}
         # x~ of the state this sampler returned last: dividing that state by alpha again would
         # round differently from carrying x~ (the results are pinned bit for bit).
         self._x_tilde: tuple[Tensor, Tensor] | None = None
@@ -83,28 +95,25 @@ class EDMStochastic(GridMethod):
         if self._x_tilde is not None and self._x_tilde[0] is x:
             x_cur = self._x_tilde[1]
         else:
-            x_cur = x / p.alpha[i]
+            x_cur = x if p.alpha[i] == 1.0 else x / p.alpha[i]  # x / 1 is x exactly
         # Increase the noise level temporarily: sigma_hat = sigma~ (1 + gamma).
-        gamma = self.gamma if self.s_tmin <= sig[i] <= self.s_tmax else 0.0
-        sigma_hat = min(sig[i] * (1 + gamma), sig[0])
-        t_hat = self.ts[i].item()
-        if sigma_hat > sig[i]:
+        sigma_hat = self.sigma_hat[i]
+        if i in self.at_hat:
             noise = randn_like(x_cur, self.generator)
             x_hat = x_cur + self.s_noise * math.sqrt(sigma_hat**2 - sig[i] ** 2) * noise
-            t_hat, alpha_hat, _ = p.at_lambda(-math.log(sigma_hat))
+            t_hat, alpha_hat = self.at_hat[i]
+            t_batch = batch_t(t_hat, x_hat)
         else:
-            x_hat, alpha_hat = x_cur, p.alpha[i]
+            x_hat, alpha_hat, t_batch = x_cur, p.alpha[i], p.t_batch(i, x_cur)
         # Euler step from sigma_hat to sigma~_{i+1}.
-        denoised = self.model.denoise(alpha_hat * x_hat, batch_t(t_hat, x_hat))
+        denoised = self.model.denoise(scale(alpha_hat, x_hat), t_batch)
         d_cur = (x_hat - denoised) / sigma_hat
         x_next = x_hat + (sig[i + 1] - sigma_hat) * d_cur
         if i < self.n - 1:
             # Second-order correction.
-            x0_next = self.model.denoise(
-                p.alpha[i + 1] * x_next, batch_t(self.ts[i + 1].item(), x_hat)
-            )
+            x0_next = self.model.denoise(scale(p.alpha[i + 1], x_next), p.t_batch(i + 1, x_hat))
             d_prime = (x_next - x0_next) / sig[i + 1]
             x_next = x_hat + (sig[i + 1] - sigma_hat) * 0.5 * (d_cur + d_prime)
-        x_out = p.alpha[i + 1] * x_next
+        x_out = scale(p.alpha[i + 1], x_next)
         self._x_tilde = (x_out, x_next)
         return x_out, denoised

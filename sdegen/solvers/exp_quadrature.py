@@ -10,22 +10,69 @@ import math
 import torch
 from torch import Tensor
 
+from ..sde.base import LinearSDE, times_checked
+
 
 class LogSNRSchedule:
-    """alpha, sigma and lambda = log(alpha/sigma) at the grid times ts, as Python floats, and
-    at any lambda through the SDE's inverse log-SNR."""
+    """alpha, sigma and lambda = log(alpha/sigma) at the grid times ts (float64, (n + 1,)), as
+    Python floats, and at any lambda through the SDE's inverse log-SNR; built once per solve.
+
+    The grid is a CPU float64 tensor, so reading it into floats here costs no device
+    synchronisation; the per-step work of the methods is then float arithmetic and tensor
+    operations on the state alone.
+    """
 
     def __init__(self, sde, ts: Tensor) -> None:
         self.sde = sde
         self.ts = ts
+        self.t = ts.tolist()
         self.alpha = sde.alpha(ts).tolist()
         self.sigma = sde.sigma(ts).tolist()
         self.lam = sde.half_log_snr(ts).tolist()
+        self._t_batch: Tensor | None = None
 
     def at_lambda(self, lam: float) -> tuple[float, float, float]:
-        """(t, alpha, sigma) at log-SNR lam."""
+        """(t, alpha, sigma) at log-SNR lam, checked against the SDE's range."""
         t = self.sde.t_of_half_log_snr(torch.tensor([lam], dtype=torch.float64))
         return float(t[0]), float(self.sde.alpha(t)[0]), float(self.sde.sigma(t)[0])
+
+    def at_lambdas(self, lams: list[float]) -> list[tuple[float, float, float]]:
+        """`at_lambda` of each of `lams`, levels a method derives from the grid (midpoints,
+        stages), computed once per solve: the range is checked once for all of them, then each
+        value is computed alone, exactly as `at_lambda` computes it (a vectorised inverse of a
+        VP SDE rounds some last bits differently)."""
+        if not lams:
+            return []
+        sde = self.sde
+        lam_all = torch.tensor(lams, dtype=torch.float64)
+        if not isinstance(sde, LinearSDE):
+            return [self.at_lambda(lam) for lam in lams]
+        sde.t_of_half_log_snr(lam_all)  # the checks of at_lambda, once
+        out = []
+        with times_checked():  # alpha and sigma at times just checked
+            for lam in lams:
+                # LinearSDE.t_of_half_log_snr after its checks, to the bit
+                t = sde._t_of_half_log_snr(torch.tensor([lam], dtype=torch.float64))
+                t = t.clamp(sde.t_min, sde.T)
+                out.append((t.item(), sde.alpha(t).item(), sde.sigma(t).item()))
+        return out
+
+    def t_batch(self, i: int, x: Tensor) -> Tensor:
+        """The grid time ts[i] as a (B,) tensor in x's dtype and device, the values of
+        `grid.batch_t(float(ts[i]), x)`. The whole grid is moved there once per solve, so a
+        step makes no tensor of its own for its time and never reads one back to the host.
+        The rows are views of one tensor: a model must not write into t."""
+        tb = self._t_batch
+        if tb is None or tb.dtype != x.dtype or tb.device != x.device or tb.shape[1] != len(x):
+            tb = self.ts.to(device=x.device, dtype=x.dtype)[:, None].repeat(1, len(x))
+            self._t_batch = tb
+        return tb[i]
+
+
+def scale(c: float, x: Tensor) -> Tensor:
+    """c x, or x itself when c is 1 (as alpha is on VE and EDM SDEs): 1 * x is x exactly, so
+    skipping the multiplication changes no bit and saves a tensor operation."""
+    return x if c == 1.0 else c * x
 
 
 def _phi_moments(y: float, m: int) -> list[float]:
@@ -58,15 +105,36 @@ def exp_weights(nodes: list[float], h: float, c: float = 1.0) -> list[float]:
     Exact for every polynomial P of degree < len(nodes); nodes are offsets u from lambda_t (0 for
     the current point, negative for history, in (0, h] for stages or the new point).
     """
-    m = len(nodes)
-    if m == 0 or h <= 0 or c <= 0:
-        raise ValueError(f"need nodes, h > 0 and c > 0; got {m} nodes, h={h!r}, c={c!r}")
-    # Moments in the scaled variable v = u / h keep the Vandermonde system well conditioned.
-    moments = _phi_moments(c * h, m)
-    rhs = torch.tensor([moments[k] / (c * h) ** k for k in range(m)], dtype=torch.float64)
-    v = torch.tensor([u / h for u in nodes], dtype=torch.float64)
-    vander = v[None, :] ** torch.arange(m, dtype=torch.float64)[:, None]  # (k, j) = v_j^k
-    return torch.linalg.solve(vander, rhs).tolist()
+    return exp_weights_many([(nodes, h, c)])[0]
+
+
+def exp_weights_many(cases: list[tuple[list[float], float, float]]) -> list[list[float]]:
+    """`exp_weights(nodes, h, c)` of each case, with one batched solve per number of nodes: a
+    method computes all its steps' weights once per solve this way (a solve per step costs
+    more than the step). The batched solve gives each system's weights to the bit."""
+    out: list[list[float]] = [[] for _ in cases]
+    by_size: dict[int, list[int]] = {}
+    for j, (nodes, h, c) in enumerate(cases):
+        m = len(nodes)
+        if m == 0 or h <= 0 or c <= 0:
+            raise ValueError(f"need nodes, h > 0 and c > 0; got {m} nodes, h={h!r}, c={c!r}")
+        by_size.setdefault(m, []).append(j)
+    for m, idx in by_size.items():
+        rhs, vander = [], []
+        for j in idx:
+            nodes, h, c = cases[j]
+            # Moments in the scaled variable v = u / h keep the Vandermonde system well
+            # conditioned.
+            moments = _phi_moments(c * h, m)
+            rhs.append(
+                torch.tensor([moments[k] / (c * h) ** k for k in range(m)], dtype=torch.float64)
+            )
+            v = torch.tensor([u / h for u in nodes], dtype=torch.float64)
+            vander.append(v[None, :] ** torch.arange(m, dtype=torch.float64)[:, None])
+        w = torch.linalg.solve(torch.stack(vander), torch.stack(rhs))
+        for j, wj in zip(idx, w.tolist()):
+            out[j] = wj
+    return out
 
 
 def _combine(terms: list[tuple[float, Tensor]]) -> Tensor:
@@ -86,15 +154,18 @@ def exp_step(
     sigma_s: float,
     eta: float = 0.0,
     z: Tensor | None = None,
+    *,
+    weights: list[float] | None = None,
 ) -> Tensor:
     """One step from lambda_t to lambda_t + h with x0 interpolated through (nodes, x0s).
 
     x: (B, *D) at lambda_t; x0s: denoiser outputs (B, *D) at the offsets `nodes`;
     sigma_ratio = sigma_s / sigma_t; eta: the stochastic family's noise scale (0: PF-ODE);
-    z: N(0, I) noise for eta > 0 (None: the mean step). Returns x (B, *D) at lambda_t + h.
+    z: N(0, I) noise for eta > 0 (None: the mean step); weights: exp_weights(nodes, h,
+    1 + eta^2) when the caller computed them already. Returns x (B, *D) at lambda_t + h.
     """
     c = 1.0 + eta**2
-    w = exp_weights(nodes, h, c)
+    w = exp_weights(nodes, h, c) if weights is None else weights
     decay = math.exp(-(eta**2) * h)
     x_new = _combine([(sigma_ratio * decay, x)] + [(alpha_s * wj, x0) for wj, x0 in zip(w, x0s)])
     if eta > 0 and z is not None:

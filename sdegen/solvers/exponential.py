@@ -26,7 +26,7 @@ import math
 from torch import Tensor
 
 from .._utils import check_finite_number, check_int
-from .exp_quadrature import LogSNRSchedule, exp_step, exp_weights
+from .exp_quadrature import LogSNRSchedule, exp_step, exp_weights, exp_weights_many, scale
 from .grid import GridMethod, batch_t, randn_like
 
 __all__ = ["DDIM", "DPMpp2M", "DPMpp3M", "UniPC", "DPMpp2S", "DPMpp3S", "exp_step", "exp_weights"]
@@ -43,21 +43,26 @@ class DDIM(GridMethod):
     def __init__(self, model, sde, ts: Tensor, *, eta: float, **noise) -> None:
         super().__init__(model, sde, ts, **noise)
         self.eta = check_finite_number("eta", eta, nonnegative=True)
-        self.path = LogSNRSchedule(sde, ts)
+        self.path = p = LogSNRSchedule(sde, ts)
+        # per step: the noise std c and the factor sqrt(sigma_s^2 - c^2) / sigma_t, once
+        self.c, self.coef = [], []
+        for i in range(self.n):
+            at, st, as_, ss = p.alpha[i], p.sigma[i], p.alpha[i + 1], p.sigma[i + 1]
+            c = 0.0
+            if self.eta > 0 and self.adds_noise(i):
+                g2 = max(st**2 - (at / as_ * ss) ** 2, 0.0)
+                c = min(self.eta * math.sqrt(g2) * ss / st, ss)
+            self.c.append(c)
+            self.coef.append(math.sqrt(ss**2 - c**2) / st)
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         p = self.path
-        at, st, as_, ss = p.alpha[i], p.sigma[i], p.alpha[i + 1], p.sigma[i + 1]
-        x0 = self.model.denoise(x, batch_t(self.ts[i].item(), x))
-        stochastic = self.eta > 0 and self.adds_noise(i)
-        c = 0.0
-        if stochastic:
-            g2 = max(st**2 - (at / as_ * ss) ** 2, 0.0)
-            c = min(self.eta * math.sqrt(g2) * ss / st, ss)
+        at, as_ = p.alpha[i], p.alpha[i + 1]
+        x0 = self.model.denoise(x, p.t_batch(i, x))
         # x_s = alpha_s x0 + (sqrt(sigma_s^2 - c^2)/sigma_t) (x_t - alpha_t x0) + c z
-        x_s = as_ * x0 + (math.sqrt(ss**2 - c**2) / st) * (x - at * x0)
-        if stochastic:
-            x_s = x_s + c * randn_like(x_s, self.generator)
+        x_s = scale(as_, x0) + self.coef[i] * (x - scale(at, x0))
+        if self.c[i] > 0:
+            x_s = x_s + self.c[i] * randn_like(x_s, self.generator)
         return x_s, x0
 
 
@@ -76,7 +81,7 @@ class DPMpp2M(GridMethod):
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sigma, lam = self.path.alpha, self.path.sigma, self.path.lam
-        x0 = self.model.denoise(x, batch_t(self.ts[i].item(), x))
+        x0 = self.model.denoise(x, self.path.t_batch(i, x))
         h = lam[i + 1] - lam[i]
         if self.x0_prev is None or (self.lower_order_final and i == self.n - 1):
             d = x0
@@ -116,32 +121,50 @@ class DPMpp3M(GridMethod):
         self.order = check_int("order", order, 1, self.max_order)
         self.eta = check_finite_number("eta", eta, nonnegative=True)
         self.lower_order_final = lower_order_final
-        self.path = LogSNRSchedule(sde, ts)
-        self.hist_lam: list[float] = []
+        self.path = p = LogSNRSchedule(sde, ts)
         self.hist_x0: list[Tensor] = []
         self.x0: Tensor | None = None  # the output at the current point, from the last step
+        # per step, once per solve: the order k, the nodes (the last k lambdas, as offsets from
+        # lambda_i) and their weights, those of the corrector (the new point as a node too)
+        c = 1.0 + self.eta**2
+        self.k, self.nodes, cases = [], [], []
+        for i in range(self.n):
+            k = min(i + 1, self.order)
+            if self.lower_order_final and self.n < 15:
+                k = min(k, self.n - i)
+            nodes = [p.lam[j] - p.lam[i] for j in range(i + 1 - k, i + 1)]
+            h = p.lam[i + 1] - p.lam[i]
+            self.k.append(k)
+            self.nodes.append(nodes)
+            cases.append((nodes, h, c))
+            if self.corrector and i < self.n - 1:
+                cases.append((nodes + [h], h, c))
+        weights = iter(exp_weights_many(cases))
+        self.w, self.w_corr = [], []
+        for i in range(self.n):
+            self.w.append(next(weights))
+            self.w_corr.append(next(weights) if self.corrector and i < self.n - 1 else None)
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        p, n, order = self.path, self.n, self.order
+        p, n, k = self.path, self.n, self.k[i]
         if self.x0 is None:
-            self.x0 = self.model.denoise(x, batch_t(self.ts[0].item(), x))
+            self.x0 = self.model.denoise(x, p.t_batch(0, x))
         x0 = self.x0
-        self.hist_lam = (self.hist_lam + [p.lam[i]])[-order:]
-        self.hist_x0 = (self.hist_x0 + [x0])[-order:]
-        k = len(self.hist_lam)
-        if self.lower_order_final and n < 15:
-            k = min(k, n - i)
-        nodes = [lam - p.lam[i] for lam in self.hist_lam[-k:]]
+        self.hist_x0 = (self.hist_x0 + [x0])[-self.order :]
+        nodes = self.nodes[i]
         h = p.lam[i + 1] - p.lam[i]
         z = randn_like(x, self.generator) if self.eta > 0 and self.adds_noise(i) else None
         ratio, a_s, s_s = p.sigma[i + 1] / p.sigma[i], p.alpha[i + 1], p.sigma[i + 1]
-        x_s = exp_step(x, self.hist_x0[-k:], nodes, h, ratio, a_s, s_s, self.eta, z)
+        x0s = self.hist_x0[-k:]
+        x_s = exp_step(x, x0s, nodes, h, ratio, a_s, s_s, self.eta, z, weights=self.w[i])
         if i < n - 1:
             # The next step needs x0 here anyway; a corrector reuses it at no extra cost.
-            self.x0 = self.model.denoise(x_s, batch_t(self.ts[i + 1].item(), x))
+            self.x0 = self.model.denoise(x_s, p.t_batch(i + 1, x))
             if self.corrector:
-                x0s, nodes = self.hist_x0[-k:] + [self.x0], nodes + [h]
-                x_s = exp_step(x, x0s, nodes, h, ratio, a_s, s_s, self.eta, z)
+                x0s, nodes = x0s + [self.x0], nodes + [h]
+                x_s = exp_step(
+                    x, x0s, nodes, h, ratio, a_s, s_s, self.eta, z, weights=self.w_corr[i]
+                )
         return x_s, x0
 
 
@@ -174,22 +197,43 @@ class _Singlestep(GridMethod):
     def __init__(self, model, sde, ts: Tensor, stages: tuple[float, ...]) -> None:
         super().__init__(model, sde, ts)
         self.stages = stages
-        self.path = LogSNRSchedule(sde, ts)
+        self.path = p = LogSNRSchedule(sde, ts)
+        # per step, once per solve: each stage's (t, alpha, sigma) and weights, and the final
+        # update's weights
+        lams, cases = [], []
+        for i in range(self.n):
+            lam_t, h = p.lam[i], p.lam[i + 1] - p.lam[i]
+            nodes = [0.0]
+            for r in stages:
+                lams.append(lam_t + r * h)
+                cases.append((nodes[-2:], r * h, 1.0))
+                nodes.append(r * h)
+            cases.append(([0.0, nodes[-1]], h, 1.0))
+        self.at_stage = p.at_lambdas(lams)
+        self.w = exp_weights_many(cases)
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        p = self.path
-        lam_t, h = p.lam[i], p.lam[i + 1] - p.lam[i]
+        p, m = self.path, len(self.stages)
+        h = p.lam[i + 1] - p.lam[i]
         sig_t = p.sigma[i]
-        x0_t = self.model.denoise(x, batch_t(self.ts[i].item(), x))
+        x0_t = self.model.denoise(x, p.t_batch(i, x))
         outs, nodes = [x0_t], [0.0]
-        for r in self.stages:
-            t_r, a_r, s_r = p.at_lambda(lam_t + r * h)
-            x_r = exp_step(x, outs[-2:], nodes[-2:], r * h, s_r / sig_t, a_r, s_r)
+        for j, r in enumerate(self.stages):
+            t_r, a_r, s_r = self.at_stage[m * i + j]
+            w = self.w[(m + 1) * i + j]
+            x_r = exp_step(x, outs[-2:], nodes[-2:], r * h, s_r / sig_t, a_r, s_r, weights=w)
             outs.append(self.model.denoise(x_r, batch_t(t_r, x)))
             nodes.append(r * h)
         ratio = p.sigma[i + 1] / sig_t
         x_s = exp_step(
-            x, [x0_t, outs[-1]], [0.0, nodes[-1]], h, ratio, p.alpha[i + 1], p.sigma[i + 1]
+            x,
+            [x0_t, outs[-1]],
+            [0.0, nodes[-1]],
+            h,
+            ratio,
+            p.alpha[i + 1],
+            p.sigma[i + 1],
+            weights=self.w[(m + 1) * i + m],
         )
         return x_s, x0_t
 

@@ -22,7 +22,7 @@ import numpy as np
 from torch import Tensor
 
 from .._utils import check_finite_number, check_int
-from .exp_quadrature import LogSNRSchedule
+from .exp_quadrature import LogSNRSchedule, scale
 from .grid import GridMethod, batch_t, randn_like
 
 __all__ = ["Heun", "DPM2", "DPM2Ancestral", "DPMpp2SAncestral", "LMS", "DEIS", "ancestral_step"]
@@ -60,44 +60,60 @@ def ancestral_step(sig_from: float, sig_to: float, eta: float) -> tuple[float, f
 
 
 class _SigmaGrid(GridMethod):
-    """A method in x~ and sigma~: the grid's alpha and sigma~, and the derivative d anywhere."""
+    """A method in x~ and sigma~: the grid's alpha and sigma~, computed once per solve."""
 
     def __init__(self, model, sde, ts: Tensor, **noise) -> None:
         super().__init__(model, sde, ts, **noise)
         self.path = LogSNRSchedule(sde, ts)
         self.sig = [s / a for s, a in zip(self.path.sigma, self.path.alpha)]
 
-    def d_at(self, x_tilde: Tensor, sig: float) -> Tensor:
-        """(x~ - D) / sigma~ at level sig, off the grid."""
-        t, alpha, _ = self.path.at_lambda(-math.log(sig))
-        denoised = self.model.denoise(alpha * x_tilde, batch_t(t, x_tilde))
-        return (x_tilde - denoised) / sig
-
 
 class _TwoStage(_SigmaGrid):
-    """One evaluation at the grid level sigma~_i, one at a second level (`stage`), then the
+    """One evaluation at the grid level sigma~_i, one at a second level (`level`), then the
     update to sigma_down; ancestral methods (eta > 0) add noise of std sigma_up, where
-    sigma_down^2 + sigma_up^2 = sigma~_{i+1}^2. A step that adds no noise goes to sigma~_{i+1}."""
+    sigma_down^2 + sigma_up^2 = sigma~_{i+1}^2. A step that adds no noise goes to sigma~_{i+1}.
+
+    Every step's levels, and the time and alpha of its second level (through the inverse
+    log-SNR), depend on the grid alone: they are computed once per solve, so a step is tensor
+    work on the state only."""
 
     def __init__(self, model, sde, ts: Tensor, *, eta: float = 0.0, **noise) -> None:
         super().__init__(model, sde, ts, **noise)
         self.eta = check_finite_number("eta", eta, nonnegative=True)
+        sig = self.sig
+        self.down: list[tuple[float, float]] = []  # (sigma_down, sigma_up) of each step
+        for i in range(self.n):
+            s_down, s_up = sig[i + 1], 0.0
+            if self.eta > 0 and self.adds_noise(i):
+                s_down, s_up = ancestral_step(sig[i], sig[i + 1], self.eta)
+            self.down.append((s_down, s_up))
+        levels = [self.level(sig[i], d[0]) for i, d in enumerate(self.down)]
+        at = self.path.at_lambdas([-math.log(s2) for s2 in levels])
+        # (sigma~, t, alpha) of each step's second evaluation
+        self.second = [(s2, t2, a2) for s2, (t2, a2, _) in zip(levels, at)]
 
     @abstractmethod
-    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
-        """The two-stage update from sigma s to s_down, given the denoised estimate at s."""
+    def level(self, s: float, s_down: float) -> float:
+        """sigma~ of the second evaluation of a step from s to s_down."""
+
+    @abstractmethod
+    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+        """Step i's two-stage update from sigma s to s_down, given the denoised estimate at s."""
+
+    def second_eval(self, i: int, x_tilde: Tensor) -> tuple[float, Tensor]:
+        """(sigma~, D) at step i's second level, for x~ there."""
+        s2, t2, a2 = self.second[i]
+        return s2, self.model.denoise(scale(a2, x_tilde), batch_t(t2, x_tilde))
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sig = self.path.alpha, self.sig
-        denoised = self.model.denoise(x, batch_t(self.ts[i].item(), x))
-        x_cur = x / alpha[i]
-        s_down, s_up = sig[i + 1], 0.0
-        if self.eta > 0 and self.adds_noise(i):
-            s_down, s_up = ancestral_step(sig[i], sig[i + 1], self.eta)
-        x_next = self.stage(x_cur, denoised, sig[i], s_down)
+        denoised = self.model.denoise(x, self.path.t_batch(i, x))
+        x_cur = x if alpha[i] == 1.0 else x / alpha[i]  # x / 1 is x exactly
+        s_down, s_up = self.down[i]
+        x_next = self.stage(i, x_cur, denoised, sig[i], s_down)
         if s_up > 0:
             x_next = x_next + s_up * randn_like(x_next, self.generator)
-        return alpha[i + 1] * x_next, denoised
+        return scale(alpha[i + 1], x_next), denoised
 
 
 class Heun(_TwoStage):
@@ -105,10 +121,14 @@ class Heun(_TwoStage):
     a Heun step into every grid level, sigma_min included; 2 evaluations per step. sdegen's
     `heun` instead takes an Euler step into sigma_min (EDM's Euler step to 0 moved one level up)."""
 
-    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+    def level(self, s: float, s_down: float) -> float:
+        return s_down
+
+    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
         d = (x - denoised) / s
         x_2 = x + d * (s_down - s)
-        d_2 = self.d_at(x_2, s_down)
+        s2, denoised_2 = self.second_eval(i, x_2)
+        d_2 = (x_2 - denoised_2) / s2
         return x + 0.5 * (d + d_2) * (s_down - s)
 
 
@@ -117,11 +137,15 @@ class DPM2(_TwoStage):
     midpoint sqrt(sigma_i sigma_next), then the full step with the slope there; 2 evaluations
     per step (k-diffusion's Euler step to sigma = 0 is sdegen's final denoising step)."""
 
-    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+    def level(self, s: float, s_down: float) -> float:
+        return math.exp(0.5 * (math.log(s) + math.log(s_down)))
+
+    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
         d = (x - denoised) / s
-        s_mid = math.exp(0.5 * (math.log(s) + math.log(s_down)))
+        s_mid = self.second[i][0]
         x_2 = x + d * (s_mid - s)
-        return x + self.d_at(x_2, s_mid) * (s_down - s)
+        _, denoised_2 = self.second_eval(i, x_2)
+        return x + ((x_2 - denoised_2) / s_mid) * (s_down - s)
 
 
 class DPM2Ancestral(DPM2):
@@ -140,12 +164,15 @@ class DPMpp2SAncestral(_TwoStage):
     def __init__(self, model, sde, ts: Tensor, *, eta: float, **noise) -> None:
         super().__init__(model, sde, ts, eta=eta, **noise)
 
-    def stage(self, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+    def level(self, s: float, s_down: float) -> float:
         h = math.log(s) - math.log(s_down)  # lambda_next - lambda
-        s_mid = math.exp(math.log(s) - 0.5 * h)
+        return math.exp(math.log(s) - 0.5 * h)
+
+    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+        h = math.log(s) - math.log(s_down)
+        s_mid = self.second[i][0]
         x_2 = (s_mid / s) * x - math.expm1(-0.5 * h) * denoised
-        t, alpha, _ = self.path.at_lambda(-math.log(s_mid))
-        denoised_2 = self.model.denoise(alpha * x_2, batch_t(t, x_2))
+        _, denoised_2 = self.second_eval(i, x_2)
         return (s_down / s) * x - math.expm1(-h) * denoised_2
 
 
@@ -166,8 +193,8 @@ class _SigmaMultistep(_SigmaGrid):
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sig = self.path.alpha, self.sig
-        denoised = self.model.denoise(x, batch_t(self.ts[i].item(), x))
-        x_cur = x / alpha[i]
+        denoised = self.model.denoise(x, self.path.t_batch(i, x))
+        x_cur = x if alpha[i] == 1.0 else x / alpha[i]  # x / 1 is x exactly
         self.ds = (self.ds + [(x_cur - denoised) / sig[i]])[-self.order :]
         k = self.current_order(i)
         if self.log_sigma:
@@ -181,7 +208,7 @@ class _SigmaMultistep(_SigmaGrid):
         x_next = x_cur
         for c, d in zip(coeffs, reversed(self.ds[-k:])):
             x_next = x_next + c * d
-        return alpha[i + 1] * x_next, denoised
+        return scale(alpha[i + 1], x_next), denoised
 
 
 class LMS(_SigmaMultistep):

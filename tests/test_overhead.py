@@ -1,0 +1,165 @@
+"""The per-step overhead work (issue 13, item 3): no host synchronisation inside the step loop
+of any fixed-grid method, and the once-per-solve precomputations giving the values the steps
+computed before, to the bit.
+
+A host synchronisation is an operation that reads a tensor's value back to Python (item,
+bool, float, int, tolist, numpy, cpu, nonzero): on an accelerator each one waits for the
+device. A CPU test cannot time that, but it can catch the operation itself: the model below
+returns its outputs as a tensor subclass that raises on every such read, so the state the
+sampler builds from them is guarded too, and any read of it inside a step fails the test.
+Reads of the CPU float64 time grid stay allowed (no device is involved there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sdegen
+from sdegen.models.adapters import EDMModel, KDiffusionModel, unit_alpha
+from sdegen.sde import EDMSDE, VESDE, VPSDE
+from sdegen.solvers.exp_quadrature import LogSNRSchedule, exp_weights, exp_weights_many, scale
+from sdegen.solvers.grid import batch_t
+from sdegen.solvers.methods import METHODS
+
+from .conftest import mixture
+
+SYNCS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu")
+SYNCS += ("nonzero",)
+FIXED_GRID = [name for name, m in METHODS.items() if m.step is not None]
+
+
+class Guarded(torch.Tensor):
+    """A tensor whose values may not be read back to the host; ops keep the subclass."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in SYNCS:
+            raise AssertionError(f"host synchronisation in the step loop: Tensor.{func.__name__}")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class GuardedModel:
+    """Wraps a score model: inputs reach it as plain tensors, outputs leave it guarded, from
+    the second call of each method on (the counting wrapper checks the first output once per
+    solve, which is allowed)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, {}
+
+    def _call(self, name: str, x, t):
+        out = getattr(self.model, name)(x.as_subclass(torch.Tensor), t.as_subclass(torch.Tensor))
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return out if self.calls[name] == 1 else out.as_subclass(Guarded)
+
+    def score(self, x, t):
+        return self._call("score", x, t)
+
+    def denoise(self, x, t):
+        return self._call("denoise", x, t)
+
+    def eps(self, x, t):
+        return self._call("eps", x, t)
+
+
+def test_the_guard_catches_a_sync():
+    x = torch.ones(2, 2).as_subclass(Guarded)
+    y = 2 * x - 1
+    assert type(y) is Guarded
+    for read in (lambda: bool(y.sum() > 0), lambda: float(y[0, 0]), lambda: y.sum().item()):
+        with pytest.raises(AssertionError, match="host synchronisation"):
+            read()
+    assert type(y.norm(dim=1).mean().clamp_min(1e-3)) is Guarded  # device-side ops are fine
+
+
+@pytest.mark.parametrize("sde_cls", [VPSDE, EDMSDE])
+@pytest.mark.parametrize("method", FIXED_GRID)
+def test_no_host_sync_in_the_step_loop(method, sde_cls):
+    sde = sde_cls()
+    model, states = GuardedModel(mixture(sde)), []
+    res = sdegen.sample(
+        model, sde, (3, 2), method=method, steps=4, generator=torch.Generator().manual_seed(0),
+        callback=lambda info: states.append(type(info["x"])),
+    )  # fmt: skip
+    assert states[-1] is Guarded  # the state the steps worked on was built from guarded outputs
+    g = torch.Generator().manual_seed(0)
+    want = sdegen.sample(mixture(sde), sde, (3, 2), method=method, steps=4, generator=g)
+    assert torch.equal(res.x.as_subclass(torch.Tensor), want.x)  # and the guard changed nothing
+
+
+def test_at_lambdas_is_at_lambda_to_the_bit():
+    for sde in (VPSDE(), VESDE(), EDMSDE()):
+        ts = sdegen.solvers.schedules.get_schedule(sde, "karras", 12)
+        path = LogSNRSchedule(sde, ts)
+        lams = [0.5 * (a + b) for a, b in zip(path.lam[:-1], path.lam[1:])] + path.lam
+        assert path.at_lambdas(lams) == [path.at_lambda(lam) for lam in lams]
+        lo, hi = sde.half_log_snr_range()
+        with pytest.raises(ValueError, match="lam must lie"):
+            path.at_lambdas([0.5 * (lo + hi), hi + 1.0])
+        assert path.at_lambdas([]) == []
+
+
+def test_t_batch_is_batch_t():
+    sde = VPSDE()
+    ts = sdegen.solvers.schedules.get_schedule(sde, "log_snr", 7)
+    path = LogSNRSchedule(sde, ts)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.zeros(5, 3, dtype=dtype)
+        for i in range(len(ts)):
+            got = path.t_batch(i, x)
+            assert got.dtype == dtype and got.shape == (5,)
+            assert torch.equal(got, batch_t(float(ts[i]), x))
+    assert path.t_batch(0, torch.zeros(2, 3)).shape == (2,)  # a new batch size rebuilds it
+
+
+def test_exp_weights_many_is_exp_weights_to_the_bit():
+    cases = [([0.0], 0.3, 1.0), ([0.0, -0.2], 0.3, 1.0), ([-0.5, -0.2, 0.0], 1.7, 2.0)]
+    cases += [([0.0, 0.4], 0.4, 1.0), ([0.0, -0.1, -0.3, -0.6], 0.25, 1.5), ([0.0], 2.0, 2.0)]
+    got = exp_weights_many(cases)
+    assert got == [exp_weights(*case) for case in cases]
+    # one node: int_0^h c e^{-c(h-u)} du = 1 - e^{-ch}
+    assert got[0][0] == pytest.approx(-math.expm1(-0.3), rel=1e-14)
+    with pytest.raises(ValueError, match="h > 0"):
+        exp_weights_many([([0.0], -1.0, 1.0)])
+
+
+def test_scale_skips_only_a_factor_of_one():
+    x = torch.randn(3, 2)
+    assert scale(1.0, x) is x
+    assert torch.equal(scale(0.5, x), 0.5 * x)
+
+
+def test_unit_alpha_only_for_alpha_one_by_construction():
+    class Scaled(VESDE):
+        def _alpha(self, t):
+            return 2 * torch.ones_like(t)
+
+    assert unit_alpha(VESDE()) and unit_alpha(EDMSDE())
+    assert not unit_alpha(VPSDE()) and not unit_alpha(Scaled())
+
+
+@pytest.mark.parametrize("sde_cls", [VPSDE, VESDE, EDMSDE])
+def test_x0_only_is_the_x0_of_x0_eps(sde_cls):
+    sde = sde_cls()
+
+    def denoiser(x, sigma):
+        return torch.tanh(x) / (1 + sigma[:, None] ** 2)
+
+    class Net(torch.nn.Module):
+        def forward(self, x, c):
+            return torch.sin(x) * c[:, None]
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.3, 0.5, 0.7, 0.9]) * sde.T
+    for model in (KDiffusionModel(denoiser, sde), EDMModel(Net(), sde)):
+        x0, eps = model.x0_eps(x, t)
+        assert torch.equal(model.denoise(x, t), x0)
+        assert torch.equal(model.x0_only(x, t), x0)
+        # x0 and eps describe the same x: x = alpha x0 + sigma eps
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        torch.testing.assert_close(a * x0 + s * eps, x)
+    # the adapter's D really sees x / alpha and sigma / alpha
+    want = denoiser(x / sde.alpha(t)[:, None], sde.sigma(t) / sde.alpha(t))
+    torch.testing.assert_close(KDiffusionModel(denoiser, sde).denoise(x, t), want, rtol=0, atol=0)
