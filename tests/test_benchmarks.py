@@ -675,4 +675,7 @@ def test_overhead_benchmark_smoke(tmp_path):
         assert abs(r["calls_sdegen"] - r["calls_k_diffusion"]) <= 1, r
         assert r["ratio"] > 0 and r["us_per_call_sdegen"] > 0
     assert {r["method"] for r in result["records"]} == set(bench.PAIRS)
-    assert "| dpmpp_2m | sample_dpmpp_2m |" in (tmp_path / "table.md").read_text()
+    # every fixed-grid method of METHODS is measured, against k-diffusion or a stand-in
+    assert set(bench.PAIRS) == set(bench.fixed_grid_methods())
+    assert all(r["ratio_iqr"][0] <= r["ratio_iqr"][1] for r in result["records"])
+    assert "| dpmpp_2m | sample_dpmpp_2m | same |" in (tmp_path / "table.md").read_text()
