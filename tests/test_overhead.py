@@ -20,7 +20,13 @@ import torch
 import sdegen
 from sdegen.models.adapters import EDMModel, KDiffusionModel, unit_alpha
 from sdegen.sde import EDMSDE, VESDE, VPSDE
-from sdegen.solvers.exp_quadrature import LogSNRSchedule, exp_weights, exp_weights_many, scale
+from sdegen.solvers.exp_quadrature import (
+    LogSNRSchedule,
+    _phi_moments,
+    exp_weights,
+    exp_weights_many,
+    scale,
+)
 from sdegen.solvers.grid import batch_t
 from sdegen.solvers.methods import METHODS
 
@@ -112,6 +118,30 @@ def test_t_batch_is_batch_t():
             assert got.dtype == dtype and got.shape == (5,)
             assert torch.equal(got, batch_t(float(ts[i]), x))
     assert path.t_batch(0, torch.zeros(2, 3)).shape == (2,)  # a new batch size rebuilds it
+
+
+def _exp_weights_one_solve(nodes: list[float], h: float, c: float) -> list[float]:
+    """The weights as exp_weights computed them before the batching: one solve per case."""
+    m = len(nodes)
+    moments = _phi_moments(c * h, m)
+    rhs = torch.tensor([moments[k] / (c * h) ** k for k in range(m)], dtype=torch.float64)
+    v = torch.tensor([u / h for u in nodes], dtype=torch.float64)
+    vander = v[None, :] ** torch.arange(m, dtype=torch.float64)[:, None]
+    return torch.linalg.solve(vander, rhs).tolist()
+
+
+def test_batched_weights_are_the_one_solve_weights_to_the_bit():
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for _ in range(400):
+        m = int(torch.randint(1, 5, (), generator=g))
+        h = float(torch.rand((), generator=g)) * 2 + 1e-3
+        past = (-torch.rand(m - 1, generator=g).cumsum(0) * h).tolist()
+        c = 1.0 + float(torch.rand((), generator=g))
+        cases.append(([0.0] + past if m < 4 else past[:2] + [0.0, h], h, c))
+        if m > 1:  # a case with one node fewer at the same y = c h (its moments are shared)
+            cases.append((cases[-1][0][1:], h, c))
+    assert exp_weights_many(cases) == [_exp_weights_one_solve(*case) for case in cases]
 
 
 def test_exp_weights_many_is_exp_weights_to_the_bit():

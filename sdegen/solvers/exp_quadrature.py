@@ -119,19 +119,28 @@ def exp_weights_many(cases: list[tuple[list[float], float, float]]) -> list[list
         if m == 0 or h <= 0 or c <= 0:
             raise ValueError(f"need nodes, h > 0 and c > 0; got {m} nodes, h={h!r}, c={c!r}")
         by_size.setdefault(m, []).append(j)
+    # I_k(y) does not depend on how many moments are asked for: compute each y's once, as many
+    # as its largest case needs (a corrector's case shares y with its predictor's)
+    most: dict[float, int] = {}
+    for nodes, h, c in cases:
+        most[c * h] = max(most.get(c * h, 0), len(nodes))
+    moments_of = {y: _phi_moments(y, m) for y, m in most.items()}
     for m, idx in by_size.items():
-        rhs, vander = [], []
+        # Moments in the scaled variable v = u / h keep the Vandermonde system well conditioned.
+        rhs, vs = [], []
         for j in idx:
             nodes, h, c = cases[j]
-            # Moments in the scaled variable v = u / h keep the Vandermonde system well
-            # conditioned.
-            moments = _phi_moments(c * h, m)
-            rhs.append(
-                torch.tensor([moments[k] / (c * h) ** k for k in range(m)], dtype=torch.float64)
-            )
-            v = torch.tensor([u / h for u in nodes], dtype=torch.float64)
-            vander.append(v[None, :] ** torch.arange(m, dtype=torch.float64)[:, None])
-        w = torch.linalg.solve(torch.stack(vander), torch.stack(rhs))
+            moments = moments_of[c * h]
+            rhs.append([moments[k] / (c * h) ** k for k in range(m)])
+            vs.append([u / h for u in nodes])
+        if m == 1:
+            # the system is [1] w = rhs: the solve returns rhs itself, to the bit
+            for j, r in zip(idx, rhs):
+                out[j] = r
+            continue
+        v = torch.tensor(vs, dtype=torch.float64)
+        vander = v[:, None, :] ** torch.arange(m, dtype=torch.float64)[None, :, None]  # v_j^k
+        w = torch.linalg.solve(vander, torch.tensor(rhs, dtype=torch.float64))
         for j, wj in zip(idx, w.tolist()):
             out[j] = wj
     return out

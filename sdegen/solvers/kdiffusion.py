@@ -39,15 +39,16 @@ def lagrange_integrals(nodes: list[float], b: float, weight=None) -> list[float]
     """
     half = 0.5 * b
     us = [half * (1 + g) for g in _GL_NODES]
+    ws = [1.0] * len(us) if weight is None else [weight(u) for u in us]  # w(u) once per node
     out = []
     for j, uj in enumerate(nodes):
         total = 0.0
-        for u, w in zip(us, _GL_WEIGHTS):
+        for u, w, wu in zip(us, _GL_WEIGHTS, ws):
             basis = 1.0
             for k, uk in enumerate(nodes):
                 if k != j:
                     basis *= (u - uk) / (uj - uk)
-            total += w * basis * (1.0 if weight is None else weight(u))
+            total += w * basis * wu
         out.append(half * total)
     return out
 
