@@ -129,7 +129,8 @@ class ForeignModel(ParametrizedModel):
                 f"net must return a tensor or an object with a .sample tensor, got "
                 f"{type(out).__name__}"
             )
-        return self.check_output(out, x_in).to(x_in.dtype)
+        out = self.check_output(out, x_in)
+        return out if out.dtype == x_in.dtype else out.to(x_in.dtype)
 
     def check_output(self, out: Tensor, x: Tensor) -> Tensor:
         if out.shape != x.shape:

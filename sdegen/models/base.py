@@ -277,7 +277,8 @@ class ParametrizedModel(torch.nn.Module):
     def denoise(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """Estimate of E[x0 | x_t = x, y]; shape (B, *D), x's dtype."""
         xw, tw = self._inputs(x, t)
-        return (self.x0_only(xw, tw) if y is None else self.x0_only(xw, tw, y)).to(x.dtype)
+        x0 = self.x0_only(xw, tw) if y is None else self.x0_only(xw, tw, y)
+        return x0 if x0.dtype == x.dtype else x0.to(x.dtype)
 
     def eps(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """Estimate of the noise E[eps | x_t = x, y]; shape (B, *D), x's dtype."""

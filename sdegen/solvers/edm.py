@@ -15,8 +15,8 @@ import math
 from torch import Tensor
 
 from .._utils import check_finite_number
-from .exp_quadrature import LogSNRSchedule, scale
-from .grid import GridMethod, batch_t, randn_like
+from .exp_quadrature import LogSNRSchedule, TimeRows, scale
+from .grid import GridMethod, randn_like
 
 __all__ = ["Heun", "EDMStochastic"]
 
@@ -86,6 +86,9 @@ class EDMStochastic(GridMethod):
         raised = [i for i in range(self.n) if self.sigma_hat[i] > sig[i]]
         at = self.path.at_lambdas([-math.log(self.sigma_hat[i]) for i in raised])
         self.at_hat = {i: (t, a) for i, (t, a, _) in zip(raised, at)}
+        # the time of each step's first evaluation: t_hat where raised, else the grid's
+        self.t_first = TimeRows([self.at_hat[i][0] if i in self.at_hat else t for i, t in
+                                 enumerate(self.path.t[: self.n])])  # fmt: skip
         # x~ of the state this sampler returned last: dividing that state by alpha again would
         # round differently from carrying x~ (the results are pinned bit for bit).
         self._x_tilde: tuple[Tensor, Tensor] | None = None
@@ -101,12 +104,11 @@ class EDMStochastic(GridMethod):
         if i in self.at_hat:
             noise = randn_like(x_cur, self.generator)
             x_hat = x_cur + self.s_noise * math.sqrt(sigma_hat**2 - sig[i] ** 2) * noise
-            t_hat, alpha_hat = self.at_hat[i]
-            t_batch = batch_t(t_hat, x_hat)
+            alpha_hat = self.at_hat[i][1]
         else:
-            x_hat, alpha_hat, t_batch = x_cur, p.alpha[i], p.t_batch(i, x_cur)
+            x_hat, alpha_hat = x_cur, p.alpha[i]
         # Euler step from sigma_hat to sigma~_{i+1}.
-        denoised = self.model.denoise(scale(alpha_hat, x_hat), t_batch)
+        denoised = self.model.denoise(scale(alpha_hat, x_hat), self.t_first(i, x_hat))
         d_cur = (x_hat - denoised) / sigma_hat
         x_next = x_hat + (sig[i + 1] - sigma_hat) * d_cur
         if i < self.n - 1:

@@ -58,15 +58,31 @@ class LogSNRSchedule:
         return out
 
     def t_batch(self, i: int, x: Tensor) -> Tensor:
-        """The grid time ts[i] as a (B,) tensor in x's dtype and device, the values of
-        `grid.batch_t(float(ts[i]), x)`. The whole grid is moved there once per solve, so a
-        step makes no tensor of its own for its time and never reads one back to the host.
-        The rows are views of one tensor: a model must not write into t."""
-        tb = self._t_batch
-        if tb is None or tb.dtype != x.dtype or tb.device != x.device or tb.shape[1] != len(x):
-            tb = self.ts.to(device=x.device, dtype=x.dtype)[:, None].repeat(1, len(x))
-            self._t_batch = tb
-        return tb[i]
+        """The grid time ts[i] as a (B,) tensor in x's dtype and device (see `TimeRows`)."""
+        if self._t_batch is None:
+            self._t_batch = TimeRows(self.t)
+        return self._t_batch(i, x)
+
+
+class TimeRows:
+    """Times known once per solve (the grid, a method's midpoints or stages), as Python floats,
+    handed to the model as (B,) tensors in x's dtype and device: row i holds the values of
+    `grid.batch_t(times[i], x)`. The rows are made in one transfer at the first call (again
+    only if x's dtype, device or batch size change), so a step makes no tensor of its own for
+    its time and never reads one back to the host. The rows are views of one tensor: a model
+    must not write into t."""
+
+    def __init__(self, times: list[float]) -> None:
+        self.times = times
+        self._rows: Tensor | None = None
+
+    def __call__(self, i: int, x: Tensor) -> Tensor:
+        rows = self._rows
+        if rows is None or (rows.dtype, rows.device, rows.shape[1]) != (x.dtype, x.device, len(x)):
+            rows = torch.tensor(self.times, dtype=torch.float64)
+            rows = rows.to(device=x.device, dtype=x.dtype)[:, None].repeat(1, len(x))
+            self._rows = rows
+        return rows[i]
 
 
 def scale(c: float, x: Tensor) -> Tensor:

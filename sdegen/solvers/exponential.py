@@ -26,8 +26,15 @@ import math
 from torch import Tensor
 
 from .._utils import check_finite_number, check_int
-from .exp_quadrature import LogSNRSchedule, exp_step, exp_weights, exp_weights_many, scale
-from .grid import GridMethod, batch_t, randn_like
+from .exp_quadrature import (
+    LogSNRSchedule,
+    TimeRows,
+    exp_step,
+    exp_weights,
+    exp_weights_many,
+    scale,
+)
+from .grid import GridMethod, randn_like
 
 __all__ = ["DDIM", "DPMpp2M", "DPMpp3M", "UniPC", "DPMpp2S", "DPMpp3S", "exp_step", "exp_weights"]
 
@@ -210,6 +217,7 @@ class _Singlestep(GridMethod):
                 nodes.append(r * h)
             cases.append(([0.0, nodes[-1]], h, 1.0))
         self.at_stage = p.at_lambdas(lams)
+        self.t_stage = TimeRows([t for t, _, _ in self.at_stage])
         self.w = exp_weights_many(cases)
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,10 +227,10 @@ class _Singlestep(GridMethod):
         x0_t = self.model.denoise(x, p.t_batch(i, x))
         outs, nodes = [x0_t], [0.0]
         for j, r in enumerate(self.stages):
-            t_r, a_r, s_r = self.at_stage[m * i + j]
+            _, a_r, s_r = self.at_stage[m * i + j]
             w = self.w[(m + 1) * i + j]
             x_r = exp_step(x, outs[-2:], nodes[-2:], r * h, s_r / sig_t, a_r, s_r, weights=w)
-            outs.append(self.model.denoise(x_r, batch_t(t_r, x)))
+            outs.append(self.model.denoise(x_r, self.t_stage(m * i + j, x)))
             nodes.append(r * h)
         ratio = p.sigma[i + 1] / sig_t
         x_s = exp_step(

@@ -22,8 +22,8 @@ import numpy as np
 from torch import Tensor
 
 from .._utils import check_finite_number, check_int
-from .exp_quadrature import LogSNRSchedule, scale
-from .grid import GridMethod, batch_t, randn_like
+from .exp_quadrature import LogSNRSchedule, TimeRows, scale
+from .grid import GridMethod, randn_like
 
 __all__ = ["Heun", "DPM2", "DPM2Ancestral", "DPMpp2SAncestral", "LMS", "DEIS", "ancestral_step"]
 
@@ -92,6 +92,7 @@ class _TwoStage(_SigmaGrid):
         at = self.path.at_lambdas([-math.log(s2) for s2 in levels])
         # (sigma~, t, alpha) of each step's second evaluation
         self.second = [(s2, t2, a2) for s2, (t2, a2, _) in zip(levels, at)]
+        self.second_t = TimeRows([t2 for t2, _, _ in at])
 
     @abstractmethod
     def level(self, s: float, s_down: float) -> float:
@@ -103,8 +104,8 @@ class _TwoStage(_SigmaGrid):
 
     def second_eval(self, i: int, x_tilde: Tensor) -> tuple[float, Tensor]:
         """(sigma~, D) at step i's second level, for x~ there."""
-        s2, t2, a2 = self.second[i]
-        return s2, self.model.denoise(scale(a2, x_tilde), batch_t(t2, x_tilde))
+        s2, _, a2 = self.second[i]
+        return s2, self.model.denoise(scale(a2, x_tilde), self.second_t(i, x_tilde))
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         alpha, sig = self.path.alpha, self.sig
