@@ -272,7 +272,8 @@ class ParametrizedModel(torch.nn.Module):
         """Score grad_x log p_t(x | y) = -eps / sigma(t); x (B, *D), t (B,), labels y (B,);
         in x's dtype."""
         _, eps, t = self._call(x, t, y)
-        return (-eps / append_dims(self.sde.sigma(t), x.ndim)).to(x.dtype)
+        score = -eps / append_dims(self.sde.sigma(t), x.ndim)
+        return score if score.dtype == x.dtype else score.to(x.dtype)
 
     def denoise(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """Estimate of E[x0 | x_t = x, y]; shape (B, *D), x's dtype."""

@@ -68,10 +68,13 @@ class _PFODEStep(GridMethod):
         super().__init__(model, sde, ts)
         self.t_x: Tensor | None = None  # the grid in x's dtype, on the CPU
 
+    def t_batch(self, t: Tensor, x: Tensor) -> Tensor:
+        """A 0-dim CPU time t, kept inside [t_min, T] as `integrate` does, as (B,) for x."""
+        return batch_t(float(t.clamp(self.sde.t_min, self.sde.T)), x)
+
     def velocity(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(velocity, score) at a 0-dim CPU time t, kept inside [t_min, T] as `integrate` does."""
-        t = batch_t(float(t.clamp(self.sde.t_min, self.sde.T)), x)
-        return _velocity(self.model, self.sde, x, t)
+        """(velocity, score) at a 0-dim CPU time t."""
+        return _velocity(self.model, self.sde, x, self.t_batch(t, x))
 
     def times(self, i: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """t0, dt = t1 - t0 and t1 as 0-dim CPU tensors in x's dtype, as torchdiffeq steps
@@ -81,18 +84,15 @@ class _PFODEStep(GridMethod):
         t0, t1 = self.t_x[i], self.t_x[i + 1]
         return t0, t1 - t0, t1
 
-    def x0(self, score: Tensor, x: Tensor, t0: Tensor) -> Tensor:
-        tb = batch_t(float(t0.clamp(self.sde.t_min, self.sde.T)), x)
-        return score_to_x0(self.sde, score, x, tb)
-
 
 class Euler(_PFODEStep):
     """Euler on the PF-ODE; one evaluation per step."""
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         t0, dt, _ = self.times(i, x)
-        k1, score = self.velocity(t0, x)
-        return x + dt * k1, self.x0(score, x, t0)
+        tb = self.t_batch(t0, x)  # once for the velocity and the x0 estimate
+        k1, score = _velocity(self.model, self.sde, x, tb)
+        return x + dt * k1, score_to_x0(self.sde, score, x, tb)
 
 
 class RK4(_PFODEStep):
@@ -100,11 +100,12 @@ class RK4(_PFODEStep):
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         t0, dt, t1 = self.times(i, x)
-        k1, score = self.velocity(t0, x)
+        tb = self.t_batch(t0, x)  # once for k1 and the x0 estimate
+        k1, score = _velocity(self.model, self.sde, x, tb)
         k2 = self.velocity(t0 + dt * (1 / 3), x + dt * k1 * (1 / 3))[0]
         k3 = self.velocity(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))[0]
         k4 = self.velocity(t1, x + dt * (k1 - k2 + k3))[0]
-        return x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125, self.x0(score, x, t0)
+        return x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125, score_to_x0(self.sde, score, x, tb)
 
 
 def dopri5(
