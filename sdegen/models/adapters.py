@@ -339,8 +339,10 @@ class KDiffusionModel(ForeignModel):
         return self.call_net(x / append_dims(alpha, x.ndim), sigma / alpha, y)
 
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x0 = self.x0_only(x, t, y)
-        return to_x0_eps(self.parametrization, x0, x, self.sde.alpha(t), self.sde.sigma(t))
+        x0, sigma = self.x0_only(x, t, y), self.sde.sigma(t)
+        if unit_alpha(self.sde):  # to_x0_eps's eps = (x - alpha x0) / sigma, and 1 x0 is x0
+            return x0, (x - x0) / append_dims(sigma, x.ndim)
+        return to_x0_eps(self.parametrization, x0, x, self.sde.alpha(t), sigma)
 
 
 class EDMModel(ForeignModel):

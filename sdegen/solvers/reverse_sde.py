@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_finite_number
 from .counting import CountingModel
+from .exp_quadrature import TimeRows
 from .grid import GridMethod, Record, batch_t, randn_like, score_to_x0
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "PC", "PREDICTORS", "Record"]
@@ -25,22 +26,37 @@ def _coef(v: Tensor, x: Tensor) -> Tensor:
 
 
 class _Predictor(GridMethod):
-    """A reverse-SDE step from t to s given fresh noise z (None: the mean step)."""
+    """A reverse-SDE step from t to s given fresh noise z (None: the mean step). The grid's
+    times are read from the CPU float64 grid once per solve (no device involved) and reach the
+    model as rows of one tensor (`TimeRows`), not as a tensor made per step."""
+
+    def grid_times(self, i: int, x: Tensor) -> tuple[float, float, Tensor, Tensor]:
+        """t = ts[i] and s = ts[i + 1], as floats and as (B,) tensors for x."""
+        rows = getattr(self, "_rows", None)
+        if rows is None:
+            rows = self._rows = TimeRows(self.ts.tolist())
+        return rows.times[i], rows.times[i + 1], rows(i, x), rows(i + 1, x)
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         z = randn_like(x, self.generator) if self.adds_noise(i) else None
-        return self.predict(x, float(self.ts[i]), float(self.ts[i + 1]), z)
+        t, s, tb, sb = self.grid_times(i, x)
+        return self.predict(x, t, s, z, tb=tb, sb=sb)
 
-    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x at s, and the x0 estimate at (x, t)."""
+    def predict(
+        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
+    ) -> tuple[Tensor, Tensor]:
+        """x at s, and the x0 estimate at (x, t); tb, sb: t and s as (B,) tensors for x, when
+        the caller has them."""
         raise NotImplementedError
 
 
 class EulerMaruyama(_Predictor):
     """Euler-Maruyama on the reverse SDE; one evaluation per step."""
 
-    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        tb, dt = batch_t(t, x), s - t
+    def predict(
+        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
+    ) -> tuple[Tensor, Tensor]:
+        tb, dt = batch_t(t, x) if tb is None else tb, s - t
         score = self.model.score(x, tb)
         drift = self.sde.drift(x, tb) - _coef(self.sde.g2(tb), x) * score
         x_s = x + drift * dt
@@ -57,9 +73,11 @@ class ReverseDiffusion(_Predictor):
     One evaluation per step.
     """
 
-    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        tb = batch_t(t, x)
-        a, G = self.sde.transition(batch_t(s, x), tb)
+    def predict(
+        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
+    ) -> tuple[Tensor, Tensor]:
+        tb = batch_t(t, x) if tb is None else tb
+        a, G = self.sde.transition(batch_t(s, x) if sb is None else sb, tb)
         score = self.model.score(x, tb)
         x_s = (2 - _coef(a, x)) * x + _coef(G**2, x) * score
         if z is not None:
@@ -89,8 +107,11 @@ class Ancestral(_Predictor):
             check_choice("variance", variance, VARIANCES)
             self._variance_fn = _learned_variance(model) if variance == "learned" else None
 
-    def predict(self, x: Tensor, t: float, s: float, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        tb, sb = batch_t(t, x), batch_t(s, x)
+    def predict(
+        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
+    ) -> tuple[Tensor, Tensor]:
+        tb = batch_t(t, x) if tb is None else tb
+        sb = batch_t(s, x) if sb is None else sb
         a, G = self.sde.transition(sb, tb)
         score = self.model.score(x, tb)
         x_s = (x + _coef(G**2, x) * score) / _coef(a, x)
@@ -123,16 +144,18 @@ def _learned_variance(model) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     return fn
 
 
-def langevin_correct(model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: float) -> Tensor:
+def langevin_correct(
+    model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: float, *, tb=None, sb=None
+) -> Tensor:
     """One annealed Langevin corrector step at time t (Song et al. 2021, Algorithm 5).
 
     Step size 2 a^2 (snr ||z|| / ||score||)^2, a^2 = (alpha_t/alpha_s)^2 (1 - beta_i for VP, 1 for
     VE), with the norms averaged over the batch as in Song et al.'s code: per-example norms make
     the step explode wherever the score vanishes (at a mode), which low-dimensional data hit.
     """
-    tb = batch_t(t, x)
+    tb = batch_t(t, x) if tb is None else tb
     grad = model.score(x, tb)
-    a, _ = sde.transition(batch_t(s, x), tb)
+    a, _ = sde.transition(batch_t(s, x) if sb is None else sb, tb)
     g_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()
     z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
     step = 2 * a.to(x.dtype) ** 2 * (snr * z_norm / g_norm.clamp_min(1e-12)) ** 2
@@ -167,12 +190,11 @@ class PC(_Predictor):
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         z = randn_like(x, self.generator) if self.adds_noise(i) else None
-        t, s = float(self.ts[i]), float(self.ts[i + 1])
+        t, s, tb, sb = self.grid_times(i, x)
         for _ in range(self.corrector_steps):
-            x = langevin_correct(
-                self.model, self.sde, x, t, s, randn_like(x, self.generator), self.snr
-            )
-        return self.predictor.predict(x, t, s, z)
+            z_c = randn_like(x, self.generator)
+            x = langevin_correct(self.model, self.sde, x, t, s, z_c, self.snr, tb=tb, sb=sb)
+        return self.predictor.predict(x, t, s, z, tb=tb, sb=sb)
 
 
 def __getattr__(name: str):
