@@ -222,7 +222,7 @@ def fixed_grid_methods() -> list[str]:
 def main(argv: list[str] | None = None) -> dict | None:
     p = harness.parser(__doc__)
     p.add_argument("--nfe", type=int, default=100, help="network-evaluation budget")
-    p.add_argument("--repeats", type=int, default=21, help="alternating runs per sampler")
+    p.add_argument("--repeats", type=int, default=41, help="alternating runs per sampler")
     p.add_argument("--methods", nargs="*", default=None, help="a subset (default: all)")
     args = harness.parse(
         p,
