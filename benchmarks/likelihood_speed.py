@@ -10,9 +10,11 @@ misses the truth by log prior(z) - log p_T(z) at the endpoint z = x(T); that ter
 (tight solve of the same ODE) and the solver's own "ODE error" reported beside the total.
 
 What each computes:
-  sdegen       log_likelihood(model, sde, x, trace=..., method="dopri5"): ODE in t in the
-               SDE's own variables, from t_min to T; prior N(0, prior_std^2). Exact trace (D
-               vector-Jacobian products per evaluation) or Hutchinson with one Rademacher probe.
+  sdegen       log_likelihood(model, sde, x, trace=..., method="dopri5"): by default the ODE of
+               u = x / sqrt(alpha^2 + sigma^2) in the angle phi = arctan(sigma / alpha)
+               (time="angle"); rows "sdegen(t)" integrate x in t (time="t", sdegen's solve
+               before). Prior N(0, prior_std^2). Exact trace (D vector-Jacobian products per
+               evaluation) or Hutchinson with one Rademacher probe.
   k-diffusion  k_diffusion.sampling.log_likelihood(D, x / alpha(t_min), sigma_min, sigma_max):
                ODE in the VE variables x_ve = x / alpha, in sigma = sigma(t)/alpha(t), with a
                Hutchinson trace of one Rademacher probe (drawn from torch's global generator,
@@ -23,9 +25,16 @@ same probe signs (sdegen draws them from Generator().manual_seed(seed), k-diffus
 torch.manual_seed(seed), one tensor of the points' shape: the same stream). sdegen exact is what
 sdegen recommends (no estimator noise) and costs D VJPs per evaluation.
 
+Equal tolerance is not equal error, so the tolerance is swept (1e-2 .. 1e-6) and the NFE
+compared at equal ODE error: on each side, the points (NFE, mean |ODE err|) are made monotone (the
+least error reached at or below each NFE) and log NFE is interpolated linearly in log error;
+the ratio sdegen / k-diffusion is read at error levels (whole and half decades) inside both
+ranges. Both sides' ODE error is the integration error alone (their exact solves subtracted), so
+sdegen's exact trace and both Hutchinson traces are compared with k-diffusion's one measure.
+
     pip install --no-deps k-diffusion==0.1.1.post1    # see benchmarks/peers.py
-    python benchmarks/likelihood_speed.py             # full run (a few minutes on one core)
-    python benchmarks/likelihood_speed.py --n 32 --tols 1e-3 --repeats 1   # smoke run
+    python benchmarks/likelihood_speed.py             # full run (about 6 minutes on one core)
+    python benchmarks/likelihood_speed.py --n 16 --tols 1e-2 1e-3 --mixtures ring   # smoke run
     python benchmarks/likelihood_speed.py --replot
 """
 
@@ -48,6 +57,16 @@ from sdegen.solvers import CountingModel, log_likelihood
 peers = harness.sibling(__file__, "peers")
 
 SETUPS = ("vp", "edm")
+# the default tables (peers.MIXTURES also has the ill-conditioned 16-D ones; --mixtures runs them)
+MIXTURES = ("ring", "gmm16")
+# (row name, log_likelihood's time, trace): the default solve and the solve in t before it
+SDEGEN_ROWS = (
+    ("sdegen:exact", "angle", "exact"),
+    ("sdegen:hutchinson", "angle", "hutchinson"),
+    ("sdegen(t):exact", "t", "exact"),
+    ("sdegen(t):hutchinson", "t", "hutchinson"),
+)
+KD = "k-diffusion:hutchinson"
 # the exact model is built on a longer interval than the solve, as torchdiffeq's dopri5 probes
 # and steps past the final sigma before interpolating back to it (k-diffusion does not clamp)
 WIDE = {"vp": dict(t_min=1e-4, T=2.0), "edm": dict(sigma_min=2e-4, sigma_max=8e5)}
@@ -67,7 +86,9 @@ def _median_time(fn, repeats: int):
     return out, statistics.median(times), times
 
 
-def run_sdegen(model, sde, x, tol: float, trace: str, seed: int, repeats: int) -> dict:
+def run_sdegen(
+    model, sde, x, tol: float, trace: str, seed: int, repeats: int, time_var: str = "angle"
+) -> dict:
     def once():
         return log_likelihood(
             model,
@@ -80,6 +101,7 @@ def run_sdegen(model, sde, x, tol: float, trace: str, seed: int, repeats: int) -
             atol=tol,
             method="dopri5",
             generator=torch.Generator().manual_seed(seed),
+            time=time_var,
         )
 
     res, seconds, times = _median_time(once, repeats)
@@ -190,21 +212,18 @@ def run(args, ks) -> dict:
                 generator=torch.Generator().manual_seed(args.seed),
             ).log_prob
             truth = targets["truth"]
-            target = {
-                "sdegen:exact": targets["sdegen"],
-                "sdegen:hutchinson": tight,
-                "k-diffusion:hutchinson": tight + targets["k-diffusion"] - targets["sdegen"],
-            }
-            prior = {
-                "sdegen:exact": targets["sdegen"] - truth,
-                "sdegen:hutchinson": targets["sdegen"] - truth,
-                "k-diffusion:hutchinson": targets["k-diffusion"] - truth,
-            }
+            # (a Rademacher probe gives the same integral in t and in the angle: e^T e = D)
+            target = {"k-diffusion:hutchinson": tight + targets["k-diffusion"] - targets["sdegen"]}
+            prior = {"k-diffusion:hutchinson": targets["k-diffusion"] - truth}
+            for name, _, trace in SDEGEN_ROWS:
+                target[name] = targets["sdegen"] if trace == "exact" else tight
+                prior[name] = targets["sdegen"] - truth
             for tol in args.tols:
                 rows = {}
-                for trace in ("exact", "hutchinson"):
-                    name = f"sdegen:{trace}"
-                    out = run_sdegen(model, sde, x, tol, trace, args.seed, args.repeats)
+                for name, time_var, trace in SDEGEN_ROWS:
+                    if time_var not in args.times:
+                        continue
+                    out = run_sdegen(model, sde, x, tol, trace, args.seed, args.repeats, time_var)
                     rows[name] = _row(out, target[name], truth, prior[name])
                 if ks is not None:
                     name = "k-diffusion:hutchinson"
@@ -226,7 +245,67 @@ def run(args, ks) -> dict:
                         f"|ode err|={r['mean_abs_ode_err']:.3g}",
                         flush=True,
                     )
-    return {"records": records}
+    return {"records": records, "equal_error": equal_error(records)}
+
+
+def nfe_at_error(points: list[tuple[float, float]], level: float) -> float | None:
+    """The NFE that reaches mean |ODE error| `level`, interpolated in log-log from (NFE, error)
+    points; None outside their range. The points are made monotone first: at each NFE, the
+    least error reached at or below it."""
+    env: list[tuple[float, float]] = []
+    for nfe, err in sorted(points):
+        if err > 0 and (not env or err < env[-1][1]):
+            env.append((nfe, err))
+    for (n0, e0), (n1, e1) in zip(env, env[1:]):
+        if e1 <= level <= e0:
+            w = math.log(e0 / level) / math.log(e0 / e1)
+            return math.exp(math.log(n0) + w * math.log(n1 / n0))
+    if env and level == env[0][1]:
+        return env[0][0]
+    return None
+
+
+def error_levels(lo: float, hi: float) -> list[float]:
+    """Whole and half decades 10^(k/2) inside [lo, hi]."""
+    if not (0 < lo <= hi):
+        return []
+    k0, k1 = math.ceil(2 * math.log10(lo) - 1e-9), math.floor(2 * math.log10(hi) + 1e-9)
+    return [10 ** (k / 2) for k in range(k1, k0 - 1, -1)]
+
+
+def equal_error(records: list[dict]) -> list[dict]:
+    """NFE of each sdegen row and of k-diffusion at shared ODE-error levels, and their ratio."""
+    out = []
+    keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in records))
+    for mix, setup in keys:
+        curves: dict[str, list[tuple[float, float]]] = {}
+        for r in records:
+            if (r["mixture"], r["setup"]) == (mix, setup):
+                curves.setdefault(r["solver"], []).append((r["nfe"], r["mean_abs_ode_err"]))
+        if KD not in curves:
+            continue
+        kd_errs = [e for _, e in curves[KD]]
+        for name, pts in curves.items():
+            if name == KD:
+                continue
+            errs = [e for _, e in pts]
+            lo, hi = max(min(errs), min(kd_errs)), min(max(errs), max(kd_errs))
+            for level in error_levels(lo, hi):
+                ours, theirs = nfe_at_error(pts, level), nfe_at_error(curves[KD], level)
+                if ours is None or theirs is None:
+                    continue
+                out.append(
+                    dict(
+                        mixture=mix,
+                        setup=setup,
+                        solver=name,
+                        ode_err=level,
+                        nfe=ours,
+                        kd_nfe=theirs,
+                        nfe_ratio=ours / theirs,
+                    )
+                )
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -244,9 +323,14 @@ def markdown(result: dict) -> str:
         "Nats per point. Ratios are sdegen / k-diffusion at the same tol. k-diffusion's trace is "
         "Hutchinson with one Rademacher probe, like sdegen:hutchinson; sdegen:exact has no "
         f"estimator noise. torch {meta['torch']}, sdegen {meta['sdegen']}, k-diffusion "
-        f"{meta['k-diffusion']} ({meta['k_diffusion_import']}).",
+        f"{meta['k-diffusion']} ({meta['k_diffusion_import']}). The default run (n = 128, "
+        "tolerances 1e-2 .. 1e-6, 1 repeat, both integration variables) took 6 min 17 s wall "
+        "under nice -n 10 on one thread of a shared, loaded 2-core machine; the exact trace on "
+        "gmm16 (16 VJPs per evaluation) is most of it.",
         "",
     ]
+    lines += equal_error_markdown(result.get("equal_error", []))
+    lines += ["# At equal tolerance", ""]
     keys = list(dict.fromkeys((r["mixture"], r["dim"], r["setup"]) for r in result["records"]))
     ratio_keys = ("time_ratio", "nfe_ratio", "err_ratio", "ode_err_ratio")
     for mix, dim, setup in keys:
@@ -269,11 +353,92 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def equal_error_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "# At equal ODE error",
+        "",
+        "NFE ratio sdegen / k-diffusion at the same mean |ODE error| (interpolated in log-log "
+        "over the tolerance sweep; the goal is <= 0.5). Geometric mean (min - max) over the error "
+        "levels inside both ranges:",
+        "",
+        "| mixture | setup | " + " | ".join(name for name, _, _ in SDEGEN_ROWS) + " |",
+        "|---|---|" + "---|" * len(SDEGEN_ROWS),
+    ]
+    keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in rows))
+    for mix, setup in keys:
+        cells = []
+        for name, _, _ in SDEGEN_ROWS:
+            ratios = [
+                r["nfe_ratio"]
+                for r in rows
+                if (r["mixture"], r["setup"], r["solver"]) == (mix, setup, name)
+            ]
+            if ratios:
+                gm = math.exp(statistics.fmean(math.log(q) for q in ratios))
+                cells.append(f"{gm:.2f} ({min(ratios):.2f} - {max(ratios):.2f})")
+            else:
+                cells.append("")
+        lines.append(f"| {mix} | {setup} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| mixture | setup | solver | mean abs ODE err | NFE sdegen | NFE k-diffusion | "
+        "NFE ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mixture']} | {r['setup']} | {r['solver']} | {r['ode_err']:.1e} | "
+            f"{r['nfe']:.0f} | {r['kd_nfe']:.0f} | {r['nfe_ratio']:.2f} |"
+        )
+    return lines + [""]
+
+
+def plot_nfe(result: dict, path: Path) -> None:
+    plt = harness.pyplot()
+    keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in result["records"]))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
+    styles = {
+        "sdegen:exact": "o-",
+        "sdegen:hutchinson": "s-",
+        "sdegen(t):exact": "o:",
+        "sdegen(t):hutchinson": "s:",
+        KD: "^--",
+    }
+    for ax, (mix, setup) in zip(axes[0], keys):
+        for solver, style in styles.items():
+            pts = sorted(
+                (r["nfe"], r["mean_abs_ode_err"])
+                for r in result["records"]
+                if (r["mixture"], r["setup"], r["solver"]) == (mix, setup, solver)
+            )
+            if pts:
+                ax.plot(*zip(*pts), style, label=solver)
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="NFE (counted)",
+            ylabel="mean |ODE error| (nats)",
+            title=f"{mix}, {setup}",
+        )
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(result: dict, path: Path) -> None:
     plt = harness.pyplot()
     keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in result["records"]))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
-    styles = {"sdegen:exact": "o-", "sdegen:hutchinson": "s-", "k-diffusion:hutchinson": "^--"}
+    styles = {
+        "sdegen:exact": "o-",
+        "sdegen:hutchinson": "s-",
+        "sdegen(t):exact": "o:",
+        "sdegen(t):hutchinson": "s:",
+        KD: "^--",
+    }
     for ax, (mix, setup) in zip(axes[0], keys):
         for solver, style in styles.items():
             pts = [  # joined in tolerance order, loosest first
@@ -298,11 +463,18 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = harness.parser(__doc__)
-    p.add_argument("--n", type=int, default=256, help="points per table")
-    p.add_argument("--tols", type=float, nargs="+", default=[1e-3, 1e-4, 1e-5])
+    p.add_argument("--n", type=int, default=128, help="points per table")
+    p.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
+    p.add_argument(
+        "--times",
+        nargs="+",
+        default=["angle", "t"],
+        choices=["angle", "t"],
+        help="log_likelihood's integration variables to run (rows sdegen and sdegen(t))",
+    )
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
-    p.add_argument("--mixtures", nargs="+", default=list(peers.MIXTURES), choices=peers.MIXTURES)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median)")
+    p.add_argument("--mixtures", nargs="+", default=list(MIXTURES), choices=peers.MIXTURES)
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per cell (median)")
     args = harness.parse(
         p,
         argv,
@@ -327,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed,
             "repeats": args.repeats,
             "tols": args.tols,
+            "times": args.times,
             "torch": torch.__version__,
             "sdegen": sdegen.__version__,
             "sdegen_commit": harness.git_commit(),
@@ -340,7 +513,10 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         None if args.replot else result,
         markdown(result),
-        {"error_vs_time.png": lambda path: plot(result, path)},
+        {
+            "error_vs_nfe.png": lambda path: plot_nfe(result, path),
+            "error_vs_time.png": lambda path: plot(result, path),
+        },
     )
 
 

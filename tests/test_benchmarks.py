@@ -424,6 +424,32 @@ def test_likelihood_speed_smoke(tmp_path):
     assert "| 1e-04 | sdegen:exact |" in (tmp_path / "table.md").read_text()
 
 
+def test_likelihood_speed_nfe_at_equal_error_interpolates_in_log_log():
+    import math
+
+    import pytest
+
+    bench = _load("likelihood_speed")
+    # on a power law NFE = 10 err^(-1/4) the log-log interpolation is exact
+    pts = [(10 * e**-0.25, e) for e in (1e-1, 1e-3, 1e-5)]
+    assert bench.nfe_at_error(pts, 1e-4) == pytest.approx(10 * 1e-4**-0.25, rel=1e-12)
+    assert bench.nfe_at_error(pts, 1e-6) is None and bench.nfe_at_error(pts, 1.0) is None
+    # a looser tolerance that happened to land lower does not count against a later point:
+    # the curve is the least error reached at or below each NFE
+    noisy = [(30, 1e-2), (40, 2e-2), (60, 1e-4)]
+    assert bench.nfe_at_error(noisy, 1e-3) == pytest.approx(math.sqrt(30 * 60), rel=1e-12)
+    levels = [10**-1.5, 1e-2, 10**-2.5, 1e-3, 10**-3.5]
+    assert bench.error_levels(2e-4, 5e-2) == pytest.approx(levels)
+    rows = bench.equal_error(
+        [
+            dict(mixture="m", setup="s", solver=name, nfe=n, mean_abs_ode_err=e)
+            for name, curve in (("sdegen:exact", pts), (bench.KD, [(2 * n, e) for n, e in pts]))
+            for n, e in curve
+        ]
+    )
+    assert rows and all(r["nfe_ratio"] == pytest.approx(0.5) for r in rows)
+
+
 def test_likelihood_speed_k_diffusion_density_in_x_variables():
     # In 1-D a Rademacher probe squares to 1, so k-diffusion's Hutchinson trace is exact and its
     # log-likelihood, converted from x_ve = x / alpha, must hit the exact PF-ODE value.

@@ -35,6 +35,7 @@ dopri5 integrates no cheaper than in t).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -164,7 +165,9 @@ def log_likelihood(
             r = torch.sqrt(a * a + sg * sg)
             return -(sg / a) * (u + r * counted.score(r * u, tb))
 
-        field, ends, bounds = field_angle, (phi0, phiT), (phi0, phiT)
+        field: Callable[[Tensor, Tensor], Tensor] = field_angle
+        ends: tuple[float, float] = (phi0, phiT)
+        bounds: tuple[float, float] | None = ends
         y0 = x / r0
     else:
         field, ends, bounds, y0 = field_t, (sde.t_min, sde.T), None, x
