@@ -29,7 +29,7 @@ class LogSNRSchedule:
         self.alpha = sde.alpha(ts).tolist()
         self.sigma = sde.sigma(ts).tolist()
         self.lam = sde.half_log_snr(ts).tolist()
-        self._t_batch: Tensor | None = None
+        self.t_rows = TimeRows(self.t)
 
     def at_lambda(self, lam: float) -> tuple[float, float, float]:
         """(t, alpha, sigma) at log-SNR lam, checked against the SDE's range."""
@@ -59,9 +59,7 @@ class LogSNRSchedule:
 
     def t_batch(self, i: int, x: Tensor) -> Tensor:
         """The grid time ts[i] as a (B,) tensor in x's dtype and device (see `TimeRows`)."""
-        if self._t_batch is None:
-            self._t_batch = TimeRows(self.t)
-        return self._t_batch(i, x)
+        return self.t_rows(i, x)
 
 
 class TimeRows:
