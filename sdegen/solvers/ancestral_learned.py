@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_int, check_tensor_finite
+from ..random import randn
 from ..sde.discrete import grid_size
 from ..sde.reverse_variance import analytic_dpm_variance
 from .schedules import check_grid
@@ -118,7 +119,7 @@ class AnalyticDPMVariance:
             total = 0.0
             for x0 in data.split(batch_size):
                 tb = torch.full((x0.shape[0],), t, dtype=x0.dtype, device=x0.device)
-                noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+                noise = randn(x0.shape, generator, dtype=x0.dtype).to(x0.device)
                 eps = model.eps(sde.perturb(x0, tb, noise), tb)
                 total += float((eps.double() ** 2).sum())
                 nfe += 1

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_finite_number, check_int, check_tensor_finite
+from ..random import rand
 from .grid import GridMethod, batch_t, randn_like, score_to_x0
 
 __all__ = ["langevin", "langevin_step", "LangevinResult", "AnnealedLangevin", "EPS_RATIO"]
@@ -187,7 +188,7 @@ def langevin(
         logp_y = _checked_call("log_prob", log_prob, y, (B,))
         nfe += 1
         log_ratio = logp_y - logp + _log_q(x, y, score_y, h) - _log_q(y, x, score, h)
-        u = torch.rand(B, generator=generator, dtype=torch.float64, device=x.device)
+        u = rand((B,), generator, dtype=torch.float64, device=x.device)
         accept = torch.log(u) < log_ratio.to(torch.float64)
         keep = append_dims(accept, x.ndim)
         x = torch.where(keep, y, x)
