@@ -14,8 +14,9 @@ from sdegen.assembly import harness
 LIBS = ("sdegen", "k-diffusion", "diffusers")
 
 
-def verdicts(result: dict, budgets=(5, 10, 20)) -> list[dict]:
-    """For each table and budget: sdegen's best against the best peer, by mean FID.
+def verdicts(result: dict, budgets=(5, 10, 20), sampler: str | None = None) -> list[dict]:
+    """For each table and budget: sdegen's best (or its `sampler`) against the best peer, by
+    mean FID.
 
     The difference is paired (every sampler saw the same prior draws), so its standard error is
     the std over seeds of the per-seed differences / sqrt(seeds); "significant" means the mean
@@ -32,7 +33,11 @@ def verdicts(result: dict, budgets=(5, 10, 20)) -> list[dict]:
                 and "skipped" not in r
                 and math.isfinite(r["frechet"])
             ]
-            ours = [r for r in recs if r["lib"] == "sdegen"]
+            ours = [
+                r
+                for r in recs
+                if r["lib"] == "sdegen" and (sampler is None or r["sampler"] == sampler)
+            ]
             peers = [r for r in recs if r["lib"] != "sdegen"]
             if not ours or not peers:
                 continue

@@ -52,8 +52,11 @@ SAMPLER = "dpmpp_2m"
 DEQUANT_VAR = (2 / 17) ** 2 / 12
 
 
-def fit_mixture(x: torch.Tensor, y: torch.Tensor, sde) -> GaussianMixtureScore:
-    """One Gaussian per class: class frequencies, means and covariances (+ dequantization)."""
+def fit_mixture(
+    x: torch.Tensor, y: torch.Tensor, sde, event_shape: tuple[int, ...] = (1, 8, 8)
+) -> GaussianMixtureScore:
+    """One Gaussian per class: class frequencies, means and covariances (+ dequantization), on
+    samples of `event_shape` (benchmarks/peers.py takes flat (64,) vectors)."""
     xf = x.reshape(len(x), -1).double()
     eye = torch.eye(xf.shape[1], dtype=torch.float64)
     w, means, covs = [], [], []
@@ -64,7 +67,7 @@ def fit_mixture(x: torch.Tensor, y: torch.Tensor, sde) -> GaussianMixtureScore:
         covs.append(torch.cov(xk.T) + DEQUANT_VAR * eye)
     return GaussianMixtureScore(
         torch.tensor(w, dtype=torch.float64), torch.stack(means), torch.stack(covs), sde,
-        event_shape=(1, 8, 8),
+        event_shape=event_shape,
     )  # fmt: skip
 
 

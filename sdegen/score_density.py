@@ -18,7 +18,7 @@ from .divergence import exact_divergence, hutchinson_divergence, probes_like
 from .models.base import check_event_shape, check_sde
 from .models.density import DensityModel
 from .protocols import SDE, ScoreModelLike, ScoreModelWithSDE
-from .solvers import METHODS
+from .solvers import DEFAULT_METHOD, METHODS
 from .solvers import sample as _sample
 from .solvers.grid import batch_t
 from .solvers.likelihood import SDE_NEEDS, check_likelihood_x, log_likelihood
@@ -76,7 +76,7 @@ class ScoreSDEDensity(DensityModel):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         method: str = "dopri5",
-        sampler: str = "dpmpp_2m",
+        sampler: str = DEFAULT_METHOD,
         nfe: int = 50,
     ) -> None:
         super().__init__()

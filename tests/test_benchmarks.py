@@ -260,6 +260,50 @@ def test_peers_verdict_is_paired_and_computed():
         True,
     )
     assert (v10["peer"], v10["sdegen_lower"], v10["significant"]) == ("diffusers:d", False, False)
+    # one named sdegen sampler against the best peer (benchmarks/defaults.py: the default)
+    (b5,) = peers.verdicts(result, sampler="b")
+    assert (b5["sdegen"], b5["sdegen_lower"], b5["ratio"]) == ("b", False, 4.0 / 2.1)
+
+
+def test_peers_ill_conditioned_mixtures():
+    import torch
+
+    peers = _peers()
+    sde = peers.make_sde("ddpm")
+    assert set(peers.TUNED_ON).isdisjoint(peers.HELD_OUT)
+    for name, dim, cond in (("gmm16c4s1", 16, 1e4), ("gmm32c3s1", 32, 1e3)):
+        m = peers.make_mixture(name, sde)
+        ev = m.evals  # per component, in [1/cond, 1]
+        assert m.event_shape == (dim,) and float(ev.max()) <= 1.0 and float(ev.min()) >= 1 / cond
+        assert float((ev.max(-1).values / ev.min(-1).values).max()) > cond / 3
+    digits = peers.make_mixture("digits64", sde)
+    assert digits.event_shape == (64,) and digits.means.shape == (10, 64)
+    # the old name keeps its mixture: condition number 100 drawn as before
+    g = torch.Generator().manual_seed(0)
+    torch.rand(8, generator=g, dtype=torch.float64)
+    torch.randn(8, 16, generator=g, dtype=torch.float64)
+    torch.randn(8, 16, 16, generator=g, dtype=torch.float64)
+    lam = 10 ** (-2 * torch.rand(8, 16, generator=g, dtype=torch.float64))
+    ev = peers.make_mixture("gmm16", sde).evals
+    torch.testing.assert_close(ev, lam.sort(-1).values, rtol=1e-10, atol=0)
+
+
+def test_defaults_benchmark_smoke(tmp_path):
+    import json
+
+    _kdiff_or_skip()
+    defaults = _load("defaults")
+    defaults.main(
+        ["--tables", "ring/edm", "--nfe", "5", "--seeds", "2", "--floor-sets", "1", "--n", "100",
+         "--out", str(tmp_path)]
+    )  # fmt: skip
+    result = json.loads((tmp_path / "results.json").read_text())
+    libs = {(r["lib"], r["sampler"]) for r in result["records"]}
+    assert ("sdegen", defaults.DEFAULT) in libs and ("k-diffusion", "lms") in libs
+    (v,) = result["default_verdicts"]
+    assert v["sdegen"] == defaults.DEFAULT and v["nfe"] == 5 and v["ratio"] > 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| ring | edm | tuned on |" in table and "The default is lower" in table
 
 
 def test_peers_benchmark_smoke_sdegen_side(tmp_path):

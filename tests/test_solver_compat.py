@@ -76,7 +76,9 @@ def test_old_function_forms_warn_and_give_the_same_samples(module, name, method,
     assert torch.equal(torch.stack(states), r.trajectory[1:])
     # noise_final=True (now add_noise_last) is the run that a final denoising step follows
     if m.last_step_noise:
-        x = fn(model, sde, noise, ts, generator=_gen(2), noise_final=True, **options)
+        # ... and in which the jump to zero noise is the lower-order final step
+        final = {"lower_order_final": False} if "lower_order_final" in m.options else {}
+        x = fn(model, sde, noise, ts, generator=_gen(2), noise_final=True, **options, **final)
         r = sdegen.sample(
             model, sde, noise.shape, method=method, noise=noise, generator=_gen(2),
             return_trajectory=True, **kw, **options,

@@ -95,7 +95,9 @@ def test_sample_accepts_a_grid_and_checks_it():
     with pytest.raises(ValueError, match="strictly decreasing"):
         sdegen.sample(model, sde, (4, 2), schedule=ts.flip(0).flip(0)[[0, 2, 1, 6]])
     with pytest.raises(ValueError, match="run from T"):
-        sdegen.sample(model, sde, (4, 2), schedule=ts[:-1])
+        sdegen.sample(model, sde, (4, 2), schedule=ts[1:])
+    with pytest.raises(ValueError, match="run from T"):  # above t_min: only before a denoising
+        sdegen.sample(model, sde, (4, 2), schedule=ts[:-1], denoise_final=False)
     with pytest.raises(ValueError, match="sets the steps"):
         sdegen.sample(model, sde, (4, 2), schedule=ts, steps=6)
     with pytest.raises(ValueError, match="1-D tensor"):

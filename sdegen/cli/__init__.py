@@ -8,7 +8,7 @@ import sys
 
 from .. import __version__
 from ..assembly import EXACT_TRACE_MAX_DIM, SDES, describe_keys
-from ..solvers import METHODS
+from ..solvers import DEFAULT_METHOD, METHODS
 from . import commands
 
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(p, shape=True)
     p.add_argument(
         "--method",
-        default="dpmpp_2m",
+        default=DEFAULT_METHOD,
         choices=list(METHODS),
         metavar="NAME",
         help=f"sampler, one of: {', '.join(METHODS)}",

@@ -17,7 +17,7 @@ from .counting import CountingModel
 from .inverse import Blur, Downsample, Grayscale, Inpaint, LinearOperator, Matrix
 from .langevin import LangevinResult, langevin, langevin_step
 from .likelihood import bits_per_dim, exact_divergence, hutchinson_divergence, log_likelihood
-from .methods import METHODS, Method, available, steps_for_nfe
+from .methods import DEFAULT_METHOD, METHODS, Method, available, steps_for_nfe
 from .pf_ode import ode_drift
 from .results import LikelihoodResult, SolveResult
 from .sampling import sample
@@ -33,6 +33,7 @@ __all__ = [
     "available",
     "steps_for_nfe",
     "METHODS",
+    "DEFAULT_METHOD",
     "Method",
     "log_likelihood",
     "bits_per_dim",

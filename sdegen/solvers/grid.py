@@ -124,9 +124,15 @@ def solve(
     **options,
 ) -> Tensor:
     """Integrate x (B, *D) from ts[0] over the grid ts with the method `m` and `options` (its
-    defaults fill the rest), then, if `denoise_final`, return x0 = E[x0 | x(t_min)] (one more
-    evaluation). No checks and no counting: that is `sample`'s work."""
+    defaults fill the rest), then, if `denoise_final`, return x0 = E[x0 | x(ts[-1])] (one more
+    evaluation: the jump from the grid's last time, t_min or above, to zero noise). No checks
+    and no counting: that is `sample`'s work."""
     kwargs = {**m.options, **options}
+    if denoise_final and kwargs.get("lower_order_final"):
+        # The jump to zero noise is the lower-order final step (the denoiser's output, first
+        # order), as in k-diffusion and diffusers; lowering the step into the last level too
+        # wastes an evaluation's accuracy (Frechet distance x1.6 at NFE 5 on a 16-D mixture).
+        kwargs["lower_order_final"] = False
     if m.stochastic:
         kwargs["generator"] = generator
     if m.last_step_noise:
@@ -136,7 +142,7 @@ def solve(
     elif m.driver is not None:  # a spec has one or the other
         x = m.driver(model, sde, x, ts, record=record, **kwargs)
     if denoise_final:
-        x = model.denoise(x, batch_t(sde.t_min, x))
+        x = model.denoise(x, batch_t(float(ts[-1]), x))
         if record is not None:
             record.final(x)
     return x

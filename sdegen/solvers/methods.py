@@ -160,8 +160,11 @@ K_METHODS: dict[str, Method] = {
 # fmt: on
 
 # Default grids were chosen by measurement (benchmarks/schedules.py): uniform t fails badly on
-# EDM and VE at low NFE; Karras and log-SNR grids never do. stochastic: takes the generator;
-# last_step_noise: adds noise on its last step only when a final denoising step follows.
+# EDM and VE at low NFE; Karras and log-SNR grids never do. The deterministic exponential
+# integrators end their log-SNR grid where the final denoising step still does work
+# ("log_snr_jump", benchmarks/default_vs_peers.py); k-diffusion's methods keep its Karras grid.
+# stochastic: takes the generator; last_step_noise: adds noise on its last step only when a
+# final denoising step follows.
 # fmt: off
 METHODS: dict[str, Method] = {
     "euler_maruyama": Method(
@@ -201,14 +204,14 @@ METHODS: dict[str, Method] = {
         "Heun on the PF-ODE in sigma, last step Euler (k-diffusion's heun is k_heun)",
         step=edm.Heun),
     "ddim": Method(
-        "ode", "log_snr", _per_step(1),
+        "ode", "log_snr_jump", _per_step(1),
         "DDIM: first-order exponential integrator (eta > 0: stochastic)",
         step=exponential.DDIM, options={"eta": 0.0}, stochastic=True, last_step_noise=True),
     "dpmpp_2m": Method(
-        "ode", "log_snr", _per_step(1), "DPM-Solver++(2M) multistep exponential integrator",
+        "ode", "log_snr_jump", _per_step(1), "DPM-Solver++(2M) multistep exponential integrator",
         step=exponential.DPMpp2M, options={"lower_order_final": True}),
     "dpmpp_3m": Method(
-        "ode", "log_snr", _per_step(1),
+        "ode", "log_snr_jump", _per_step(1),
         "DPM-Solver++(3M) multistep (order 1-4; eta > 0: stochastic)",
         step=exponential.DPMpp3M, options=_3M, stochastic=True, last_step_noise=True),
     # SDE-DPM-Solver++(2M): the 3M step at eta = 1 and order 2 (Lu et al. 2022, SDE form)
@@ -218,14 +221,14 @@ METHODS: dict[str, Method] = {
         step=exponential.DPMpp3M, options={**_3M, "order": 2, "eta": 1.0},
         stochastic=True, last_step_noise=True),
     "unipc": Method(
-        "ode", "log_snr", _per_step(1),
+        "ode", "log_snr_jump", _per_step(1),
         "UniPC-style multistep predictor-corrector, corrector free",
         step=exponential.UniPC, options={"order": 2, "lower_order_final": True}),
     "dpmpp_2s": Method(
-        "ode", "log_snr", _per_step(2), "DPM-Solver++(2S) singlestep",
+        "ode", "log_snr_jump", _per_step(2), "DPM-Solver++(2S) singlestep",
         step=exponential.DPMpp2S, options={"r": 0.5}),
     "dpmpp_3s": Method(
-        "ode", "log_snr", _per_step(3), "DPM-Solver++(3S) singlestep",
+        "ode", "log_snr_jump", _per_step(3), "DPM-Solver++(3S) singlestep",
         step=exponential.DPMpp3S),
     "dpm_adaptive": Method(
         "ode", "uniform", None, "adaptive DPM-Solver-23 in log-SNR (rtol, atol)",
@@ -246,6 +249,12 @@ METHODS: dict[str, Method] = {
     **K_METHODS,
 }
 # fmt: on
+
+
+# What `sample`, `sdegen sample` and ScoreSDEDensity use when no method is named: UniPC's
+# corrector costs nothing and wins at 5-20 evaluations on ill-conditioned mixtures
+# (benchmarks/defaults.py: at NFE 5 DPM-Solver++(2M) loses to diffusers' UniPC on some).
+DEFAULT_METHOD = "unipc"
 
 
 def available() -> dict[str, str]:

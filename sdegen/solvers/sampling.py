@@ -25,7 +25,15 @@ from .counting import CountingModel
 from .grid import Recorder, solve
 from .guidance import guided_model
 from .inverse import LinearOperator, Observed, observed_model
-from .methods import METHODS, Method, available, check_options, fit_steps, steps_for_nfe
+from .methods import (
+    DEFAULT_METHOD,
+    METHODS,
+    Method,
+    available,
+    check_options,
+    fit_steps,
+    steps_for_nfe,
+)
 from .results import SolveResult
 from .schedules import check_grid, get_schedule
 
@@ -38,7 +46,7 @@ def sample(
     sde,
     shape: tuple[int, ...],
     *,
-    method: str = "dpmpp_2m",
+    method: str = DEFAULT_METHOD,
     steps: int | None = None,
     nfe: int | None = None,
     schedule: str | Tensor | None = None,
@@ -278,9 +286,10 @@ def _edit_start(sde, shape, x_init, ts, noise, generator, dtype, device) -> Tens
 
 
 def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options) -> Tensor:
-    """The grid, float64 (steps + 1,) from T to t_min: given, named with `steps`, or the most
-    steps whose cost fits `nfe`; 50 steps by default. Adaptive methods get [T, t_min], the ends
-    of their solve."""
+    """The grid, float64 (steps + 1,) from T to t_min (with `denoise_final`, to the time where
+    the final denoising step jumps to zero noise, t_min or above): given, named with `steps`, or
+    the most steps whose cost fits `nfe`; 50 steps by default. Adaptive methods get [T, t_min],
+    the ends of their solve."""
     m = METHODS[method]
     if m.adaptive:
         if steps is not None or nfe is not None or torch.is_tensor(schedule):
@@ -290,10 +299,12 @@ def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options) -> Ten
             )
         return get_schedule(sde, "uniform", 1)
     if torch.is_tensor(schedule):
-        ts = check_grid(sde, schedule)
+        ts = check_grid(sde, schedule, denoise_final=denoise_final)
         if steps is not None or nfe is not None:
             raise ValueError("a schedule given as a grid sets the steps; give no steps or nfe")
         return ts
     if nfe is not None:
         steps = fit_steps(method, nfe, 1 if denoise_final else 0, options)
-    return get_schedule(sde, schedule or m.schedule, 50 if steps is None else steps)
+    name = schedule or m.schedule
+    steps = 50 if steps is None else steps
+    return get_schedule(sde, name, steps, denoise_final=denoise_final)

@@ -145,7 +145,8 @@ class OptimisedSchedule:
     """A grid chosen to minimise a sampler's error on pilot trajectories, and its cost.
 
     Attributes:
-        ts: float64 times, shape (steps + 1,), from T down to t_min.
+        ts: float64 times, shape (steps + 1,), from T down to the time the final denoising
+            step jumps from (t_min or above).
         pilot_error: RMS distance of the sampler's pilot outputs to the reference, on this grid.
         start_error: the same on the starting grid.
         pilot_nfe: network evaluations spent (reference solve plus every trial run), each on
@@ -180,11 +181,13 @@ def optimise_schedule(
     closest to the exact ODE solution (many trial runs; compare `tune_schedule`).
 
     Pilot prior draws (from `generator`: keep it independent of any evaluation) are solved once
-    to `reference_tol` by the adaptive DPM-Solver-23; the interior grid points, parametrised as
-    softmax weights of the log-SNR increments so the grid stays ordered, are then moved by
-    Nelder-Mead to minimise the RMS distance of the method's output (with its final denoising
-    step) to that reference. Starts from `start` (default: the equidistributed grid of
-    `tune_schedule`, order 2). For deterministic methods only.
+    to `reference_tol` by the adaptive DPM-Solver-23; the grid points after T, parametrised as
+    softmax weights of the log-SNR increments (plus one for the gap left before t_min) so the
+    grid stays ordered, are then moved by Nelder-Mead to minimise the RMS distance of the
+    method's output (with its final denoising step, which jumps to zero noise from the grid's
+    last time, so that time moves too) to that reference. Starts from `start` (default: the
+    method's own default grid for `steps`, so the search only improves on it). For
+    deterministic methods only.
 
     Returns:
         OptimisedSchedule; `pilot_nfe` counts every evaluation spent, so tables can state it.
@@ -207,20 +210,19 @@ def optimise_schedule(
         counted, sde, shape, method="dpm_adaptive", noise=noise, rtol=reference_tol,
         atol=reference_tol,
     ).x  # fmt: skip
-    start_nfe = 0
     if start is None:
-        tuned = tune_schedule(model, sde, shape, steps, generator=generator, dtype=dtype,
-                              device=device)  # fmt: skip
-        start, start_nfe = tuned.ts, tuned.pilot_nfe
+        start = get_schedule(sde, METHODS[method].schedule, steps, denoise_final=True)
     lam0, lam1 = sde.half_log_snr_range()
     lam_start = sde.half_log_snr(start.to(torch.float64))
-    theta0 = torch.log(torch.diff(lam_start) / (lam1 - lam0)).numpy()
+    # n increments and the gap before t_min (kept positive so the last time can move either way)
+    gaps = torch.cat([torch.diff(lam_start), (lam1 - lam_start[-1:]).clamp_min(1e-3)])
+    theta0 = torch.log(gaps / gaps.sum()).numpy()
 
     def grid(theta) -> Tensor:
-        w = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0)
+        w = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0)[:-1]
         lam = lam0 + (lam1 - lam0) * torch.cat([torch.zeros(1, dtype=torch.float64), w.cumsum(0)])
-        ts = sde.t_of_half_log_snr(lam.clamp(lam0, lam1))
-        ts[0], ts[-1] = sde.T, sde.t_min
+        ts = sde.t_of_half_log_snr(lam.clamp(lam0, lam1)).clamp_min(sde.t_min)
+        ts[0] = sde.T
         return ts
 
     def error(theta) -> float:
@@ -233,9 +235,7 @@ def optimise_schedule(
 
     start_error = error(theta0)
     if steps == 1:
-        return OptimisedSchedule(
-            grid(theta0), start_error, start_error, counted.nfe + start_nfe, shape[0]
-        )
+        return OptimisedSchedule(grid(theta0), start_error, start_error, counted.nfe, shape[0])
     trials = max_trials if max_trials is not None else 60 * steps
     res = minimize(
         error, theta0, method="Nelder-Mead",
@@ -243,5 +243,5 @@ def optimise_schedule(
     )  # fmt: skip
     best = res.x if res.fun < start_error else theta0
     return OptimisedSchedule(
-        grid(best), min(float(res.fun), start_error), start_error, counted.nfe + start_nfe, shape[0]
+        grid(best), min(float(res.fun), start_error), start_error, counted.nfe, shape[0]
     )
