@@ -38,6 +38,7 @@ from sdegen.assembly import (
     SDES,
     TrainConfig,
     build_model,
+    from_dict,
     harness,
     load_data,
     load_run,
@@ -165,20 +166,22 @@ def analytic(args) -> dict:
 # ---- (b) digits --------------------------------------------------------------------------------
 
 
-def train_config(sde: str, steps: int, seed: int) -> TrainConfig:
-    """The digits run of one SDE: the same network, budget and seed for every SDE."""
-    return TrainConfig(
-        data="digits",
-        sde=sde,
-        steps=steps,
-        batch_size=128,
-        lr=1e-3,
-        warmup=100,
-        ckpt_every=steps,
-        log_every=max(1, min(50, steps)),
-        network_params=dict(NETWORK),
-        seed=seed,
-    )
+def train_config(sde: str, steps: int, seed: int, **keys) -> TrainConfig:
+    """The digits run of one SDE: the same network, budget and seed for every SDE, each SDE
+    trained by its recipe (`recipe: auto`, EDM's for the EDM SDE); `keys`: other config keys."""
+    values = {
+        "data": "digits",
+        "sde": sde,
+        "steps": steps,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "warmup": 100,
+        "ckpt_every": steps,
+        "log_every": max(1, min(50, steps)),
+        "network_params": dict(NETWORK),
+        "seed": seed,
+    }
+    return from_dict({**values, **keys})
 
 
 def cache_root(cache: Path | None) -> Path:

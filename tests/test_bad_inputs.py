@@ -1773,6 +1773,10 @@ _INVALID: dict[str, list[str]] = {
     "weighting": ["nope", "", *_WRONG_TYPE_FOR_STR],
     "objective": ["nope", "", "DSM", "vlb", *_WRONG_TYPE_FOR_STR],  # vlb: the run's sde is vp
     "time_sampling": ["nope", "", "grid", "discrete", *_WRONG_TYPE_FOR_STR],  # idem
+    "recipe": ["nope", "", "AUTO", "edm", *_WRONG_TYPE_FOR_STR],
+    "sigma_data": ["0", "-0.5", "nan", "inf", "-inf", *_WRONG_TYPE_FOR_FLOAT],
+    "p_mean": ["nan", "inf", "-inf", "null", *_WRONG_TYPE_FOR_FLOAT],
+    "p_std": ["0", "-1.2", "nan", "inf", "null", *_WRONG_TYPE_FOR_FLOAT],
     "conditional": ["maybe", "2", "[true]", "null", "abc", "1.5"],
     # true: the run's sde is vp, not on DDPM's grid
     "learned_variance": ["maybe", "2", "[true]", "null", "abc", "1.5", "true"],

@@ -25,6 +25,7 @@ MODULES = [
     "sdegen.solvers.ancestral_learned",
     "sdegen.training.vlb",
     "sdegen.models.score_model",
+    "sdegen.models.base",
     "sdegen.models.analytic",
     "sdegen.models.density",
     "sdegen.models.distribution",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..training.losses import TIME_SAMPLINGS
+from ..training.losses import P_MEAN, P_STD, SIGMA_DATA, TIME_SAMPLINGS
 from .tables import DATA_KINDS, LATENT_KINDS, SDES
 
 if sys.version_info >= (3, 11):
@@ -27,6 +28,15 @@ else:  # pragma: no cover
 # training objectives of a run: denoising score matching, or DDPM's variational bound, or
 # sliced score matching (ssm_vr: its variance-reduced form)
 OBJECTIVES = ("dsm", "vlb", "ssm", "ssm_vr")
+
+# recipe: "auto" trains each SDE by its best-known recipe, "shared" every SDE by the keys' defaults
+RECIPES = ("auto", "shared")
+# The keys recipe "auto" sets for an SDE when a config does not give them (DSM runs in data space
+# only): EDM's preconditioning, log-normal noise levels and loss weighting (Karras et al. 2022,
+# Table 1) for the EDM SDE. VP, sub-VP and VE keep the shared defaults (benchmarks/recipe.py).
+RECIPE_KEYS: dict[str, dict[str, str]] = {
+    "edm": {"parametrization": "edm", "weighting": "edm", "time_sampling": "lognormal"},
+}
 
 
 def _key(default, help: str, **kw):
@@ -46,19 +56,36 @@ class TrainConfig:
     sde: str = _key("vp", " | ".join(SDES))
     sde_params: dict = _key({}, "keyword arguments of the SDE, e.g. {beta_max: 10}")
     parametrization: str = _key(
-        "v", "eps | x0 | v | score | mu (v is well scaled for every SDE; mu: sde ddpm)"
+        "v",
+        "eps | x0 | v | score | mu | edm (v is well scaled for every SDE; mu: sde ddpm; "
+        "edm: EDM's preconditioning; recipe auto: edm for sde edm)",
     )
     network: str = _key("auto", "mlp | unet | dit | auto (mlp for vectors, unet for images)")
     network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
-    weighting: str = _key("simple", "simple | sigma2 | likelihood (DSM loss weighting)")
+    weighting: str = _key(
+        "simple",
+        "simple | sigma2 | likelihood | edm (DSM loss weighting; recipe auto: edm for sde edm)",
+    )
     objective: str = _key(
         "dsm",
         "dsm | vlb | ssm | ssm_vr (vlb: DDPM's discrete bound in bits/dim, needs sde ddpm; "
         "ssm: sliced score matching)",
     )
     time_sampling: str = _key(
-        "continuous", "continuous | discrete (dsm on DDPM's integer steps; needs sde ddpm)"
+        "continuous",
+        "continuous | discrete | lognormal (discrete: DDPM's integer steps, needs sde ddpm; "
+        "lognormal: EDM's noise levels; recipe auto: lognormal for sde edm)",
     )
+    recipe: str = _key(
+        "auto",
+        "auto | shared (auto: parametrization, weighting and time_sampling not given default to "
+        "the SDE's best-known recipe, EDM's for sde edm; shared: the same defaults for all)",
+    )
+    sigma_data: float | None = _key(
+        None, "data std of EDM's preconditioning and weighting (> 0); null: 0.5 with edm, else 1"
+    )
+    p_mean: float = _key(P_MEAN, "mean of ln(sigma/alpha) of time_sampling lognormal")
+    p_std: float = _key(P_STD, "std of ln(sigma/alpha) of time_sampling lognormal (> 0)")
     conditional: bool = _key(False, "class-conditional network (labelled data, e.g. digits)")
     p_uncond: float = _key(0.1, "label (caption) dropout of a conditional run, in [0, 1]")
     text: bool = _key(False, "text-conditional on generated captions (digits, mnist; unet)")
@@ -148,14 +175,38 @@ def _as_number(value: Any, annotation: str) -> Any:
         return value
 
 
+def apply_recipe(values: dict) -> dict:
+    """`values` with the keys of the SDE's recipe (RECIPE_KEYS) added where they are not given,
+    when recipe is "auto" (the default) and the run is DSM in data space (objective dsm, no
+    latent); values unchanged otherwise. A run folder's config.json holds the resolved keys, so
+    loading it again changes nothing."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    get = lambda key: values.get(key, defaults[key])  # noqa: E731
+    plain = get("objective") == "dsm" and get("latent") == "none"
+    sde = get("sde")
+    if get("recipe") != "auto" or not plain or not isinstance(sde, str):
+        return values
+    return {**RECIPE_KEYS.get(sde, {}), **values}
+
+
+def run_sigma_data(cfg: TrainConfig) -> float:
+    """The data std of a run's model and loss: cfg.sigma_data, or when null EDM's 0.5 if the
+    parametrization or the weighting is "edm", else 1 (the input scaling of every other run)."""
+    if cfg.sigma_data is not None:
+        return float(cfg.sigma_data)
+    return SIGMA_DATA if "edm" in (cfg.parametrization, cfg.weighting) else 1.0
+
+
 def from_dict(values: dict) -> TrainConfig:
-    """A TrainConfig from a mapping, rejecting unknown keys and values of the wrong type."""
+    """A TrainConfig from a mapping, rejecting unknown keys and values of the wrong type; the
+    keys of recipe "auto" not given are filled in (`apply_recipe`)."""
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(
             f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
         )
+    values = apply_recipe(values)
     # the annotations are strings (from __future__ import annotations)
     values = {name: _as_number(v, str(known[name].type)) for name, v in values.items()}
     cfg = TrainConfig(**values)
@@ -172,11 +223,20 @@ def from_dict(values: dict) -> TrainConfig:
         }[expected]
         if not ok:
             raise ValueError(f"config key {name} must be {expected}, got {v!r}")
-    for name, choices in (("objective", OBJECTIVES), ("time_sampling", TIME_SAMPLINGS)):
+    for name, choices in (
+        ("objective", OBJECTIVES),
+        ("time_sampling", TIME_SAMPLINGS),
+        ("recipe", RECIPES),
+    ):
         if getattr(cfg, name) not in choices:
             raise ValueError(
                 f"config key {name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}"
             )
+    for name in ("sigma_data", "p_mean", "p_std"):
+        v = getattr(cfg, name)
+        if v is not None and (not math.isfinite(v) or (name != "p_mean" and v <= 0)):
+            want = "a finite number" if name == "p_mean" else "a finite number > 0"
+            raise ValueError(f"config key {name} must be {want}, got {v!r}")
     if not 0.0 <= cfg.p_uncond <= 1.0:
         raise ValueError(f"config key p_uncond must be in [0, 1], got {cfg.p_uncond!r}")
     if cfg.objective in ("ssm", "ssm_vr") and cfg.time_sampling != "continuous":

@@ -22,7 +22,7 @@ from ..training.hybrid import hybrid_objective
 from ..training.losses import check_time_sampling
 from ..training.sliced import sliced_score_matching
 from ..training.vlb import vlb_objective
-from .config import TrainConfig, read_run_config, save_config
+from .config import TrainConfig, read_run_config, run_sigma_data, save_config
 from .latent import load_autoencoder
 from .tables import Data, build_network, build_sde, learned_variance_params, load_data
 from .text import TextSetup, text_setup
@@ -67,8 +67,8 @@ def build_model(
     finally:
         torch.set_default_dtype(default)
     if cfg.learned_variance:
-        return LearnedVarianceModel(net, sde, cfg.parametrization)
-    return ScoreModel(net, sde, cfg.parametrization)
+        return LearnedVarianceModel(net, sde, cfg.parametrization, sigma_data=run_sigma_data(cfg))
+    return ScoreModel(net, sde, cfg.parametrization, sigma_data=run_sigma_data(cfg))
 
 
 # Keys that fix the network's shape and meaning: a checkpoint trained with other values cannot
@@ -78,6 +78,7 @@ MODEL_KEYS = (
     "sde",
     "sde_params",
     "parametrization",
+    "sigma_data",
     "network",
     "network_params",
     "text",
@@ -297,6 +298,9 @@ def make_trainer(
         bin_width=data.bin_width,
         p_uncond=cfg.p_uncond if conditional else 0.0,
         time_sampling=cfg.time_sampling,
+        p_mean=cfg.p_mean,
+        p_std=cfg.p_std,
+        sigma_data=run_sigma_data(cfg),
     )
     if cfg.objective == "vlb" or cfg.time_sampling == "discrete":
         objective = _discrete_objective(cfg, data, model, objective)

@@ -9,7 +9,9 @@ from .base import (
     GRID_PARAMETRIZATIONS,
     MODEL_PARAMETRIZATIONS,
     PARAMETRIZATIONS,
+    PRECONDITIONED_PARAMETRIZATIONS,
     ParametrizedModel,
+    edm_scalings,
     from_x0_eps,
     to_x0_eps,
 )
@@ -56,6 +58,8 @@ __all__ = [
     "MODEL_PARAMETRIZATIONS",
     "to_x0_eps",
     "from_x0_eps",
+    "edm_scalings",
+    "PRECONDITIONED_PARAMETRIZATIONS",
     "ring_mixture",
     "NoiseConditionalClassifier",
     "ConvClassifier",

@@ -30,7 +30,7 @@ from ..protocols import SDE
 from ..sde.base import LinearSDE
 from ..sde.ve import EDMSDE, VESDE
 from ..sde.vp import VPSDE, DiscreteBeta
-from .base import ParametrizedModel, to_x0_eps
+from .base import ParametrizedModel, edm_scalings, to_x0_eps
 from .labels import NULL_LABEL, check_labels
 from .score_model import parameter_dtype
 
@@ -386,11 +386,8 @@ class EDMModel(ForeignModel):
 
     def x0_only(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
-        s, sd = sigma / alpha, self.sigma_data
+        s, c_skip, c_out, c_in = edm_scalings(alpha, sigma, self.sigma_data)
         x_ve = x / append_dims(alpha, x.ndim)
-        c_skip = sd**2 / (s**2 + sd**2)
-        c_out = s * sd / (s**2 + sd**2).sqrt()
-        c_in = (s**2 + sd**2).rsqrt()
         f = self.call_net(append_dims(c_in, x.ndim) * x_ve, s.log() / 4, y)
         return append_dims(c_skip, x.ndim) * x_ve + append_dims(c_out, x.ndim) * f
 

@@ -16,6 +16,13 @@ small alpha(T), so data-prediction samplers (DDIM, DPM-Solver++) do not amplify 
 On the discrete grid of a `from_betas` SDE a model may also predict "mu": DDPM's mean
 mu_theta(x_t, t) of the previous step x_{t-1} (Ho et al. 2020, eq. 11), the posterior mean
 c0 x0 + ct x of `sdegen.sde.previous_step_coefficients`; so x0 = (mu - ct x) / c0.
+
+"edm" is EDM's preconditioning (Karras et al. 2022, Table 1) in any linear SDE: with the noise
+level s = sigma / alpha of x / alpha = x0 + s eps and the data std sigma_data = sd, the network
+output F gives x0 = c_skip x / alpha + c_out F, c_skip = sd^2 / (s^2 + sd^2),
+c_out = s sd / sqrt(s^2 + sd^2) (`edm_scalings`); its target (x0 - c_skip x / alpha) / c_out and
+its input c_in x / alpha, c_in = 1 / sqrt(s^2 + sd^2), have unit variance for data of std sd.
+With sd = 1 it is "v" negated.
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ from ..sde.discrete import grid_size, previous_step_coefficients
 PARAMETRIZATIONS = ("eps", "x0", "v", "score")
 # Parametrizations that need the SDE's discrete grid (VPSDE.from_betas) besides alpha and sigma.
 GRID_PARAMETRIZATIONS = ("mu",)
+# Parametrizations that need the data std sigma_data besides alpha and sigma.
+PRECONDITIONED_PARAMETRIZATIONS = ("edm",)
 # Everything a ScoreModel may predict.
-MODEL_PARAMETRIZATIONS = PARAMETRIZATIONS + GRID_PARAMETRIZATIONS
+MODEL_PARAMETRIZATIONS = PARAMETRIZATIONS + GRID_PARAMETRIZATIONS + PRECONDITIONED_PARAMETRIZATIONS
 
 # Dtypes the SDE arithmetic runs in; half-precision inputs are computed in float32.
 WORK_DTYPES = (torch.float32, torch.float64)
@@ -146,6 +155,31 @@ def check_parametrization(kind: str, sde: SDE) -> str:
     return kind
 
 
+def edm_scalings(
+    alpha: Tensor, sigma: Tensor, sigma_data: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EDM's preconditioning (Karras et al. 2022, Table 1) at alpha, sigma of shape (B,), in the
+    variables of x / alpha (noise level s = sigma / alpha, the EDM/VE sigma):
+    c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2),
+    with sd = sigma_data; returns (s, c_skip, c_out, c_in), each (B,).
+
+    Example:
+        >>> import torch
+        >>> s, c_skip, c_out, c_in = edm_scalings(torch.ones(1), torch.ones(1), 1.0)
+        >>> [round(float(c), 4) for c in (s, c_skip, c_out, c_in)]
+        [1.0, 0.5, 0.7071, 0.7071]
+    """
+    s = sigma / alpha
+    n2 = s**2 + sigma_data**2
+    return s, sigma_data**2 / n2, s * sigma_data / n2.sqrt(), n2.rsqrt()
+
+
+def _sigma_data(kind: str, sigma_data: float | None) -> float:
+    if sigma_data is None:
+        raise ValueError(f"parametrization {kind!r} (EDM's preconditioning) needs sigma_data=")
+    return sigma_data
+
+
 def _grid_coefficients(kind: str, sde: SDE | None, t: Tensor | None, x: Tensor):
     if sde is None or t is None:
         raise ValueError(
@@ -164,14 +198,16 @@ def to_x0_eps(
     *,
     sde: SDE | None = None,
     t: Tensor | None = None,
+    sigma_data: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Convert a prediction `out` in parametrization `kind` to (x0, eps).
 
     Args:
-        kind: one of "eps", "x0", "v", "score", or "mu" (with sde and t).
+        kind: one of "eps", "x0", "v", "score", "mu" (with sde and t) or "edm" (with sigma_data).
         out, x: shape (B, *D).
         alpha, sigma: shape (B,).
         sde, t: the from_betas SDE and the times (B,); needed by "mu" only.
+        sigma_data: the data std of EDM's preconditioning; needed by "edm" only.
     Returns:
         x0 and eps, each of shape (B, *D).
     """
@@ -191,6 +227,10 @@ def to_x0_eps(
         c0, ct = _grid_coefficients(kind, sde, t, x)
         x0 = (out - ct * x) / c0
         return x0, (x - a * x0) / s
+    if kind == "edm":
+        _, c_skip, c_out, _ = edm_scalings(alpha, sigma, _sigma_data(kind, sigma_data))
+        x0 = append_dims(c_skip, x.ndim) * x / a + append_dims(c_out, x.ndim) * out
+        return x0, (x - a * x0) / s
     check_choice("parametrization", kind, MODEL_PARAMETRIZATIONS)
     raise AssertionError("unreachable")
 
@@ -204,14 +244,20 @@ def from_x0_eps(
     *,
     sde: SDE | None = None,
     t: Tensor | None = None,
+    sigma_data: float | None = None,
 ) -> Tensor:
     """The training target for parametrization `kind` given the true (x0, eps); shape (B, *D).
-    sde and t (B,) are needed by "mu" only."""
+    sde and t (B,) are needed by "mu" only, sigma_data by "edm" only."""
     a, s = append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim)
 
     def mu() -> Tensor:
         c0, ct = _grid_coefficients(kind, sde, t, x0)
         return c0 * x0 + ct * (a * x0 + s * eps)
+
+    def edm() -> Tensor:  # (x0 - c_skip x / alpha) / c_out
+        ve, c_skip, c_out, _ = edm_scalings(alpha, sigma, _sigma_data(kind, sigma_data))
+        ve, c_skip, c_out = (append_dims(c, x0.ndim) for c in (ve, c_skip, c_out))
+        return (x0 - c_skip * (x0 + ve * eps)) / c_out
 
     targets = {
         "eps": lambda: eps,
@@ -219,6 +265,7 @@ def from_x0_eps(
         "v": lambda: (a * eps - s * x0) / (a**2 + s**2).sqrt(),
         "score": lambda: -eps / s,
         "mu": mu,
+        "edm": edm,
     }
     return targets[check_choice("parametrization", kind, MODEL_PARAMETRIZATIONS)]()
 

@@ -66,7 +66,10 @@ class ScoreModel(ParametrizedModel):
         net: an nn.Module mapping (B, *D) and (B,) to (B, *D).
         sde: the SDE object whose alpha, sigma define the conversions, e.g. `VPSDE()`.
         parametrization: what `net` predicts: "eps", "x0", "v" or "score"; on a from_betas SDE
-            also "mu", DDPM's mean of the previous step (see `sdegen.models.base`).
+            also "mu", DDPM's mean of the previous step; or "edm", EDM's preconditioned
+            target F with x0 = c_skip x / alpha + c_out F (Karras et al. 2022, Table 1, in the
+            SDE's own variables; it needs sigma_data, which also sets c_in as above; the
+            network's noise input stays time_input). See `sdegen.models.base`.
         time_input: "log_snr" (the network sees lambda(t) = half_log_snr(t) = log(alpha/sigma),
             the same scale for every SDE; default; the name is kept so saved models load), "t", or a
             callable t -> c_noise, e.g. `sde.timestep` for a DDPM network trained on indices.
@@ -107,6 +110,11 @@ class ScoreModel(ParametrizedModel):
             if sigma_data is None
             else check_finite_number("sigma_data", sigma_data, positive=True)
         )
+        if self.parametrization == "edm" and self.sigma_data is None:
+            raise ValueError(
+                "parametrization 'edm' (EDM's preconditioning) needs sigma_data, got None; "
+                "EDM uses 0.5 for data in [-1, 1]"
+            )
 
     def c_noise(self, t: Tensor) -> Tensor:
         """The noise-level input of the network at times t of shape (B,)."""
@@ -152,4 +160,13 @@ class ScoreModel(ParametrizedModel):
     def x0_eps(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
         out = self._predict(x, t, alpha, sigma, y)
-        return to_x0_eps(self.parametrization, out, x, alpha, sigma, sde=self.sde, t=t)
+        return to_x0_eps(
+            self.parametrization,
+            out,
+            x,
+            alpha,
+            sigma,
+            sde=self.sde,
+            t=t,
+            sigma_data=self.sigma_data,
+        )

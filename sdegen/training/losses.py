@@ -12,10 +12,20 @@ weight lambda(t)/sigma^2:
                 (lambda the log-SNR), so importance sampling t with density proportional to
                 g^2/sigma^2 is sampling the log-SNR uniformly, with the constant weight
                 lambda(t_min) - lambda(T). That is what `importance_sampling=True` does.
+- "edm":        EDM's lambda(s) = (s^2 + sd^2) / (s sd)^2 on ||D(x_t) - x0||^2 (Karras et al. 2022,
+                Table 1), s = sigma / alpha the noise level of x / alpha, sd = sigma_data: since
+                D - x0 = -s (eps_theta - eps), the mean over dims of ((s^2 + sd^2) / sd^2)
+                (eps_theta - eps)^2, which is the unit-scale MSE of the preconditioned network
+                output F against its target (lambda c_out^2 = 1).
 
 Times are continuous (uniform on [t_min, T]) by default; `time_sampling="discrete"` draws DDPM's
 integer steps k uniformly from {1..N} of a from_betas SDE instead (Ho et al. 2020, Algorithm 1),
 t = k/N, so the network sees only the grid times it is sampled on.
+`time_sampling="lognormal"` draws EDM's training noise levels (Karras et al. 2022, Table 1):
+ln(sigma/alpha) ~ N(P_mean, P_std^2) (default -1.2, 1.2), mapped to t by
+`sde.t_of_half_log_snr(-ln(sigma/alpha))`. The normal is truncated to the SDE's range
+[t_min, T] by its inverse CDF: no mass piles up at the ends, as a clamp would put it; the mass
+outside is renormalised away (for EDMSDE's sigma in [0.002, 80], about 1e-5 of it).
 """
 
 from __future__ import annotations
@@ -23,20 +33,44 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import append_dims, check_choice, check_tensor_finite, sum_except_batch
+from .._utils import (
+    append_dims,
+    check_choice,
+    check_finite_number,
+    check_tensor_finite,
+    sum_except_batch,
+)
 from ..protocols import SDE, ScoreModelWithSDE
 from ..sde.discrete import grid_size
 
-WEIGHTINGS = ("simple", "sigma2", "likelihood")
-TIME_SAMPLINGS = ("continuous", "discrete")
+WEIGHTINGS = ("simple", "sigma2", "likelihood", "edm")
+TIME_SAMPLINGS = ("continuous", "discrete", "lognormal")
+# EDM's log-normal training noise levels, ln(sigma/alpha) ~ N(P_MEAN, P_STD^2) (Karras et al. 2022)
+P_MEAN, P_STD = -1.2, 1.2
+# EDM's data std (images in [-1, 1]), the default of weighting "edm"
+SIGMA_DATA = 0.5
+
+
+def check_lognormal(p_mean: float, p_std: float) -> tuple[float, float]:
+    """(p_mean, p_std) of the log-normal time sampling checked: finite, p_std > 0."""
+    return (
+        check_finite_number("p_mean", p_mean),
+        check_finite_number("p_std", p_std, positive=True),
+    )
 
 
 def check_time_sampling(
     time_sampling: str, sde: SDE | None = None, *, importance_sampling: bool = False
 ) -> str:
     """`time_sampling` when it is one of TIME_SAMPLINGS and fits: "discrete" needs a from_betas
-    SDE (checked when sde is given) and excludes importance sampling; else ValueError."""
+    SDE (checked when sde is given); "discrete" and "lognormal" exclude importance sampling;
+    else ValueError."""
     check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
+    if time_sampling == "lognormal" and importance_sampling:
+        raise ValueError(
+            "time_sampling='lognormal' draws EDM's noise levels and cannot be combined "
+            "with importance_sampling=True"
+        )
     if time_sampling == "discrete":
         if importance_sampling:
             raise ValueError(
@@ -54,18 +88,42 @@ def check_time_sampling(
     return time_sampling
 
 
+def lognormal_half_log_snr(
+    sde: SDE, u: Tensor, p_mean: float = P_MEAN, p_std: float = P_STD
+) -> Tensor:
+    """Map u ~ U(0, 1) to lambda = -ln(sigma/alpha) with ln(sigma/alpha) ~ N(p_mean, p_std^2)
+    truncated to the SDE's log-SNR range (inverse-CDF sampling of the truncated normal); shape
+    preserved, float64."""
+    p_mean, p_std = check_lognormal(p_mean, p_std)
+    lo, hi = sde.half_log_snr_range()  # ln(sigma/alpha) lies in [-hi, -lo]
+    u = u.to(torch.float64)
+    ends = torch.tensor([(-hi - p_mean) / p_std, (-lo - p_mean) / p_std], dtype=torch.float64)
+    c_lo, c_hi = torch.special.ndtr(ends).to(u.device)
+    z = torch.special.ndtri(c_lo + u * (c_hi - c_lo))
+    return (-(p_mean + p_std * z)).clamp(lo, hi)
+
+
 def times_from_uniform(
-    sde: SDE, u: Tensor, *, importance_sampling: bool = False, time_sampling: str = "continuous"
+    sde: SDE,
+    u: Tensor,
+    *,
+    importance_sampling: bool = False,
+    time_sampling: str = "continuous",
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
 ) -> Tensor:
     """Map u ~ U(0, 1) to training times: uniform on [t_min, T], or uniform in log-SNR (the
     importance distribution proportional to g^2/sigma^2), or with time_sampling="discrete" the
-    grid time k/N of a from_betas SDE, k = floor(N u) + 1 uniform on {1..N}. Shape preserved,
-    float64 inside."""
+    grid time k/N of a from_betas SDE, k = floor(N u) + 1 uniform on {1..N}, or with
+    "lognormal" EDM's ln(sigma/alpha) ~ N(p_mean, p_std^2) truncated to [t_min, T]
+    (`lognormal_half_log_snr`). Shape preserved, float64 inside."""
     check_time_sampling(time_sampling, sde, importance_sampling=importance_sampling)
     u = u.to(torch.float64)
     if time_sampling == "discrete":
         n = grid_size(sde)
         return (torch.floor(u * n).clamp(0, n - 1) + 1) / n
+    if time_sampling == "lognormal":
+        return sde.t_of_half_log_snr(lognormal_half_log_snr(sde, u, p_mean, p_std))
     if importance_sampling:
         lo, hi = sde.half_log_snr_range()
         return sde.t_of_half_log_snr(lo + u * (hi - lo))
@@ -81,11 +139,18 @@ def sample_times(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
 ) -> Tensor:
     """n training times, shape (n,); see `times_from_uniform`."""
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
     return times_from_uniform(
-        sde, u, importance_sampling=importance_sampling, time_sampling=time_sampling
+        sde,
+        u,
+        importance_sampling=importance_sampling,
+        time_sampling=time_sampling,
+        p_mean=p_mean,
+        p_std=p_std,
     ).to(dtype)
 
 
@@ -97,6 +162,8 @@ def _given_or_drawn_times_and_noise(
     importance_sampling: bool,
     generator: torch.Generator | None,
     time_sampling: str = "continuous",
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
 ) -> tuple[Tensor, Tensor]:
     B = x0.shape[0]
     if t is None:
@@ -108,6 +175,8 @@ def _given_or_drawn_times_and_noise(
             generator=generator,
             dtype=x0.dtype,
             device=x0.device,
+            p_mean=p_mean,
+            p_std=p_std,
         )
     elif t.shape != (B,):
         raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
@@ -131,6 +200,30 @@ def check_weighting(weighting: str, importance_sampling: bool | None) -> bool:
     return importance_sampling
 
 
+def check_likelihood_times(weighting: str, time_sampling: str) -> None:
+    """Refuse weighting "likelihood" with times that are not continuous: its weight is that of
+    the continuous-time bound under uniform (or log-SNR-uniform) times."""
+    if weighting == "likelihood" and time_sampling != "continuous":
+        other = (
+            "train on DDPM's discrete bound (sdegen.training.vlb, objective 'vlb') instead"
+            if time_sampling == "discrete"
+            else "use time_sampling='continuous' (importance sampling is its own)"
+        )
+        raise ValueError(
+            "weighting='likelihood' weights the continuous-time bound; with "
+            f"time_sampling={time_sampling!r} {other}"
+        )
+
+
+def loss_sigma_data(model, sigma_data: float | None = None) -> float:
+    """The data std of weighting "edm": `sigma_data` when given, else the model's own
+    `sigma_data` (a ScoreModel's) when it is a number, else EDM's SIGMA_DATA = 0.5."""
+    if sigma_data is not None:
+        return check_finite_number("sigma_data", sigma_data, positive=True)
+    own = getattr(model, "sigma_data", None)
+    return float(own) if isinstance(own, (int, float)) else SIGMA_DATA
+
+
 def dsm_loss(
     model: ScoreModelWithSDE,
     x0: Tensor,
@@ -143,6 +236,9 @@ def dsm_loss(
     reduce: bool = True,
     y: Tensor | None = None,
     time_sampling: str = "continuous",
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
+    sigma_data: float | None = None,
 ) -> Tensor:
     """Denoising score-matching loss of a score model on clean data x0.
 
@@ -150,7 +246,7 @@ def dsm_loss(
         model: a score model with `.sde` and `eps(x, t)` (e.g. ScoreModel); whatever its
             parametrization, the loss is taken on its noise prediction.
         x0: clean data, shape (B, *D).
-        weighting: "simple", "sigma2" or "likelihood" (see the module docstring).
+        weighting: "simple", "sigma2", "likelihood" or "edm" (see the module docstring).
         importance_sampling: draw t uniformly in log-SNR and weight accordingly; default True
             for "likelihood", False otherwise (only "likelihood" supports it).
         generator: random source for t and the noise.
@@ -159,22 +255,22 @@ def dsm_loss(
         y: class labels (B,) of x0 for a conditional model (NULL_LABEL entries: unconditional).
         time_sampling: "continuous" (t uniform on [t_min, T]) or "discrete" (DDPM's integer
             steps: t = k/N, k uniform on {1..N}, for a from_betas SDE; weighting "simple" or
-            "sigma2"; the discrete bound itself is `sdegen.training.vlb`).
+            "sigma2"; the discrete bound itself is `sdegen.training.vlb`), or "lognormal"
+            (EDM's ln(sigma/alpha) ~ N(p_mean, p_std^2) truncated to [t_min, T]).
+        p_mean, p_std: the log-normal's mean and std of ln(sigma/alpha) (EDM: -1.2, 1.2).
+        sigma_data: the data std of weighting "edm"; None: the model's `sigma_data` when it
+            has one (a ScoreModel's), else EDM's 0.5.
     Returns:
         the loss, a scalar (or shape (B,) if not reduce).
     """
     importance_sampling = check_weighting(weighting, importance_sampling)
     check_tensor_finite("x0", x0)
     sde = model.sde
-    if time_sampling == "discrete" and weighting == "likelihood":
-        raise ValueError(
-            "weighting='likelihood' weights the continuous-time bound; with "
-            "time_sampling='discrete' train on DDPM's discrete bound (sdegen.training.vlb) instead"
-        )
+    check_likelihood_times(weighting, time_sampling)
     check_time_sampling(time_sampling, sde, importance_sampling=importance_sampling)
     B = x0.shape[0]
     t, noise = _given_or_drawn_times_and_noise(
-        sde, x0, t, noise, importance_sampling, generator, time_sampling
+        sde, x0, t, noise, importance_sampling, generator, time_sampling, p_mean, p_std
     )
     x_t = sde.perturb(x0, t, noise)
     sq = ((model.eps(x_t, t) if y is None else model.eps(x_t, t, y)) - noise) ** 2
@@ -182,6 +278,10 @@ def dsm_loss(
         per_example = sq.reshape(B, -1).mean(dim=1)
     elif weighting == "sigma2":
         per_example = sum_except_batch(sq)
+    elif weighting == "edm":
+        sd = loss_sigma_data(model, sigma_data)
+        s2 = (sde.sigma(t) / sde.alpha(t)) ** 2
+        per_example = ((s2 + sd**2) / sd**2).to(sq.dtype) * sq.reshape(B, -1).mean(dim=1)
     elif importance_sampling:
         lo, hi = sde.half_log_snr_range()
         per_example = (hi - lo) * sum_except_batch(sq)

@@ -18,7 +18,11 @@ from ..models.labels import drop_condition
 from ..models.vae import VAE, KLSchedule
 from ..protocols import ScoreModelWithSDE
 from .losses import (
+    P_MEAN,
+    P_STD,
     WEIGHTINGS,
+    check_likelihood_times,
+    check_lognormal,
     check_time_sampling,
     classifier_loss,
     dsm_loss,
@@ -38,11 +42,17 @@ def score_matching(
     bin_width: float | None = None,
     p_uncond: float = 0.0,
     time_sampling: str = "continuous",
+    *,
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
+    sigma_data: float | None = None,
 ):
     """Denoising score matching (see `dsm_loss`) with per-example times and noise.
 
     time_sampling: "continuous" (t uniform on [t_min, T], or in log-SNR with importance
-        sampling) or "discrete" (DDPM's steps k uniform on {1..N} of a from_betas SDE, t = k/N).
+        sampling), "discrete" (DDPM's steps k uniform on {1..N} of a from_betas SDE, t = k/N)
+        or "lognormal" (EDM's ln(sigma/alpha) ~ N(p_mean, p_std^2), truncated to [t_min, T]).
+    sigma_data: the data std of weighting "edm" (None: the model's, else 0.5).
 
     bin_width: dequantize discrete data by this bin width first (None: continuous data).
     p_uncond: label dropout for a conditional model (Ho & Salimans 2022): each example's label
@@ -54,18 +64,17 @@ def score_matching(
     if bin_width is not None:
         bin_width = check_finite_number("bin_width", bin_width, positive=True)
     p_uncond = check_p_uncond(p_uncond)
+    p_mean, p_std = check_lognormal(p_mean, p_std)
     if importance_sampling is None:
-        importance_sampling = weighting == "likelihood" and time_sampling != "discrete"
-    if time_sampling == "discrete" and weighting == "likelihood":
-        raise ValueError(
-            "weighting='likelihood' weights the continuous-time bound; with "
-            "time_sampling='discrete' train on DDPM's discrete bound (objective 'vlb') instead"
-        )
+        importance_sampling = weighting == "likelihood" and time_sampling == "continuous"
+    check_likelihood_times(weighting, time_sampling)
     check_time_sampling(time_sampling, importance_sampling=importance_sampling)
 
     def objective(model: ScoreModelWithSDE, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         x = _dequantize(x, rnd, bin_width)
-        t, noise = _step_times_and_noise(model, x, rnd, importance_sampling, time_sampling)
+        t, noise = _step_times_and_noise(
+            model, x, rnd, importance_sampling, time_sampling, p_mean, p_std
+        )
         y = label_dropout(y, rnd, p_uncond)  # after t and noise: unconditional runs unchanged
         return dsm_loss(
             model,
@@ -76,6 +85,7 @@ def score_matching(
             noise=noise,
             y=y,
             time_sampling=time_sampling,
+            sigma_data=sigma_data,
         )
 
     return objective
@@ -99,13 +109,21 @@ def label_dropout(y: Tensor | None, rnd, p_uncond: float) -> Tensor | None:
 
 
 def _step_times_and_noise(
-    model, x: Tensor, rnd, importance_sampling: bool, time_sampling: str = "continuous"
+    model,
+    x: Tensor,
+    rnd,
+    importance_sampling: bool,
+    time_sampling: str = "continuous",
+    p_mean: float = P_MEAN,
+    p_std: float = P_STD,
 ) -> tuple[Tensor, Tensor]:
     t = times_from_uniform(
         model.sde,
         rnd.rand(dtype=torch.float64),
         importance_sampling=importance_sampling,
         time_sampling=time_sampling,
+        p_mean=p_mean,
+        p_std=p_std,
     ).to(x.dtype)
     return t, rnd.randn(*x.shape[1:], dtype=x.dtype)
 
