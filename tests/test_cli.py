@@ -125,7 +125,7 @@ def test_conditional_digits_run_samples_a_class_with_guidance(tmp_path, capsys):
     out = tmp_path / "g"
     argv = ["sample", "--run", str(run), "--nfe", "3", "--n", "4", "--out", str(out)]
     assert main([*argv, "--class", "3", "--guidance", "2.0"]) == 0
-    assert "class 3, guidance 2 with dpmpp_2m: NFE 3 on a doubled batch" in capsys.readouterr().out
+    assert "class 3, guidance 2 with unipc: NFE 3 on a doubled batch" in capsys.readouterr().out
     saved = np.load(out.with_suffix(".npz"))
     assert saved["x"].shape == (4, 1, 8, 8) and int(saved["label"]) == 3
     assert main([*argv, "--class", "10"]) == 2
@@ -295,7 +295,7 @@ def test_sample_and_likelihood_of_a_model_of_ones_own(tmp_path, capsys, monkeypa
     (tmp_path / "mine.py").write_text(_FACTORY)
     argv = ["sample", "--model", "mine.py:denoiser", "--shape", "2", "--n", "4000", "--quiet"]
     assert main([*argv, "--nfe", "20"]) == 0
-    x = torch.from_numpy(np.load(tmp_path / "samples" / "dpmpp_2m-nfe20-seed0.npz")["x"])
+    x = torch.from_numpy(np.load(tmp_path / "samples" / "unipc-nfe20-seed0.npz")["x"])
     assert x.shape == (4000, 2)
     assert abs(float(x.var()) - 0.25) < 0.02  # the denoiser's data variance
     # likelihood of the Gaussian's own model on the 2-D toy data: the closed form, exactly

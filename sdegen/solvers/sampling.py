@@ -80,13 +80,15 @@ def sample(
         model: any object with score(x, t), denoise(x, t), eps(x, t), t of shape (B,).
         sde: the SDE the model belongs to.
         shape: (B, *D) of the samples.
-        method: a name from `available()`.
+        method: a name from `available()`; default "unipc" (`DEFAULT_METHOD`, chosen by
+            benchmarks/defaults.py).
         steps: number of grid steps; or give `nfe`, the budget of network evaluations, and the
             largest number of steps that fits is used (the result reports the counted NFE).
             Neither: 50 steps. Adaptive methods ("dopri5") take rtol/atol instead.
-        schedule: "uniform", "log_snr" or "karras" (default per method), or the grid itself:
-            a strictly decreasing tensor of times from T (or t_start) to t_min, e.g.
-            `tune_schedule(...).ts`.
+        schedule: "uniform", "log_snr", "log_snr_jump" or "karras" (default per method), or
+            the grid itself: a strictly decreasing tensor of times from T (or t_start) to t_min,
+            or, with `denoise_final`, to the time where the final denoising step jumps to zero
+            noise (t_min or above), e.g. `optimise_schedule(...).ts`.
         generator: the random source for the prior draw and every noise increment: a
             torch.Generator (one stream for the batch), or a `sdegen.random.PerExampleGenerator`
             of B seeds, one per example, whose draws for example i come from seed i only, so
@@ -99,9 +101,11 @@ def sample(
             increments of stochastic methods).
         dtype, device: of the samples (default: noise's; else float32 on the model's device
             if it is an nn.Module, else on the CPU).
-        denoise_final: end with x0 = E[x0 | x(t_min)] (one more evaluation, counted), as DDPM's
-            last step and EDM's step to sigma = 0 do; otherwise stochastic methods add no noise
-            on their last step.
+        denoise_final: end with x0 = E[x0 | x(t_last)] at the grid's last time t_last (one more
+            evaluation, counted: the jump to zero noise that DDPM's last step and EDM's and
+            k-diffusion's step to sigma = 0 make; it is the lower-order final step, so
+            `lower_order_final` does not also lower the step before it); otherwise the grid
+            ends at t_min and stochastic methods add no noise on their last step.
         return_trajectory: also return the states at every grid time.
         y: class labels for a conditional model (one with `num_classes`): an int for the whole
             batch or an int tensor (B,); NULL_LABEL (-1) entries sample unconditionally.
