@@ -71,8 +71,9 @@ def summary(result: dict) -> str:
         f"from every diffusers scheduler of peers.py and k-diffusion's "
         f"{', '.join(K_PEERS)}). Ratio = default's mean FID / best peer's mean FID over "
         f"{meta['seeds']} seeds (the same prior draws); * = the paired difference exceeds two "
-        "standard errors. Tuned = the default sampler on an `optimise_schedule` grid (pilot "
-        "cost in the full table below). Floor = FID of independent true sets of the same size.",
+        "standard errors. Tuned (with --tuned) = the default sampler on an `optimise_schedule` "
+        "grid, a one-off search per model and budget whose pilot cost is listed in the full "
+        "table below. Floor = FID of independent true sets of the same size.",
         "",
         "| mixture | setup | role | floor | "
         + " | ".join(f"NFE {b}: ratio (tuned)" for b in nfes)
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
             "nfe": args.nfe,
             "dtype": "float64",
             "default": DEFAULT,
+            "tuned": bool(args.tuned),
+            "pilot_batch": args.pilot_batch,
             "tuned_on": ["ring", *peers.TUNED_ON],
             "held_out": list(peers.HELD_OUT),
             "torch": torch.__version__,

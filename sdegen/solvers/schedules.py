@@ -47,7 +47,8 @@ def log_snr_jump(sde, steps: int, *, denoised: bool = True) -> Tensor:
     DPM-Solver++(2M)/(3M) at 5, 10 and 20 levels on the ring and the mixtures that
     benchmarks/peers.py lists as TUNED_ON, on the ddpm and EDM SDEs, and is reported on the
     others (benchmarks/defaults.py). `denoised=False` (no final denoising step, so the grid must
-    reach t_min) gives `uniform_log_snr`.
+    reach t_min) gives `uniform_log_snr`, and so does an edit starting (SDEdit's t_start) at or
+    below the jump level; an edit from above it spreads its levels down to the jump.
     """
     lo, hi = sde.half_log_snr_range()
     last = min(-math.log(JUMP_SCALE / (steps + 1) ** JUMP_POWER), hi)
