@@ -157,24 +157,12 @@ def main(argv: list[str] | None = None) -> None:
         args.diffusers = list(peers.D_SCHEDULERS) if diffusers is not None else []
         result = peers.run(args, ks, diffusers)
         result["meta"] = {
-            "n": result.pop("n"),
-            "seed": args.seed,
-            "seeds": args.seeds,
-            "floor_sets": args.floor_sets,
-            "nfe": args.nfe,
-            "dtype": "float64",
+            **peers.meta(args, result, ks, how, diffusers),
             "default": DEFAULT,
             "tuned": bool(args.tuned),
             "pilot_batch": args.pilot_batch,
             "tuned_on": ["ring", *peers.TUNED_ON],
             "held_out": list(peers.HELD_OUT),
-            "torch": torch.__version__,
-            "sdegen": sdegen.__version__,
-            "sdegen_commit": harness.git_commit(),
-            "k-diffusion": harness.version("k-diffusion") if ks is not None else None,
-            "k_diffusion_import": how,
-            "diffusers": diffusers.__version__ if diffusers is not None else None,
-            "threads": torch.get_num_threads(),
         }
         result["verdicts"] = report.verdicts(result)
         result["default_verdicts"] = report.verdicts(result, sampler=DEFAULT)

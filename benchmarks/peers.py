@@ -230,6 +230,28 @@ def run(args, ks, diffusers) -> dict:
     return {"records": records, "noise_floor": floors, "diffusers_mapping": checks, "n": meta_n}
 
 
+def meta(args, result: dict, ks, how: str, diffusers) -> dict:
+    """results.json's "meta" of a `run` (whose per-table sample counts it takes from `result`):
+    sizes, seeds, versions and machine."""
+    return {
+        "n": result.pop("n"),
+        "seed": args.seed,
+        "seeds": args.seeds,
+        "floor_sets": args.floor_sets,
+        "nfe": args.nfe,
+        "dtype": "float64",
+        "torch": torch.__version__,
+        "sdegen": sdegen.__version__,
+        "sdegen_commit": git_commit(),
+        "k-diffusion": version("k-diffusion") if ks is not None else None,
+        "k_diffusion_import": how,
+        "diffusers": diffusers.__version__ if diffusers is not None else None,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = harness.parser(__doc__)
     p.add_argument(
@@ -298,23 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         if ks is None and diffusers is None:
             print("neither k-diffusion nor diffusers is installed: only sdegen rows (see --help)")
         result = run(args, ks, diffusers)
-        result["meta"] = {
-            "n": result.pop("n"),
-            "seed": args.seed,
-            "seeds": args.seeds,
-            "floor_sets": args.floor_sets,
-            "nfe": args.nfe,
-            "dtype": "float64",
-            "torch": torch.__version__,
-            "sdegen": sdegen.__version__,
-            "sdegen_commit": git_commit(),
-            "k-diffusion": version("k-diffusion") if ks is not None else None,
-            "k_diffusion_import": how,
-            "diffusers": diffusers.__version__ if diffusers is not None else None,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        }
+        result["meta"] = meta(args, result, ks, how, diffusers)
         result["verdicts"] = verdicts(result)
     harness.save(
         args.out,
