@@ -68,6 +68,7 @@ def test_autoencoder_stage_resumes_and_is_not_retrained(tmp_path):
         (["data=digits", "latent=nope"], "unknown config key latent 'nope'"),
         (["data=digits", "latent=kl", "latent_steps=0"], "latent_steps must be >= 1"),
         (["data=digits", "latent=kl", "latent_params={nope: 1}"], "latent_params has unknown"),
+        (["data=digits", "latent_params={hidden: 8}"], "latent_params {'hidden': 8} is for a"),
         (["data=digits", "latent=kl", "objective=vlb", "sde=ddpm"], "objective must be 'dsm'"),
     ],
 )

@@ -253,6 +253,11 @@ def from_dict(values: dict) -> TrainConfig:
         )
     if cfg.latent_steps < 1:
         raise ValueError(f"config key latent_steps must be >= 1, got {cfg.latent_steps!r}")
+    if cfg.latent_params and cfg.latent == "none":
+        raise ValueError(
+            f"config key latent_params {cfg.latent_params!r} is for a latent run: set latent "
+            f"to one of {', '.join(k for k in LATENT_KINDS if k != 'none')}, or drop it"
+        )
     if cfg.text and cfg.conditional:
         raise ValueError(
             "config keys conditional and text are exclusive: a run is conditioned on class "
