@@ -395,7 +395,9 @@ def equal_error_markdown(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def plot_nfe(result: dict, path: Path) -> None:
+def _error_plot(result: dict, path: Path, x_key: str, xlabel: str) -> None:
+    """Mean |ODE error| against `x_key` ("nfe" or "seconds") per solver, one panel per table,
+    points joined in tolerance order (loosest first)."""
     plt = harness.pyplot()
     keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in result["records"]))
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
@@ -408,41 +410,8 @@ def plot_nfe(result: dict, path: Path) -> None:
     }
     for ax, (mix, setup) in zip(axes[0], keys):
         for solver, style in styles.items():
-            pts = sorted(
-                (r["nfe"], r["mean_abs_ode_err"])
-                for r in result["records"]
-                if (r["mixture"], r["setup"], r["solver"]) == (mix, setup, solver)
-            )
-            if pts:
-                ax.plot(*zip(*pts), style, label=solver)
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="NFE (counted)",
-            ylabel="mean |ODE error| (nats)",
-            title=f"{mix}, {setup}",
-        )
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot(result: dict, path: Path) -> None:
-    plt = harness.pyplot()
-    keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in result["records"]))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4), squeeze=False)
-    styles = {
-        "sdegen:exact": "o-",
-        "sdegen:hutchinson": "s-",
-        "sdegen(t):exact": "o:",
-        "sdegen(t):hutchinson": "s:",
-        KD: "^--",
-    }
-    for ax, (mix, setup) in zip(axes[0], keys):
-        for solver, style in styles.items():
-            pts = [  # joined in tolerance order, loosest first
-                (r["seconds"], r["mean_abs_ode_err"])
+            pts = [
+                (r[x_key], r["mean_abs_ode_err"])
                 for r in sorted(result["records"], key=lambda r: -r["tol"])
                 if (r["mixture"], r["setup"], r["solver"]) == (mix, setup, solver)
             ]
@@ -451,7 +420,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set(
             xscale="log",
             yscale="log",
-            xlabel="wall time (s, median)",
+            xlabel=xlabel,
             ylabel="mean |ODE error| (nats)",
             title=f"{mix}, {setup}",
         )
@@ -459,6 +428,14 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_nfe(result: dict, path: Path) -> None:
+    _error_plot(result, path, "nfe", "NFE (counted)")
+
+
+def plot(result: dict, path: Path) -> None:
+    _error_plot(result, path, "seconds", "wall time (s, median)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,6 +119,19 @@ def _check_source(generator) -> None:
         )
 
 
+def _draw(torch_draw, shape, generator: RandomSource, device, batch_dim: int, **kw) -> Tensor:
+    """torch_draw(shape, generator=, device=, **kw) from a torch.Generator or None, or row by row
+    from a PerExampleGenerator (each example from its own generator)."""
+    _check_source(generator)
+    shape = tuple(shape)
+    if not isinstance(generator, PerExampleGenerator):
+        return torch_draw(shape, generator=generator, device=device, **kw)
+    return generator._rows(
+        lambda row, g: torch_draw(row, generator=g, device=g.device, **kw),
+        shape, batch_dim, device,
+    )  # fmt: skip
+
+
 def randn(
     shape: tuple[int, ...],
     generator: RandomSource = None,
@@ -130,14 +143,7 @@ def randn(
     """N(0, I) of `shape`: torch.randn itself for a torch.Generator or None; for a
     PerExampleGenerator, the slice along `batch_dim` (B examples) of example i from its own
     generator."""
-    _check_source(generator)
-    shape = tuple(shape)
-    if not isinstance(generator, PerExampleGenerator):
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    return generator._rows(
-        lambda row, g: torch.randn(row, generator=g, dtype=dtype, device=g.device),
-        shape, batch_dim, device,
-    )  # fmt: skip
+    return _draw(torch.randn, shape, generator, device, batch_dim, dtype=dtype)
 
 
 def rand(
@@ -149,14 +155,7 @@ def rand(
     batch_dim: int = 0,
 ) -> Tensor:
     """U[0, 1) of `shape`, drawn as `randn` draws (torch.rand, or per example)."""
-    _check_source(generator)
-    shape = tuple(shape)
-    if not isinstance(generator, PerExampleGenerator):
-        return torch.rand(shape, generator=generator, dtype=dtype, device=device)
-    return generator._rows(
-        lambda row, g: torch.rand(row, generator=g, dtype=dtype, device=g.device),
-        shape, batch_dim, device,
-    )  # fmt: skip
+    return _draw(torch.rand, shape, generator, device, batch_dim, dtype=dtype)
 
 
 def randint(
@@ -169,13 +168,9 @@ def randint(
     batch_dim: int = 0,
 ) -> Tensor:
     """Integers uniform in [low, high) (int64) of `shape`, drawn as `randn` draws."""
-    _check_source(generator)
-    shape = tuple(shape)
-    if not isinstance(generator, PerExampleGenerator):
-        return torch.randint(low, high, shape, generator=generator, device=device)
-    return generator._rows(
-        lambda row, g: torch.randint(low, high, row, generator=g, device=g.device),
-        shape, batch_dim, device,
+    return _draw(
+        lambda size, **kw: torch.randint(low, high, size, **kw), shape, generator, device,
+        batch_dim,
     )  # fmt: skip
 
 
