@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sdegen.assembly import SDES, harness
+from sdegen.assembly import SDES, harness, plots
 from sdegen.models import ring_mixture
 
 # (label, method, options); "eps_ratio" is eps / sigma~_L^2, turned into eps per SDE
@@ -130,24 +130,19 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    plt = harness.pyplot()
-    sdes = list(result["noise_floor"])
-    fig, axes = plt.subplots(1, len(sdes), figsize=(5.5 * len(sdes), 4.5), squeeze=False)
-    for ax, sde_name in zip(axes[0], sdes):
-        recs = [r for r in result["records"] if r["sde"] == sde_name and "skipped" not in r]
-        for label in dict.fromkeys(r["variant"] for r in recs):
-            pts = sorted((r["nfe"], r["sliced_w2"]) for r in recs if r["variant"] == label)
-            style = "o-" if label.startswith("annealed") else ".--"
-            ax.plot(*zip(*pts), style, label=label)
-        ax.axhline(
-            result["noise_floor"][sde_name]["sliced_w2"], color="k", ls=":", label="noise floor"
-        )
-        ax.set(
-            xscale="log", yscale="log", xlabel="NFE (counted)", ylabel="sliced W2", title=sde_name
-        )
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    panels = {}
+    for sde_name, floor in result["noise_floor"].items():
+        series: dict[str, list] = {}
+        for r in result["records"]:
+            if r["sde"] == sde_name and "skipped" not in r:
+                series.setdefault(r["variant"], []).append((r["nfe"], r["sliced_w2"]))
+        panels[sde_name] = (series, floor["sliced_w2"])
+    plots.quality_vs_nfe_panels(
+        panels,
+        "sliced W2",
+        path,
+        style=lambda name, pts: "o-" if name.startswith("annealed") else ".--",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

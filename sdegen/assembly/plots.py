@@ -3,6 +3,7 @@ quickstart report and the benchmarks draw with these (matplotlib, Agg backend)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -75,12 +76,30 @@ def quality_vs_nfe(
     series: dict[str, list[tuple[int, float]]], floor: float | None, ylabel: str, path: Path
 ) -> None:
     """Save quality-against-NFE curves, one per sampler, with the metric's noise floor."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, pts in series.items():
-        ax.plot(*zip(*sorted(pts)), ".-", label=name)
-    if floor is not None:
-        ax.axhline(floor, color="k", ls=":", label="noise floor")
-    ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=ylabel)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    quality_vs_nfe_panels({"": (series, floor)}, ylabel, path)
+
+
+Series = dict[str, list[tuple[int, float]]]
+
+
+def quality_vs_nfe_panels(
+    panels: dict[str, tuple[Series, float | None]],
+    ylabel: str,
+    path: Path,
+    style: Callable[[str, list[tuple[int, float]]], str] | None = None,
+) -> None:
+    """Save one log-log panel per title: quality-against-NFE curves, one per series name, and
+    the panel's noise floor (None: no floor line). `style(name, points)` gives a curve's
+    matplotlib format string (default ".-")."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, (series, floor)) in zip(axes[0], panels.items()):
+        for name, pts in series.items():
+            pts = sorted(pts)
+            ax.plot(*zip(*pts), style(name, pts) if style else ".-", label=name)
+        if floor is not None:
+            ax.axhline(floor, color="k", ls=":", label="noise floor")
+        ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel=ylabel, title=title)
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
