@@ -8,6 +8,11 @@ the grid's coefficients computed, history such as a multistep method's kept betw
 step made at its start, which the callback receives as "denoised" (k-diffusion's convention).
 Adaptive methods and the torchsde ones integrate with their own driver and report each state
 to the same `Recorder`.
+
+Per-step overhead (issue 13): a step's coefficients that depend on the grid alone are computed
+once per solve, vectorised over the grid (`GridMethod.coefficients`), and reach the step as
+0-dim CPU tensors in x's dtype (`scalars`); an x0 estimate that only the callback reads is
+computed only when there is a callback (`Deferred`).
 """
 
 from __future__ import annotations
@@ -41,9 +46,41 @@ def randn_like(x: Tensor, generator: RandomSource) -> Tensor:
     return randn(x.shape, generator, dtype=x.dtype, device=x.device)
 
 
-def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
-    """Tweedie's x0 = (x + sigma^2 score) / alpha at time t (B,), for the callback."""
+def _tweedie(sde, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
     return to_x0_eps("score", score, x, sde.alpha(t), sde.sigma(t))[0]
+
+
+class Deferred:
+    """A step's x0 estimate, made only if read: `d()` computes it. A score-based step has the
+    estimate only through a conversion (several tensor operations and SDE evaluations, as much
+    as the step's own update) that nothing but the callback reads; the `Recorder` calls it only
+    when there is a callback."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., Tensor], *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __call__(self) -> Tensor:
+        return self.fn(*self.args)
+
+
+def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Deferred:
+    """Tweedie's x0 = (x + sigma^2 score) / alpha at time t (B,), for the callback, deferred:
+    x, score (B, *D); call the result for the (B, *D) estimate (`Deferred`)."""
+    return Deferred(_tweedie, sde, score, x, t)
+
+
+# What a step returns as its x0 estimate: a tensor (B, *D), one made on demand, or none.
+X0 = Tensor | Deferred | None
+
+
+def scalars(values: Tensor) -> list[Tensor]:
+    """The entries of a 1-D CPU tensor as 0-dim tensors (views of it), for per-step
+    coefficients: multiplying a state by a 0-dim CPU tensor in its dtype gives the bits of
+    multiplying it by the same Python float, costs less (torch wraps a Python float into a new
+    tensor at every operation), and works on any device without a transfer."""
+    return list(values.unbind())
 
 
 class GridMethod(ABC):
@@ -67,9 +104,25 @@ class GridMethod(ABC):
         """Whether step i adds fresh noise: every step but an un-denoised last one."""
         return i < self.n - 1 or self.add_noise_last
 
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        """The method's per-step coefficients on the grid t = ts in x's dtype (n + 1,), each a
+        1-D tensor computed once per solve, vectorised; `coefs` serves them. None by default."""
+        return {}
+
+    def coefs(self, x: Tensor) -> dict[str, list[Tensor]]:
+        """`coefficients` on the grid in x's dtype, as lists of 0-dim CPU tensors (`scalars`),
+        computed at the first step (again only if x's dtype changes). The grid is a CPU float64
+        tensor: nothing here reads from or waits for a device."""
+        cache = getattr(self, "_coefs", None)
+        if cache is None or cache[0] != x.dtype:
+            values = self.coefficients(self.ts.to(x.dtype))
+            cache = self._coefs = (x.dtype, {k: scalars(v) for k, v in values.items()})
+        return cache[1]
+
     @abstractmethod
-    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """x (B, *D) at ts[i + 1] from x at ts[i], and the step's x0 estimate at its start."""
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, X0]:
+        """x (B, *D) at ts[i + 1] from x at ts[i], and the step's x0 estimate at its start
+        (a tensor, a `Deferred` one, or None)."""
 
 
 class Recorder:
@@ -83,13 +136,15 @@ class Recorder:
         self.states: list[Tensor] | None = [x] if trajectory else None
         self.ts, self.callback, self.i = ts, callback, 0
 
-    def __call__(self, x: Tensor, denoised: Tensor | None = None) -> None:
+    def __call__(self, x: Tensor, denoised: X0 = None) -> None:
         if self.states is not None:
             self.states.append(x)
         if self.callback is not None:
             t = None
             if self.ts is not None and self.i + 1 < len(self.ts):
                 t = float(self.ts[self.i + 1])
+            if isinstance(denoised, Deferred):
+                denoised = denoised()
             self.callback({"i": self.i, "t": t, "x": x, "denoised": denoised})
         self.i += 1
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from torch import Tensor
 
 from .._utils import append_dims, check_choice, check_finite_number
 from .counting import CountingModel
 from .exp_quadrature import TimeRows
-from .grid import GridMethod, Record, batch_t, randn_like, score_to_x0
+from .grid import X0, GridMethod, Record, batch_t, randn_like, score_to_x0
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "PC", "PREDICTORS", "Record"]
 
@@ -26,43 +27,76 @@ def _coef(v: Tensor, x: Tensor) -> Tensor:
 
 
 class _Predictor(GridMethod):
-    """A reverse-SDE step from t to s given fresh noise z (None: the mean step). The grid's
-    times are read from the CPU float64 grid once per solve (no device involved) and reach the
-    model as rows of one tensor (`TimeRows`), not as a tensor made per step."""
+    """A reverse-SDE step from t = ts[i] to s = ts[i + 1] given fresh noise z (None: the mean
+    step). Its SDE coefficients depend on the grid alone: they are computed once per solve,
+    vectorised over the grid in x's dtype (`coefficients`), so a step is the model's call and
+    a few tensor operations on the state. The grid's times reach the model as rows of one
+    tensor (`TimeRows`), not as a tensor made per step."""
 
-    def grid_times(self, i: int, x: Tensor) -> tuple[float, float, Tensor, Tensor]:
-        """t = ts[i] and s = ts[i + 1], as floats and as (B,) tensors for x."""
+    def times(self, i: int, x: Tensor) -> Tensor:
+        """t = ts[i] as a (B,) tensor for x."""
         rows = getattr(self, "_rows", None)
         if rows is None:
             rows = self._rows = TimeRows(self.ts.tolist())
-        return rows.times[i], rows.times[i + 1], rows(i, x), rows(i + 1, x)
+        return rows(i, x)
 
-    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, X0]:
         z = randn_like(x, self.generator) if self.adds_noise(i) else None
-        t, s, tb, sb = self.grid_times(i, x)
-        return self.predict(x, t, s, z, tb=tb, sb=sb)
+        return self.move(i, x, z)
+
+    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
+        """x at ts[i + 1] from x (B, *D) at ts[i] with noise z (None: the mean step), and the
+        x0 estimate at (x, ts[i])."""
+        raise NotImplementedError
 
     def predict(
         self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
-    ) -> tuple[Tensor, Tensor]:
-        """x at s, and the x0 estimate at (x, t); tb, sb: t and s as (B,) tensors for x, when
-        the caller has them."""
-        raise NotImplementedError
+    ) -> tuple[Tensor, X0]:
+        """`move` over the grid's step from t to s (tb, sb: unused, kept for old callers)."""
+        times = self.ts.tolist()
+        for i in range(self.n):
+            if (times[i], times[i + 1]) == (t, s):
+                return self.move(i, x, z)
+        raise ValueError(f"({t!r}, {s!r}) is not a step of this method's grid")
+
+
+def _step_sizes(t: Tensor, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """dt = s - t of each step (< 0) and sqrt(-dt), as Python computes them from the float64
+    grid, in t's dtype; (n,) each."""
+    grid = ts.tolist()
+    dt = [s - u for u, s in zip(grid[:-1], grid[1:])]
+    root = [(-d) ** 0.5 for d in dt]
+    as_t = lambda v: torch.tensor(v, dtype=torch.float64).to(t.dtype)  # noqa: E731
+    return as_t(dt), as_t(root)
 
 
 class EulerMaruyama(_Predictor):
     """Euler-Maruyama on the reverse SDE; one evaluation per step."""
 
-    def predict(
-        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
-    ) -> tuple[Tensor, Tensor]:
-        tb, dt = batch_t(t, x) if tb is None else tb, s - t
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        sde = self.sde
+        dt, root = _step_sizes(t, self.ts)
+        f = sde.f(t)
+        # f = 0 (VE, EDM): the drift f x adds nothing, and is skipped
+        self.f_zero = not bool((f != 0).any())
+        return {"f": f, "g2": sde.g2(t), "dt": dt, "noise": sde.diffusion(t)[:-1] * root}
+
+    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
+        c, tb = self.coefs(x), self.times(i, x)
         score = self.model.score(x, tb)
-        drift = self.sde.drift(x, tb) - _coef(self.sde.g2(tb), x) * score
-        x_s = x + drift * dt
+        # x + (f x - g^2 score) dt + g sqrt(-dt) z
+        if self.f_zero:
+            x_s = x - c["g2"][i] * score * c["dt"][i]
+        else:
+            x_s = x + (c["f"][i] * x - c["g2"][i] * score) * c["dt"][i]
         if z is not None:
-            x_s = x_s + _coef(self.sde.diffusion(tb), x) * (-dt) ** 0.5 * z
+            x_s = x_s + c["noise"][i] * z
         return x_s, score_to_x0(self.sde, score, x, tb)
+
+
+def _transitions(sde, t: Tensor) -> tuple[Tensor, Tensor]:
+    """a = alpha(t_i)/alpha(t_{i+1}) and the std G of each step's forward transition; (n,)."""
+    return sde.transition(t[1:], t[:-1])
 
 
 class ReverseDiffusion(_Predictor):
@@ -73,15 +107,17 @@ class ReverseDiffusion(_Predictor):
     One evaluation per step.
     """
 
-    def predict(
-        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
-    ) -> tuple[Tensor, Tensor]:
-        tb = batch_t(t, x) if tb is None else tb
-        a, G = self.sde.transition(batch_t(s, x) if sb is None else sb, tb)
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        a, G = _transitions(self.sde, t)
+        self.unit = not bool((a != 1).any())  # (2 - 1) x is x exactly: skipped
+        return {"two_minus_a": 2 - a, "G2": G**2, "G": G}
+
+    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
+        c, tb = self.coefs(x), self.times(i, x)
         score = self.model.score(x, tb)
-        x_s = (2 - _coef(a, x)) * x + _coef(G**2, x) * score
+        x_s = (x if self.unit else c["two_minus_a"][i] * x) + c["G2"][i] * score
         if z is not None:
-            x_s = x_s + _coef(G, x) * z
+            x_s = x_s + c["G"][i] * z
         return x_s, score_to_x0(self.sde, score, x, tb)
 
 
@@ -107,23 +143,26 @@ class Ancestral(_Predictor):
             check_choice("variance", variance, VARIANCES)
             self._variance_fn = _learned_variance(model) if variance == "learned" else None
 
-    def predict(
-        self, x: Tensor, t: float, s: float, z: Tensor | None, *, tb=None, sb=None
-    ) -> tuple[Tensor, Tensor]:
-        tb = batch_t(t, x) if tb is None else tb
-        sb = batch_t(s, x) if sb is None else sb
-        a, G = self.sde.transition(sb, tb)
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        a, G = _transitions(self.sde, t)
+        self.unit = not bool((a != 1).any())  # x / 1 is x exactly: skipped
+        sigma = self.sde.sigma(t)
+        posterior = G * sigma[1:] / sigma[:-1]
+        return {"a": a, "G2": G**2, "std": posterior if self.variance == "posterior" else G}
+
+    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
+        c, tb = self.coefs(x), self.times(i, x)
         score = self.model.score(x, tb)
-        x_s = (x + _coef(G**2, x) * score) / _coef(a, x)
+        x_s = x + c["G2"][i] * score
+        if not self.unit:
+            x_s = x_s / c["a"][i]
         if z is not None:
             if self._variance_fn is not None:
-                var = self._variance_fn(x, tb, sb)
+                var = self._variance_fn(x, tb, self.times(i + 1, x))
                 std = (var if var.ndim == x.ndim else _coef(var, x)).clamp_min(0).sqrt()
-            elif self.variance == "posterior":
-                std = _coef(G * self.sde.sigma(sb) / self.sde.sigma(tb), x)
+                x_s = x_s + std.to(x.dtype) * z
             else:
-                std = _coef(G, x)
-            x_s = x_s + std.to(x.dtype) * z
+                x_s = x_s + c["std"][i] * z
         return x_s, score_to_x0(self.sde, score, x, tb)
 
 
@@ -144,6 +183,18 @@ def _learned_variance(model) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     return fn
 
 
+def _langevin_update(x: Tensor, grad: Tensor, z: Tensor, two_a2, snr) -> Tensor:
+    """x + e grad + sqrt(2 e) z with e = 2 a^2 (snr ||z|| / ||grad||)^2 (two_a2 = 2 a^2, of
+    shape (B,) or a 0-dim tensor; snr a float or a 0-dim tensor in x's dtype), the norms
+    averaged over the batch."""
+    g_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()
+    z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
+    step = two_a2 * (snr * z_norm / g_norm.clamp_min(1e-12)) ** 2
+    if step.ndim:
+        step = _coef(step, x)
+    return x + step * grad + (step + step).sqrt() * z  # step + step is 2 step exactly
+
+
 def langevin_correct(
     model, sde, x: Tensor, t: float, s: float, z: Tensor, snr: float, *, tb=None, sb=None
 ) -> Tensor:
@@ -156,10 +207,7 @@ def langevin_correct(
     tb = batch_t(t, x) if tb is None else tb
     grad = model.score(x, tb)
     a, _ = sde.transition(batch_t(s, x) if sb is None else sb, tb)
-    g_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()
-    z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
-    step = 2 * a.to(x.dtype) ** 2 * (snr * z_norm / g_norm.clamp_min(1e-12)) ** 2
-    return x + _coef(step, x) * grad + _coef((2 * step).sqrt(), x) * z
+    return _langevin_update(x, grad, z, 2 * a.to(x.dtype) ** 2, snr)
 
 
 PREDICTORS: dict[str, Callable[..., _Predictor]] = {
@@ -187,14 +235,21 @@ class PC(_Predictor):
         self.predictor = PREDICTORS[check_choice("predictor", predictor, PREDICTORS)](
             model, sde, ts, **noise
         )
+        self._rows = self.predictor._rows = TimeRows(ts.tolist())  # one copy of the times
 
-    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        a, _ = _transitions(self.sde, t)
+        # langevin_correct's 2 a^2, and snr in x's dtype
+        return {"two_a2": 2 * a**2, "snr": torch.full_like(a, self.snr)}
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, X0]:
         z = randn_like(x, self.generator) if self.adds_noise(i) else None
-        t, s, tb, sb = self.grid_times(i, x)
-        for _ in range(self.corrector_steps):
-            z_c = randn_like(x, self.generator)
-            x = langevin_correct(self.model, self.sde, x, t, s, z_c, self.snr, tb=tb, sb=sb)
-        return self.predictor.predict(x, t, s, z, tb=tb, sb=sb)
+        if self.corrector_steps:
+            c, tb = self.coefs(x), self.times(i, x)
+            for _ in range(self.corrector_steps):
+                z_c = randn_like(x, self.generator)
+                x = _langevin_update(x, self.model.score(x, tb), z_c, c["two_a2"][i], c["snr"][i])
+        return self.predictor.move(i, x, z)
 
 
 def __getattr__(name: str):
