@@ -125,14 +125,28 @@ def exp_weights(nodes: list[float], h: float, c: float = 1.0) -> list[float]:
 def exp_weights_many(cases: list[tuple[list[float], float, float]]) -> list[list[float]]:
     """`exp_weights(nodes, h, c)` of each case, with one batched solve per number of nodes: a
     method computes all its steps' weights once per solve this way (a solve per step costs
-    more than the step). The batched solve gives each system's weights to the bit."""
-    out: list[list[float]] = [[] for _ in cases]
-    by_size: dict[int, list[int]] = {}
-    for j, (nodes, h, c) in enumerate(cases):
+    more than the step). The batched solve gives each system's weights to the bit, and equal
+    cases (a grid uniform in lambda repeats its steps' nodes) are solved once and share one
+    list of weights."""
+    keys = []
+    unique: dict[tuple, int] = {}
+    for nodes, h, c in cases:
         m = len(nodes)
         if m == 0 or h <= 0 or c <= 0:
             raise ValueError(f"need nodes, h > 0 and c > 0; got {m} nodes, h={h!r}, c={c!r}")
-        by_size.setdefault(m, []).append(j)
+        key = (tuple(nodes), h, c)
+        keys.append(key)
+        unique.setdefault(key, len(unique))
+    solved = _solve_weights(list(unique))
+    return [solved[unique[key]] for key in keys]
+
+
+def _solve_weights(cases: list[tuple[tuple[float, ...], float, float]]) -> list[list[float]]:
+    """`exp_weights_many` of distinct, checked cases."""
+    out: list[list[float]] = [[] for _ in cases]
+    by_size: dict[int, list[int]] = {}
+    for j, (nodes, _, _) in enumerate(cases):
+        by_size.setdefault(len(nodes), []).append(j)
     # I_k(y) does not depend on how many moments are asked for: compute each y's once, as many
     # as its largest case needs (a corrector's case shares y with its predictor's)
     most: dict[float, int] = {}
@@ -160,11 +174,37 @@ def exp_weights_many(cases: list[tuple[list[float], float, float]]) -> list[list
     return out
 
 
-def _combine(terms: list[tuple[float, Tensor]]) -> Tensor:
+def _combine(terms: list[tuple[float | Tensor, Tensor]]) -> Tensor:
     out = terms[0][0] * terms[0][1]
     for w, v in terms[1:]:
         out = out + w * v
     return out
+
+
+def combine(first: Tensor, coefs: list, x0s: list[Tensor]) -> Tensor:
+    """first + sum_j coefs[j] x0s[j], summed in that order: `exp_step`'s sum after its first
+    term (first = its x coefficient times x), for a caller that reuses that term (a predictor
+    and its corrector share it)."""
+    out = first
+    for w, v in zip(coefs, x0s):
+        out = out + w * v
+    return out
+
+
+def step_coefficients(
+    weights: list[float],
+    h: float,
+    sigma_ratio: float,
+    alpha_s: float,
+    sigma_s: float,
+    eta: float = 0.0,
+) -> tuple[list[float], float]:
+    """`exp_step`'s factors: ([x's, then each x0's], the noise z's; 0.0 when eta = 0), as it
+    computes them, so that a method can compute every step's once per solve."""
+    decay = math.exp(-(eta**2) * h)
+    coefs = [sigma_ratio * decay] + [alpha_s * wj for wj in weights]
+    noise = sigma_s * math.sqrt(-math.expm1(-2 * eta**2 * h)) if eta > 0 else 0.0
+    return coefs, noise
 
 
 def exp_step(
@@ -187,10 +227,9 @@ def exp_step(
     z: N(0, I) noise for eta > 0 (None: the mean step); weights: exp_weights(nodes, h,
     1 + eta^2) when the caller computed them already. Returns x (B, *D) at lambda_t + h.
     """
-    c = 1.0 + eta**2
-    w = exp_weights(nodes, h, c) if weights is None else weights
-    decay = math.exp(-(eta**2) * h)
-    x_new = _combine([(sigma_ratio * decay, x)] + [(alpha_s * wj, x0) for wj, x0 in zip(w, x0s)])
+    w = exp_weights(nodes, h, 1.0 + eta**2) if weights is None else weights
+    coefs, noise = step_coefficients(w, h, sigma_ratio, alpha_s, sigma_s, eta)
+    x_new = _combine(list(zip(coefs, [x, *x0s])))
     if eta > 0 and z is not None:
-        x_new = x_new + sigma_s * math.sqrt(-math.expm1(-2 * eta**2 * h)) * z
+        x_new = x_new + noise * z
     return x_new

@@ -29,10 +29,12 @@ from .._utils import check_finite_number, check_int
 from .exp_quadrature import (
     LogSNRSchedule,
     TimeRows,
+    combine,
     exp_step,
     exp_weights,
     exp_weights_many,
     scale,
+    step_coefficients,
 )
 from .grid import GridMethod, randn_like
 
@@ -152,26 +154,39 @@ class DPMpp3M(GridMethod):
             self.w.append(next(weights))
             self.w_corr.append(next(weights) if self.corrector and i < self.n - 1 else None)
 
+    def coefficients(self, t: Tensor) -> dict[str, list[list[float]]]:
+        # each step's factors of x and of the x0s (predictor, corrector) and of the noise
+        p, pred, corr, noise = self.path, [], [], []
+        for i in range(self.n):
+            h = p.lam[i + 1] - p.lam[i]
+            at = (h, p.sigma[i + 1] / p.sigma[i], p.alpha[i + 1], p.sigma[i + 1], self.eta)
+            c, nz = step_coefficients(self.w[i], *at)
+            pred.append(c)
+            noise.append([nz])
+            corr.append([] if self.w_corr[i] is None else step_coefficients(self.w_corr[i], *at)[0])
+        return {"pred": pred, "corr": corr, "noise": noise}
+
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        p, n, k = self.path, self.n, self.k[i]
+        p, n, k, c = self.path, self.n, self.k[i], self.coefs(x)
         if self.x0 is None:
             self.x0 = self.model.denoise(x, p.t_batch(0, x))
         x0 = self.x0
         self.hist_x0 = (self.hist_x0 + [x0])[-self.order :]
-        nodes = self.nodes[i]
-        h = p.lam[i + 1] - p.lam[i]
         z = randn_like(x, self.generator) if self.eta > 0 and self.adds_noise(i) else None
-        ratio, a_s, s_s = p.sigma[i + 1] / p.sigma[i], p.alpha[i + 1], p.sigma[i + 1]
         x0s = self.hist_x0[-k:]
-        x_s = exp_step(x, x0s, nodes, h, ratio, a_s, s_s, self.eta, z, weights=self.w[i])
+        # exp_step with every factor computed once per solve; x's term is shared
+        pred = c["pred"][i]
+        first = pred[0] * x
+        x_s = combine(first, pred[1:], x0s)
+        if z is not None:
+            x_s = x_s + c["noise"][i][0] * z
         if i < n - 1:
             # The next step needs x0 here anyway; a corrector reuses it at no extra cost.
             self.x0 = self.model.denoise(x_s, p.t_batch(i + 1, x))
             if self.corrector:
-                x0s, nodes = x0s + [self.x0], nodes + [h]
-                x_s = exp_step(
-                    x, x0s, nodes, h, ratio, a_s, s_s, self.eta, z, weights=self.w_corr[i]
-                )
+                x_s = combine(first, c["corr"][i][1:], [*x0s, self.x0])
+                if z is not None:
+                    x_s = x_s + c["noise"][i][0] * z
         return x_s, x0
 
 
@@ -220,30 +235,31 @@ class _Singlestep(GridMethod):
         self.t_stage = TimeRows([t for t, _, _ in self.at_stage])
         self.w = exp_weights_many(cases)
 
+    def coefficients(self, t: Tensor) -> dict[str, list[list[float]]]:
+        # exp_step's factors of each stage (x's, then the x0s') and of each final update
+        p, m, stage, final = self.path, len(self.stages), [], []
+        for i in range(self.n):
+            h, sig_t = p.lam[i + 1] - p.lam[i], p.sigma[i]
+            for j, r in enumerate(self.stages):
+                _, a_r, s_r = self.at_stage[m * i + j]
+                w = self.w[(m + 1) * i + j]
+                stage.append(step_coefficients(w, r * h, s_r / sig_t, a_r, s_r)[0])
+            w = self.w[(m + 1) * i + m]
+            ratio = p.sigma[i + 1] / sig_t
+            final.append(step_coefficients(w, h, ratio, p.alpha[i + 1], p.sigma[i + 1])[0])
+        return {"stage": stage, "final": final}
+
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        p, m = self.path, len(self.stages)
-        h = p.lam[i + 1] - p.lam[i]
-        sig_t = p.sigma[i]
+        p, m, c = self.path, len(self.stages), self.coefs(x)
         x0_t = self.model.denoise(x, p.t_batch(i, x))
-        outs, nodes = [x0_t], [0.0]
-        for j, r in enumerate(self.stages):
-            _, a_r, s_r = self.at_stage[m * i + j]
-            w = self.w[(m + 1) * i + j]
-            x_r = exp_step(x, outs[-2:], nodes[-2:], r * h, s_r / sig_t, a_r, s_r, weights=w)
+        outs = [x0_t]
+        for j in range(m):
+            # exp_step through the last two outputs, factors computed once per solve
+            w = c["stage"][m * i + j]
+            x_r = combine(w[0] * x, w[1:], outs[-2:])
             outs.append(self.model.denoise(x_r, self.t_stage(m * i + j, x)))
-            nodes.append(r * h)
-        ratio = p.sigma[i + 1] / sig_t
-        x_s = exp_step(
-            x,
-            [x0_t, outs[-1]],
-            [0.0, nodes[-1]],
-            h,
-            ratio,
-            p.alpha[i + 1],
-            p.sigma[i + 1],
-            weights=self.w[(m + 1) * i + m],
-        )
-        return x_s, x0_t
+        w = c["final"][i]
+        return combine(w[0] * x, w[1:], [x0_t, outs[-1]]), x0_t
 
 
 class DPMpp2S(_Singlestep):

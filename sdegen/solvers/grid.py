@@ -83,6 +83,23 @@ def scalars(values: Tensor) -> list[Tensor]:
     return list(values.unbind())
 
 
+def float_rows(rows: list[list[float]], dtype: torch.dtype) -> list[list[Tensor]]:
+    """Lists of Python floats as lists of 0-dim CPU tensors (`scalars`) for states of `dtype`,
+    made in one conversion, one tensor per distinct value. A Python float multiplying a tensor
+    is rounded to the tensor's dtype, float32 for half precision (torch computes those in
+    float32), and so is each float here: the products are the same to the bit."""
+    # keyed by value, zeros by their text: 0.0 == -0.0, but they multiply differently
+    keys = [[v if v else repr(v) for v in r] for r in rows]
+    index: dict[float | str, int] = {}
+    for r in keys:
+        for k in r:
+            index.setdefault(k, len(index))
+    flat = [float(k) for k in index]
+    work = torch.promote_types(dtype, torch.float32)
+    values = scalars(torch.tensor(flat, dtype=torch.float64).to(work))
+    return [[values[index[k]] for k in r] for r in keys]
+
+
 class GridMethod(ABC):
     """A method on a fixed grid ts (float64, decreasing, shape (n + 1,)): subclasses check their
     options in `__init__` and write `step`.
@@ -104,19 +121,25 @@ class GridMethod(ABC):
         """Whether step i adds fresh noise: every step but an un-denoised last one."""
         return i < self.n - 1 or self.add_noise_last
 
-    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
-        """The method's per-step coefficients on the grid t = ts in x's dtype (n + 1,), each a
-        1-D tensor computed once per solve, vectorised; `coefs` serves them. None by default."""
+    def coefficients(self, t: Tensor) -> dict[str, Tensor | list[list[float]]]:
+        """The method's per-step coefficients on the grid t = ts in x's dtype (n + 1,), computed
+        once per solve: 1-D tensors (vectorised over the grid) or, per step, lists of Python
+        floats; `coefs` serves them. None by default."""
         return {}
 
-    def coefs(self, x: Tensor) -> dict[str, list[Tensor]]:
-        """`coefficients` on the grid in x's dtype, as lists of 0-dim CPU tensors (`scalars`),
-        computed at the first step (again only if x's dtype changes). The grid is a CPU float64
-        tensor: nothing here reads from or waits for a device."""
+    def coefs(self, x: Tensor) -> dict[str, list]:
+        """`coefficients` on the grid in x's dtype, as 0-dim CPU tensors in x's dtype (a list per
+        1-D tensor, `scalars`; a list of lists per list of float lists, `float_rows`), computed
+        at the first step (again only if x's dtype changes). The grid is a CPU float64 tensor:
+        nothing here reads from or waits for a device."""
         cache = getattr(self, "_coefs", None)
         if cache is None or cache[0] != x.dtype:
             values = self.coefficients(self.ts.to(x.dtype))
-            cache = self._coefs = (x.dtype, {k: scalars(v) for k, v in values.items()})
+            tables = {
+                k: scalars(v) if torch.is_tensor(v) else float_rows(v, x.dtype)
+                for k, v in values.items()
+            }
+            cache = self._coefs = (x.dtype, tables)
         return cache[1]
 
     @abstractmethod

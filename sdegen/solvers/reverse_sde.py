@@ -79,7 +79,8 @@ class EulerMaruyama(_Predictor):
         f = sde.f(t)
         # f = 0 (VE, EDM): the drift f x adds nothing, and is skipped
         self.f_zero = not bool((f != 0).any())
-        return {"f": f, "g2": sde.g2(t), "dt": dt, "noise": sde.diffusion(t)[:-1] * root}
+        out = {"g2": sde.g2(t), "dt": dt, "noise": sde.diffusion(t)[:-1] * root}
+        return out if self.f_zero else {**out, "f": f}
 
     def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
         c, tb = self.coefs(x), self.times(i, x)
