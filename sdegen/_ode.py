@@ -4,6 +4,7 @@ time, and the one check of the likelihood-ODE settings (log_likelihood, ScoreSDE
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from torch import Tensor
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
@@ -15,9 +16,9 @@ from .divergence import PROBE_NOISES
 SOLVERS = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
 
 
-def check_method(method: str) -> str:
-    """`method` if torchdiffeq knows it, else ValueError listing the methods it knows."""
-    return check_choice("torchdiffeq method", method, SOLVERS)
+def check_method(method: str, name: str = "torchdiffeq method") -> str:
+    """`method` if torchdiffeq knows it, else ValueError naming `name` and listing the methods."""
+    return check_choice(name, method, SOLVERS)
 
 
 TRACES = ("exact", "hutchinson")
@@ -32,13 +33,16 @@ def check_ode_settings(
     atol: float,
     method: str,
     options: dict | None = None,
+    method_check: Callable[[str], object] | None = None,
 ) -> dict:
     """The settings of a likelihood ODE solve, checked, as a dict of the same names.
 
     trace: one of TRACES; probes: an integer >= 1; noise: one of PROBE_NOISES; rtol, atol:
-    finite and > 0 (returned as floats); method: a torchdiffeq method name (SOLVERS); options:
-    a dict or None. Raises ValueError (TypeError for a non-number tolerance or a non-dict
-    options) naming the setting, the value received and what is accepted.
+    finite and > 0 (returned as floats); method: a torchdiffeq method name (SOLVERS), or, with
+    `method_check`, what it accepts (it returns the checked method, or raises); options: a dict
+    or None.
+    Raises ValueError (TypeError for a non-number tolerance or a non-dict options) naming the
+    setting, the value received and what is accepted.
     """
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict of torchdiffeq options or None, got {options!r}")
@@ -48,7 +52,7 @@ def check_ode_settings(
         noise=check_choice("noise", noise, PROBE_NOISES),
         rtol=check_finite_number("rtol", rtol, positive=True),
         atol=check_finite_number("atol", atol, positive=True),
-        method=check_choice("method", method, SOLVERS),
+        method=check_method(method, "method") if method_check is None else method_check(method),
     )
 
 

@@ -36,12 +36,11 @@ needed more evaluations than in t for the same error (2-D ring, VP and EDM, tol 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .._ode import check_ode_settings
+from .._ode import SOLVERS, check_method, check_ode_settings
 from .._utils import append_dims, check_choice, check_tensor_finite
 from ..divergence import (
     VmapMemo,
@@ -53,6 +52,7 @@ from ..divergence import (
 )
 from ..models.base import check_sde
 from ..models.density import bits_per_dim
+from . import rk
 from .counting import CountingModel
 from .grid import batch_t
 from .pf_ode import integrate, ode_drift
@@ -66,6 +66,29 @@ ANGLE_NEEDS = SDE_NEEDS + ("t_of_half_log_snr",)
 TIMES = ("angle", "t")
 # dtypes an ODE solve with likelihood tolerances can run in
 SOLVE_DTYPES = (torch.float32, torch.float64)
+# sdegen's own adaptive pairs (solvers/rk.py); "dopri5" is the default. Any other torchdiffeq
+# method name goes to torchdiffeq.odeint, and "torchdiffeq:NAME" reaches torchdiffeq's NAME even
+# where sdegen has a pair of that name (torchdiffeq's own dopri5).
+OWN_METHODS = tuple(rk.TABLEAUS)
+TORCHDIFFEQ_PREFIX = "torchdiffeq:"
+# how much each part of the state (y, delta) counts in the own pairs' error norm: the state's
+# error drives both, and the log-density increment, a quadrature along the path, only weakly
+# (measured: benchmarks/likelihood_speed.py; controlling delta alike cost more evaluations for
+# the same error, leaving it out entirely was no better than 0.1)
+ERROR_WEIGHTS = (1.0, 0.1)
+# options an own pair takes (passed to rk.solve)
+RK_OPTIONS = ("h0", "safety", "beta", "fac_min", "fac_max", "max_steps")
+
+
+def resolve_method(method: str) -> tuple[str, str]:
+    """("sdegen", pair) for an own pair, ("torchdiffeq", name) for a torchdiffeq method, a bare
+    name or "torchdiffeq:" + name; ValueError listing the names otherwise."""
+    if isinstance(method, str) and method.startswith(TORCHDIFFEQ_PREFIX):
+        return "torchdiffeq", check_method(method[len(TORCHDIFFEQ_PREFIX) :], "method")
+    if method in OWN_METHODS:
+        return "sdegen", method
+    names = (*SOLVERS, *(m for m in OWN_METHODS if m not in SOLVERS), TORCHDIFFEQ_PREFIX + "NAME")
+    return "torchdiffeq", check_choice("method", method, names)
 
 
 def check_likelihood_x(x) -> None:
@@ -139,8 +162,11 @@ def log_likelihood(
         atol=atol,
         method=method,
         options=options,
+        method_check=resolve_method,
     )
     rtol, atol = cfg["rtol"], cfg["atol"]
+    integrator, method = cfg["method"]
+    rk_options = _rk_options(options) if integrator == "sdegen" else {}
     check_chunk(chunk)
     check_choice("time", time, TIMES)
     check_sde(sde, ANGLE_NEEDS if time == "angle" else SDE_NEEDS)
@@ -152,31 +178,34 @@ def log_likelihood(
 
     memo = VmapMemo()  # what torch.func can do with this model, learned once per solve
 
-    def field_t(t: Tensor, y: Tensor) -> Tensor:
-        return ode_drift(counted, sde, y, batch_t(float(t), y))
-
     if time == "angle":
         (phi0, phiT), (r0, rT) = _angles(sde)
 
-        def field_angle(phi: Tensor, u: Tensor) -> Tensor:
+        def field(phi: float, u: Tensor) -> Tensor:
             # (2): du/dphi = -tan(phi) (u + r score(r u, t)), with t, alpha, sigma at t(phi)
-            lam = torch.tensor(-math.log(math.tan(float(phi))), dtype=torch.float64)
-            tb = batch_t(float(sde.t_of_half_log_snr(lam)), u)
+            lam = torch.tensor(-math.log(math.tan(phi)), dtype=torch.float64)
+            tb = batch_t(float(sde.t_of_half_log_snr(lam)), u)  # a CPU tensor: no device sync
             a, sg = append_dims(sde.alpha(tb), u.ndim), append_dims(sde.sigma(tb), u.ndim)
             r = torch.sqrt(a * a + sg * sg)
             return -(sg / a) * (u + r * counted.score(r * u, tb))
 
-        field: Callable[[Tensor, Tensor], Tensor] = field_angle
         ends: tuple[float, float] = (phi0, phiT)
         bounds: tuple[float, float] | None = ends
         y0 = x / r0
+        # a step predicted from the ODE's scale: for unit-scale data u and F are O(1) on an
+        # interval of ~pi/2, so a 5th-order step meets the tolerance near h = tol^(1/5)
+        rk_options.setdefault("h0", ((rtol + atol) / 2) ** 0.2)
     else:
-        field, ends, bounds, y0 = field_t, (sde.t_min, sde.T), None, x
 
-    def func(s: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        def field(t: float, u: Tensor) -> Tensor:
+            return ode_drift(counted, sde, u, batch_t(t, u))
+
+        ends, bounds, y0 = (sde.t_min, sde.T), None, x
+
+    def func(s: float, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         y = state[0] if differentiable else state[0].detach()
         v, div = divergence(
-            lambda u: field(s.detach(), u),
+            lambda u: field(s, u),
             y,
             trace=trace,
             probes=eps,
@@ -189,22 +218,34 @@ def log_likelihood(
             v, div = v.detach(), div.detach()
         return v, div
 
-    ts = torch.tensor(ends, dtype=x.dtype, device=x.device)
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     grad_ctx = torch.enable_grad() if differentiable else torch.no_grad()
     with grad_ctx:
-        ys, deltas = integrate(
-            func,
-            (y0, delta0),
-            ts,
-            sde,
-            rtol=rtol,
-            atol=atol,
-            method=method,
-            options=options,
-            bounds=bounds,
-        )
-    z, delta = ys[-1], deltas[-1]
+        if integrator == "sdegen":
+            (z, delta), _ = rk.solve(
+                func,
+                (y0, delta0),
+                ends[0],
+                ends[1],
+                rtol=rtol,
+                atol=atol,
+                method=method,
+                weights=ERROR_WEIGHTS,
+                **rk_options,
+            )
+        else:  # torchdiffeq hands the time over as a 0-dim tensor (read back: a host sync)
+            ys, deltas = integrate(
+                lambda s, state: func(float(s), state),
+                (y0, delta0),
+                torch.tensor(ends, dtype=x.dtype, device=x.device),
+                sde,
+                rtol=rtol,
+                atol=atol,
+                method=method,
+                options=options,
+                bounds=bounds,
+            )
+            z, delta = ys[-1], deltas[-1]
     if time == "angle":  # back to x = r u: the Jacobian of the change of variable, D log(r_T/r_0)
         z = z * rT
         delta = delta + dim * math.log(rT / r0)
@@ -218,6 +259,20 @@ def log_likelihood(
         nfe_backward=vjp_count[0],
         trace=trace,
     )
+
+
+def _rk_options(options: dict | None) -> dict:
+    """The options of an own pair (keywords of rk.solve: RK_OPTIONS) as a new dict; ValueError
+    naming an unknown one."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(RK_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"options {unknown} are not options of sdegen's own ODE pairs (method in "
+            f"{', '.join(OWN_METHODS)}); expected some of: {', '.join(RK_OPTIONS)} (torchdiffeq's "
+            f"options go with method='{TORCHDIFFEQ_PREFIX}NAME')"
+        )
+    return options
 
 
 def _angles(sde) -> tuple[tuple[float, float], tuple[float, float]]:
