@@ -13,10 +13,16 @@ those ratios, with their interquartile range as the spread.
 
 Every method of `METHODS` with a `step` (a fixed grid) is measured. Where k-diffusion has the
 same update ("same"), its sampler runs on sdegen's own grid for that method and budget followed
-by sigma = 0. Where it has none ("stand-in"), the comparison is per evaluation against
-k-diffusion's first-order sampler of the same kind on a Karras grid with as many calls:
-`sample_euler` for deterministic methods, `sample_euler_ancestral` for those that draw noise at
-every step (so both sides pay for a noise draw).
+by sigma = 0. Where it has none ("stand-in"), the comparison is per evaluation against the
+k-diffusion sampler doing the same kind of work per call, on a Karras grid with as many calls:
+`sample_euler_ancestral` for the reverse-SDE methods (one call, one noise draw and a linear
+update per step), `sample_dpmpp_2m` for the multistep exponential integrators (unipc, deis: one
+call per step and weights from the log-SNR grid combining the current output with earlier
+ones), `sample_dpmpp_2s_ancestral` (eta = 0) for the singlestep one (dpmpp_3s: stages at
+intermediate log-SNR levels) and `sample_heun` for rk4 (a multi-stage Runge-Kutta step). Every
+stand-in row also reports the ratio against k-diffusion's first-order sampler of the same kind
+(`sample_euler`, or `sample_euler_ancestral` where noise is drawn every step), the stand-in of
+earlier versions, measured in the same alternating runs.
 
     python benchmarks/overhead.py                 # ~1 minute on one core
 """
@@ -38,21 +44,25 @@ from sdegen.solvers.schedules import get_schedule
 # sdegen method -> (k-diffusion sampler, its keyword arguments, "same" update or "stand-in")
 _EULER = ("sample_euler", {}, "stand-in")
 _EULER_ANCESTRAL = ("sample_euler_ancestral", {}, "stand-in")
+_MULTISTEP = ("sample_dpmpp_2m", {}, "stand-in")
+_SINGLESTEP = ("sample_dpmpp_2s_ancestral", {"eta": 0.0}, "stand-in")
+# evaluations per step of the k-diffusion samplers used as stand-ins (the step to 0 makes one)
+STAGES = {"sample_heun": 2, "sample_dpmpp_2s_ancestral": 2}
 PAIRS: dict[str, tuple[str, dict, str]] = {
     "euler_maruyama": _EULER_ANCESTRAL,
     "reverse_diffusion": _EULER_ANCESTRAL,
     "ancestral": ("sample_euler_ancestral", {}, "same"),  # DDPM's ancestral step on VP
     "pc": _EULER_ANCESTRAL,
     "euler": ("sample_euler", {}, "same"),  # Euler in t = Euler in sigma on EDM
-    "rk4": _EULER,
+    "rk4": ("sample_heun", {}, "stand-in"),
     "heun": ("sample_heun", {}, "same"),
     "ddim": ("sample_euler", {}, "same"),
     "dpmpp_2m": ("sample_dpmpp_2m", {}, "same"),
     "dpmpp_3m": ("sample_dpmpp_3m_sde", {"eta": 0.0}, "same"),
     "dpmpp_sde": ("sample_dpmpp_2m_sde", {"eta": 1.0}, "same"),
-    "unipc": _EULER,
+    "unipc": _MULTISTEP,
     "dpmpp_2s": ("sample_dpmpp_2s_ancestral", {"eta": 0.0}, "same"),
-    "dpmpp_3s": _EULER,
+    "dpmpp_3s": _SINGLESTEP,
     "edm_sde": (
         "sample_heun",
         {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003},
@@ -66,7 +76,13 @@ PAIRS: dict[str, tuple[str, dict, str]] = {
     "dpm_2_ancestral": ("sample_dpm_2_ancestral", {}, "same"),
     "dpmpp_2s_ancestral": ("sample_dpmpp_2s_ancestral", {}, "same"),
     "lms": ("sample_lms", {}, "same"),
-    "deis": _EULER,
+    "deis": _MULTISTEP,
+}
+# the first-order stand-in of every stand-in row, also measured (noise drawn every step or not)
+FIRST_ORDER = {
+    m: ("sample_euler_ancestral" if PAIRS[m] == _EULER_ANCESTRAL else "sample_euler")
+    for m, (_, _, kind) in PAIRS.items()
+    if kind == "stand-in"
 }
 
 
@@ -119,10 +135,12 @@ def measure(ks, nfe: int, repeats: int, seed: int, methods: list[str]) -> list[d
             # k-diffusion steps on sdegen's own grid for this method and budget, then to 0
             levels = run.ts
         else:
-            # a first-order stand-in making as many calls, on a Karras grid (1 call per level)
-            levels = get_schedule(sde, "karras", run.nfe - 1)
+            # a stand-in making as many calls (within one), on a Karras grid
+            levels = get_schedule(sde, "karras", (run.nfe - 1) // STAGES.get(k_name, 1))
         sigmas = torch.cat([levels.to(torch.float32), torch.zeros(1)])
-        ours, theirs, calls = [], [], (0, 0)
+        first = FIRST_ORDER.get(method)
+        first_sigmas = torch.cat([get_schedule(sde, "karras", run.nfe - 1).float(), torch.zeros(1)])
+        ours, theirs, firsts, calls = [], [], [], (0, 0)
         _sdegen_run(method, sde, nfe, seed)  # warm-up of both paths
         _k_run(ks, k_name, k_kwargs, sigmas, seed)
         for r in range(repeats):
@@ -131,10 +149,21 @@ def measure(ks, nfe: int, repeats: int, seed: int, methods: list[str]) -> list[d
             ours.append(t_ours / n_ours)
             theirs.append(t_theirs / n_theirs)
             calls = (n_ours, n_theirs)
+            if first is not None:
+                t_first, n_first = _k_run(ks, first, {}, first_sigmas, seed + r)
+                firsts.append(t_first / n_first)
         a, b = statistics.median(ours), statistics.median(theirs)
         # each run beside the other library's next one: their ratio cancels slow load drift
         paired = [o / t for o, t in zip(ours, theirs)]
         ratio, (q1, q3) = statistics.median(paired), _quartiles(paired)
+        extra = {}
+        if first is not None:
+            first_paired = [o / t for o, t in zip(ours, firsts)]
+            extra = {
+                "first_order": first,
+                "ratio_first_order": statistics.median(first_paired),
+                "ratio_first_order_iqr": list(_quartiles(first_paired)),
+            }
         records.append(
             {
                 "method": method,
@@ -149,6 +178,7 @@ def measure(ks, nfe: int, repeats: int, seed: int, methods: list[str]) -> list[d
                 "iqr_k_diffusion": [1e6 * v for v in _quartiles(theirs)],
                 "ratio": ratio,
                 "ratio_iqr": [q1, q3],
+                **extra,
             }
         )
         print(
@@ -172,23 +202,34 @@ def markdown(records: list[dict], meta: dict) -> str:
         "k-diffusion (each sdegen run paired with the k-diffusion run after it). "
         "\"same\": k-diffusion's sampler of the same update on sdegen's grid "
         'for the method, then sigma = 0; "stand-in": k-diffusion has no such sampler, so '
-        "the time per call is compared with its euler (deterministic methods) or "
-        "euler_ancestral (methods drawing noise every step) making as many calls on a Karras "
-        f"grid. Largest ratio: {worst['method']} {worst['ratio']:.2f}. Measured on a shared "
+        "the time per call is compared with its sampler doing the same kind of work per call, "
+        "making as many calls (within one) on a Karras grid: euler_ancestral for the "
+        "reverse-SDE methods (a call, a noise draw, a linear update), dpmpp_2m for the "
+        "multistep exponential integrators (unipc, deis: grid weights combining the current "
+        "output with earlier ones), dpmpp_2s_ancestral (eta 0) for the singlestep dpmpp_3s, "
+        "heun for rk4 (a multi-stage Runge-Kutta step). The last column compares stand-in rows "
+        "with k-diffusion's first-order euler (euler_ancestral where noise is drawn every "
+        "step), the stand-in of earlier versions, in the same alternating runs. Largest ratio: "
+        f"{worst['method']} {worst['ratio']:.2f}. Measured on a shared "
         "2-core machine: other processes add noise, which the IQR shows.",
         "",
-        "| sdegen | k-diffusion | kind | calls | us/call sdegen | us/call k-diffusion | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| sdegen | k-diffusion | kind | calls | us/call sdegen | us/call k-diffusion | ratio "
+        "| ratio vs first-order |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         opts = ", ".join(f"{k}={v}" for k, v in r["k_diffusion_options"].items())
         name = r["k_diffusion"] + (f"({opts})" if opts else "")
         (a1, a3), (b1, b3), (q1, q3) = r["iqr_sdegen"], r["iqr_k_diffusion"], r["ratio_iqr"]
+        first = ""
+        if "ratio_first_order" in r:
+            f1, f3 = r["ratio_first_order_iqr"]
+            first = f"{r['ratio_first_order']:.2f} ({f1:.2f}-{f3:.2f}, {r['first_order']})"
         lines.append(
             f"| {r['method']} | {name} | {r['analogue']} | {r['calls_sdegen']} / "
             f"{r['calls_k_diffusion']} | {r['us_per_call_sdegen']:.0f} ({a1:.0f}-{a3:.0f}) | "
             f"{r['us_per_call_k_diffusion']:.0f} ({b1:.0f}-{b3:.0f}) | {r['ratio']:.2f} "
-            f"({q1:.2f}-{q3:.2f}) |"
+            f"({q1:.2f}-{q3:.2f}) | {first} |"
         )
     return "\n".join(lines) + "\n"
 

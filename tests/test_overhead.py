@@ -193,3 +193,153 @@ def test_x0_only_is_the_x0_of_x0_eps(sde_cls):
     # the adapter's D really sees x / alpha and sigma / alpha
     want = denoiser(x / sde.alpha(t)[:, None], sde.sigma(t) / sde.alpha(t))
     torch.testing.assert_close(KDiffusionModel(denoiser, sde).denoise(x, t), want, rtol=0, atol=0)
+
+
+# ---- once-per-solve coefficients and deferred x0 estimates (issue 13, item 3, second pass) ----
+
+
+def test_score_to_x0_is_deferred_and_tweedie_when_read():
+    from sdegen.solvers.grid import Deferred, Recorder, score_to_x0
+
+    sde = VPSDE()
+    g = torch.Generator().manual_seed(5)
+    x, score = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
+    t = torch.full((3,), 0.4, dtype=torch.float64)
+    d = score_to_x0(sde, score, x, t)
+    assert isinstance(d, Deferred)
+    a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+    torch.testing.assert_close(d(), (x + s**2 * score) / a, rtol=1e-14, atol=0)
+
+    def boom():
+        raise AssertionError("computed without a callback")
+
+    Recorder(x, None, trajectory=True, callback=None)(x, Deferred(boom))  # never read
+    seen = []
+    Recorder(x, None, trajectory=False, callback=seen.append)(x, Deferred(lambda: 2 * x))
+    assert torch.equal(seen[0]["denoised"], 2 * x)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "reverse_diffusion", "ancestral"])
+def test_callback_denoised_is_tweedie_at_the_step_start(method):
+    # the estimate the callback reads is (x + sigma^2 score) / alpha at the state and time where
+    # each step starts, computed here independently from the model's score
+    sde = VPSDE()
+    model = mixture(sde)
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    seen = []
+    res = sdegen.sample(
+        model, sde, (4, 2), method=method, steps=5, noise=noise, return_trajectory=True,
+        generator=torch.Generator().manual_seed(0), callback=seen.append,
+    )  # fmt: skip
+    assert len(seen) == 5
+    for info in seen:
+        i = info["i"]
+        x, t = res.trajectory[i], torch.full((4,), float(res.ts[i]), dtype=torch.float64)
+        a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
+        want = (x + s**2 * model.score(x, t)) / a
+        torch.testing.assert_close(info["denoised"], want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_float_rows_multiply_as_python_floats(dtype):
+    from sdegen.solvers.grid import float_rows
+
+    g = torch.Generator().manual_seed(1)
+    rows = [[0.1, -0.0, 0.0, 1e-30], [3.7, 0.1, math.pi], [], [2.0 / 3.0]]
+    tables = float_rows(rows, dtype)
+    x = torch.randn(5, 3, generator=g).to(dtype)
+    for row, table in zip(rows, tables):
+        assert len(row) == len(table)
+        for v, c in zip(row, table):
+            assert c.ndim == 0 and c.device.type == "cpu" and (c * x).dtype == dtype
+            if dtype in (torch.float32, torch.float64):
+                assert torch.equal(c * x, v * x)
+            else:  # half precision: rounding-level only (torch's scalar path differs)
+                torch.testing.assert_close(c * x, v * x, rtol=1e-2, atol=1e-30)
+            assert math.copysign(1.0, float(c)) == math.copysign(1.0, v)  # -0.0 kept apart
+    assert tables[0][0] is tables[1][1]  # one tensor per distinct value
+
+
+@pytest.mark.parametrize("sde_cls", [VPSDE, VESDE, EDMSDE])
+def test_reverse_sde_coefficients_are_the_per_step_sde_values(sde_cls):
+    from sdegen.solvers.reverse_sde import Ancestral, EulerMaruyama
+
+    sde = sde_cls()
+    ts = sdegen.solvers.schedules.get_schedule(sde, "karras", 6)
+    for dtype in (torch.float64, torch.float32):
+        x = torch.zeros(3, 2, dtype=dtype)
+        em = EulerMaruyama(None, sde, ts, generator=None, add_noise_last=True)
+        anc = Ancestral(None, sde, ts, variance="posterior", generator=None, add_noise_last=True)
+        c, ca = em.coefs(x), anc.coefs(x)
+        assert em.coefs(x) is c  # once per solve
+        for i in range(len(ts) - 1):
+            t, s = (batch_t(float(ts[j]), x) for j in (i, i + 1))
+            dt = float(ts[i + 1]) - float(ts[i])
+            assert torch.equal(c["g2"][i].expand(3), sde.g2(t))
+            noise = sde.diffusion(t)[:, None] * (-dt) ** 0.5
+            assert torch.equal(c["noise"][i].expand(3, 1), noise)
+            assert torch.equal(c["dt"][i], torch.tensor(dt, dtype=dtype))
+            a, G = sde.transition(s, t)
+            assert torch.equal(ca["G2"][i].expand(3), G**2)
+            assert torch.equal(ca["std"][i].expand(3), G * sde.sigma(s) / sde.sigma(t))
+        assert em.f_zero == (sde_cls is not VPSDE)
+    assert em.coefs(torch.zeros(3, 2, dtype=torch.float64))["g2"][0].dtype == torch.float64
+
+
+def test_predict_is_the_grid_step():
+    from sdegen.solvers.reverse_sde import ReverseDiffusion
+
+    sde = VPSDE()
+    model = mixture(sde)
+    ts = torch.tensor([0.8, 0.5, 0.2], dtype=torch.float64)
+    method = ReverseDiffusion(model, sde, ts, generator=None, add_noise_last=True)
+    x, z = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    assert torch.equal(method.predict(x, 0.5, 0.2, z)[0], method.move(1, x, z)[0])
+    with pytest.raises(ValueError, match="not a step of this method's grid"):
+        method.predict(x, 0.8, 0.2, z)
+
+
+def _lagrange_scalar(nodes, b, weight=None):
+    """lagrange_integrals as a scalar loop (its form before the vectorisation)."""
+    from sdegen.solvers.kdiffusion import _GL_NODES, _GL_WEIGHTS
+
+    half = 0.5 * b
+    us = [half * (1 + g) for g in _GL_NODES]
+    ws = [1.0] * len(us) if weight is None else [weight(u) for u in us]
+    out = []
+    for j, uj in enumerate(nodes):
+        total = 0.0
+        for u, w, wu in zip(us, _GL_WEIGHTS, ws):
+            basis = 1.0
+            for k, uk in enumerate(nodes):
+                if k != j:
+                    basis *= (u - uk) / (uj - uk)
+            total += w * basis * wu
+        out.append(half * total)
+    return out
+
+
+def test_lagrange_integrals_many_is_the_scalar_loop_to_the_bit():
+    from sdegen.solvers.kdiffusion import lagrange_integrals, lagrange_integrals_many
+
+    g = torch.Generator().manual_seed(4)
+    cases = []
+    for _ in range(60):
+        m = int(torch.randint(1, 5, (), generator=g))
+        b = -float(torch.rand((), generator=g)) - 0.05
+        nodes = [0.0] + (torch.rand(m - 1, generator=g).cumsum(0) * 0.7).tolist()
+        s = float(torch.rand((), generator=g)) + 0.5
+        cases.append((nodes, b, None if m % 2 else (lambda u, s=s: s * math.exp(u))))
+    got = lagrange_integrals_many(cases)
+    assert got == [_lagrange_scalar(*case) for case in cases]
+    assert got[0] == lagrange_integrals(*cases[0])
+    # closed forms: the basis sums to 1, so the weights sum to int_0^b w(u) du
+    assert sum(lagrange_integrals([0.0, 0.4, 1.1], -0.8)) == pytest.approx(-0.8, rel=1e-14)
+    got = lagrange_integrals([0.0, 0.3], -0.6, lambda u: 2 * math.exp(u))
+    assert sum(got) == pytest.approx(2 * math.expm1(-0.6), rel=1e-13)
+
+
+def test_equal_weight_systems_are_solved_once():
+    cases = [([0.0, -0.2], 0.3, 1.0), ([-0.5, -0.2, 0.0], 1.7, 2.0), ([0.0, -0.2], 0.3, 1.0)]
+    got = exp_weights_many(cases)
+    assert got[0] is got[2] and got == [exp_weights(*case) for case in cases]

@@ -85,9 +85,10 @@ def scalars(values: Tensor) -> list[Tensor]:
 
 def float_rows(rows: list[list[float]], dtype: torch.dtype) -> list[list[Tensor]]:
     """Lists of Python floats as lists of 0-dim CPU tensors (`scalars`) for states of `dtype`,
-    made in one conversion, one tensor per distinct value. A Python float multiplying a tensor
-    is rounded to the tensor's dtype, float32 for half precision (torch computes those in
-    float32), and so is each float here: the products are the same to the bit."""
+    made in one conversion, one tensor per distinct value. A Python float multiplying a float32
+    or float64 tensor is rounded to the tensor's dtype, and so is each float here: the products
+    are the same to the bit. For half precision the floats are kept in float32 (the products
+    then differ from a Python float's in rounding only)."""
     # keyed by value, zeros by their text: 0.0 == -0.0, but they multiply differently
     keys = [[v if v else repr(v) for v in r] for r in rows]
     index: dict[float | str, int] = {}
