@@ -10,11 +10,15 @@ misses the truth by log prior(z) - log p_T(z) at the endpoint z = x(T); that ter
 (tight solve of the same ODE) and the solver's own "ODE error" reported beside the total.
 
 What each computes:
-  sdegen       log_likelihood(model, sde, x, trace=..., method="dopri5"): by default the ODE of
-               u = x / sqrt(alpha^2 + sigma^2) in the angle phi = arctan(sigma / alpha)
-               (time="angle"); rows "sdegen(t)" integrate x in t (time="t", sdegen's solve
-               before). Prior N(0, prior_std^2). Exact trace (D vector-Jacobian products per
-               evaluation) or Hutchinson with one Rademacher probe.
+  sdegen       log_likelihood(model, sde, x, trace=..., rtol=tol, atol=tol): the default, the
+               ODE of u = x / sqrt(alpha^2 + sigma^2) in the angle phi = arctan(sigma / alpha)
+               (time="angle") with sdegen's own dopri5 (method="dopri5", solvers/rk.py: even
+               landing steps, error norm on the state, a first step from the ODE's scale).
+               Other rows: "sdegen(torchdiffeq)" the same ODE through torchdiffeq's dopri5
+               (method="torchdiffeq:dopri5", sdegen's default before), "sdegen(tsit5)" the own
+               Tsitouras 5(4) pair, "sdegen(t)" the own dopri5 on x in t (time="t"). Prior
+               N(0, prior_std^2). Exact trace (D vector-Jacobian products per evaluation) or
+               Hutchinson with one Rademacher probe.
   k-diffusion  k_diffusion.sampling.log_likelihood(D, x / alpha(t_min), sigma_min, sigma_max):
                ODE in the VE variables x_ve = x / alpha, in sigma = sigma(t)/alpha(t), with a
                Hutchinson trace of one Rademacher probe (drawn from torch's global generator,
@@ -33,7 +37,7 @@ ranges. Both sides' ODE error is the integration error alone (their exact solves
 sdegen's exact trace and both Hutchinson traces are compared with k-diffusion's one measure.
 
     pip install --no-deps k-diffusion==0.1.1.post1    # see benchmarks/peers.py
-    python benchmarks/likelihood_speed.py             # full run (about 6 minutes on one core)
+    python benchmarks/likelihood_speed.py             # full run (about 7 minutes on one core)
     python benchmarks/likelihood_speed.py --n 16 --tols 1e-2 1e-3 --mixtures ring   # smoke run
     python benchmarks/likelihood_speed.py --replot
 """
@@ -59,13 +63,17 @@ peers = harness.sibling(__file__, "peers")
 SETUPS = ("vp", "edm")
 # the default tables (peers.MIXTURES also has the ill-conditioned 16-D ones; --mixtures runs them)
 MIXTURES = ("ring", "gmm16")
-# (row name, log_likelihood's time, trace): the default solve and the solve in t before it
+# (row name, log_likelihood's time, method, trace): the default solve, the same ODE through
+# torchdiffeq (the default before), the Tsitouras pair, and the own pair in t
 SDEGEN_ROWS = (
-    ("sdegen:exact", "angle", "exact"),
-    ("sdegen:hutchinson", "angle", "hutchinson"),
-    ("sdegen(t):exact", "t", "exact"),
-    ("sdegen(t):hutchinson", "t", "hutchinson"),
+    ("sdegen:exact", "angle", "dopri5", "exact"),
+    ("sdegen:hutchinson", "angle", "dopri5", "hutchinson"),
+    ("sdegen(torchdiffeq):exact", "angle", "torchdiffeq:dopri5", "exact"),
+    ("sdegen(torchdiffeq):hutchinson", "angle", "torchdiffeq:dopri5", "hutchinson"),
+    ("sdegen(tsit5):hutchinson", "angle", "tsit5", "hutchinson"),
+    ("sdegen(t):hutchinson", "t", "dopri5", "hutchinson"),
 )
+ROW_NAMES = tuple(name for name, _, _, _ in SDEGEN_ROWS)
 KD = "k-diffusion:hutchinson"
 # the exact model is built on a longer interval than the solve, as torchdiffeq's dopri5 probes
 # and steps past the final sigma before interpolating back to it (k-diffusion does not clamp)
@@ -87,7 +95,15 @@ def _median_time(fn, repeats: int):
 
 
 def run_sdegen(
-    model, sde, x, tol: float, trace: str, seed: int, repeats: int, time_var: str = "angle"
+    model,
+    sde,
+    x,
+    tol: float,
+    trace: str,
+    seed: int,
+    repeats: int,
+    time_var: str = "angle",
+    method: str = "dopri5",
 ) -> dict:
     def once():
         return log_likelihood(
@@ -99,7 +115,7 @@ def run_sdegen(
             noise="rademacher",
             rtol=tol,
             atol=tol,
-            method="dopri5",
+            method=method,
             generator=torch.Generator().manual_seed(seed),
             time=time_var,
         )
@@ -209,21 +225,24 @@ def run(args, ks) -> dict:
                 noise="rademacher",
                 rtol=1e-10,
                 atol=1e-10,
+                method="torchdiffeq:dopri5",  # a reference independent of the own pairs
                 generator=torch.Generator().manual_seed(args.seed),
             ).log_prob
             truth = targets["truth"]
             # (a Rademacher probe gives the same integral in t and in the angle: e^T e = D)
             target = {"k-diffusion:hutchinson": tight + targets["k-diffusion"] - targets["sdegen"]}
             prior = {"k-diffusion:hutchinson": targets["k-diffusion"] - truth}
-            for name, _, trace in SDEGEN_ROWS:
+            for name, _, _, trace in SDEGEN_ROWS:
                 target[name] = targets["sdegen"] if trace == "exact" else tight
                 prior[name] = targets["sdegen"] - truth
             for tol in args.tols:
                 rows = {}
-                for name, time_var, trace in SDEGEN_ROWS:
-                    if time_var not in args.times:
+                for name, time_var, method, trace in SDEGEN_ROWS:
+                    if name not in args.rows:
                         continue
-                    out = run_sdegen(model, sde, x, tol, trace, args.seed, args.repeats, time_var)
+                    out = run_sdegen(
+                        model, sde, x, tol, trace, args.seed, args.repeats, time_var, method
+                    )
                     rows[name] = _row(out, target[name], truth, prior[name])
                 if ks is not None:
                     name = "k-diffusion:hutchinson"
@@ -308,13 +327,24 @@ def equal_error(records: list[dict]) -> list[dict]:
     return out
 
 
+def _wall(meta: dict) -> str:
+    """The run's wall time as "M min S s" (meta["wall_s"]), or "an unrecorded time"."""
+    if "wall_s" not in meta:
+        return "an unrecorded time"
+    m, sec = divmod(round(meta["wall_s"]), 60)
+    return f"{m} min {sec} s"
+
+
 def markdown(result: dict) -> str:
     meta = result["meta"]
     lines = [
         "# PF-ODE log-likelihood: sdegen against k-diffusion (analytic mixture, exact score)",
         "",
-        f"{meta['n']} points from p_t_min per table (seed {meta['seed']}), float64, dopri5 with "
-        f"rtol = atol = tol on both sides; wall time is the median of {meta['repeats']} runs on "
+        f"{meta['n']} points from p_t_min per table (seed {meta['seed']}), float64, rtol = atol "
+        "= tol on both sides (k-diffusion: torchdiffeq's dopri5; sdegen: its own dopri5 unless "
+        "the row says otherwise; sdegen's own pairs hold the state to 0.1 tol, the "
+        "likelihood's TOL_SCALE, so compare them at equal error, not equal tol); wall time is "
+        f"the median of {meta['repeats']} runs on "
         f"{meta['threads']} torch thread(s); NFE counted by one wrapper around the model (a "
         "batch is one evaluation). err = result - exact log p_t_min(x); ODE err = result - what "
         "an exact solve returns with that library's prior and, for Hutchinson, the same probe "
@@ -323,10 +353,11 @@ def markdown(result: dict) -> str:
         "Nats per point. Ratios are sdegen / k-diffusion at the same tol. k-diffusion's trace is "
         "Hutchinson with one Rademacher probe, like sdegen:hutchinson; sdegen:exact has no "
         f"estimator noise. torch {meta['torch']}, sdegen {meta['sdegen']}, k-diffusion "
-        f"{meta['k-diffusion']} ({meta['k_diffusion_import']}). The default run (n = 128, "
-        "tolerances 1e-2 .. 1e-6, 1 repeat, both integration variables) took 6 min 17 s wall "
-        "under nice -n 10 on one thread of a shared, loaded 2-core machine; the exact trace on "
-        "gmm16 (16 VJPs per evaluation) is most of it.",
+        f"{meta['k-diffusion']} ({meta['k_diffusion_import']}). This run (n = {meta['n']}, "
+        f"tolerances {', '.join(f'{t:.0e}' for t in meta['tols'])}, {meta['repeats']} repeat(s), "
+        f"rows {', '.join(meta.get('rows', []))}) took {_wall(meta)} wall under nice -n 10 on one "
+        "thread of a shared, loaded 2-core machine; the exact trace on gmm16 (16 VJPs per "
+        "evaluation) is most of it.",
         "",
     ]
     lines += equal_error_markdown(result.get("equal_error", []))
@@ -363,13 +394,13 @@ def equal_error_markdown(rows: list[dict]) -> list[str]:
         "over the tolerance sweep; the goal is <= 0.5). Geometric mean (min - max) over the error "
         "levels inside both ranges:",
         "",
-        "| mixture | setup | " + " | ".join(name for name, _, _ in SDEGEN_ROWS) + " |",
+        "| mixture | setup | " + " | ".join(ROW_NAMES) + " |",
         "|---|---|" + "---|" * len(SDEGEN_ROWS),
     ]
     keys = list(dict.fromkeys((r["mixture"], r["setup"]) for r in rows))
     for mix, setup in keys:
         cells = []
-        for name, _, _ in SDEGEN_ROWS:
+        for name in ROW_NAMES:
             ratios = [
                 r["nfe_ratio"]
                 for r in rows
@@ -404,8 +435,10 @@ def _error_plot(result: dict, path: Path, x_key: str, xlabel: str) -> None:
     styles = {
         "sdegen:exact": "o-",
         "sdegen:hutchinson": "s-",
-        "sdegen(t):exact": "o:",
-        "sdegen(t):hutchinson": "s:",
+        "sdegen(torchdiffeq):exact": "o:",
+        "sdegen(torchdiffeq):hutchinson": "s:",
+        "sdegen(tsit5):hutchinson": "d-.",
+        "sdegen(t):hutchinson": "x:",
         KD: "^--",
     }
     for ax, (mix, setup) in zip(axes[0], keys):
@@ -443,11 +476,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=128, help="points per table")
     p.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
     p.add_argument(
-        "--times",
+        "--rows",
         nargs="+",
-        default=["angle", "t"],
-        choices=["angle", "t"],
-        help="log_likelihood's integration variables to run (rows sdegen and sdegen(t))",
+        default=list(ROW_NAMES),
+        choices=ROW_NAMES,
+        help="sdegen rows to run (see the module docstring)",
     )
     p.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
     p.add_argument("--mixtures", nargs="+", default=list(MIXTURES), choices=peers.MIXTURES)
@@ -470,13 +503,15 @@ def main(argv: list[str] | None = None) -> None:
         ks, how = peers.load_k_diffusion()
         if ks is None:
             print("k-diffusion is not installed: only sdegen rows (see --help)")
+        start = time.perf_counter()
         result = run(args, ks)
         result["meta"] = {
+            "wall_s": time.perf_counter() - start,
             "n": args.n,
             "seed": args.seed,
             "repeats": args.repeats,
             "tols": args.tols,
-            "times": args.times,
+            "rows": args.rows,
             "torch": torch.__version__,
             "sdegen": sdegen.__version__,
             "sdegen_commit": harness.git_commit(),
