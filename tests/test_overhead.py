@@ -343,3 +343,17 @@ def test_equal_weight_systems_are_solved_once():
     cases = [([0.0, -0.2], 0.3, 1.0), ([-0.5, -0.2, 0.0], 1.7, 2.0), ([0.0, -0.2], 0.3, 1.0)]
     got = exp_weights_many(cases)
     assert got[0] is got[2] and got == [exp_weights(*case) for case in cases]
+
+
+def test_at_lambdas_on_many_levels_is_at_lambda_to_the_bit():
+    # hundreds of levels, computed SCALAR_RUN at a time: every SDE kind, the generic one
+    # (bisection) included, and the VP SDE, whose fully vectorised inverse rounds differently
+    from sdegen.sde import LinearSDE
+
+    flow = LinearSDE(lambda t: 1 - t, lambda t: t, t_min=1e-3, T=1 - 1e-3, prior_std=1.0)
+    g = torch.Generator().manual_seed(6)
+    for sde in (VPSDE(), VESDE(), EDMSDE(), flow):
+        path = LogSNRSchedule(sde, sdegen.solvers.schedules.get_schedule(sde, "karras", 4))
+        lo, hi = sde.half_log_snr_range()
+        lams = (lo + (hi - lo) * torch.rand(40 if sde is flow else 200, generator=g)).tolist()
+        assert path.at_lambdas(lams) == [path.at_lambda(lam) for lam in lams]

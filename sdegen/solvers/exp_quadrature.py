@@ -6,11 +6,17 @@ interpolating polynomial integrated exactly against the exponential kernel.
 from __future__ import annotations
 
 import math
+import platform
 
 import torch
 from torch import Tensor
 
 from ..sde.base import LinearSDE, times_checked
+
+# How many float64 values an elementwise torch kernel takes through its scalar code alone (fewer
+# than twice the SIMD width): 7 on x86 (AVX2, AVX512 and the default build hold >= 4 doubles a
+# vector); elsewhere (NEON holds 2) one at a time.
+SCALAR_RUN = 7 if platform.machine().lower() in ("x86_64", "amd64") else 1
 
 
 class LogSNRSchedule:
@@ -38,9 +44,12 @@ class LogSNRSchedule:
 
     def at_lambdas(self, lams: list[float]) -> list[tuple[float, float, float]]:
         """`at_lambda` of each of `lams`, levels a method derives from the grid (midpoints,
-        stages), computed once per solve: the range is checked once for all of them, then each
-        value is computed alone, exactly as `at_lambda` computes it (a vectorised inverse of a
-        VP SDE rounds some last bits differently)."""
+        stages), computed once per solve: the range is checked once for all of them, then the
+        values are computed exactly as `at_lambda` computes each alone. A vectorised inverse of
+        a VP SDE rounds some last bits differently, because torch's elementwise kernels run
+        SIMD code on a tensor's first 2 V elements and beyond (V: the vector width) and scalar
+        code on one element; a tensor of fewer than 2 V elements takes the scalar code only,
+        so the values are computed `SCALAR_RUN` at a time, to the bit."""
         if not lams:
             return []
         sde = self.sde
@@ -48,13 +57,12 @@ class LogSNRSchedule:
         if not isinstance(sde, LinearSDE):
             return [self.at_lambda(lam) for lam in lams]
         sde.t_of_half_log_snr(lam_all)  # the checks of at_lambda, once
-        out = []
+        out: list[tuple[float, float, float]] = []
         with times_checked():  # alpha and sigma at times just checked
-            for lam in lams:
+            for lam in lam_all.split(SCALAR_RUN):
                 # LinearSDE.t_of_half_log_snr after its checks, to the bit
-                t = sde._t_of_half_log_snr(torch.tensor([lam], dtype=torch.float64))
-                t = t.clamp(sde.t_min, sde.T)
-                out.append((t.item(), sde.alpha(t).item(), sde.sigma(t).item()))
+                t = sde._t_of_half_log_snr(lam.clone()).clamp(sde.t_min, sde.T)
+                out += zip(t.tolist(), sde.alpha(t).tolist(), sde.sigma(t).tolist())
         return out
 
     def t_batch(self, i: int, x: Tensor) -> Tensor:
