@@ -84,9 +84,14 @@ class TimeRows:
 
     def __call__(self, i: int, x: Tensor) -> Tensor:
         rows = self._rows
-        if rows is None or (rows.dtype, rows.device, rows.shape[1]) != (x.dtype, x.device, len(x)):
+        if (
+            rows is None
+            or rows.dtype != x.dtype
+            or rows.shape[1] != x.shape[0]
+            or rows.device != x.device
+        ):
             rows = torch.tensor(self.times, dtype=torch.float64)
-            rows = rows.to(device=x.device, dtype=x.dtype)[:, None].repeat(1, len(x))
+            rows = rows.to(device=x.device, dtype=x.dtype)[:, None].repeat(1, x.shape[0])
             self._rows = rows
         return rows[i]
 

@@ -47,7 +47,8 @@ from torch import Tensor
 
 from .._utils import append_dims, check_finite_number, check_int, check_tensor_finite
 from ..random import rand
-from .grid import GridMethod, batch_t, randn_like, score_to_x0
+from .exp_quadrature import TimeRows
+from .grid import X0, GridMethod, randn_like, score_to_x0
 
 __all__ = ["langevin", "langevin_step", "LangevinResult", "AnnealedLangevin", "EPS_RATIO"]
 
@@ -71,7 +72,12 @@ def langevin_step(x: Tensor, score: Tensor, step_size: Tensor | float, z: Tensor
     """
     h = step_size if not torch.is_tensor(step_size) else append_dims(step_size.to(x.dtype), x.ndim)
     root = math.sqrt(h) if not torch.is_tensor(h) else h.sqrt()
-    return x + 0.5 * h * score + root * z
+    return _update(x, score, 0.5 * h, root, z)
+
+
+def _update(x: Tensor, score: Tensor, half_h, root_h, z: Tensor) -> Tensor:
+    """x + (h/2) score + sqrt(h) z, given h/2 and sqrt(h) (floats or tensors)."""
+    return x + half_h * score + root_h * z
 
 
 @dataclass(frozen=True)
@@ -233,13 +239,24 @@ class AnnealedLangevin(GridMethod):
         # the step of each level, in x_t's units; the rescaling of x between levels
         self.h = (self.eps * sigma**2 / noise_level_L**2).tolist()
         self.scale = (alpha[1:] / alpha[:-1]).tolist()
+        self.t = TimeRows(ts.tolist())
 
-    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        t = batch_t(float(self.ts[i + 1]), x)
-        h = self.h[i + 1]
-        x = x * self.scale[i]  # the same x~ = x/alpha at the new level
+    def coefficients(self, t: Tensor) -> dict[str, list[list[float]]]:
+        # per level, as langevin_step computes them from the float h: h/2, sqrt(h); the rescaling
+        h = self.h[1:]
+        return {
+            "half_h": [[0.5 * v] for v in h],
+            "root_h": [[math.sqrt(v)] for v in h],
+            "scale": [[v] for v in self.scale],
+        }
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, X0]:
+        c, t = self.coefs(x), self.t(i + 1, x)
+        half_h, root_h = c["half_h"][i][0], c["root_h"][i][0]
+        if self.scale[i] != 1.0:  # x * 1 is x exactly (VE, EDM)
+            x = x * c["scale"][i][0]  # the same x~ = x/alpha at the new level
         for _ in range(self.K):
             start = x
             score = self.model.score(x, t)
-            x = langevin_step(x, score, h, randn_like(x, self.generator))
+            x = _update(x, score, half_h, root_h, randn_like(x, self.generator))
         return x, score_to_x0(self.sde, score, start, t)

@@ -184,12 +184,18 @@ def _learned_variance(model) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     return fn
 
 
+def _norms(v: Tensor) -> Tensor:
+    """The Euclidean norm of each example of v (B, *D): (B,) (Tensor.norm's kernel, called
+    directly; a (B, D) state needs no reshape)."""
+    return torch.linalg.vector_norm(v if v.ndim == 2 else v.reshape(v.shape[0], -1), dim=1)
+
+
 def _langevin_update(x: Tensor, grad: Tensor, z: Tensor, two_a2, snr) -> Tensor:
     """x + e grad + sqrt(2 e) z with e = 2 a^2 (snr ||z|| / ||grad||)^2 (two_a2 = 2 a^2, of
     shape (B,) or a 0-dim tensor; snr a float or a 0-dim tensor in x's dtype), the norms
     averaged over the batch."""
-    g_norm = grad.reshape(x.shape[0], -1).norm(dim=1).mean()
-    z_norm = z.reshape(x.shape[0], -1).norm(dim=1).mean()
+    g_norm = _norms(grad).mean()
+    z_norm = _norms(z).mean()
     step = two_a2 * (snr * z_norm / g_norm.clamp_min(1e-12)) ** 2
     if step.ndim:
         step = _coef(step, x)
