@@ -31,16 +31,27 @@ class Heun(GridMethod):
         self.alpha = self.path.alpha
         self.sig = (sde.sigma(ts) / sde.alpha(ts)).tolist()  # sigma~
 
+    def coefficients(self, t: Tensor) -> dict[str, list[list[float]]]:
+        # each step's sigma~, its change, the next sigma~ and half the change (floats in x's dtype)
+        sig = self.sig
+        return {
+            "c": [
+                [sig[i], sig[i + 1] - sig[i], sig[i + 1], (sig[i + 1] - sig[i]) * 0.5]
+                for i in range(self.n)
+            ]
+        }
+
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        alpha, sig = self.alpha, self.sig
+        alpha = self.alpha
+        s, ds, s_next, half_ds = self.coefs(x)["c"][i]
         denoised = self.model.denoise(x, self.path.t_batch(i, x))
         x_cur = x if alpha[i] == 1.0 else x / alpha[i]  # x / 1 is x exactly
-        d_cur = (x_cur - denoised) / sig[i]
-        x_next = x_cur + (sig[i + 1] - sig[i]) * d_cur  # in x~
+        d_cur = (x_cur - denoised) / s
+        x_next = x_cur + ds * d_cur  # in x~
         if i < self.n - 1:
             x0_next = self.model.denoise(scale(alpha[i + 1], x_next), self.path.t_batch(i + 1, x))
-            d_prime = (x_next - x0_next) / sig[i + 1]
-            x_next = x_cur + (sig[i + 1] - sig[i]) * 0.5 * (d_cur + d_prime)
+            d_prime = (x_next - x0_next) / s_next
+            x_next = x_cur + half_ds * (d_cur + d_prime)
         return scale(alpha[i + 1], x_next), denoised
 
 
@@ -93,29 +104,39 @@ class EDMStochastic(GridMethod):
         # round differently from carrying x~ (the results are pinned bit for bit).
         self._x_tilde: tuple[Tensor, Tensor] | None = None
 
+    def coefficients(self, t: Tensor) -> dict[str, list[list[float]]]:
+        # per step: the churn noise's std, sigma_hat, sigma~_{i+1} - sigma_hat, sigma~_{i+1},
+        # half the change (floats in x's dtype)
+        sig, out = self.sig, []
+        for i in range(self.n):
+            hat = self.sigma_hat[i]
+            churn = self.s_noise * math.sqrt(hat**2 - sig[i] ** 2) if i in self.at_hat else 0.0
+            out.append([churn, hat, sig[i + 1] - hat, sig[i + 1], (sig[i + 1] - hat) * 0.5])
+        return {"c": out}
+
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        p, sig = self.path, self.sig
+        p = self.path
         if self._x_tilde is not None and self._x_tilde[0] is x:
             x_cur = self._x_tilde[1]
         else:
             x_cur = x if p.alpha[i] == 1.0 else x / p.alpha[i]  # x / 1 is x exactly
         # Increase the noise level temporarily: sigma_hat = sigma~ (1 + gamma).
-        sigma_hat = self.sigma_hat[i]
+        churn, sigma_hat, ds, s_next, half_ds = self.coefs(x)["c"][i]
         if i in self.at_hat:
             noise = randn_like(x_cur, self.generator)
-            x_hat = x_cur + self.s_noise * math.sqrt(sigma_hat**2 - sig[i] ** 2) * noise
+            x_hat = x_cur + churn * noise
             alpha_hat = self.at_hat[i][1]
         else:
             x_hat, alpha_hat = x_cur, p.alpha[i]
         # Euler step from sigma_hat to sigma~_{i+1}.
         denoised = self.model.denoise(scale(alpha_hat, x_hat), self.t_first(i, x_hat))
         d_cur = (x_hat - denoised) / sigma_hat
-        x_next = x_hat + (sig[i + 1] - sigma_hat) * d_cur
+        x_next = x_hat + ds * d_cur
         if i < self.n - 1:
             # Second-order correction.
             x0_next = self.model.denoise(scale(p.alpha[i + 1], x_next), p.t_batch(i + 1, x_hat))
-            d_prime = (x_next - x0_next) / sig[i + 1]
-            x_next = x_hat + (sig[i + 1] - sigma_hat) * 0.5 * (d_cur + d_prime)
+            d_prime = (x_next - x0_next) / s_next
+            x_next = x_hat + half_ds * (d_cur + d_prime)
         x_out = scale(p.alpha[i + 1], x_next)
         self._x_tilde = (x_out, x_next)
         return x_out, denoised

@@ -121,8 +121,20 @@ class _TwoStage(_SigmaGrid):
         """sigma~ of the second evaluation of a step from s to s_down."""
 
     @abstractmethod
-    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
-        """Step i's two-stage update from sigma s to s_down, given the denoised estimate at s."""
+    def stage_floats(self, i: int) -> list[float]:
+        """The Python floats step i's `stage` multiplies or divides by, computed once per solve
+        (they reach `stage` as 0-dim tensors in x's dtype, the same products to the bit)."""
+
+    @abstractmethod
+    def stage(self, i: int, x: Tensor, denoised: Tensor, c: list[Tensor]) -> Tensor:
+        """Step i's two-stage update from sigma s to s_down, given the denoised estimate at s
+        and the step's `stage_floats` c."""
+
+    def coefficients(self, t: Tensor) -> dict[str, list[list[float]]]:
+        return {
+            "stage": [self.stage_floats(i) for i in range(self.n)],
+            "up": [[s_up] for _, s_up in self.down],
+        }
 
     def second_eval(self, i: int, x_tilde: Tensor) -> tuple[float, Tensor]:
         """(sigma~, D) at step i's second level, for x~ there."""
@@ -130,13 +142,13 @@ class _TwoStage(_SigmaGrid):
         return s2, self.model.denoise(scale(a2, x_tilde), self.second_t(i, x_tilde))
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        alpha, sig = self.path.alpha, self.sig
+        alpha = self.path.alpha
         denoised = self.model.denoise(x, self.path.t_batch(i, x))
         x_cur = x if alpha[i] == 1.0 else x / alpha[i]  # x / 1 is x exactly
-        s_down, s_up = self.down[i]
-        x_next = self.stage(i, x_cur, denoised, sig[i], s_down)
-        if s_up > 0:
-            x_next = x_next + s_up * randn_like(x_next, self.generator)
+        c = self.coefs(x)
+        x_next = self.stage(i, x_cur, denoised, c["stage"][i])
+        if self.down[i][1] > 0:
+            x_next = x_next + c["up"][i][0] * randn_like(x_next, self.generator)
         return scale(alpha[i + 1], x_next), denoised
 
 
@@ -148,12 +160,17 @@ class Heun(_TwoStage):
     def level(self, s: float, s_down: float) -> float:
         return s_down
 
-    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+    def stage_floats(self, i: int) -> list[float]:
+        s, s_down = self.sig[i], self.down[i][0]
+        return [s, s_down - s, self.second[i][0], 0.5]
+
+    def stage(self, i: int, x: Tensor, denoised: Tensor, c: list[Tensor]) -> Tensor:
+        s, ds, s2, half = c  # sigma, sigma_down - sigma, the second level, 1/2
         d = (x - denoised) / s
-        x_2 = x + d * (s_down - s)
-        s2, denoised_2 = self.second_eval(i, x_2)
+        x_2 = x + d * ds
+        _, denoised_2 = self.second_eval(i, x_2)
         d_2 = (x_2 - denoised_2) / s2
-        return x + 0.5 * (d + d_2) * (s_down - s)
+        return x + half * (d + d_2) * ds
 
 
 class DPM2(_TwoStage):
@@ -164,12 +181,16 @@ class DPM2(_TwoStage):
     def level(self, s: float, s_down: float) -> float:
         return math.exp(0.5 * (math.log(s) + math.log(s_down)))
 
-    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+    def stage_floats(self, i: int) -> list[float]:
+        s, s_down, s_mid = self.sig[i], self.down[i][0], self.second[i][0]
+        return [s, s_mid - s, s_mid, s_down - s]
+
+    def stage(self, i: int, x: Tensor, denoised: Tensor, c: list[Tensor]) -> Tensor:
+        s, to_mid, s_mid, ds = c  # sigma, s_mid - sigma, s_mid, sigma_down - sigma
         d = (x - denoised) / s
-        s_mid = self.second[i][0]
-        x_2 = x + d * (s_mid - s)
+        x_2 = x + d * to_mid
         _, denoised_2 = self.second_eval(i, x_2)
-        return x + ((x_2 - denoised_2) / s_mid) * (s_down - s)
+        return x + ((x_2 - denoised_2) / s_mid) * ds
 
 
 class DPM2Ancestral(DPM2):
@@ -192,12 +213,16 @@ class DPMpp2SAncestral(_TwoStage):
         h = math.log(s) - math.log(s_down)  # lambda_next - lambda
         return math.exp(math.log(s) - 0.5 * h)
 
-    def stage(self, i: int, x: Tensor, denoised: Tensor, s: float, s_down: float) -> Tensor:
+    def stage_floats(self, i: int) -> list[float]:
+        s, s_down, s_mid = self.sig[i], self.down[i][0], self.second[i][0]
         h = math.log(s) - math.log(s_down)
-        s_mid = self.second[i][0]
-        x_2 = (s_mid / s) * x - math.expm1(-0.5 * h) * denoised
+        return [s_mid / s, math.expm1(-0.5 * h), s_down / s, math.expm1(-h)]
+
+    def stage(self, i: int, x: Tensor, denoised: Tensor, c: list[Tensor]) -> Tensor:
+        to_mid, e_mid, to_down, e_down = c
+        x_2 = to_mid * x - e_mid * denoised
         _, denoised_2 = self.second_eval(i, x_2)
-        return (s_down / s) * x - math.expm1(-h) * denoised_2
+        return to_down * x - e_down * denoised_2
 
 
 class _SigmaMultistep(_SigmaGrid):
