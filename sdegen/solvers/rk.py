@@ -146,6 +146,28 @@ def _combine(y: State, h: float, coeffs: Sequence[float], ks: list[State]) -> St
     return tuple(out)
 
 
+def step(
+    func: Field,
+    tab: Tableau,
+    t: float,
+    y: State,
+    k1: State,
+    h: float,
+    t_end: float | None = None,
+) -> tuple[State, State, State]:
+    """One step of the pair `tab` from (t, y) with k1 = func(t, y) and signed step h:
+    (y1, the error estimate h sum_i e_i k_i, func(t + h, y1)); len(tab.c) - 1 evaluations.
+    t_end, when given, is the time used for the stages at c = 1 (the interval's end, exactly)."""
+    ks, y_stage = [k1], y
+    for i in range(1, len(tab.c)):
+        ti = t_end if (t_end is not None and tab.c[i] == 1.0) else t + tab.c[i] * h
+        y_stage = _combine(y, h, tab.a[i], ks)
+        ks.append(func(ti, y_stage))
+    # first same as last: the last stage's state is the solution, its slope the next k1
+    err = _combine(tuple(torch.zeros_like(v) for v in y), h, tab.e, ks)
+    return y_stage, err, ks[-1]
+
+
 def error_norm(
     err: State, y0: State, y1: State, rtol: float, atol: float, weights: Sequence[float]
 ) -> float:
@@ -155,6 +177,7 @@ def error_norm(
     for w, e, a, b in zip(weights, err, y0, y1):
         if w == 0:
             continue
+        e, a, b = e.detach(), a.detach(), b.detach()  # step control, never differentiated
         scale = atol + rtol * torch.maximum(a.abs(), b.abs())
         rms = ((e / scale) ** 2).mean().sqrt().to(torch.float64).cpu()
         worst = torch.maximum(worst, w * rms)
@@ -262,18 +285,12 @@ def solve(
         h_step = remaining / n_left
         last = n_left == 1
         hs = direction * h_step
-        ks, y_stage = [k1], y
-        for i in range(1, len(tab.c)):
-            ti = t1 if (last and tab.c[i] == 1.0) else t + tab.c[i] * hs
-            y_stage = _combine(y, hs, tab.a[i], ks)
-            ks.append(f(ti, y_stage))
-        y_new = y_stage  # first same as last: the last stage's state is the solution
-        err = _combine(tuple(torch.zeros_like(v) for v in y), hs, tab.e, ks)
+        y_new, err, k_last = step(f, tab, t, y, k1, hs, t1 if last else None)
         e = error_norm(err, y, y_new, rtol, atol, weights)
         if e <= 1.0:
             t = t1 if last else t + hs
             y = y_new
-            k1 = ks[-1]
+            k1 = k_last
             stats.accepted += 1
             stats.steps.append(h_step)
             fac = safety * max(e, 1e-10) ** (-beta[0]) * err_prev ** beta[1]
@@ -293,4 +310,4 @@ def solve(
     return y, stats
 
 
-__all__ = ["Tableau", "DOPRI5", "TSIT5", "TABLEAUS", "RKStats", "solve", "error_norm"]
+__all__ = ["Tableau", "DOPRI5", "TSIT5", "TABLEAUS", "RKStats", "solve", "step", "error_norm"]

@@ -1,0 +1,180 @@
+"""log_likelihood through sdegen's own Runge-Kutta pairs (the default method="dopri5", and
+"tsit5") against closed forms and against torchdiffeq; the method names and options; the model
+is never called outside [t_min, T]; the NFE and VJP counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sdegen
+from sdegen import GaussianScore
+from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
+from sdegen.solvers.likelihood import OWN_METHODS, TOL_SCALE, resolve_method
+
+from .conftest import mixture
+from .test_likelihood import pushed_forward_prior_log_prob
+
+KINDS = {
+    "vp": lambda: VPSDE(),
+    "subvp": lambda: SubVPSDE(),
+    "ve": lambda: VESDE(sigma_max=30.0),
+    "edm": lambda: EDMSDE(),
+}
+
+
+class Recording:
+    """An exact model that counts its calls and records every time it is called at."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls, self.times = model, 0, []
+
+    def score(self, x, t):
+        self.calls += 1
+        self.times.append(t.detach().clone())
+        return self.model.score(x, t)
+
+    def denoise(self, x, t):
+        return self.model.denoise(x, t)
+
+    def eps(self, x, t):
+        return self.model.eps(x, t)
+
+
+@settings(max_examples=3, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(KINDS)),
+    dim=st.integers(1, 3),
+    seed=st.integers(0, 10_000),
+    method=st.sampled_from(OWN_METHODS),
+)
+def test_own_pairs_match_the_closed_form_and_torchdiffeq(kind, dim, seed, method):
+    # Gaussian data: the flow is affine and log p closed-form (test_likelihood); the same ODE
+    # through torchdiffeq's dopri5 at a tight tolerance is an independent solve of it
+    sde = KINDS[kind]()
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(dim, dim, generator=g)
+    model = GaussianScore(torch.randn(dim, generator=g), A @ A.T / dim + 0.2 * torch.eye(dim), sde)
+    x = model.sample(4, generator=g, dtype=torch.float64)
+    truth = pushed_forward_prior_log_prob(model, sde, x)
+    own = sdegen.log_likelihood(model, sde, x, rtol=1e-6, atol=1e-6, method=method)
+    ref = sdegen.log_likelihood(model, sde, x, rtol=1e-8, atol=1e-8, method="torchdiffeq:dopri5")
+    assert float((own.log_prob - truth).abs().max()) < 1e-5 * dim
+    assert float((own.log_prob - ref.log_prob).abs().max()) < 1e-5 * dim
+    assert float((own.z - ref.z).abs().max()) < 1e-5
+    assert own.nfe_backward == own.nfe * dim
+
+
+@pytest.mark.parametrize(
+    "trace, time", [("exact", "angle"), ("hutchinson", "angle"), ("exact", "t")]
+)
+def test_the_default_agrees_with_torchdiffeq_on_a_mixture_with_either_trace(trace, time):
+    # Hutchinson keeps its meaning: the same probes (same generator) give the same integral;
+    # in t too (there the own pair starts with Hairer's step estimate)
+    sde = VPSDE()
+    model = mixture(sde, dim=3)
+    x = model.sample(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    kw = dict(trace=trace, probes=2, rtol=1e-7, atol=1e-7, time=time)
+    own = sdegen.log_likelihood(model, sde, x, generator=torch.Generator().manual_seed(1), **kw)
+    ref = sdegen.log_likelihood(
+        model, sde, x, generator=torch.Generator().manual_seed(1), method="torchdiffeq:dopri5", **kw
+    )
+    assert float((own.log_prob - ref.log_prob).abs().max()) < 1e-5
+    assert own.nfe_backward == (3 if trace == "exact" else 2) * own.nfe
+
+
+@pytest.mark.parametrize("time", ["angle", "t"])
+def test_the_model_is_called_inside_t_min_to_T_and_every_call_is_counted(time):
+    sde = VPSDE()
+    rec = Recording(mixture(sde, dim=2))
+    x = rec.model.sample(8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = sdegen.log_likelihood(rec, sde, x, rtol=1e-5, atol=1e-5, time=time)
+    ts = torch.cat(rec.times)
+    assert res.nfe == rec.calls > 0
+    # the ends themselves are reached (t(phi) from the half log-SNR: to rounding)
+    assert float(ts.min()) >= sde.t_min * (1 - 1e-9) and float(ts.max()) <= sde.T * (1 + 1e-9)
+    assert float(ts.min()) == pytest.approx(sde.t_min, rel=1e-6)
+    assert float(ts.max()) == pytest.approx(sde.T, rel=1e-6)
+    # one evaluation at the start, six per step (dopri5, first same as last), and for time="t"
+    # Hairer's one probe for the first step
+    assert (res.nfe - 1 - (time == "t")) % 6 == 0
+
+
+def test_tighter_tolerances_give_smaller_errors_and_tol_scale_holds_the_error_near_tol():
+    # the tolerance keeps its meaning: the log-density error at tol is below tol-sized
+    # (TOL_SCALE), and falls as tol falls
+    sde = VPSDE()
+    model = mixture(sde, dim=2)
+    x = model.sample(8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ref = sdegen.log_likelihood(model, sde, x, rtol=1e-8, atol=1e-8, method="torchdiffeq:dopri5")
+    errs, nfes = [], []
+    for tol in (1e-2, 1e-3, 1e-4):
+        res = sdegen.log_likelihood(model, sde, x, rtol=tol, atol=tol)
+        errs.append(float((res.log_prob - ref.log_prob).abs().mean()))
+        nfes.append(res.nfe)
+        assert errs[-1] < 10 * tol
+    assert errs[0] > errs[1] > errs[2] and nfes[0] < nfes[1] < nfes[2]
+    assert 0 < TOL_SCALE <= 1
+
+
+def test_a_first_step_option_reaches_the_integrator():
+    sde = VPSDE()
+    model = mixture(sde, dim=2)
+    x = model.sample(4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    default = sdegen.log_likelihood(model, sde, x, rtol=1e-6, atol=1e-6)
+    tiny = sdegen.log_likelihood(model, sde, x, rtol=1e-6, atol=1e-6, options={"h0": 1e-4})
+    assert tiny.nfe > default.nfe  # a tiny first step costs steps to grow out of
+    assert float((tiny.log_prob - default.log_prob).abs().max()) < 1e-4
+
+
+def test_differentiable_likelihood_through_the_own_pair_matches_autograd_of_the_closed_form():
+    # N(mean, I) data under VP; d log p(x) / d mean through the solve against the closed form
+    # differentiated by autograd
+    sde = VPSDE()
+    mean = torch.tensor([0.3, -0.2], requires_grad=True)
+
+    class Shifted:
+        def score(self, x, t):
+            return -(x - sde.alpha(t)[:, None] * mean)
+
+        def eps(self, x, t):
+            return -sde.sigma(t)[:, None] * self.score(x, t)
+
+        def denoise(self, x, t):
+            return (x + sde.sigma(t)[:, None] ** 2 * self.score(x, t)) / sde.alpha(t)[:, None]
+
+    x = torch.tensor([[1.0, -1.0], [0.5, 0.2]])
+    res = sdegen.log_likelihood(Shifted(), sde, x, differentiable=True, rtol=1e-8, atol=1e-8)
+    (grad,) = torch.autograd.grad(res.log_prob.sum(), mean)
+    mean2 = mean.detach().clone().requires_grad_(True)
+    gs = GaussianScore(mean2, torch.eye(2), sde)
+    (truth_grad,) = torch.autograd.grad(pushed_forward_prior_log_prob(gs, sde, x).sum(), mean2)
+    torch.testing.assert_close(grad, truth_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_method_names_resolve_to_the_own_pairs_or_torchdiffeq():
+    assert resolve_method("dopri5") == ("sdegen", "dopri5")
+    assert resolve_method("tsit5") == ("sdegen", "tsit5")
+    assert resolve_method("torchdiffeq:dopri5") == ("torchdiffeq", "dopri5")
+    assert resolve_method("rk4") == ("torchdiffeq", "rk4")  # a bare torchdiffeq name as before
+    with pytest.raises(ValueError, match="unknown method 'nope'; expected one of: dopri8, .*tsit5"):
+        resolve_method("nope")
+    with pytest.raises(ValueError, match="unknown method 'tsit5'; expected one of: dopri8"):
+        resolve_method("torchdiffeq:tsit5")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(options={"step_size": 0.1}), ValueError, r"options \['step_size'\] are not options"),
+        (dict(options={"h0": -1.0}), ValueError, "h0"),
+        (dict(method="torchdiffeq:nope"), ValueError, "unknown method 'nope'"),
+        (dict(method="tsit5", options={"first_step": 0.1}), ValueError, "torchdiffeq:NAME"),
+    ],
+)
+def test_bad_own_pair_settings_are_refused(kwargs, error, match):
+    sde = VPSDE()
+    with pytest.raises(error, match=match):
+        sdegen.log_likelihood(mixture(sde), sde, torch.zeros(2, 2), **kwargs)
