@@ -29,7 +29,7 @@ same probe signs (sdegen draws them from Generator().manual_seed(seed), k-diffus
 torch.manual_seed(seed), one tensor of the points' shape: the same stream). sdegen exact is what
 sdegen recommends (no estimator noise) and costs D VJPs per evaluation.
 
-Equal tolerance is not equal error, so the tolerance is swept (1e-2 .. 1e-6) and the NFE
+Equal tolerance is not equal error, so the tolerance is swept (1e-1 .. 1e-6) and the NFE
 compared at equal ODE error: on each side, the points (NFE, mean |ODE err|) are made monotone (the
 least error reached at or below each NFE) and log NFE is interpolated linearly in log error;
 the ratio sdegen / k-diffusion is read at error levels (whole and half decades) inside both
@@ -474,7 +474,9 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = harness.parser(__doc__)
     p.add_argument("--n", type=int, default=128, help="points per table")
-    p.add_argument("--tols", type=float, nargs="+", default=[1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
+    # from 1e-1: sdegen's own pairs hold the state to 0.1 tol, so their errors at 1e-2 are
+    # already below k-diffusion's; the loosest tolerance keeps the loose error levels compared
+    p.add_argument("--tols", type=float, nargs="+", default=[1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6])
     p.add_argument(
         "--rows",
         nargs="+",
