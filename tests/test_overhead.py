@@ -198,17 +198,18 @@ def test_x0_only_is_the_x0_of_x0_eps(sde_cls):
 # ---- once-per-solve coefficients and deferred x0 estimates (issue 13, item 3, second pass) ----
 
 
-def test_score_to_x0_is_deferred_and_tweedie_when_read():
-    from sdegen.solvers.grid import Deferred, Recorder, score_to_x0
+def test_deferred_x0_is_tweedie_when_read():
+    from sdegen.solvers.grid import Deferred, Recorder, deferred_x0, score_to_x0
 
     sde = VPSDE()
     g = torch.Generator().manual_seed(5)
     x, score = torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g)
     t = torch.full((3,), 0.4, dtype=torch.float64)
-    d = score_to_x0(sde, score, x, t)
+    d = deferred_x0(sde, score, x, t)
     assert isinstance(d, Deferred)
     a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
     torch.testing.assert_close(d(), (x + s**2 * score) / a, rtol=1e-14, atol=0)
+    assert torch.equal(d(), score_to_x0(sde, score, x, t))
 
     def boom():
         raise AssertionError("computed without a callback")

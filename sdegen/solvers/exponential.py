@@ -163,7 +163,8 @@ class DPMpp3M(GridMethod):
             c, nz = step_coefficients(self.w[i], *at)
             pred.append(c)
             noise.append([nz])
-            corr.append([] if self.w_corr[i] is None else step_coefficients(self.w_corr[i], *at)[0])
+            w_corr = self.w_corr[i]
+            corr.append([] if w_corr is None else step_coefficients(w_corr, *at)[0])
         return {"pred": pred, "corr": corr, "noise": noise}
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -18,7 +18,7 @@ computed only when there is a callback (`Deferred`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,9 +65,14 @@ class Deferred:
         return self.fn(*self.args)
 
 
-def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Deferred:
-    """Tweedie's x0 = (x + sigma^2 score) / alpha at time t (B,), for the callback, deferred:
-    x, score (B, *D); call the result for the (B, *D) estimate (`Deferred`)."""
+def score_to_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """Tweedie's x0 = (x + sigma^2 score) / alpha at time t (B,), for the callback; x, score
+    (B, *D). `deferred_x0` makes it only if the callback reads it."""
+    return _tweedie(sde, score, x, t)
+
+
+def deferred_x0(sde, score: Tensor, x: Tensor, t: Tensor) -> Deferred:
+    """`score_to_x0`, deferred: call the result for the (B, *D) estimate (`Deferred`)."""
     return Deferred(_tweedie, sde, score, x, t)
 
 
@@ -122,7 +127,7 @@ class GridMethod(ABC):
         """Whether step i adds fresh noise: every step but an un-denoised last one."""
         return i < self.n - 1 or self.add_noise_last
 
-    def coefficients(self, t: Tensor) -> dict[str, Tensor | list[list[float]]]:
+    def coefficients(self, t: Tensor) -> Mapping[str, Tensor | list[list[float]]]:
         """The method's per-step coefficients on the grid t = ts in x's dtype (n + 1,), computed
         once per solve: 1-D tensors (vectorised over the grid) or, per step, lists of Python
         floats; `coefs` serves them. None by default."""

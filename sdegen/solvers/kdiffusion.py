@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
@@ -41,7 +42,12 @@ def lagrange_integrals(nodes: list[float], b: float, weight=None) -> list[float]
     return lagrange_integrals_many([(nodes, b, weight)])[0]
 
 
-def lagrange_integrals_many(cases: list[tuple[list[float], float, object]]) -> list[list[float]]:
+Weight = Callable[[float], float] | None
+
+
+def lagrange_integrals_many(
+    cases: Sequence[tuple[list[float], float, Weight]],
+) -> list[list[float]]:
     """`lagrange_integrals(nodes, b, weight)` of each case, vectorised over the cases with the
     same number of nodes (a method computes every step's once per solve this way). Each value
     is the scalar computation's to the bit: the same IEEE operations in the same order, the
@@ -52,7 +58,7 @@ def lagrange_integrals_many(cases: list[tuple[list[float], float, object]]) -> l
         by_size.setdefault(len(nodes), []).append(c)
     gl = np.asarray(_GL_NODES)
     for m, idx in by_size.items():
-        nodes = np.array([cases[c][0] for c in idx], dtype=np.float64)  # (G, m)
+        at = np.array([cases[c][0] for c in idx], dtype=np.float64)  # the nodes, (G, m)
         half = 0.5 * np.array([cases[c][1] for c in idx], dtype=np.float64)  # (G,)
         us = half[:, None] * (1 + gl)[None, :]  # (G, 16)
         ws = np.ones_like(us)
@@ -67,7 +73,7 @@ def lagrange_integrals_many(cases: list[tuple[list[float], float, object]]) -> l
                 basis = np.ones(len(idx))
                 for k in range(m):
                     if k != j:
-                        basis = basis * ((us[:, q] - nodes[:, k]) / (nodes[:, j] - nodes[:, k]))
+                        basis = basis * ((us[:, q] - at[:, k]) / (at[:, j] - at[:, k]))
                 total = total + w * basis * ws[:, q]
             cols.append(half * total)
         for row, c in enumerate(idx):
@@ -245,7 +251,7 @@ class _SigmaMultistep(_SigmaGrid):
         """Step i's factors of its last k slopes, newest first; every step's are computed at
         the first, vectorised (`lagrange_integrals_many`), as the step computed them."""
         if self._coeffs is None:
-            sig, cases = self.sig, []
+            sig, cases = self.sig, list[tuple[list[float], float, Weight]]()
             for j in range(self.n):
                 k = self.current_order(j)
                 if self.log_sigma:

@@ -48,7 +48,7 @@ from torch import Tensor
 from .._utils import append_dims, check_finite_number, check_int, check_tensor_finite
 from ..random import rand
 from .exp_quadrature import TimeRows
-from .grid import X0, GridMethod, randn_like, score_to_x0
+from .grid import X0, GridMethod, deferred_x0, randn_like
 
 __all__ = ["langevin", "langevin_step", "LangevinResult", "AnnealedLangevin", "EPS_RATIO"]
 
@@ -259,4 +259,4 @@ class AnnealedLangevin(GridMethod):
             start = x
             score = self.model.score(x, t)
             x = _update(x, score, half_h, root_h, randn_like(x, self.generator))
-        return x, score_to_x0(self.sde, score, start, t)
+        return x, deferred_x0(self.sde, score, start, t)

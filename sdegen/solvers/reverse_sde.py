@@ -17,7 +17,7 @@ from torch import Tensor
 from .._utils import append_dims, check_choice, check_finite_number
 from .counting import CountingModel
 from .exp_quadrature import TimeRows
-from .grid import X0, GridMethod, Record, batch_t, randn_like, score_to_x0
+from .grid import X0, GridMethod, Record, batch_t, deferred_x0, randn_like
 
 __all__ = ["EulerMaruyama", "ReverseDiffusion", "Ancestral", "PC", "PREDICTORS", "Record"]
 
@@ -92,7 +92,7 @@ class EulerMaruyama(_Predictor):
             x_s = x + (c["f"][i] * x - c["g2"][i] * score) * c["dt"][i]
         if z is not None:
             x_s = x_s + c["noise"][i] * z
-        return x_s, score_to_x0(self.sde, score, x, tb)
+        return x_s, deferred_x0(self.sde, score, x, tb)
 
 
 def _transitions(sde, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,7 +119,7 @@ class ReverseDiffusion(_Predictor):
         x_s = (x if self.unit else c["two_minus_a"][i] * x) + c["G2"][i] * score
         if z is not None:
             x_s = x_s + c["G"][i] * z
-        return x_s, score_to_x0(self.sde, score, x, tb)
+        return x_s, deferred_x0(self.sde, score, x, tb)
 
 
 class Ancestral(_Predictor):
@@ -164,7 +164,7 @@ class Ancestral(_Predictor):
                 x_s = x_s + std.to(x.dtype) * z
             else:
                 x_s = x_s + c["std"][i] * z
-        return x_s, score_to_x0(self.sde, score, x, tb)
+        return x_s, deferred_x0(self.sde, score, x, tb)
 
 
 VARIANCES = ("posterior", "forward", "learned")
