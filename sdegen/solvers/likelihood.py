@@ -206,7 +206,8 @@ def log_likelihood(
     if time == "angle":
         (phi0, phiT), (r0, rT) = _angles(sde)
 
-        def field(phi: float, u: Tensor) -> Tensor:
+        def field(s: float, u: Tensor) -> Tensor:
+            phi = s
             # (2): du/dphi = -tan(phi) (u + r score(r u, t)), with t, alpha, sigma at t(phi)
             lam = torch.tensor(-math.log(math.tan(phi)), dtype=torch.float64)
             tb = batch_t(float(sde.t_of_half_log_snr(lam)), u)  # a CPU tensor: no device sync
@@ -222,12 +223,12 @@ def log_likelihood(
         rk_options.setdefault("h0", min(phiT - phi0, (TOL_SCALE * (rtol + atol) / 2) ** 0.2))
     else:
 
-        def field(t: float, u: Tensor) -> Tensor:
-            return ode_drift(counted, sde, u, batch_t(t, u))
+        def field(s: float, u: Tensor) -> Tensor:
+            return ode_drift(counted, sde, u, batch_t(s, u))
 
         ends, bounds, y0 = (sde.t_min, sde.T), None, x
 
-    def func(s: float, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def func(s: float, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         y = state[0] if differentiable else state[0].detach()
         v, div = divergence(
             lambda u: field(s, u),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -131,7 +131,7 @@ class RKStats:
     accepted: int = 0
     rejected: int = 0
     evaluations: int = 0
-    steps: list[float] | None = None
+    steps: list[float] = field(default_factory=list)
 
 
 def _combine(y: State, h: float, coeffs: Sequence[float], ks: list[State]) -> State:
@@ -257,7 +257,7 @@ def solve(
     if beta is None:
         beta = (1.0 / tab.order, 0.0)
     span = abs(t1 - t0)
-    stats = RKStats(steps=[])
+    stats = RKStats()
 
     def f(t: float, y: State) -> State:
         stats.evaluations += 1
