@@ -4,13 +4,11 @@ One digits score model per run, all with the same U-Net (nfe_fid's), steps, batc
 rate and seed; the runs differ only in the SDE and in the recipe keys (parametrization,
 weighting, time_sampling):
 
-- vp, subvp, ve: the shared recipe (v-prediction, "simple" weighting, t uniform), which is
-  also what `recipe: auto` gives them;
-- edm-shared: the EDM SDE trained by the shared recipe (`recipe: shared`), the configuration
-  behind nfe_fid's FID of about 70;
-- edm: the EDM SDE by `recipe: auto`, i.e. EDM's preconditioning, log-normal noise levels and
-  loss weighting (Karras et al. 2022, Table 1);
-- vp-edm, ve-edm: the EDM recipe on VP / VE (candidates for their auto recipe).
+- vp, subvp, ve, edm: what `recipe: auto` trains on images, EDM's preconditioning, log-normal
+  noise levels and loss weighting (Karras et al. 2022, Table 1) for every SDE;
+- vp-shared, subvp-shared, ve-shared, edm-shared: the shared keys (v-prediction, "simple"
+  weighting, t uniform), what `recipe: auto` gave VP, sub-VP and VE on images before, and the
+  configuration behind nfe_fid's EDM FID of about 70.
 
 Each model draws n samples from one fixed seed per sampler x NFE cell and is scored by the
 digits-FID (features of the digits CNN) against the TEST split (297 images), as nfe_fid does;
@@ -18,8 +16,9 @@ the floor is the FID of n random train images to the test split. Checkpoints are
 outside git (nfe_fid's cache, folder recipe/) and retrained only when missing. The table gives
 each cell's FID and, per sampler x NFE, the ratio max/min FID over the SDEs of one recipe.
 
-    python benchmarks/recipe.py            # 1500 steps, batch 64: ~8 min on one busy core
-    python benchmarks/recipe.py --steps 3000 --batch-size 128 --runs vp ve subvp edm-shared edm
+    python benchmarks/recipe.py            # 1500 steps, batch 64: ~9 min on one busy core
+    python benchmarks/recipe.py --steps 3000 --batch-size 128 --runs vp subvp ve edm \
+        vp-shared subvp-shared ve-shared edm-shared --out benchmarks/results/recipe_3000
 """
 
 from __future__ import annotations
@@ -32,6 +31,8 @@ from pathlib import Path
 import torch
 
 from sdegen.assembly import harness, plots
+from sdegen.assembly.config import SHARED_RECIPE
+from sdegen.assembly.likelihood import evaluate_likelihood
 from sdegen.metrics import (
     digits_features,
     ensure_digits_classifier,
@@ -42,34 +43,20 @@ from sdegen.metrics import (
 
 nfe_fid = harness.sibling(__file__, "nfe_fid")  # network, cached training, sampling
 
-# run name -> config keys besides nfe_fid's digits run (same network, budget, seed)
+# run name -> config keys besides nfe_fid's digits run (same network, budget, seed); the shared
+# runs give the shared keys explicitly, so their configs (and cached checkpoints) are the ones
+# recipe auto resolved to before it gave images EDM's recipe
 RUNS: dict[str, dict] = {
-    "vp": {"sde": "vp"},
-    "subvp": {"sde": "subvp"},
-    "ve": {"sde": "ve"},
+    **{sde: {"sde": sde} for sde in ("vp", "subvp", "ve", "edm")},
+    **{f"{sde}-shared": {"sde": sde, **SHARED_RECIPE} for sde in ("vp", "subvp", "ve")},
     "edm-shared": {"sde": "edm", "recipe": "shared"},
-    "edm": {"sde": "edm"},
-    "vp-edm": {
-        "sde": "vp",
-        "parametrization": "edm",
-        "weighting": "edm",
-        "time_sampling": "lognormal",
-    },
-    "ve-edm": {
-        "sde": "ve",
-        "parametrization": "edm",
-        "weighting": "edm",
-        "time_sampling": "lognormal",
-    },
 }
-# the ratio rows: the runs that train each SDE by one recipe (shared defaults, `recipe: auto`,
-# EDM's recipe for every SDE)
+# the ratio rows: the runs that train each SDE by one recipe
 GROUPS = {
-    "shared": ["vp", "subvp", "ve", "edm-shared"],
     "auto": ["vp", "subvp", "ve", "edm"],
-    "edm recipe": ["vp-edm", "ve-edm", "edm"],
+    "shared": ["vp-shared", "subvp-shared", "ve-shared", "edm-shared"],
 }
-DEFAULT_RUNS = ["vp", "edm-shared", "edm"]
+DEFAULT_RUNS = ["vp", "edm", "vp-shared", "edm-shared"]
 STEPS, BATCH = 1500, 64  # fits ~8 min here (EMA 0.999 needs >= ~1000 steps); README: --steps 3000
 FLOOR_SEED = 7
 
@@ -89,6 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--nfe", type=int, nargs="+", default=[10, 20])
     p.add_argument("--n", type=int, default=500, help="samples per cell")
     p.add_argument("--train-seed", type=int, default=0)
+    p.add_argument(
+        "--bpd",
+        action="store_true",
+        help="also the test split's bits/dim (PF-ODE, Hutchinson, rtol = atol = 1e-4, seed 0)",
+    )
     p.add_argument("--cache", type=Path, help="checkpoint cache (default $SDEGEN_CACHE)")
     p.add_argument("--classifier", type=Path, help="digits classifier file (default: cache)")
     args = harness.parse(
@@ -129,6 +121,12 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = config(run, args.steps, args.batch_size, args.train_seed)
         model, training[run] = nfe_fid.trained_model(cfg, root)
         print(f"{run}: trained {training[run]['train_seconds']:.0f} s", flush=True)
+        if args.bpd:
+            nll = evaluate_likelihood(
+                model, data, test, trace="hutchinson", rtol=1e-4, atol=1e-4, batch=len(test), seed=0
+            )
+            training[run]["bpd"] = {k: nll[k] for k in ("bits_per_dim", "nll_nats_sem", "nfe")}
+            print(f"{run}: {nll['bits_per_dim']:.3f} bits/dim", flush=True)
         for method, budget in harness.cells(args.methods, args.nfe):
             res, secs = nfe_fid.draw(
                 model, model.sde, (args.n, *data.event_shape), method, budget, args.seed
@@ -204,6 +202,7 @@ def markdown(result: dict) -> str:
     meta = result["meta"]
     cells = sorted({(r["method"], r["nfe"]) for r in result["records"]})
     fl = result["noise_floor"]
+    bpd = int(all("bpd" in result["training"][run] for run in meta["runs"]))
     lines = [
         "# Training recipes per SDE: digits-FID at equal compute",
         "",
@@ -216,8 +215,10 @@ def markdown(result: dict) -> str:
         f"train images against the test split, {fl['fid_test']:.2f} +- {fl['fid_test_std']:.2f} "
         f"({fl['sets']} sets).",
         "",
-        "| run | keys | train s | " + " | ".join(f"{m} NFE {n}" for m, n in cells) + " |",
-        "|---|---|---|" + "---|" * len(cells),
+        "| run | keys | train s | "
+        + " | ".join(f"{m} NFE {n}" for m, n in cells)
+        + (" | bits/dim |" if bpd else " |"),
+        "|---|---|---|" + "---|" * (len(cells) + bpd),
     ]
     fids = {(r["run"], r["method"], r["nfe"]): r["fid_test"] for r in result["records"]}
     for run in meta["runs"]:
@@ -225,16 +226,25 @@ def markdown(result: dict) -> str:
         keys = f"{c['parametrization']} / {c['weighting']} / {c['time_sampling']}"
         row = [f"{fids.get((run, m, n), math.nan):.1f}" for m, n in cells]
         secs = result["training"][run].get("train_seconds", math.nan)
+        if bpd:
+            row.append(f"{result['training'][run]['bpd']['bits_per_dim']:.3f}")
         lines.append(f"| {run} | {keys} | {secs:.0f} | " + " | ".join(row) + " |")
     for recipe, cell_ratios in ratios(result).items():
-        row = [f"{cell_ratios.get(cell, math.nan):.2f}" for cell in cells]
+        row = [f"{cell_ratios.get(cell, math.nan):.2f}" for cell in cells] + [""] * bpd
         lines.append(f"| max/min FID, {recipe} | | | " + " | ".join(row) + " |")
     lines += [
         "",
-        "keys: parametrization / weighting / time_sampling. The ratio rows compare the SDEs "
-        "trained by one recipe, over the runs of the table: shared (vp, subvp, ve, edm-shared), "
-        "auto (vp, subvp, ve, edm: what `recipe: auto` trains), edm recipe (vp-edm, ve-edm, "
-        "edm). Goal (issue 13): ratio at most 1.2.",
+        "keys: parametrization / weighting / time_sampling. "
+        + (
+            "bits/dim: the test split's (297 images, uniform dequantization), PF-ODE with "
+            "Hutchinson's trace (one probe), dopri5 at rtol = atol = 1e-4, seed 0. "
+            if bpd
+            else ""
+        )
+        + "The ratio rows compare the SDEs "
+        "trained by one recipe, over those of its runs in the table: "
+        + "; ".join(f"{g} ({', '.join(runs)})" for g, runs in GROUPS.items())
+        + ". Goal (issue 13): ratio at most 1.2.",
         "",
     ]
     return "\n".join(lines)

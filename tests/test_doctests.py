@@ -41,6 +41,7 @@ MODULES = [
     "sdegen.score_density",
     "sdegen.random",
     "sdegen.assembly.harness",
+    "sdegen.assembly.config",
     "sdegen.models.dit",
     "sdegen.metrics.inception_score",
 ]

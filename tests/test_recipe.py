@@ -17,7 +17,13 @@ from torch import nn
 
 import sdegen
 from sdegen.assembly import build_model, from_dict, load_data, make_trainer
-from sdegen.assembly.config import RECIPE_KEYS, run_sigma_data
+from sdegen.assembly.config import (
+    EDM_RECIPE,
+    SHARED_RECIPE,
+    TrainConfig,
+    recipe_keys,
+    run_sigma_data,
+)
 from sdegen.models import MLP, from_x0_eps
 from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 from sdegen.training import dsm_loss
@@ -176,25 +182,43 @@ def test_edm_weighting_is_lambda_sigma_on_the_denoiser_error(parametrization):
     )
 
 
-def test_recipe_auto_gives_edm_its_recipe_and_leaves_the_others():
+def _keys(cfg) -> tuple[str, str, str]:
+    return (cfg.parametrization, cfg.weighting, cfg.time_sampling)
+
+
+EDM = ("edm", "edm", "lognormal")
+SHARED = ("v", "simple", "continuous")
+
+
+def test_recipe_auto_gives_edm_its_recipe_and_images_theirs():
+    assert tuple(EDM_RECIPE.values()) == EDM and tuple(SHARED_RECIPE.values()) == SHARED
     edm = from_dict({"sde": "edm"})
-    assert (edm.parametrization, edm.weighting, edm.time_sampling) == ("edm", "edm", "lognormal")
-    assert run_sigma_data(edm) == 0.5
-    assert set(RECIPE_KEYS) == {"edm"}
+    assert _keys(edm) == EDM and run_sigma_data(edm) == 0.5
     for sde in ("vp", "subvp", "ve"):
-        cfg = from_dict({"sde": sde})
-        assert (cfg.parametrization, cfg.weighting, cfg.time_sampling) == (
-            "v",
-            "simple",
-            "continuous",
-        )
-        assert run_sigma_data(cfg) == 1.0
+        toy = from_dict({"sde": sde})  # vectors keep the shared keys
+        assert _keys(toy) == SHARED and run_sigma_data(toy) == 1.0
+        for data in ("digits", "mnist:somewhere", "cifar10:somewhere"):  # images: EDM's
+            assert _keys(from_dict({"sde": sde, "data": data})) == EDM
+    for sde in ("vp_cosine", "ddpm"):  # not measured with EDM's recipe: shared everywhere
+        assert _keys(from_dict({"sde": sde, "data": "digits"})) == SHARED
     shared = from_dict({"sde": "edm", "recipe": "shared"})
-    assert (shared.parametrization, shared.weighting) == ("v", "simple")
+    assert _keys(shared) == SHARED
+    assert _keys(from_dict({"sde": "vp", "data": "digits", "recipe": "shared"})) == SHARED
     given = from_dict({"sde": "edm", "parametrization": "eps"})  # a given key wins
     assert (given.parametrization, given.weighting) == ("eps", "edm")
-    assert from_dict({"sde": "edm", "objective": "ssm"}).weighting == "simple"  # dsm only
+    # DSM in data space only: other objectives and latent runs keep the shared keys
+    assert from_dict({"sde": "edm", "objective": "ssm"}).weighting == "simple"
+    assert _keys(from_dict({"sde": "vp", "data": "digits", "latent": "kl"})) == SHARED
     assert from_dict(edm.to_dict()) == edm  # a run folder's config.json loads unchanged
+    # one rule whatever builds the config: Python, a file's mapping, the function itself
+    for sde, data in (("edm", "toy:moons"), ("vp", "digits"), ("ve", "toy:moons")):
+        cfg = TrainConfig(sde=sde, data=data)
+        assert cfg == from_dict({"sde": sde, "data": data})
+        assert _keys(cfg) == tuple(recipe_keys(sde, data, "dsm", "none", "auto").values())
+    # "auto" given explicitly is the same as not given
+    assert from_dict({"sde": "ve", "data": "digits", "weighting": "auto"}) == from_dict(
+        {"sde": "ve", "data": "digits"}
+    )
 
 
 def test_recipe_auto_builds_and_trains_the_edm_run(tmp_path):
@@ -241,16 +265,22 @@ def test_recipe_benchmark_smoke(tmp_path):
     clf = tmp_path / "clf.safetensors"
     harness.load_script(root / "digits_classifier.py").main(["--out", str(clf), "--steps", "5"])
     bench = harness.load_script(root / "recipe.py")
-    args = ["--runs", "vp", "edm-shared", "edm", "--steps", "3", "--batch-size", "16"]
+    args = ["--runs", "vp", "vp-shared", "edm-shared", "edm", "--steps", "3"]
+    args += ["--batch-size", "16"]
     args += ["--methods", "dpmpp_2m", "--nfe", "5", "--n", "32", "--floor-sets", "2"]
     args += ["--classifier", str(clf), "--cache", str(tmp_path / "c"), "--out", str(tmp_path)]
     result = bench.main(args)
     keys = {r: c["config"]["parametrization"] for r, c in result["training"].items()}
-    assert keys == {"vp": "v", "edm-shared": "v", "edm": "edm"}
-    assert {r["nfe"] for r in result["records"]} == {5} and len(result["records"]) == 3
+    assert keys == {"vp": "edm", "vp-shared": "v", "edm-shared": "v", "edm": "edm"}
+    assert {r["nfe"] for r in result["records"]} == {5} and len(result["records"]) == 4
     ratios = bench.ratios(result)  # max/min over vp and the EDM run of each recipe
     fid = {r["run"]: r["fid_test"] for r in result["records"]}
     assert ratios["auto"][("dpmpp_2m", 5)] == max(fid["vp"], fid["edm"]) / min(
         fid["vp"], fid["edm"]
     )
     assert "max/min FID, shared" in (tmp_path / "table.md").read_text()
+    # --bpd adds a column (its PF-ODE solve of untrained models takes minutes: not run here)
+    for k, t in enumerate(result["training"].values()):
+        t["bpd"] = {"bits_per_dim": 2.5 + k, "nll_nats_sem": 0.1, "nfe": 50}
+    table = bench.markdown(result)
+    assert "| bits/dim |" in table and "| 5.500 |" in table

@@ -29,17 +29,38 @@ else:  # pragma: no cover
 # sliced score matching (ssm_vr: its variance-reduced form)
 OBJECTIVES = ("dsm", "vlb", "ssm", "ssm_vr")
 
-# recipe: "auto" trains each SDE by its best-known recipe, "shared" every SDE by the keys' defaults
+# recipe: "auto" trains each SDE by its best-known recipe, "shared" every SDE by the same keys
 RECIPES = ("auto", "shared")
-# The keys recipe "auto" sets for an SDE when a config does not give them (DSM runs in data space
-# only): EDM's preconditioning, log-normal noise levels and loss weighting (Karras et al. 2022,
-# Table 1) for the EDM SDE: digits-FID 15-17 against 67-71 with the shared defaults, where VP
-# gets 19-20 (benchmarks/results/recipe_3000, nfe_fid's budget). VP, sub-VP and VE keep the
-# shared defaults, which their runs and results were made with; EDM's recipe also helps them
-# there (VP 15-17, VE 16-17 against 19-20 and 21-23), to be weighed against the toy defaults.
-RECIPE_KEYS: dict[str, dict[str, str]] = {
-    "edm": {"parametrization": "edm", "weighting": "edm", "time_sampling": "lognormal"},
-}
+# The keys a recipe decides (parametrization, weighting, time_sampling) where a config leaves
+# them "auto": the shared defaults, and EDM's preconditioning, loss weighting and log-normal
+# noise levels (Karras et al. 2022, Table 1).
+SHARED_RECIPE = {"parametrization": "v", "weighting": "simple", "time_sampling": "continuous"}
+EDM_RECIPE = {"parametrization": "edm", "weighting": "edm", "time_sampling": "lognormal"}
+# Data kinds of images, where EDM's recipe is the best-known one for every SDE it was made for:
+# Karras et al. 2022 (Table 2) improve VP and VE with it on CIFAR-10, and on the digits it gives
+# vp, subvp, ve and edm FIDs of 15-17, within 1.14x of each other, against 17-23 for VP, sub-VP
+# and VE with the shared keys and 67-71 for EDM (benchmarks/results/recipe_3000). On 2-D toy
+# data it is worse for VP (8 Gaussians: test NLL 3.20 against 3.07 nats), so vectors keep the
+# shared keys, except the EDM SDE, whose schedule is made for its recipe.
+IMAGE_DATA = ("digits", "mnist", "cifar10")
+EDM_RECIPE_SDES_ON_IMAGES = ("vp", "subvp", "ve", "edm")
+
+
+def recipe_keys(sde: Any, data: Any, objective: Any, latent: Any, recipe: Any) -> dict[str, str]:
+    """The recipe keys of a run: EDM's (EDM_RECIPE) when recipe is "auto", the run is denoising
+    score matching in data space (objective dsm, no latent) and the SDE is edm, or one of
+    vp, subvp, ve on image data (IMAGE_DATA); the shared ones (SHARED_RECIPE) otherwise.
+
+    >>> recipe_keys("vp", "toy:8gaussians", "dsm", "none", "auto")["parametrization"]
+    'v'
+    >>> recipe_keys("vp", "digits", "dsm", "none", "auto")["parametrization"]
+    'edm'
+    """
+    if recipe == "auto" and objective == "dsm" and latent == "none" and isinstance(sde, str):
+        image = isinstance(data, str) and data.partition(":")[0] in IMAGE_DATA
+        if sde == "edm" or (image and sde in EDM_RECIPE_SDES_ON_IMAGES):
+            return EDM_RECIPE
+    return SHARED_RECIPE
 
 
 def _key(default, help: str, **kw):
@@ -59,15 +80,16 @@ class TrainConfig:
     sde: str = _key("vp", " | ".join(SDES))
     sde_params: dict = _key({}, "keyword arguments of the SDE, e.g. {beta_max: 10}")
     parametrization: str = _key(
-        "v",
-        "eps | x0 | v | score | mu | edm (v is well scaled for every SDE; mu: sde ddpm; "
-        "edm: EDM's preconditioning; recipe auto: edm for sde edm)",
+        "auto",
+        "auto | eps | x0 | v | score | mu | edm (auto: the recipe's, edm for sde edm and for "
+        "vp/subvp/ve on images, else v; mu: sde ddpm; edm: EDM's preconditioning)",
     )
     network: str = _key("auto", "mlp | unet | dit | auto (mlp for vectors, unet for images)")
     network_params: dict = _key({}, "keyword arguments of the network, e.g. {hidden: 64}")
     weighting: str = _key(
-        "simple",
-        "simple | sigma2 | likelihood | edm (DSM loss weighting; recipe auto: edm for sde edm)",
+        "auto",
+        "auto | simple | sigma2 | likelihood | edm (DSM loss weighting; auto: the recipe's, "
+        "edm where parametrization auto gives edm, else simple)",
     )
     objective: str = _key(
         "dsm",
@@ -75,14 +97,15 @@ class TrainConfig:
         "ssm: sliced score matching)",
     )
     time_sampling: str = _key(
-        "continuous",
-        "continuous | discrete | lognormal (discrete: DDPM's integer steps, needs sde ddpm; "
-        "lognormal: EDM's noise levels; recipe auto: lognormal for sde edm)",
+        "auto",
+        "auto | continuous | discrete | lognormal (auto: the recipe's, lognormal where "
+        "parametrization auto gives edm, else continuous; discrete: DDPM's integer steps, needs "
+        "sde ddpm; lognormal: EDM's noise levels)",
     )
     recipe: str = _key(
         "auto",
-        "auto | shared (auto: parametrization, weighting and time_sampling not given default to "
-        "the SDE's best-known recipe, EDM's for sde edm; shared: the same defaults for all)",
+        "auto | shared (what the keys left auto become: auto: EDM's recipe for sde edm, and for "
+        "vp/subvp/ve on image data, else v/simple/continuous; shared: v/simple/continuous)",
     )
     sigma_data: float | None = _key(
         None, "data std of EDM's preconditioning and weighting (> 0); null: 0.5 with edm, else 1"
@@ -109,6 +132,14 @@ class TrainConfig:
     ckpt_every: int = _key(500, "steps between checkpoints (0: only at the end)")
     log_every: int = _key(50, "steps between lines of metrics.jsonl (>= 1)")
     eval_every: int = _key(0, "steps between held-out loss evaluations (0: none)")
+
+    def __post_init__(self) -> None:
+        # the keys left "auto" become the recipe's, so a TrainConfig built in Python, one from a
+        # file and the config.json of its run folder all hold the resolved values
+        keys = recipe_keys(self.sde, self.data, self.objective, self.latent, self.recipe)
+        for name, value in keys.items():
+            if getattr(self, name) == "auto":
+                setattr(self, name, value)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -178,20 +209,6 @@ def _as_number(value: Any, annotation: str) -> Any:
         return value
 
 
-def apply_recipe(values: dict) -> dict:
-    """`values` with the keys of the SDE's recipe (RECIPE_KEYS) added where they are not given,
-    when recipe is "auto" (the default) and the run is DSM in data space (objective dsm, no
-    latent); values unchanged otherwise. A run folder's config.json holds the resolved keys, so
-    loading it again changes nothing."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    get = lambda key: values.get(key, defaults[key])  # noqa: E731
-    plain = get("objective") == "dsm" and get("latent") == "none"
-    sde = get("sde")
-    if get("recipe") != "auto" or not plain or not isinstance(sde, str):
-        return values
-    return {**RECIPE_KEYS.get(sde, {}), **values}
-
-
 def run_sigma_data(cfg: TrainConfig) -> float:
     """The data std of a run's model and loss: cfg.sigma_data, or when null EDM's 0.5 if the
     parametrization or the weighting is "edm", else 1 (the input scaling of every other run)."""
@@ -202,14 +219,13 @@ def run_sigma_data(cfg: TrainConfig) -> float:
 
 def from_dict(values: dict) -> TrainConfig:
     """A TrainConfig from a mapping, rejecting unknown keys and values of the wrong type; the
-    keys of recipe "auto" not given are filled in (`apply_recipe`)."""
+    recipe keys not given are the recipe's (`recipe_keys`)."""
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(
             f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}"
         )
-    values = apply_recipe(values)
     # the annotations are strings (from __future__ import annotations)
     values = {name: _as_number(v, str(known[name].type)) for name, v in values.items()}
     cfg = TrainConfig(**values)
