@@ -6,7 +6,8 @@ Layout: sampling.py holds the entry point `sample`; methods.py the spec of every
 (reverse_sde.py, exponential.py with exp_quadrature.py, edm.py, pf_ode.py, adaptive.py,
 torchsde_methods.py); schedules.py and tuning.py the time grids; guidance.py conditioning;
 inverse.py linear inverse problems (operators and posterior guidance);
-likelihood.py the PF-ODE likelihood; counting.py and results.py the NFE count and result types.
+likelihood.py the PF-ODE likelihood (integrated by rk.py, sdegen's own adaptive Runge-Kutta
+pairs); counting.py and results.py the NFE count and result types.
 """
 
 import sys as _sys
