@@ -51,6 +51,7 @@ def trainer_for(kind: str, params: dict, args, data):
         ema_decay=args.ema,
         ckpt_every=0,
         seed=args.seed,
+        recipe="shared",  # the keys its results were made with (v / simple / continuous)
     )
     model = build_model(cfg, data.event_shape)
     run_dir = Path(tempfile.mkdtemp(prefix=f"sdegen-dit-bench-{kind}-"))

@@ -49,6 +49,7 @@ def train(run_dir: Path, steps: int, p_uncond: float, seed: int):
         conditional=True,
         p_uncond=p_uncond,
         seed=seed,
+        recipe="shared",  # the keys its results were made with (v / simple / continuous)
     )
     setup_run(cfg, run_dir, progress=False).fit()
     return load_run(run_dir)

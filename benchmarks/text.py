@@ -67,6 +67,7 @@ def train(run_dir: Path, steps: int, p_uncond: float, seed: int, latent: str = "
         seed=seed,
         latent=latent,
         latent_steps=steps,
+        recipe="shared",  # the keys its results were made with, pixel and latent alike
     )
     setup_run(cfg, run_dir, progress=False).fit()
     return load_run(run_dir)

@@ -284,3 +284,17 @@ def test_recipe_benchmark_smoke(tmp_path):
         t["bpd"] = {"bits_per_dim": 2.5 + k, "nll_nats_sem": 0.1, "nfe": 50}
     table = bench.markdown(result)
     assert "| bits/dim |" in table and "| 5.500 |" in table
+
+
+def test_recipe_toy_benchmark_smoke(tmp_path):
+    from sdegen.assembly import harness
+
+    bench = harness.load_script(harness.CHECKOUT_BENCHMARKS / "recipe_toy.py")
+    args = ["--sdes", "vp", "--steps", "5", "--n", "64", "--nfe", "5", "--n-test", "16"]
+    result = bench.main([*args, "--out", str(tmp_path)])
+    recs = {r["recipe"]: r for r in result["records"]}
+    assert set(recs) == {"shared", "edm"}
+    assert recs["shared"]["config"]["parametrization"] == "v"
+    assert recs["edm"]["config"]["parametrization"] == "edm"
+    assert all(r["nfe"] > 0 and r["nll_nats_sem"] > 0 for r in recs.values())
+    assert "| vp | edm / edm / lognormal |" in (tmp_path / "table.md").read_text()

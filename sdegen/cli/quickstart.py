@@ -257,8 +257,10 @@ def _report(results: dict) -> str:
         "",
         f"sdegen {results['meta']['sdegen']}, torch {results['meta']['torch']}, "
         f"{results['meta']['machine']}, seed 0, total {results['meta']['seconds']:.0f} s. "
-        f"VP SDE (linear beta), {results['meta']['parametrization']}-parametrised score models, "
-        "EMA weights. NFE are counted "
+        "VP SDE (linear beta), score models parametrised "
+        + ", ".join(f"{v} ({k})" for k, v in results["meta"]["parametrization"].items())
+        + " "
+        "(`recipe: auto`: EDM's preconditioning for image data), EMA weights. NFE are counted "
         "network evaluations, the final denoising step included.",
         "",
         f"## 2-D: 8 Gaussians (MLP, {toy['steps']} steps, {toy['train_seconds']:.0f} s)",
@@ -334,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
         "sdegen": __version__,
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "parametrization": cfgs["toy"].parametrization,
+        "parametrization": {name: cfg.parametrization for name, cfg in cfgs.items()},
         "p_uncond": cfgs["digits"].p_uncond,
         "fast": args.fast,
         "seconds": time.perf_counter() - start,
