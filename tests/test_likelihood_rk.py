@@ -46,7 +46,7 @@ class Recording:
 @settings(max_examples=3, deadline=None)
 @given(
     kind=st.sampled_from(sorted(KINDS)),
-    dim=st.integers(1, 3),
+    dim=st.integers(1, 2),
     seed=st.integers(0, 10_000),
     method=st.sampled_from(OWN_METHODS),
 )
@@ -57,7 +57,7 @@ def test_own_pairs_match_the_closed_form_and_torchdiffeq(kind, dim, seed, method
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(dim, dim, generator=g)
     model = GaussianScore(torch.randn(dim, generator=g), A @ A.T / dim + 0.2 * torch.eye(dim), sde)
-    x = model.sample(4, generator=g, dtype=torch.float64)
+    x = model.sample(3, generator=g, dtype=torch.float64)
     truth = pushed_forward_prior_log_prob(model, sde, x)
     own = sdegen.log_likelihood(model, sde, x, rtol=1e-6, atol=1e-6, method=method)
     ref = sdegen.log_likelihood(model, sde, x, rtol=1e-8, atol=1e-8, method="torchdiffeq:dopri5")
@@ -74,15 +74,15 @@ def test_the_default_agrees_with_torchdiffeq_on_a_mixture_with_either_trace(trac
     # Hutchinson keeps its meaning: the same probes (same generator) give the same integral;
     # in t too (there the own pair starts with Hairer's step estimate)
     sde = VPSDE()
-    model = mixture(sde, dim=3)
+    model = mixture(sde, dim=2)
     x = model.sample(4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    kw = dict(trace=trace, probes=2, rtol=1e-7, atol=1e-7, time=time)
+    kw = dict(trace=trace, probes=3, rtol=1e-6, atol=1e-6, time=time)
     own = sdegen.log_likelihood(model, sde, x, generator=torch.Generator().manual_seed(1), **kw)
     ref = sdegen.log_likelihood(
         model, sde, x, generator=torch.Generator().manual_seed(1), method="torchdiffeq:dopri5", **kw
     )
-    assert float((own.log_prob - ref.log_prob).abs().max()) < 1e-5
-    assert own.nfe_backward == (3 if trace == "exact" else 2) * own.nfe
+    assert float((own.log_prob - ref.log_prob).abs().max()) < 1e-4
+    assert own.nfe_backward == (2 if trace == "exact" else 3) * own.nfe
 
 
 @pytest.mark.parametrize("time", ["angle", "t"])
@@ -122,9 +122,9 @@ def test_tighter_tolerances_give_smaller_errors_and_tol_scale_holds_the_error_ne
 def test_a_first_step_option_reaches_the_integrator():
     sde = VPSDE()
     model = mixture(sde, dim=2)
-    x = model.sample(4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    default = sdegen.log_likelihood(model, sde, x, rtol=1e-6, atol=1e-6)
-    tiny = sdegen.log_likelihood(model, sde, x, rtol=1e-6, atol=1e-6, options={"h0": 1e-4})
+    x = model.sample(2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    default = sdegen.log_likelihood(model, sde, x, rtol=1e-5, atol=1e-5)
+    tiny = sdegen.log_likelihood(model, sde, x, rtol=1e-5, atol=1e-5, options={"h0": 1e-3})
     assert tiny.nfe > default.nfe  # a tiny first step costs steps to grow out of
     assert float((tiny.log_prob - default.log_prob).abs().max()) < 1e-4
 
