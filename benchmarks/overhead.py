@@ -24,7 +24,7 @@ stand-in row also reports the ratio against k-diffusion's first-order sampler of
 (`sample_euler`, or `sample_euler_ancestral` where noise is drawn every step), the stand-in of
 earlier versions, measured in the same alternating runs.
 
-    python benchmarks/overhead.py                 # ~1 minute on one core
+    python benchmarks/overhead.py                 # ~75 s (one thread, loaded 2-core machine)
 """
 
 from __future__ import annotations
