@@ -5,7 +5,13 @@ d log p_t(x_t)/dt = -div f, so log p(x) = log N(z; 0, I) + int_0^T div f(x_t, t)
 The solve runs in normalised time s = t / T in [0, 1] with velocity v(x, s) = T f(x, s T), so T
 is an ordinary parameter of the dynamics (its gradient comes from backprop or the adjoint alike).
 Optional regularisers of Finlay et al. 2020 ("How to train your neural ODE"): the kinetic energy
-int_0^1 ||v||^2 ds and the Jacobian Frobenius norm int_0^1 ||eps^T dv/dx||^2 ds.
+int_0^1 ||v||^2 ds and the Jacobian Frobenius norm int_0^1 ||dv/dx||_F^2 ds (by probes
+||eps^T dv/dx||^2, or exact where the Jacobian is at hand).
+
+Speed: with the exact trace, the network's own Jacobian is propagated forward through its
+layers (ODENet.forward_and_jacobian), so one evaluation is a plain forward pass of about dim
+times the width, and training backpropagates through first-order operations only; a
+replaced `dynamics` falls back to dim vector-Jacobian products (sdegen.divergence).
 """
 
 from __future__ import annotations
@@ -16,13 +22,22 @@ from dataclasses import dataclass, field
 import torch
 import torchdiffeq
 from torch import Tensor, nn
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
-from ..._ode import check_ode_settings, landing_options
+from ..._ode import SOLVERS, check_ode_settings, landing_options
 from ..._utils import batch_times, check_choice, check_finite_number, check_int
 from ...divergence import VmapMemo, divergence, probes_like
 from ..density import DensityModel
 
 ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh}
+
+
+def _activation_and_slope(name: str, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(a(y), a'(y)) elementwise for an activation of ACTIVATIONS."""
+    if name == "tanh":
+        a = torch.tanh(y)
+        return a, 1.0 - a * a
+    return nn.functional.softplus(y), torch.sigmoid(y)  # softplus' = sigmoid
 
 
 class ConcatSquashLinear(nn.Module):
@@ -39,6 +54,23 @@ class ConcatSquashLinear(nn.Module):
         t = batch_times(t, x.shape[0], x).unsqueeze(1)
         return self.linear(x) * torch.sigmoid(self.hyper_gate(t)) + self.hyper_bias(t)
 
+    def forward_and_jacobian(
+        self, t: Tensor, x: Tensor, jac: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """(y, dy/dx0) for x (B, in) with jac = dx/dx0 (B, in, D), or None when x is the input
+        itself (jac = I, D = in); t () or (B,). The layer's Jacobian is diag(gate(t)) W, so
+        dy/dx0 = gate * (W @ jac): (B, out, D)."""
+        tt = t.reshape(1, 1) if t.ndim == 0 else batch_times(t, x.shape[0], x).unsqueeze(1)
+        tt = tt.to(x.dtype)
+        gate = torch.sigmoid(self.hyper_gate(tt))  # (1 or B, out)
+        y = self.linear(x) * gate + self.hyper_bias(tt)
+        weight = self.linear.weight  # (out, in)
+        if jac is None:
+            out = (gate.unsqueeze(-1) * weight).expand(x.shape[0], -1, -1)
+        else:
+            out = gate.unsqueeze(-1) * torch.matmul(weight, jac)
+        return y, out
+
 
 class ODENet(nn.Module):
     """FFJORD's dynamics network (Grathwohl et al. 2019): concat-squash layers
@@ -48,12 +80,36 @@ class ODENet(nn.Module):
         super().__init__()
         widths = (dim, *hidden_dims, dim)
         self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in zip(widths, widths[1:]))
+        self.activation = activation
         self.act = ACTIVATIONS[activation]()
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         for layer in self.layers[:-1]:
             x = self.act(layer(t, x))
         return self.layers[-1](t, x)
+
+    def forward_and_jacobian(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(t, x), df/dx): x (B, dim) -> (B, dim), (B, dim, dim) with [b, i, j] = df_i/dx_j;
+        t () or (B,).
+
+        The Jacobian is carried through the layers by the chain rule in one forward pass
+        (forward mode: diag(gate) W for a layer, diag(a'(y)) for the activation), with no
+        autograd inside, so training backpropagates once through ordinary operations instead of
+        through dim vector-Jacobian products. Cost per layer: one (out, in) x (in, dim) product
+        per example, i.e. about dim times the forward pass.
+        """
+        jac = None
+        for layer in self.layers[:-1]:
+            y, jac = layer.forward_and_jacobian(t, x, jac)
+            x, slope = _activation_and_slope(self.activation, y)
+            jac = slope.unsqueeze(-1) * jac
+        return self.layers[-1].forward_and_jacobian(t, x, jac)
+
+    def forward_and_divergence(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f(t, x), tr df/dx): x (B, dim) -> (B, dim), (B,), exact, from
+        `forward_and_jacobian`; t () or (B,)."""
+        f, jac = self.forward_and_jacobian(t, x)
+        return f, jac.diagonal(dim1=1, dim2=2).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -65,8 +121,10 @@ class FFJORDStats:
             Runge-Kutta stage, the solver's initial-step probe and rejected steps included.
         kinetic: int_0^1 ||v(x_s, s)||^2 ds per example, shape (B,), v = T f the velocity in
             normalised time; None when not accumulated.
-        jacobian_frobenius: int_0^1 mean_k ||eps_k^T dv/dx||^2 ds per example, shape (B,), an
-            unbiased estimate of int ||dv/dx||_F^2 ds; None when not accumulated.
+        jacobian_frobenius: int_0^1 ||dv/dx||_F^2 ds per example, shape (B,): exact with the
+            exact trace on the model's own network (its forward-mode Jacobian), else
+            int_0^1 mean_k ||eps_k^T dv/dx||^2 ds, an unbiased estimate from the probes;
+            None when not accumulated.
         nfe_backward (property): calls of the dynamics in the backward pass, read live, so it
             grows when `.backward()` runs after the solve. With adjoint=True these are the
             adjoint solve's evaluations; without, backprop replays the recorded graph and never
@@ -182,6 +240,11 @@ class FFJORD(DensityModel):
         """The velocity f(x, t), t in [0, T] of shape () or (B,), x (B, dim) -> (B, dim)."""
         return self.net(t, x)
 
+    def _own_dynamics(self) -> bool:
+        """Whether `dynamics` is this class's network (not replaced on the instance or in a
+        subclass), so that its exact trace can come from ODENet.forward_and_divergence."""
+        return "dynamics" not in vars(self) and type(self).dynamics is FFJORD.dynamics
+
     def _settings(
         self, trace=None, probes=1, noise="rademacher", rtol=None, atol=None, method=None
     ) -> dict:
@@ -209,17 +272,30 @@ class FFJORD(DensityModel):
         end states in that order, (B, dim) then (B,) each, and the solve's stats."""
         draw = (x, cfg["probes"], cfg["noise"], generator)
         eps = probes_like(*draw) if logdet and cfg["trace"] == "hutchinson" else None
+        # The exact trace of the model's own network comes from its forward-mode Jacobian (no
+        # autograd), and so does an exact Frobenius norm; replaced dynamics (a subclass, a
+        # wrapper) go through `divergence` and the probe estimate.
+        net_trace = logdet and eps is None and self._own_dynamics()
         # The Frobenius estimate reuses the trace probes; an exact trace draws its own.
-        jac_eps = probes_like(*draw) if frobenius and eps is None else eps
+        jac_eps = probes_like(*draw) if frobenius and eps is None and not net_trace else eps
         counts, phase = {"forward": 0, "backward": 0}, "forward"
         memo = VmapMemo()  # what torch.func can do with the dynamics, learned once per solve
+        # An adaptive solver's clock runs in the flow's time t = s T, over [0, T] with T detached
+        # (each integrand divided by T): the same ODE, but torchdiffeq's initial-step heuristic
+        # is not invariant to rescaling time, and in s it picks a step too small (20 evaluations
+        # instead of 14 for a fresh 64-64-64 net at T = 0.5). T keeps its gradient through v.
+        # Fixed-grid methods keep s, where options such as step_size are given.
+        adaptive = issubclass(SOLVERS[cfg["method"]], RKAdaptiveStepsizeODESolver)
+        clock = float(self.T.detach()) if adaptive else 1.0
 
-        def func(s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        def func(tau: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
             counts[phase] += 1
+            s = tau / clock
             # Keep the graph whenever gradients are wanted: backprop training, the adjoint's
             # backward pass, or a differentiable sample_and_log_prob.
             create_graph = torch.is_grad_enabled()
-            with torch.set_grad_enabled(create_graph or logdet or frobenius):
+            autograd = (logdet or frobenius) and not net_trace
+            with torch.set_grad_enabled(create_graph or autograd):
                 y = state[0]
                 if torch.is_grad_enabled() and not y.requires_grad:
                     y = y.detach().requires_grad_(True)
@@ -228,7 +304,11 @@ class FFJORD(DensityModel):
                 def velocity(u: Tensor) -> Tensor:
                     return T * self.dynamics(s * T, u)
 
-                if logdet:  # exact trace, or Hutchinson's estimate with the probes eps
+                if net_trace:
+                    f, jac = self.net.forward_and_jacobian(s * T, y)
+                    jac = T * jac  # dv/dx
+                    out = [T * f, jac.diagonal(dim1=1, dim2=2).sum(-1)]
+                elif logdet:  # exact trace, or Hutchinson's estimate with the probes eps
                     trace = "exact" if eps is None else "hutchinson"
                     v, div = divergence(
                         velocity, y, trace=trace, probes=eps, create_graph=create_graph, memo=memo
@@ -239,16 +319,21 @@ class FFJORD(DensityModel):
                 v = out[0]
                 if kinetic:
                     out.append(v.pow(2).sum(1))
-                if frobenius:
+                if frobenius and net_trace:  # exact ||dv/dx||_F^2, the probes' expectation
+                    out.append(jac.pow(2).sum((1, 2)))
+                elif frobenius:
                     (rows,) = torch.autograd.grad(
                         v, y, jac_eps, is_grads_batched=True, create_graph=create_graph
                     )
                     out.append(rows.pow(2).sum(-1).mean(0))
+                if clock != 1.0:  # d/dt = (1 / T) d/ds
+                    out = [o / clock for o in out]
             return tuple(out) if create_graph else tuple(o.detach() for o in out)
 
         y0 = (x,) + (x.new_zeros(x.shape[0]),) * (logdet + kinetic + frobenius)
-        span = torch.tensor([1.0, 0.0] if reverse else [0.0, 1.0], dtype=x.dtype, device=x.device)
-        # land on the end (and, for the adjoint's backward solve, on s = span[0])
+        ends_ = [clock, 0.0] if reverse else [0.0, clock]
+        span = torch.tensor(ends_, dtype=x.dtype, device=x.device)
+        # land on the end (and, for the adjoint's backward solve, on span[0])
         options, kwargs = landing_options(cfg["method"], span, self.options), {}
         if "step_t" in options:
             adjoint_options = {k: v for k, v in options.items() if k not in ("norm", "step_t")}
@@ -298,7 +383,8 @@ class FFJORD(DensityModel):
         trace, rtol, atol, method: None = the model's defaults. probes, noise ("rademacher" or
         "gaussian"): Hutchinson probes per example, drawn once per solve from `generator` (also
         used for the Frobenius estimate). regularize: accumulate the kinetic energy and the
-        Jacobian Frobenius norm (one more VJP per probe and evaluation); else they are None.
+        Jacobian Frobenius norm (one more VJP per probe and evaluation, or exact and free with
+        the exact trace of the model's own network); else they are None.
         Differentiable (in x and every parameter, T included) when grad is enabled.
         """
         self.check_x(x)
