@@ -165,7 +165,8 @@ class DPMpp3M(GridMethod):
             noise.append([nz])
             w_corr = self.w_corr[i]
             corr.append([] if w_corr is None else step_coefficients(w_corr, *at)[0])
-        return {"pred": pred, "corr": corr, "noise": noise}
+        out = {"pred": pred, "corr": corr}
+        return {**out, "noise": noise} if self.eta > 0 else out  # no noise at eta = 0
 
     def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
         p, n, k, c = self.path, self.n, self.k[i], self.coefs(x)

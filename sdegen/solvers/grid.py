@@ -94,16 +94,18 @@ def float_rows(rows: list[list[float]], dtype: torch.dtype) -> list[list[Tensor]
     or float64 tensor is rounded to the tensor's dtype, and so is each float here: the products
     are the same to the bit. For half precision the floats are kept in float32 (the products
     then differ from a Python float's in rounding only)."""
-    # keyed by value, zeros by their text: 0.0 == -0.0, but they multiply differently
-    keys = [[v if v else repr(v) for v in r] for r in rows]
-    index: dict[float | str, int] = {}
-    for r in keys:
-        for k in r:
-            index.setdefault(k, len(index))
-    flat = [float(k) for k in index]
+    flat = [v for r in rows for v in r]
+    if 0.0 in flat:  # 0.0 == -0.0, but they multiply differently: key zeros by their text
+        flat = [v if v else repr(v) for v in flat]
+    index = {k: j for j, k in enumerate(dict.fromkeys(flat))}
     work = torch.promote_types(dtype, torch.float32)
-    values = scalars(torch.tensor(flat, dtype=torch.float64).to(work))
-    return [[values[index[k]] for k in r] for r in keys]
+    values = scalars(torch.tensor([float(k) for k in index], dtype=torch.float64).to(work))
+    tensors = [values[index[k]] for k in flat]
+    out, start = [], 0
+    for r in rows:
+        out.append(tensors[start : start + len(r)])
+        start += len(r)
+    return out
 
 
 class GridMethod(ABC):
