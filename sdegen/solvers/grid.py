@@ -94,7 +94,7 @@ def float_rows(rows: list[list[float]], dtype: torch.dtype) -> list[list[Tensor]
     or float64 tensor is rounded to the tensor's dtype, and so is each float here: the products
     are the same to the bit. For half precision the floats are kept in float32 (the products
     then differ from a Python float's in rounding only)."""
-    flat = [v for r in rows for v in r]
+    flat: list[float | str] = [v for r in rows for v in r]
     if 0.0 in flat:  # 0.0 == -0.0, but they multiply differently: key zeros by their text
         flat = [v if v else repr(v) for v in flat]
     index = {k: j for j, k in enumerate(dict.fromkeys(flat))}

@@ -44,9 +44,11 @@ class _Predictor(GridMethod):
         z = randn_like(x, self.generator) if self.adds_noise(i) else None
         return self.move(i, x, z)
 
-    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
+    def move(
+        self, i: int, x: Tensor, z: Tensor | None, tb: Tensor | None = None
+    ) -> tuple[Tensor, X0]:
         """x at ts[i + 1] from x (B, *D) at ts[i] with noise z (None: the mean step), and the
-        x0 estimate at (x, ts[i])."""
+        x0 estimate at (x, ts[i]); tb: ts[i] as a (B,) tensor for x, when the caller has it."""
         raise NotImplementedError
 
     def predict(
@@ -82,8 +84,10 @@ class EulerMaruyama(_Predictor):
         out = {"g2": sde.g2(t), "dt": dt, "noise": sde.diffusion(t)[:-1] * root}
         return out if self.f_zero else {**out, "f": f}
 
-    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
-        c, tb = self.coefs(x), self.times(i, x)
+    def move(
+        self, i: int, x: Tensor, z: Tensor | None, tb: Tensor | None = None
+    ) -> tuple[Tensor, X0]:
+        c, tb = self.coefs(x), self.times(i, x) if tb is None else tb
         score = self.model.score(x, tb)
         # x + (f x - g^2 score) dt + g sqrt(-dt) z
         if self.f_zero:
@@ -113,8 +117,10 @@ class ReverseDiffusion(_Predictor):
         self.unit = not bool((a != 1).any())  # (2 - 1) x is x exactly: skipped
         return {"two_minus_a": 2 - a, "G2": G**2, "G": G}
 
-    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
-        c, tb = self.coefs(x), self.times(i, x)
+    def move(
+        self, i: int, x: Tensor, z: Tensor | None, tb: Tensor | None = None
+    ) -> tuple[Tensor, X0]:
+        c, tb = self.coefs(x), self.times(i, x) if tb is None else tb
         score = self.model.score(x, tb)
         x_s = (x if self.unit else c["two_minus_a"][i] * x) + c["G2"][i] * score
         if z is not None:
@@ -151,8 +157,10 @@ class Ancestral(_Predictor):
         posterior = G * sigma[1:] / sigma[:-1]
         return {"a": a, "G2": G**2, "std": posterior if self.variance == "posterior" else G}
 
-    def move(self, i: int, x: Tensor, z: Tensor | None) -> tuple[Tensor, X0]:
-        c, tb = self.coefs(x), self.times(i, x)
+    def move(
+        self, i: int, x: Tensor, z: Tensor | None, tb: Tensor | None = None
+    ) -> tuple[Tensor, X0]:
+        c, tb = self.coefs(x), self.times(i, x) if tb is None else tb
         score = self.model.score(x, tb)
         x_s = x + c["G2"][i] * score
         if not self.unit:
@@ -256,6 +264,7 @@ class PC(_Predictor):
             for _ in range(self.corrector_steps):
                 z_c = randn_like(x, self.generator)
                 x = _langevin_update(x, self.model.score(x, tb), z_c, c["two_a2"][i], c["snr"][i])
+            return self.predictor.move(i, x, z, tb)
         return self.predictor.move(i, x, z)
 
 
