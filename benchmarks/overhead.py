@@ -24,7 +24,7 @@ stand-in row also reports the ratio against k-diffusion's first-order sampler of
 (`sample_euler`, or `sample_euler_ancestral` where noise is drawn every step), the stand-in of
 earlier versions, measured in the same alternating runs.
 
-    python benchmarks/overhead.py                 # ~75 s (one thread, loaded 2-core machine)
+    python benchmarks/overhead.py                 # ~3 min (one thread, loaded 2-core machine)
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def fixed_grid_methods() -> list[str]:
 def main(argv: list[str] | None = None) -> dict | None:
     p = harness.parser(__doc__)
     p.add_argument("--nfe", type=int, default=100, help="network-evaluation budget")
-    p.add_argument("--repeats", type=int, default=41, help="alternating runs per sampler")
+    p.add_argument("--repeats", type=int, default=101, help="alternating runs per sampler")
     p.add_argument("--methods", nargs="*", default=None, help="a subset (default: all)")
     args = harness.parse(
         p,
