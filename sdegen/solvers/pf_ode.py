@@ -11,12 +11,14 @@ that changes nothing).
 
 from __future__ import annotations
 
+import torch
 import torchdiffeq
 from torch import Tensor
 
 from .._ode import landing_options
 from .._utils import append_dims, check_finite_number
-from .grid import GridMethod, Record, batch_t, score_to_x0
+from .exp_quadrature import TimeRows
+from .grid import X0, GridMethod, Record, batch_t, deferred_x0
 
 __all__ = ["ode_drift", "integrate", "Euler", "RK4", "dopri5"]
 
@@ -60,52 +62,66 @@ def integrate(
 
 
 class _PFODEStep(GridMethod):
-    """The step times are 0-dim tensors in x's dtype, as torchdiffeq has them, but kept on the
-    CPU (the grid is a CPU float64 tensor): reading one back as a float for the model's (B,)
-    time then never waits for an accelerator, and a CPU 0-dim dt scales x on any device."""
+    """A step in torchdiffeq's arithmetic: times and dt in x's dtype, the model's time kept
+    inside [t_min, T] as `integrate` does. Everything that depends on the grid alone (the
+    times of the step's evaluations as (B,) rows, dt, f and -g^2/2 there) is computed once per
+    solve, vectorised over the grid in x's dtype on the CPU (no device read), so that a
+    velocity is the model's call and one or three tensor operations."""
 
-    def __init__(self, model, sde, ts: Tensor) -> None:
-        super().__init__(model, sde, ts)
-        self.t_x: Tensor | None = None  # the grid in x's dtype, on the CPU
+    stages: tuple[float, ...] = ()  # fractions of a step where it evaluates besides its ends
 
-    def t_batch(self, t: Tensor, x: Tensor) -> Tensor:
-        """A 0-dim CPU time t, kept inside [t_min, T] as `integrate` does, as (B,) for x."""
-        return batch_t(float(t.clamp(self.sde.t_min, self.sde.T)), x)
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        sde, t0, dt = self.sde, t[:-1], t[1:] - t[:-1]
+        times = {"start": t0, "end": t[1:]}
+        times.update({f"stage{j}": t0 + dt * frac for j, frac in enumerate(self.stages)})
+        out, self.rows = {"dt": dt}, {}
+        for name, tt in times.items():
+            tc = tt.clamp(sde.t_min, sde.T)
+            out[f"f_{name}"], out[f"nhg2_{name}"] = sde.f(tc), -(0.5 * sde.g2(tc))
+            self.rows[name] = TimeRows(tc.tolist())
+        # f = 0 at every time (VE, EDM): f x adds nothing
+        self.f_zero = not any(bool((out[f"f_{name}"] != 0).any()) for name in times)
+        return out
 
-    def velocity(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(velocity, score) at a 0-dim CPU time t."""
-        return _velocity(self.model, self.sde, x, self.t_batch(t, x))
-
-    def times(self, i: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """t0, dt = t1 - t0 and t1 as 0-dim CPU tensors in x's dtype, as torchdiffeq steps
-        them."""
-        if self.t_x is None:
-            self.t_x = self.ts.to(x.dtype)
-        t0, t1 = self.t_x[i], self.t_x[i + 1]
-        return t0, t1 - t0, t1
+    def velocity(self, c: dict, at: str, i: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(f x - g^2/2 score, score, the (B,) time) at step i's time `at`: f x + (-g^2/2)
+        score, which is f x - (g^2/2) score to the bit."""
+        tb = self.rows[at](i, x)
+        score = self.model.score(x, tb)
+        k = c[f"nhg2_{at}"][i] * score
+        return (k if self.f_zero else c[f"f_{at}"][i] * x + k), score, tb
 
 
 class Euler(_PFODEStep):
     """Euler on the PF-ODE; one evaluation per step."""
 
-    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        t0, dt, _ = self.times(i, x)
-        tb = self.t_batch(t0, x)  # once for the velocity and the x0 estimate
-        k1, score = _velocity(self.model, self.sde, x, tb)
-        return x + dt * k1, score_to_x0(self.sde, score, x, tb)
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, X0]:
+        c = self.coefs(x)
+        k1, score, tb = self.velocity(c, "start", i, x)
+        return x + c["dt"][i] * k1, deferred_x0(self.sde, score, x, tb)
 
 
 class RK4(_PFODEStep):
     """Classical RK4 by the 3/8 rule (torchdiffeq's "rk4"); four evaluations per step."""
 
-    def step(self, i: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        t0, dt, t1 = self.times(i, x)
-        tb = self.t_batch(t0, x)  # once for k1 and the x0 estimate
-        k1, score = _velocity(self.model, self.sde, x, tb)
-        k2 = self.velocity(t0 + dt * (1 / 3), x + dt * k1 * (1 / 3))[0]
-        k3 = self.velocity(t0 + dt * (2 / 3), x + dt * (k2 - k1 * (1 / 3)))[0]
-        k4 = self.velocity(t1, x + dt * (k1 - k2 + k3))[0]
-        return x + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125, score_to_x0(self.sde, score, x, tb)
+    stages = (1 / 3, 2 / 3)
+
+    def step(self, i: int, x: Tensor) -> tuple[Tensor, X0]:
+        c = self.coefs(x)
+        dt = c["dt"][i]
+        third = c["third"][i]
+        k1, score, tb = self.velocity(c, "start", i, x)
+        k2 = self.velocity(c, "stage0", i, x + dt * k1 * third)[0]
+        k3 = self.velocity(c, "stage1", i, x + dt * (k2 - k1 * third))[0]
+        k4 = self.velocity(c, "end", i, x + dt * (k1 - k2 + k3))[0]
+        out = x + (k1 + c["three"][i] * (k2 + k3) + k4) * dt * c["eighth"][i]
+        return out, deferred_x0(self.sde, score, x, tb)
+
+    def coefficients(self, t: Tensor) -> dict[str, Tensor]:
+        ones = torch.ones(len(t) - 1, dtype=t.dtype)
+        # the Python constants of torchdiffeq's rk4 step, in x's dtype
+        return {**super().coefficients(t), "third": ones * (1 / 3), "three": ones * 3,
+                "eighth": ones * 0.125}  # fmt: skip
 
 
 def dopri5(
