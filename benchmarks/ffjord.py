@@ -259,12 +259,15 @@ def summary(result: dict) -> dict:
                 "nfe_forward_mean": mean_se([r["nfe_forward_mean"] for r in rs])[0],
                 "nfe_backward_mean": mean_se([r["nfe_backward_mean"] for r in rs])[0],
                 "T_final": [r["T_final"] for r in rs],
+                "source": [r.get("ffjord_source_sha1") for r in rs],
             }
         if "reference" in row:
             ratios = [r["time_ratio"] for r in recs if r["impl"] == "sdegen"]
             diffs = [r["paired_diff"] for r in recs if r["impl"] == "sdegen"]
             row["time_ratio"], row["time_ratio_se"] = mean_se(ratios)
             row["diff"], row["diff_se"] = mean_se(diffs)
+            # each seed's paired difference has its own error over the test points
+            row["diff_se_points"] = [r["paired_diff_se"] for r in recs if r["impl"] == "sdegen"]
         out[data] = row
     return out
 
@@ -293,13 +296,13 @@ def markdown(result: dict) -> str:
         "",
         f"Reference: {m['reference']}.",
     ]
-    if m.get("reference_note"):
-        lines += ["", m["reference_note"]]
+    for note in m.get("notes", []):
+        lines += ["", note]
     lines += [
         "",
         "| data | floor | impl | seeds | NLL (mean ± SE) | per seed | gap to floor | "
-        "s / iter | NFE fwd / bwd | T at end |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "s / iter | NFE fwd / bwd | T at end | FFJORD source |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for data, row in s.items():
         fl = "-" if row["floor"] is None else f"{row['floor']:.3f}"
@@ -313,18 +316,22 @@ def markdown(result: dict) -> str:
                 f"{r['nll_se']:.3f} | {', '.join(f'{v:.3f}' for v in r['per_seed'])} | {gap} | "
                 f"{r['seconds_per_iter']:.3f} | {r['nfe_forward_mean']:.1f} / "
                 f"{r['nfe_backward_mean']:.1f} | "
-                f"{', '.join(f'{t:.3f}' for t in r['T_final'])} |"
+                f"{', '.join(f'{t:.3f}' for t in r['T_final'])} | "
+                f"{', '.join(str(v) for v in r['source']) if impl == 'sdegen' else '-'} |"
             )
     if any("reference" in row for row in s.values()):
         lines += [
             "",
-            "| data | diff sdegen - reference (nats) | time ratio sdegen / reference |",
-            "|---|---|---|",
+            "| data | seeds | diff sdegen - reference (nats), mean ± SE over seeds | "
+            "SE over test points, per seed | time ratio sdegen / reference |",
+            "|---|---|---|---|---|",
         ]
         for data, row in s.items():
             if "reference" in row:
+                pts = ", ".join(f"{v:.3f}" for v in row["diff_se_points"])
                 lines.append(
-                    f"| {data} | {row['diff']:+.3f} ± {row['diff_se']:.3f} | "
+                    f"| {data} | {len(row['diff_se_points'])} | {row['diff']:+.3f} ± "
+                    f"{row['diff_se']:.3f} | {pts} | "
                     f"{row['time_ratio']:.2f} ± {row['time_ratio_se']:.2f} |"
                 )
     lines.append("")
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get(REFERENCE_ENV),
         help=f"rtqichen/ffjord checkout (default ${REFERENCE_ENV})",
     )
+    p.add_argument("--note", action="append", default=[], help="a line for the table")
     p.add_argument(
         "--merge",
         nargs="+",
@@ -404,7 +412,11 @@ def main(argv: list[str] | None = None) -> None:
         result = {
             "records": [r for part in parts for r in part["records"]],
             "floors": {k: v for part in parts for k, v in part["floors"].items()},
-            "meta": {**parts[0]["meta"], "merged_from": [str(d) for d in args.merge]},
+            "meta": {
+                **parts[0]["meta"],
+                "merged_from": [str(d) for d in args.merge],
+                "notes": args.note,
+            },
         }
         harness.save(
             args.out, result, markdown(result), {"loss_curves.png": lambda f: plot(result, f)}
@@ -422,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
                 records.append(rec)
                 print({k: v for k, v in rec.items() if k != "loss_curve"}, flush=True)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    meta.update(reference=how, **harness.environment())
+    meta.update(reference=how, notes=args.note, **harness.environment())
     # which FFJORD ran: a hash of its source (runs are merged across jobs)
     meta["ffjord_source_sha1"] = hashlib.sha1(
         Path(inspect.getfile(FFJORD)).read_bytes()

@@ -122,6 +122,21 @@ def test_likelihood_benchmark_smoke(tmp_path):
     assert (tmp_path / "density_moons.png").stat().st_size > 1000
 
 
+def test_ffjord_benchmark_smoke(tmp_path, monkeypatch):
+    # without a reference checkout only sdegen's rows are filled, and the table says why
+    monkeypatch.delenv("SDEGEN_FFJORD_REFERENCE", raising=False)
+    bench = _load("ffjord")
+    bench.main(["--quick", "--data", "moons", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "results.json").read_text())
+    (rec,) = result["records"]
+    assert rec["impl"] == "sdegen" and rec["iters"] == 3 and rec["nfe_forward_mean"] > 0
+    assert rec["nll"] == rec["nll"] and result["floors"]["moons"]["entropy"] > 2
+    table = (tmp_path / "table.md").read_text()
+    assert "no reference checkout" in table and "| moons |" in table
+    assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+    bench.main(["--replot", "--out", str(tmp_path)])
+
+
 def test_vae_benchmark_smoke(tmp_path):
     bench = _load("vae")
     args = ["--quick", "--vaes", "plain", "annealed", "--flows", "split", "--out", str(tmp_path)]

@@ -122,3 +122,16 @@ def test_exact_frobenius_is_the_probe_estimates_expectation():
     assert abs(est.mean() - st_fast.jacobian_frobenius[0]) < 4 * est.std() / math.sqrt(len(est))
     # and the kinetic energy does not depend on the path
     torch.testing.assert_close(st_slow.kinetic[:1], st_fast.kinetic, rtol=1e-9, atol=1e-12)
+
+
+def test_model_deep_copies_after_a_regularised_loss():
+    # last_stats keeps detached regularisers, so an evaluation copy can be made mid-training
+    import copy
+
+    model = FFJORD(2, (8,), kinetic_weight=0.1, jacobian_weight=0.1)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model.loss(x).backward()
+    twin = copy.deepcopy(model)
+    assert model.last_stats.kinetic.grad_fn is None
+    with torch.no_grad():
+        torch.testing.assert_close(twin.log_prob(x), model.log_prob(x))

@@ -17,7 +17,7 @@ replaced `dynamics` falls back to dim vector-Jacobian products (sdegen.divergenc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torchdiffeq
@@ -357,7 +357,14 @@ class FFJORD(DensityModel):
             jacobian_frobenius=ends[k + kinetic] if frobenius else None,
             _counts=counts,
         )
-        self.last_stats = stats
+        # detached, so that the model stays deep-copyable (EMA, evaluation copies) after a loss
+        self.last_stats = replace(
+            stats,
+            kinetic=None if stats.kinetic is None else stats.kinetic.detach(),
+            jacobian_frobenius=(
+                None if stats.jacobian_frobenius is None else stats.jacobian_frobenius.detach()
+            ),
+        )
         return ends, stats
 
     @staticmethod
