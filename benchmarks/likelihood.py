@@ -8,7 +8,14 @@ estimate, none), the NFE where an ODE is solved, and wall time; samples are comp
 test set (sliced W2 for 2-D, Frechet distance of pixel Gaussians for digits) beside the noise
 floor of that metric (training vs test set). Writes results.json, table.md and PNGs.
 
+Equal wall time on the toy sets: every family trains until --steps steps or --toy-seconds of
+training CPU time (this thread's, so a busy machine does not shorten anyone's budget), whichever
+comes first; the table gives the steps each family took and its CPU seconds. FFJORD is the one
+family the time budget stops. On digits only the step budget applies.
+
     python benchmarks/likelihood.py                  # full run (tens of minutes on 2 cores)
+    python benchmarks/likelihood.py --no-digits      # the toy sets (digits rows kept from the
+                                                     # last full run, and marked so)
     python benchmarks/likelihood.py --quick          # a smoke run
 """
 
@@ -33,6 +40,27 @@ from sdegen.training import Trainer, density_loss, score_matching
 
 FAMILIES = ("score_sde", "realnvp", "ffjord", "vae", "gan")
 TOY = ("8gaussians", "checkerboard", "moons")
+# FFJORD's regularised default (measured against the reference in benchmarks/ffjord.py)
+# FFJORD's regularised default: the reference's toy network (concat-squash 64-64-64, tanh,
+# T = 0.5; benchmarks/ffjord.py) with Finlay et al.'s regularisers, which keep the NFE from
+# growing, and the training tolerance 1e-4.
+FFJORD_DEFAULT = dict(
+    hidden_dims=(64, 64, 64),
+    activation="tanh",
+    T=0.5,
+    kinetic_weight=0.01,
+    jacobian_weight=0.01,
+    rtol=1e-4,
+    atol=1e-4,
+)
+# Trainer settings that differ from the shared ones, per family: FFJORD takes the reference's
+# batch of 100 (a step costs a solve, so smaller batches mean more steps in the time budget)
+# and no EMA (at a few hundred steps an EMA of decay 0.999 would still weigh the initial
+# network by 0.999^300 = 0.74).
+TRAINER_OVERRIDES: dict[str, dict] = {
+    "gan": {"grad_clip": None},
+    "ffjord": {"batch_size": 100, "ema_decay": None},
+}
 
 
 def build(family: str, shape: tuple[int, ...]):
@@ -48,15 +76,7 @@ def build(family: str, shape: tuple[int, ...]):
         model = RealNVPImage(shape, hidden=32) if image else RealNVP(d, num_layers=8)
     elif family == "ffjord":
         # Finlay et al.'s regularisers keep the NFE from growing during training
-        model = FFJORD(
-            d,
-            hidden_dims=(64, 64, 64),
-            trace="hutchinson" if image else "exact",
-            kinetic_weight=0.01,
-            jacobian_weight=0.01,
-            rtol=1e-4,
-            atol=1e-4,
-        )
+        model = FFJORD(d, **FFJORD_DEFAULT, trace="hutchinson" if image else "exact")
     elif family == "vae":
         model = VAE.conv(shape, latent_dim=8) if image else VAE.mlp(d, latent_dim=2)
     else:
@@ -187,21 +207,21 @@ def run(args) -> dict:
             model, objective, dens = build(family, data.event_shape)
             model.float()  # in place, whatever torch's default dtype; the data are float32
             train_x = _flat_if_needed(family, data.train)
-            trainer = Trainer(
-                model,
-                objective,
-                train_x,
-                batch_size=args.batch,
-                lr=args.lr,
-                warmup=50,
-                seed=args.seed,
-                ema_decay=0.999,
-                grad_clip=None if family == "gan" else 1.0,
-                progress=False,
+            settings = dict(
+                batch_size=args.batch, lr=args.lr, warmup=50, ema_decay=0.999, grad_clip=1.0
             )
-            start = time.perf_counter()
-            trainer.fit(steps)
+            settings.update(TRAINER_OVERRIDES.get(family, {}))
+            trainer = Trainer(model, objective, train_x, seed=args.seed, progress=False, **settings)
+            budget = None if data.is_image else args.toy_seconds
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            if budget is None:
+                trainer.fit(steps)
+            while budget is not None and trainer.step < steps:
+                if time.thread_time() - start_cpu >= budget:
+                    break
+                trainer.fit(min(steps, trainer.step + 10))
             train_seconds = time.perf_counter() - start
+            train_cpu = time.thread_time() - start_cpu
             trained = trainer.eval_model.eval()
             view = (
                 ScoreSDEDensity(trained, trained.sde, data.event_shape)
@@ -211,8 +231,12 @@ def run(args) -> dict:
             rec = {
                 "data": spec,
                 "family": family,
-                "steps": steps,
-                "batch": args.batch,
+                "steps": trainer.step,
+                "step_budget": steps,
+                "seconds_budget": budget,
+                "batch": settings["batch_size"],
+                "ema_decay": settings["ema_decay"],
+                "train_cpu_seconds": train_cpu,
                 "dims": math.prod(data.event_shape),
                 "n_samples": len(data.test),
                 "true_nll": truth,
@@ -269,12 +293,26 @@ def markdown(result: dict) -> str:
         "",
         f"Seed {m['seed']}; {m['steps']} steps (toy) / {m['image_steps']} steps (digits) at "
         f"batch {m['batch']}, lr {m['lr']}, EMA 0.999, on {m['threads']} torch thread(s). "
-        "Test NLL in nats (toy) or bits/dim after uniform dequantization (digits), with "
+        + (
+            f"Equal wall time on the toy sets: every family trains for {m['steps']} steps or "
+            f"{m['toy_seconds']:g} s of training CPU time, whichever comes first (*steps* and "
+            "*train CPU s* say which); "
+            + ", ".join(
+                f"{fam}: {', '.join(f'{k} {v}' for k, v in o.items())}"
+                for fam, o in m.get("trainer_overrides", {}).items()
+            )
+            + " (trainer settings that differ). "
+            if m.get("toy_seconds")
+            else ""
+        )
+        + "Test NLL in nats (toy) or bits/dim after uniform dequantization (digits), with "
         "its standard error over test points; *kind* says what the number is. Sample "
         "quality: sliced W2 (toy) or pixel-space Frechet distance (digits) to the test set, "
         "beside the noise floor (training vs test set).",
         "",
     ]
+    for note in m.get("notes", []):
+        lines += [note, ""]
     for spec in dict.fromkeys(r["data"] for r in result["records"]):
         recs = [r for r in result["records"] if r["data"] == spec]
         image = spec == "digits"
@@ -288,9 +326,16 @@ def markdown(result: dict) -> str:
                 else ")"
             ),
             "",
-            f"| family | {unit} | kind | other bound | NFE | samples | train s | eval s |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| family | {unit} | kind | other bound | NFE | samples | steps | batch | "
+            "train s | train CPU s | eval s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        if any(r.get("from_earlier_run") for r in recs):
+            lines[-2:-2] = [
+                "Rows of an earlier full run (this run trained the toy sets only): "
+                f"{recs[0].get('from_earlier_run')}.",
+                "",
+            ]
         for r in recs:
             if "nll_nats" in r:
                 val = r["bits_per_dim"] if image else r["nll_nats"]
@@ -303,10 +348,12 @@ def markdown(result: dict) -> str:
                 other = f"SDE bound {r['sde_bound_nll']:.3f}"
             if "elbo_nll" in r:
                 other = f"-ELBO {r['elbo_bpd'] if image else r['elbo_nll']:.3f}"
+            cpu = r.get("train_cpu_seconds")
             lines.append(
                 f"| {r['family']} | {cell} | {r['kind']} | {other} | "
-                f"{r.get('nfe', '-')} | {r['sample_quality']:.4g} | "
-                f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
+                f"{r.get('nfe', '-')} | {r['sample_quality']:.4g} | {r['steps']} | "
+                f"{r.get('batch', m['batch'])} | {r['train_seconds']:.0f} | "
+                f"{'-' if cpu is None else f'{cpu:.0f}'} | {r['eval_seconds']:.0f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -318,6 +365,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--toy", nargs="*", default=list(TOY))
     p.add_argument("--no-digits", dest="digits", action="store_false")
     p.add_argument("--steps", type=int, default=1500)
+    p.add_argument(
+        "--toy-seconds",
+        type=float,
+        default=30.0,
+        help="training CPU seconds per family on a toy set (with --steps, whichever first)",
+    )
     p.add_argument("--image-steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -341,10 +394,28 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     result = run(args)
+    earlier = args.out / "results.json"
+    if not args.digits and earlier.is_file() and not args.quick:
+        # keep the digits rows of the last full run, marked as such
+        old = json.loads(earlier.read_text())
+        tag = old.get("meta", {}).get("git_commit") or "an earlier run"
+        for rec in old["records"]:
+            if rec["data"] == "digits":
+                rec.setdefault("from_earlier_run", f"{rec.get('from_earlier_run', tag)}")
+                result["records"].append(rec)
     images = [f"digits_{f}.png" for f in args.families] if args.digits else []
     panels = plot_panels(result.pop("panels"), args.out)
     meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result["meta"] = {**meta, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    result["meta"] = {
+        **meta,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "ffjord_default": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in FFJORD_DEFAULT.items()
+        },
+        "trainer_overrides": TRAINER_OVERRIDES,
+        "git_commit": harness.git_commit(),
+    }
     harness.save(args.out, result, markdown(result), also=panels + images)
 
 
