@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 import torchdiffeq
@@ -98,12 +99,13 @@ class ODENet(nn.Module):
         through dim vector-Jacobian products. Cost per layer: one (out, in) x (in, dim) product
         per example, i.e. about dim times the forward pass.
         """
+        layers = [cast(ConcatSquashLinear, layer) for layer in self.layers]
         jac = None
-        for layer in self.layers[:-1]:
+        for layer in layers[:-1]:
             y, jac = layer.forward_and_jacobian(t, x, jac)
             x, slope = _activation_and_slope(self.activation, y)
             jac = slope.unsqueeze(-1) * jac
-        return self.layers[-1].forward_and_jacobian(t, x, jac)
+        return layers[-1].forward_and_jacobian(t, x, jac)
 
     def forward_and_divergence(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         """(f(t, x), tr df/dx): x (B, dim) -> (B, dim), (B,), exact, from
