@@ -89,7 +89,7 @@ class TrainConfig:
     weighting: str = _key(
         "auto",
         "auto | simple | sigma2 | likelihood | edm (DSM loss weighting; auto: the recipe's, "
-        "edm where parametrization auto gives edm, else simple)",
+        "edm where recipe auto picks EDM's, else simple)",
     )
     objective: str = _key(
         "dsm",
@@ -98,9 +98,9 @@ class TrainConfig:
     )
     time_sampling: str = _key(
         "auto",
-        "auto | continuous | discrete | lognormal (auto: the recipe's, lognormal where "
-        "parametrization auto gives edm, else continuous; discrete: DDPM's integer steps, needs "
-        "sde ddpm; lognormal: EDM's noise levels)",
+        "auto | continuous | discrete | lognormal (auto: the recipe's, lognormal where recipe "
+        "auto picks EDM's, else continuous; discrete: DDPM's integer steps, needs sde ddpm; "
+        "lognormal: EDM's noise levels)",
     )
     recipe: str = _key(
         "auto",
