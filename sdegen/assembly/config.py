@@ -38,10 +38,12 @@ SHARED_RECIPE = {"parametrization": "v", "weighting": "simple", "time_sampling":
 EDM_RECIPE = {"parametrization": "edm", "weighting": "edm", "time_sampling": "lognormal"}
 # Data kinds of images, where EDM's recipe is the best-known one for every SDE it was made for:
 # Karras et al. 2022 (Table 2) improve VP and VE with it on CIFAR-10, and on the digits it gives
-# vp, subvp, ve and edm FIDs of 15-17, within 1.14x of each other, against 17-23 for VP, sub-VP
-# and VE with the shared keys and 67-71 for EDM (benchmarks/results/recipe_3000). On 2-D toy
-# data it is worse for VP (8 Gaussians: test NLL 3.20 against 3.07 nats), so vectors keep the
-# shared keys, except the EDM SDE, whose schedule is made for its recipe.
+# vp, subvp, ve and edm FIDs of 15-17, within 1.04x of each other, against 17-23 for VP, sub-VP
+# and VE with the shared keys and 67-71 for EDM, and 1.95-1.96 bits/dim against 2.04-2.35
+# (benchmarks/results/recipe_3000). On 2-D toy data it is worse for VP (8 Gaussians: test NLL
+# 3.25 against 3.10 nats, benchmarks/results/recipe_toy), so vectors keep the shared keys,
+# except the EDM SDE, whose schedule is made for its recipe (there: NLL 3.25 against 3.35, but
+# sliced W2 0.29 against 0.23).
 IMAGE_DATA = ("digits", "mnist", "cifar10")
 EDM_RECIPE_SDES_ON_IMAGES = ("vp", "subvp", "ve", "edm")
 
