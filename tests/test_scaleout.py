@@ -325,23 +325,3 @@ def test_two_processes_write_what_one_writes(tmp_path):
     la, lb = (json.loads((d / "likelihood-test.json").read_text()) for d in (one, two))
     la.pop("seconds"), lb.pop("seconds")
     assert la == lb and la["n"] == 10 and la["seeds"] == "0-9" and np.isfinite(la["nll_nats"])
-
-
-def test_close_distributed_leaves_the_group(tmp_path):
-    # a one-process gloo group: close_distributed leaves it (after the barrier), and is a no-op
-    # when no group was joined, as in every run without torchrun
-    import torch.distributed as dist
-
-    from sdegen.training import close_distributed
-
-    close_distributed()  # no group: nothing happens
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    assert dist.is_initialized()
-    close_distributed()
-    assert not dist.is_initialized()
-    dist.init_process_group(
-        "gloo", store=dist.FileStore(str(tmp_path / "s2"), 1), rank=0, world_size=1
-    )
-    close_distributed(ok=False)  # after a failure: no barrier, the group is left all the same
-    assert not dist.is_initialized()

@@ -9,7 +9,6 @@ import sys
 from .. import __version__
 from ..assembly import EXACT_TRACE_MAX_DIM, SDES, describe_keys
 from ..solvers import DEFAULT_METHOD, METHODS
-from ..training import close_distributed
 from . import commands
 
 
@@ -303,11 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    ok = False
     try:
-        code = args.run_command(args)
-        ok = True
-        return code
+        return args.run_command(args)
     except (ValueError, TypeError, OSError, FloatingPointError) as e:
         # one line: the message names the value and what is accepted (OSError: the path)
         message = " ".join(str(e).split()) or type(e).__name__
@@ -316,8 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sdegen: interrupted", file=sys.stderr)
         return 130
-    finally:
-        close_distributed(ok)  # under torchrun: every process leaves the group cleanly
 
 
 if __name__ == "__main__":

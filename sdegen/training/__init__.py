@@ -23,7 +23,6 @@ from .trainer import (
     StepRandom,
     Trainer,
     adversarial_loss,
-    close_distributed,
     held_out_loss,
     init_distributed,
 )
@@ -45,7 +44,6 @@ __all__ = [
     "adversarial_loss",
     "held_out_loss",
     "StepRandom",
-    "close_distributed",
     "init_distributed",
     "save_checkpoint",
     "load_checkpoint",

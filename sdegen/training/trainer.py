@@ -328,16 +328,6 @@ def init_distributed(device: str) -> tuple[int, int]:
     return _dist_info()
 
 
-def close_distributed(ok: bool = True) -> None:
-    """Leave the torchrun process group, if one was joined: after a barrier when this process
-    finished its work (`ok`), so that no process tears its connections down while another still
-    uses them (gloo then aborts the other at exit, SIGABRT), else at once."""
-    if dist.is_available() and dist.is_initialized():
-        if ok:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
 class Trainer:
     """Train `model` on the tensor `data` by minimising objective(model, batch, rnd).
 
