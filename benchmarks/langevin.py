@@ -130,15 +130,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    panels = {}
-    for sde_name, floor in result["noise_floor"].items():
-        series: dict[str, list] = {}
-        for r in result["records"]:
-            if r["sde"] == sde_name and "skipped" not in r:
-                series.setdefault(r["variant"], []).append((r["nfe"], r["sliced_w2"]))
-        panels[sde_name] = (series, floor["sliced_w2"])
     plots.quality_vs_nfe_panels(
-        panels,
+        harness.nfe_panels(result, "variant"),
         "sliced W2",
         path,
         style=lambda name, pts: "o-" if name.startswith("annealed") else ".--",

@@ -101,15 +101,11 @@ def markdown(result: dict, nfes: list[int]) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    panels = {}
-    for sde_name, floor in result["noise_floor"].items():
-        series: dict[str, list] = {}
-        for r in result["records"]:
-            if r["sde"] == sde_name and "skipped" not in r:
-                series.setdefault(r["method"], []).append((r["nfe"], r["sliced_w2"]))
-        panels[sde_name] = (series, floor["sliced_w2"])
     plots.quality_vs_nfe_panels(
-        panels, "sliced W2", path, style=lambda name, pts: "o" if len(pts) == 1 else ".-"
+        harness.nfe_panels(result, "method"),
+        "sliced W2",
+        path,
+        style=lambda name, pts: "o" if len(pts) == 1 else ".-",
     )
 
 

@@ -129,24 +129,30 @@ def test_hutchinson_likelihood_is_close_and_seeded():
     assert runs[0].nfe_backward == 8 * runs[0].nfe and runs[0].trace == "hutchinson"
 
 
+class Shifted:
+    """N(mean, I) data under the VP SDE `sde`: the score is -(x - alpha mean), differentiable
+    in `mean`."""
+
+    def __init__(self, sde, mean: torch.Tensor) -> None:
+        self.sde, self.mean = sde, mean
+
+    def score(self, x, t):
+        return -(x - self.sde.alpha(t)[:, None] * self.mean)
+
+    def eps(self, x, t):
+        return -self.sde.sigma(t)[:, None] * self.score(x, t)
+
+    def denoise(self, x, t):
+        sde = self.sde
+        return (x + sde.sigma(t)[:, None] ** 2 * self.score(x, t)) / sde.alpha(t)[:, None]
+
+
 def test_differentiable_likelihood_reaches_parameters():
     sde = VPSDE()
     mean = torch.zeros(2, requires_grad=True)
-
-    class Shifted:
-        # N(mean, I) data under VP: the score is -(x - alpha mean)
-        def score(self, x, t):
-            return -(x - sde.alpha(t)[:, None] * mean)
-
-        def eps(self, x, t):
-            return -sde.sigma(t)[:, None] * self.score(x, t)
-
-        def denoise(self, x, t):
-            return (x + sde.sigma(t)[:, None] ** 2 * self.score(x, t)) / sde.alpha(t)[:, None]
-
     x = torch.tensor([[1.0, -1.0]])
     res = sdegen.log_likelihood(
-        Shifted(), sde, x, differentiable=True, method="rk4", options={"step_size": 0.01}
+        Shifted(sde, mean), sde, x, differentiable=True, method="rk4", options={"step_size": 0.01}
     )
     res.log_prob.sum().backward()
     # d/dmean log N(x; mean, I) = x - mean = x at mean = 0 (up to the prior mismatch at T)

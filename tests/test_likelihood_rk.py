@@ -15,7 +15,7 @@ from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
 from sdegen.solvers.likelihood import OWN_METHODS, TOL_SCALE, resolve_method
 
 from .conftest import mixture
-from .test_likelihood import pushed_forward_prior_log_prob
+from .test_likelihood import Shifted, pushed_forward_prior_log_prob
 
 KINDS = {
     "vp": lambda: VPSDE(),
@@ -135,18 +135,9 @@ def test_differentiable_likelihood_through_the_own_pair_matches_autograd_of_the_
     sde = VPSDE()
     mean = torch.tensor([0.3, -0.2], requires_grad=True)
 
-    class Shifted:
-        def score(self, x, t):
-            return -(x - sde.alpha(t)[:, None] * mean)
-
-        def eps(self, x, t):
-            return -sde.sigma(t)[:, None] * self.score(x, t)
-
-        def denoise(self, x, t):
-            return (x + sde.sigma(t)[:, None] ** 2 * self.score(x, t)) / sde.alpha(t)[:, None]
-
     x = torch.tensor([[1.0, -1.0], [0.5, 0.2]])
-    res = sdegen.log_likelihood(Shifted(), sde, x, differentiable=True, rtol=1e-8, atol=1e-8)
+    model = Shifted(sde, mean)
+    res = sdegen.log_likelihood(model, sde, x, differentiable=True, rtol=1e-8, atol=1e-8)
     (grad,) = torch.autograd.grad(res.log_prob.sum(), mean)
     mean2 = mean.detach().clone().requires_grad_(True)
     gs = GaussianScore(mean2, torch.eye(2), sde)

@@ -157,6 +157,20 @@ def parse(
     return p.parse_args(argv)
 
 
+def nfe_panels(result: dict, series: str, metric: str = "sliced_w2") -> dict:
+    """The panels of `plots.quality_vs_nfe_panels` from a per-SDE benchmark result: one per
+    SDE of result["noise_floor"] (its floor: noise_floor[sde][metric]), a curve per value of
+    each record's `series` key, points (nfe, metric); records marked "skipped" left out."""
+    panels = {}
+    for sde, floor in result["noise_floor"].items():
+        curves: dict[str, list] = {}
+        for r in result["records"]:
+            if r["sde"] == sde and "skipped" not in r:
+                curves.setdefault(r[series], []).append((r["nfe"], r[metric]))
+        panels[sde] = (curves, floor[metric])
+    return panels
+
+
 def cells(methods: Iterable[str], nfes: list[int]) -> Iterator[tuple[str, int | None]]:
     """(method, NFE budget) pairs; an adaptive method runs once, with budget None."""
     from ..solvers import METHODS
