@@ -325,3 +325,44 @@ def test_two_processes_write_what_one_writes(tmp_path):
     la, lb = (json.loads((d / "likelihood-test.json").read_text()) for d in (one, two))
     la.pop("seconds"), lb.pop("seconds")
     assert la == lb and la["n"] == 10 and la["seeds"] == "0-9" and np.isfinite(la["nll_nats"])
+
+
+def test_leave_distributed_leaves_the_group_once(tmp_path):
+    # a one-process gloo group: leave_distributed leaves it (after the monitored barrier), and is
+    # a no-op when no group was joined (every run without torchrun) or when it was left already
+    import torch.distributed as dist
+
+    from sdegen.training import leave_distributed
+
+    leave_distributed()
+    dist.init_process_group(
+        "gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    assert dist.is_initialized()
+    leave_distributed(timeout_s=10)
+    assert not dist.is_initialized()
+    leave_distributed()
+
+
+_LEAVE_DRIVER = f"""
+import atexit, os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})  # this checkout's sdegen
+import torch.distributed as dist
+from sdegen.training import init_distributed
+
+out = sys.argv[1]
+rank = os.environ["RANK"]
+# registered first, so it runs last at exit: after sdegen's own exit handler
+atexit.register(lambda: open(f"{{out}}/rank{{rank}}", "w").write(str(dist.is_initialized())))
+assert init_distributed("cpu") == (int(rank), 2)
+assert init_distributed("cpu") == (int(rank), 2)  # a second command joins nothing new
+"""
+
+
+@pytest.mark.xdist_group("ddp")
+def test_processes_leave_the_group_at_exit(tmp_path):
+    # under torchrun each process joins once and, at exit, leaves the group (a barrier, then
+    # destroy_process_group) before the interpreter tears gloo down
+    (tmp_path / "driver.py").write_text(_LEAVE_DRIVER)
+    run_torchrun(str(tmp_path / "driver.py"), str(tmp_path), nproc=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]

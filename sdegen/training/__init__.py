@@ -25,6 +25,7 @@ from .trainer import (
     adversarial_loss,
     held_out_loss,
     init_distributed,
+    leave_distributed,
 )
 from .vlb import VLB_VARIANCES, VLBTerms, vlb_loss, vlb_objective, vlb_terms
 
@@ -45,6 +46,7 @@ __all__ = [
     "held_out_loss",
     "StepRandom",
     "init_distributed",
+    "leave_distributed",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",

@@ -21,12 +21,15 @@ update draws its own batch and noise from (seed, step, update), so resume stays 
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -320,12 +323,38 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+# How long a process leaving the group waits for the others (`leave_distributed`), in seconds.
+LEAVE_TIMEOUT_S = 120.0
+
+
 def init_distributed(device: str) -> tuple[int, int]:
-    """Join the torchrun process group if launched by torchrun (WORLD_SIZE > 1)."""
+    """Join the torchrun process group if launched by torchrun (WORLD_SIZE > 1), once per
+    process; the process leaves it at exit (`leave_distributed`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+        atexit.register(leave_distributed)
     return _dist_info()
+
+
+def leave_distributed(timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+    """Leave the process group, if one was joined: wait (up to `timeout_s`) until every process
+    has come here, then destroy the group. Registered at exit by `init_distributed`, so a process
+    that runs several commands joins and leaves once. Without it, a process that exits first
+    closes its connections while gloo's threads in another still read them, and gloo aborts that
+    process (SIGABRT after a finished run). A peer that failed, or never comes, only delays the
+    leave by the timeout: the group is destroyed all the same."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            # gloo's monitored barrier takes a timeout and names the ranks that did not come
+            dist.monitored_barrier(timeout=timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    except RuntimeError as e:
+        print(f"sdegen: leaving the process group without the others: {e}", file=sys.stderr)
+    dist.destroy_process_group()
 
 
 class Trainer:
