@@ -20,9 +20,15 @@ from .models.density import DensityModel
 from .protocols import SDE, ScoreModelLike, ScoreModelWithSDE
 from .solvers import DEFAULT_METHOD, METHODS
 from .solvers import sample as _sample
-from .solvers.grid import batch_t
-from .solvers.likelihood import SDE_NEEDS, check_likelihood_x, log_likelihood
-from .solvers.pf_ode import integrate, ode_drift
+from .solvers.likelihood import (
+    ANGLE_NEEDS,
+    SDE_NEEDS,
+    TIMES,
+    check_likelihood_x,
+    log_likelihood,
+    pf_ode_sample,
+    resolve_method,
+)
 from .solvers.results import LikelihoodResult
 from .training.losses import dsm_loss
 
@@ -38,8 +44,13 @@ class ScoreSDEDensity(DensityModel):
         model: a score model (score/denoise/eps), e.g. ScoreModel or an analytic one.
         sde: its SDE.
         event_shape: shape of one example.
-        trace, probes, noise, rtol, atol, method: default PF-ODE settings, checked here as in
-            `log_likelihood`; each call may override.
+        trace, probes, noise, rtol, atol, method, time: default PF-ODE settings, checked here
+            by the same functions as in `log_likelihood` (method: sdegen's own pairs "dopri5"
+            (default) and "tsit5", or "torchdiffeq:NAME"; time: "angle" (default) or "t").
+            log_prob, rsample and sample_and_log_prob all make that one solve
+            (`sdegen.solvers.likelihood`), forwards for log_prob and backwards from the prior
+            for the other two, so a sample and its log-density come from the same integrator at
+            the same tolerance; log_prob's calls may override the settings.
         sampler, nfe: default sampler (a name in `sdegen.solvers.METHODS`) and NFE budget (an
             integer >= 1) of `sample`.
 
@@ -76,6 +87,7 @@ class ScoreSDEDensity(DensityModel):
         rtol: float = 1e-5,
         atol: float = 1e-5,
         method: str = "dopri5",
+        time: str = "angle",
         sampler: str = DEFAULT_METHOD,
         nfe: int = 50,
     ) -> None:
@@ -84,11 +96,20 @@ class ScoreSDEDensity(DensityModel):
             raise TypeError(
                 f"model must be a score model with score(x, t), got {type(model).__name__}"
             )
-        self.model, self.sde = model, check_sde(sde, SDE_NEEDS)
+        time = check_choice("time", time, TIMES)
+        self.model, self.sde = model, check_sde(sde, ANGLE_NEEDS if time == "angle" else SDE_NEEDS)
         self.event_shape = check_event_shape(event_shape)
         self.defaults = check_ode_settings(
-            trace=trace, probes=probes, noise=noise, rtol=rtol, atol=atol, method=method
+            trace=trace,
+            probes=probes,
+            noise=noise,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            method_check=resolve_method,
         )
+        # log_likelihood takes the name and resolves it itself
+        self.defaults.update(method=method, time=time)
         self.sampler = check_choice("sampler", sampler, METHODS)
         self.nfe = check_int("nfe", nfe)
 
@@ -123,58 +144,51 @@ class ScoreSDEDensity(DensityModel):
 
     def rsample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n reparametrized samples (n, *event_shape): the prior draw z (drawn with
-        `generator`) carried from T to t_min by the PF-ODE with the default method, rtol and
-        atol, differentiable in the score model's parameters by backpropagation through the
-        solver. These are draws of the density `log_prob` reports (the x of
-        `sample_and_log_prob`, up to the tolerance); `sample` runs the configured `sampler`
-        instead, so for one seed the two differ by its discretisation error."""
-        check_int("n", n)
-        d = self.defaults
-        z = self.sde.prior_sample(
-            (n, *self.event_shape), generator=generator, dtype=torch.get_default_dtype()
+        `generator`) carried from T to t_min by the PF-ODE solve of `log_prob` (same variable,
+        method, rtol and atol; the state alone, no divergence), differentiable in the score
+        model's parameters by backpropagation through the solver. These are draws of the
+        density `log_prob` reports (the x of `sample_and_log_prob`, up to the tolerance);
+        `sample` runs the configured `sampler` instead, so for one seed the two differ by its
+        discretisation error."""
+        x, _ = pf_ode_sample(
+            self.model,
+            self.sde,
+            self._prior_draw(n, generator),
+            log_prob=False,
+            differentiable=True,
+            **self._solve_settings(),
         )
-
-        def func(t: Tensor, x: Tensor) -> Tensor:
-            # an adaptive step's time depends on x; the model reads it as a number
-            return ode_drift(self.model, self.sde, x, batch_t(float(t.detach()), x))
-
-        ts = torch.tensor([self.sde.T, self.sde.t_min], dtype=z.dtype)
-        xs = integrate(func, z, ts, self.sde, method=d["method"], rtol=d["rtol"], atol=d["atol"])
-        return xs[-1]
+        return x
 
     def sample_and_log_prob(
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Samples and their log-density in ONE PF-ODE solve from the prior to t_min.
+        """Samples (n, *event_shape) and their log-density (n,) in ONE PF-ODE solve from the
+        prior to t_min: the solve of `log_prob` run backwards, with the divergence carried
+        along (along the flow d log p_t(x_t)/dt = -div v), so no second solve. The default
+        trace (exact unless set otherwise; Hutchinson probes drawn from `generator` after z)."""
+        x, res = pf_ode_sample(
+            self.model,
+            self.sde,
+            self._prior_draw(n, generator),
+            generator=generator,
+            **self._solve_settings(),
+            **{k: self.defaults[k] for k in ("trace", "probes", "noise")},
+        )
+        if res is None:  # unreachable: log_prob=True returns the log-density
+            raise RuntimeError("sample_and_log_prob: the solve returned no log-density")
+        return x, res.log_prob
 
-        Along the flow d log p_t(x_t)/dt = -div v, so carrying the divergence backwards from
-        log pi(z) gives log p_{t_min}(x) without a second solve. Exact trace.
-        """
+    def _prior_draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """n draws (n, *event_shape) of the SDE's prior in the default dtype."""
         check_int("n", n)
-        d = self.defaults
-        z = self.sde.prior_sample(
+        return self.sde.prior_sample(
             (n, *self.event_shape), generator=generator, dtype=torch.get_default_dtype()
         )
 
-        def func(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-            with torch.enable_grad():
-                y = state[0].detach().requires_grad_(True)
-                v = ode_drift(self.model, self.sde, y, batch_t(float(t), y))
-                div = exact_divergence(v, y)
-            return v.detach(), -div.detach()
-
-        ts = torch.tensor([self.sde.T, self.sde.t_min], dtype=z.dtype)
-        with torch.no_grad():
-            xs, logps = integrate(
-                func,
-                (z, self.sde.prior_log_prob(z)),
-                ts,
-                self.sde,
-                method=d["method"],
-                rtol=d["rtol"],
-                atol=d["atol"],
-            )
-        return xs[-1], logps[-1]
+    def _solve_settings(self) -> dict:
+        """The default solve's integrator settings (method, rtol, atol, time)."""
+        return {k: self.defaults[k] for k in ("method", "rtol", "atol", "time")}
 
     def sde_bound(
         self,

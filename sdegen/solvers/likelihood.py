@@ -106,19 +106,20 @@ def resolve_method(method: str) -> tuple[str, str]:
     return "torchdiffeq", check_choice("method", method, names)
 
 
-def check_likelihood_x(x) -> None:
-    """Raise unless x is a finite float32/float64 tensor of shape (B, *D), B >= 1, D nonempty."""
-    check_tensor_finite("x", x)
+def check_likelihood_x(x, name: str = "x") -> None:
+    """Raise unless x is a finite float32/float64 tensor of shape (B, *D), B >= 1, D nonempty;
+    the messages call it `name`."""
+    check_tensor_finite(name, x)
     if x.ndim < 2 or x.shape[0] == 0 or x[:1].numel() == 0:
         raise ValueError(
-            f"x must have shape (batch, *event_shape) with batch >= 1 and a nonempty event, "
+            f"{name} must have shape (batch, *event_shape) with batch >= 1 and a nonempty event, "
             f"got {tuple(x.shape)}"
         )
     if x.dtype not in SOLVE_DTYPES:
         kind = "a floating-point" if not x.is_floating_point() else "a float32 or float64"
         raise TypeError(
-            f"x must be {kind} tensor (the dtype of the ODE solve), got {x.dtype}; "
-            "convert it with x.double() (or x.float())"
+            f"{name} must be {kind} tensor (the dtype of the ODE solve), got {x.dtype}; "
+            f"convert it with {name}.double() (or {name}.float())"
         )
 
 
@@ -179,6 +180,110 @@ def log_likelihood(
         >= 1; x not a finite float32/float64 tensor of shape (B, *D) with B >= 1; sde not an
         SDE object.
     """
+    _, res = _solve(
+        model,
+        sde,
+        x,
+        reverse=False,
+        log_prob=True,
+        trace=trace,
+        probes=probes,
+        noise=noise,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        generator=generator,
+        differentiable=differentiable,
+        chunk=chunk,
+        options=options,
+        time=time,
+    )
+    if res is None:  # unreachable: a solve with log_prob=True returns its result
+        raise RuntimeError("log_likelihood: the solve returned no log-density")
+    return res
+
+
+def pf_ode_sample(
+    model,
+    sde,
+    z: Tensor,
+    *,
+    log_prob: bool = True,
+    trace: str = "exact",
+    probes: int = 1,
+    noise: str = "rademacher",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    generator: torch.Generator | None = None,
+    differentiable: bool = False,
+    chunk: int | None = None,
+    options: dict | None = None,
+    time: str = "angle",
+) -> tuple[Tensor, LikelihoodResult | None]:
+    """The PF-ODE carried backwards, from a draw z at T to x at t_min, by the same solve
+    `log_likelihood` makes forwards (same variable, pair, tolerances and step control), and,
+    with log_prob=True, the log-density of x in the same solve (Song et al. 2021, App. D.2:
+    log p_{t_min}(x) = log prior(z) + int_{t_min}^{T} div v dt, the integral carried along).
+
+    Args:
+        z: the state at T, shape (B, *D), a finite float32/float64 tensor (e.g. a prior draw).
+        log_prob: integrate the divergence too (trace, probes, noise, chunk as in
+            log_likelihood); False carries the state alone, one model call per evaluation and
+            no VJP.
+        differentiable: keep the graph through the solve (x, and log_prob where asked, are then
+            differentiable in z and in the model's parameters: a reparametrized sample);
+            otherwise every step is detached.
+        the rest: as in `log_likelihood`, checked by the same functions.
+    Returns:
+        (x of shape (B, *D), a LikelihoodResult of x whose `z` is the given z, or None when
+        log_prob is False).
+    Raises:
+        what log_likelihood raises, for z in the place of x.
+    """
+    return _solve(
+        model,
+        sde,
+        z,
+        reverse=True,
+        log_prob=log_prob,
+        trace=trace,
+        probes=probes,
+        noise=noise,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        generator=generator,
+        differentiable=differentiable,
+        chunk=chunk,
+        options=options,
+        time=time,
+    )
+
+
+def _solve(
+    model,
+    sde,
+    y: Tensor,
+    *,
+    reverse: bool,
+    log_prob: bool,
+    trace: str,
+    probes: int,
+    noise: str,
+    rtol: float,
+    atol: float,
+    method: str,
+    generator: torch.Generator | None,
+    differentiable: bool,
+    chunk: int | None,
+    options: dict | None,
+    time: str,
+) -> tuple[Tensor, LikelihoodResult | None]:
+    """The one PF-ODE solve behind log_likelihood (reverse=False: y = x at t_min, carried to T)
+    and pf_ode_sample (reverse=True: y = z at T, carried to t_min). log_prob False carries the
+    state alone (trace is checked all the same). Returns (the state at the other end, in x's
+    units; the LikelihoodResult of the t_min end, or None when log_prob is False)."""
     cfg = check_ode_settings(
         trace=trace,
         probes=probes,
@@ -195,11 +300,11 @@ def log_likelihood(
     check_chunk(chunk)
     check_choice("time", time, TIMES)
     check_sde(sde, ANGLE_NEEDS if time == "angle" else SDE_NEEDS)
-    check_likelihood_x(x)
+    check_likelihood_x(y, "z" if reverse else "x")
     counted = CountingModel(model)
-    eps = probes_like(x, probes, noise, generator) if trace == "hutchinson" else None
+    eps = probes_like(y, probes, noise, generator) if log_prob and trace == "hutchinson" else None
     vjp_count = [0]
-    dim = x[0].numel()
+    dim = y[0].numel()
 
     memo = VmapMemo()  # what torch.func can do with this model, learned once per solve
 
@@ -217,7 +322,7 @@ def log_likelihood(
 
         ends: tuple[float, float] = (phi0, phiT)
         bounds: tuple[float, float] | None = ends
-        y0 = x / r0
+        scale_in, scale_out = (rT, r0) if reverse else (r0, rT)
         # a step predicted from the ODE's scale: for unit-scale data u and F are O(1) on an
         # interval of ~pi/2, so a 5th-order step meets the tolerance near h = tol^(1/5)
         rk_options.setdefault("h0", min(phiT - phi0, (TOL_SCALE * (rtol + atol) / 2) ** 0.2))
@@ -226,10 +331,15 @@ def log_likelihood(
         def field(s: float, u: Tensor) -> Tensor:
             return ode_drift(counted, sde, u, batch_t(s, u))
 
-        ends, bounds, y0 = (sde.t_min, sde.T), None, x
+        ends, bounds, scale_in, scale_out = (sde.t_min, sde.T), None, 1.0, 1.0
+    if reverse:
+        ends = (ends[1], ends[0])
 
     def func(s: float, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         y = state[0] if differentiable else state[0].detach()
+        if not log_prob:
+            v = field(s, y)
+            return (v if differentiable else v.detach(),)
         v, div = divergence(
             lambda u: field(s, u),
             y,
@@ -244,26 +354,28 @@ def log_likelihood(
             v, div = v.detach(), div.detach()
         return v, div
 
-    delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    start: tuple[Tensor, ...] = (y / scale_in,)
+    if log_prob:
+        start += (torch.zeros(y.shape[0], dtype=y.dtype, device=y.device),)
     grad_ctx = torch.enable_grad() if differentiable else torch.no_grad()
     with grad_ctx:
         if integrator == "sdegen":
-            (z, delta), _ = rk.solve(
+            end, _ = rk.solve(
                 func,
-                (y0, delta0),
+                start,
                 ends[0],
                 ends[1],
                 rtol=TOL_SCALE * rtol,
                 atol=TOL_SCALE * atol,
                 method=method,
-                weights=ERROR_WEIGHTS,
+                weights=ERROR_WEIGHTS[: len(start)],
                 **rk_options,
             )
         else:  # torchdiffeq hands the time over as a 0-dim tensor (read back: a host sync)
-            ys, deltas = integrate(
+            path = integrate(
                 lambda s, state: func(float(s), state),
-                (y0, delta0),
-                torch.tensor(ends, dtype=x.dtype, device=x.device),
+                start,
+                torch.tensor(ends, dtype=y.dtype, device=y.device),
                 sde,
                 rtol=rtol,
                 atol=atol,
@@ -271,12 +383,18 @@ def log_likelihood(
                 options=options,
                 bounds=bounds,
             )
-            z, delta = ys[-1], deltas[-1]
-    if time == "angle":  # back to x = r u: the Jacobian of the change of variable, D log(r_T/r_0)
-        z = z * rT
+            end = tuple(p[-1] for p in path)
+    # back to x = r u: the Jacobian of the change of variable adds D log(r_T / r_0)
+    y_end = end[0] * scale_out
+    if not log_prob:
+        return y_end, None
+    # the increment from t_min to T (a reverse solve integrated it from T to t_min)
+    delta = -end[1] if reverse else end[1]
+    if time == "angle":
         delta = delta + dim * math.log(rT / r0)
+    z = y if reverse else y_end
     prior = sde.prior_log_prob(z)
-    return LikelihoodResult(
+    return y_end, LikelihoodResult(
         log_prob=prior + delta,
         prior_log_prob=prior,
         delta_log_prob=delta,
@@ -310,4 +428,10 @@ def _angles(sde) -> tuple[tuple[float, float], tuple[float, float]]:
     return (float(phi[0]), float(phi[1])), (float(r[0]), float(r[1]))
 
 
-__all__ = ["log_likelihood", "bits_per_dim", "exact_divergence", "hutchinson_divergence"]
+__all__ = [
+    "log_likelihood",
+    "pf_ode_sample",
+    "bits_per_dim",
+    "exact_divergence",
+    "hutchinson_divergence",
+]
