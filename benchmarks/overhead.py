@@ -24,11 +24,12 @@ stand-in row also reports the ratio against k-diffusion's first-order sampler of
 (`sample_euler`, or `sample_euler_ancestral` where noise is drawn every step), the stand-in of
 earlier versions, measured in the same alternating runs.
 
-    python benchmarks/overhead.py                 # ~3 min (one thread, loaded 2-core machine)
+    python benchmarks/overhead.py    # ~1 min on a quiet 2-core machine, ~3 min loaded (1 thread)
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -189,6 +190,14 @@ def measure(ks, nfe: int, repeats: int, seed: int, methods: list[str]) -> list[d
     return records
 
 
+def _load_note(meta: dict) -> str:
+    # results.json files written before the load was recorded have no such key
+    if "load_average" not in meta:
+        return ""
+    (a, b), wall = meta["load_average"], meta["wall_s"]
+    return f" (1-minute load average {a:.1f} at the start, {b:.1f} at the end; {wall:.0f} s)"
+
+
 def markdown(records: list[dict], meta: dict) -> str:
     worst = max(records, key=lambda r: r["ratio"])
     lines = [
@@ -211,7 +220,7 @@ def markdown(records: list[dict], meta: dict) -> str:
         "with k-diffusion's first-order euler (euler_ancestral where noise is drawn every "
         "step), the stand-in of earlier versions, in the same alternating runs. Largest ratio: "
         f"{worst['method']} {worst['ratio']:.2f}. Measured on a shared "
-        "2-core machine: other processes add noise, which the IQR shows.",
+        "2-core machine: other processes add noise, which the IQR shows" + _load_note(meta) + ".",
         "",
         "| sdegen | k-diffusion | kind | calls | us/call sdegen | us/call k-diffusion | ratio "
         "| ratio vs first-order |",
@@ -290,8 +299,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         if unknown:
             raise SystemExit(f"--methods: not fixed-grid methods: {unknown}")
         methods = [m for m in methods if m in args.methods]
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
     records = measure(ks, args.nfe, args.repeats, args.seed, methods)
     meta = {
+        "load_average": [load, os.getloadavg()[0]],
+        "wall_s": time.perf_counter() - start,
         "nfe": args.nfe,
         "repeats": args.repeats,
         "seed": args.seed,

@@ -766,3 +766,6 @@ def test_overhead_benchmark_smoke(tmp_path):
     assert set(bench.PAIRS) == set(bench.fixed_grid_methods())
     assert all(r["ratio_iqr"][0] <= r["ratio_iqr"][1] for r in result["records"])
     assert "| dpmpp_2m | sample_dpmpp_2m | same |" in (tmp_path / "table.md").read_text()
+    # the machine's load during the run is recorded with the numbers
+    assert len(result["meta"]["load_average"]) == 2 and result["meta"]["wall_s"] > 0
+    assert "load average" in (tmp_path / "table.md").read_text()
