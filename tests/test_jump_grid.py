@@ -14,6 +14,7 @@ from sdegen.solvers import get_schedule
 from sdegen.solvers.schedules import (
     JUMP_POWER,
     JUMP_SCALE,
+    START_SCALE,
     check_grid,
     log_snr_jump,
     uniform_log_snr,
@@ -26,18 +27,84 @@ SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
 
 @pytest.mark.parametrize("name", list(SDES))
 @pytest.mark.parametrize("steps", [1, 4, 9, 19])
-def test_log_snr_jump_levels(name, steps):
+@pytest.mark.parametrize("sd", [1.0, 0.3, 2.0])
+def test_log_snr_jump_levels(name, steps, sd):
     sde = SDES[name]()
-    ts = get_schedule(sde, "log_snr_jump", steps, denoise_final=True)
+    ts = get_schedule(sde, "log_snr_jump", steps, denoise_final=True, data_std=sd)
     lam = sde.half_log_snr(ts)
     lo, hi = sde.half_log_snr_range()
-    last = -math.log(JUMP_SCALE / (steps + 1) ** JUMP_POWER)  # sigma/alpha = 5.5 / levels^1.5
+    # sigma/alpha = 2.5 sd / levels^1.5 at the jump (t_min's level at most), 5 sd after T's
+    last = min(-math.log(JUMP_SCALE * sd / (steps + 1) ** JUMP_POWER), hi)
+    first = -math.log(START_SCALE * sd)
     assert ts.shape == (steps + 1,) and float(ts[0]) == sde.T
     assert bool((ts[1:] < ts[:-1]).all())
-    assert float(ts[-1]) > sde.t_min
+    assert float(ts[-1]) > sde.t_min if last < hi else float(ts[-1]) == sde.t_min
     torch.testing.assert_close(float(lam[-1]), last, rtol=0, atol=1e-9)
-    # uniform in lambda from lambda(T) to the jump level
-    torch.testing.assert_close(lam, torch.linspace(lo, last, steps + 1), rtol=0, atol=1e-9)
+    if steps == 1:
+        return
+    # one step from T to 5 sd, then uniform in lambda down to the jump level
+    torch.testing.assert_close(lam[1:], torch.linspace(first, last, steps), rtol=0, atol=1e-9)
+    assert float(lam[0]) == pytest.approx(lo, abs=1e-9) and float(lam[0]) < first
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_log_snr_jump_levels_scale_with_the_data(name):
+    # the levels sigma/alpha after T are proportional to data_std (T's level is the SDE's)
+    sde = SDES[name]()
+    s1, s2 = (
+        sde.sigma(ts) / sde.alpha(ts)
+        for ts in (log_snr_jump(sde, 6, data_std=sd) for sd in (0.4, 1.2))
+    )
+    torch.testing.assert_close(s2[1:] / s1[1:], torch.full((6,), 3.0), rtol=1e-9, atol=0)
+    assert float(s1[0]) == pytest.approx(float(s2[0]), rel=1e-12)
+
+
+def test_log_snr_jump_is_data_scale_equivariant_for_exponential_integrators():
+    # Gaussian data N(0, C) and N(0, c^2 C) on VE SDEs whose noise levels are c times each other
+    # (sigma = t, T = sigma_max, t_min = sigma_min): the probability flow of the second is c times
+    # that of the first, and so are their default grids' levels (each placed by its model's
+    # data_std), so an exponential integrator's samples from prior draws c times each other are
+    # c times each other, to rounding
+    cov = torch.tensor([[1.0, 0.3], [0.3, 0.5]])
+    c = 0.25
+    sdes = [EDMSDE(sigma_min=0.002 * k, sigma_max=80.0 * k) for k in (1.0, c)]
+    models = [
+        sdegen.GaussianScore(torch.zeros(2), k * k * cov, sde) for k, sde in zip((1.0, c), sdes)
+    ]
+    assert models[1].sigma_data == pytest.approx(c * models[0].sigma_data, rel=1e-12)
+    z = sdes[0].prior_sample((64, 2), generator=torch.Generator().manual_seed(3))
+    for method in ("unipc", "dpmpp_2m"):
+        a, b = (
+            sdegen.sample(m, sde, (64, 2), method=method, nfe=6, noise=k * z)
+            for m, sde, k in zip(models, sdes, (1.0, c))
+        )
+        torch.testing.assert_close(b.ts, a.ts * c, rtol=1e-12, atol=0)
+        torch.testing.assert_close(b.x, c * a.x, rtol=1e-9, atol=1e-12)
+    # without the data's scale (both grids for unit-variance data) they are not
+    plain = [sdegen.sample(m, sde, (64, 2), method="unipc", noise=k * z, schedule=
+             get_schedule(sde, "log_snr_jump", 5, denoise_final=True)).x
+             for m, sde, k in zip(models, sdes, (1.0, c))]  # fmt: skip
+    assert float((plain[1] - c * plain[0]).abs().max()) > 1e-3 * float(plain[1].abs().max())
+
+
+def test_data_std_is_the_models_sigma_data_through_wrappers():
+    from sdegen.models import data_std
+    from sdegen.solvers.counting import CountingModel
+
+    sde = VPSDE()
+    truth = mixture(sde)
+    x = truth.sample(200_000, generator=torch.Generator().manual_seed(0))
+    assert data_std(truth) == pytest.approx(float(x.var(0).mean().sqrt()), rel=0.01)
+    assert data_std(CountingModel(truth)) == data_std(truth)
+    assert data_std(object()) == 1.0  # unknown: unit-variance data
+    model = sdegen.ScoreModel(sdegen.models.MLP(2, hidden=8, depth=1), sde, sigma_data=0.5)
+    assert data_std(model) == 0.5
+    with pytest.raises(ValueError, match="data_std"):
+        log_snr_jump(sde, 4, data_std=float("nan"))
+    # sample() places the default grid by the model's data_std
+    res = sdegen.sample(truth, sde, (4, 2), method="unipc", nfe=5)
+    want = get_schedule(sde, "log_snr_jump", 4, denoise_final=True, data_std=data_std(truth))
+    assert torch.equal(res.ts, want)
 
 
 @pytest.mark.parametrize("name", list(SDES))
@@ -45,7 +112,10 @@ def test_log_snr_jump_reaches_t_min_on_long_grids_and_without_denoising(name):
     sde = SDES[name]()
     long = log_snr_jump(sde, 2000)
     assert float(long[-1]) == sde.t_min
-    torch.testing.assert_close(long, uniform_log_snr(sde, 2000), rtol=1e-12, atol=0)
+    lam = sde.half_log_snr(long)
+    lo, hi = sde.half_log_snr_range()
+    want = torch.linspace(-math.log(START_SCALE), hi, 2000)
+    torch.testing.assert_close(lam[1:], want, rtol=0, atol=1e-8)
     plain = get_schedule(sde, "log_snr_jump", 7, denoise_final=False)
     assert torch.equal(plain, uniform_log_snr(sde, 7))
 

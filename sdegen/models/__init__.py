@@ -11,6 +11,7 @@ from .base import (
     PARAMETRIZATIONS,
     PRECONDITIONED_PARAMETRIZATIONS,
     ParametrizedModel,
+    data_std,
     edm_scalings,
     from_x0_eps,
     to_x0_eps,
@@ -29,6 +30,7 @@ from .unet import UNet
 from .vae import VAE, KLSchedule, free_bits_kl
 
 __all__ = [
+    "data_std",
     "FFJORD",
     "RealNVP",
     "RealNVPImage",

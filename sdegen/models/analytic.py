@@ -222,6 +222,15 @@ class GaussianMixtureScore(ParametrizedModel):
         d = self.means - self.mean()
         return (w[:, None, None] * (C + d[:, :, None] * d[:, None, :])).sum(0)
 
+    @property
+    def sigma_data(self) -> float:
+        """The data's RMS standard deviation sqrt(tr Cov / D), exact: the scale samplers place
+        their default grid by (`sdegen.models.data_std`)."""
+        w = self.log_weights.exp()
+        d = self.means - self.mean()
+        total = (w * (self.evals.sum(-1) + (d * d).sum(-1))).sum()
+        return float((total / self.dim).sqrt())
+
 
 class GaussianScore(GaussianMixtureScore):
     """The exact score of N(mean, cov) diffused by `sde` (a one-component mixture)."""

@@ -155,6 +155,22 @@ def check_parametrization(kind: str, sde: SDE) -> str:
     return kind
 
 
+def data_std(model) -> float:
+    """The data scale of `model`: its `sigma_data` (the data's standard deviation: exact for the
+    analytic mixtures, the value a ScoreModel's input scaling was built with), looked up through
+    wrappers that hold the model they wrap as `.model` (guidance, counting); 1 (unit-variance
+    data, the convention of VP's input scaling) when none is a positive finite number. Samplers
+    place their default grid by it (`solvers.schedules.log_snr_jump`)."""
+    seen = 0
+    while model is not None and seen < 32:  # a wrapper chain, never a cycle in practice
+        value = getattr(model, "sigma_data", None)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if 0 < float(value) < float("inf"):
+                return float(value)
+        model, seen = getattr(model, "model", None), seen + 1
+    return 1.0
+
+
 def edm_scalings(
     alpha: Tensor, sigma: Tensor, sigma_data: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -19,7 +19,7 @@ from .._utils import (
     check_tensor_finite,
     resolve_device,
 )
-from ..models.base import check_sde
+from ..models.base import check_sde, data_std
 from ..random import RandomSource, randn
 from .counting import CountingModel
 from .grid import Recorder, solve
@@ -165,7 +165,7 @@ def sample(
         model, sde, shape, steps, nfe, noise, dtype, device, callback
     )
     window = sde if t_start is None else _Window(sde, t_start)
-    ts = _time_grid(method, window, steps, nfe, schedule, denoise_final, options)
+    ts = _time_grid(method, window, steps, nfe, schedule, denoise_final, options, data_std(model))
     guided = guided_model(
         model, sde, shape[0], y=y, guidance=guidance, classifier=classifier,
         classifier_scale=classifier_scale, device=device,
@@ -289,11 +289,11 @@ def _edit_start(sde, shape, x_init, ts, noise, generator, dtype, device) -> Tens
     return sde.perturb(x0, batch_times(float(ts[0]), shape[0], x0), z)
 
 
-def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options) -> Tensor:
+def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options, sd) -> Tensor:
     """The grid, float64 (steps + 1,) from T to t_min (with `denoise_final`, to the time where
     the final denoising step jumps to zero noise, t_min or above): given, named with `steps`, or
-    the most steps whose cost fits `nfe`; 50 steps by default. Adaptive methods get [T, t_min],
-    the ends of their solve."""
+    the most steps whose cost fits `nfe`; 50 steps by default; a named grid for data of RMS std
+    `sd`. Adaptive methods get [T, t_min], the ends of their solve."""
     m = METHODS[method]
     if m.adaptive:
         if steps is not None or nfe is not None or torch.is_tensor(schedule):
@@ -311,4 +311,4 @@ def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options) -> Ten
         steps = fit_steps(method, nfe, 1 if denoise_final else 0, options)
     name = schedule or m.schedule
     steps = 50 if steps is None else steps
-    return get_schedule(sde, name, steps, denoise_final=denoise_final)
+    return get_schedule(sde, name, steps, denoise_final=denoise_final, data_std=sd)

@@ -6,8 +6,8 @@ through sde.t_of_half_log_snr, so the same schedule means the same noise levels 
 When a final denoising step follows the grid, the grid may stop above t_min: the denoiser at the
 last time jumps to zero noise, as EDM's and k-diffusion's last step to sigma = 0 does. Ending at
 t_min wastes that evaluation at few steps (the denoiser at sigma/alpha = 0.002 barely moves x);
-"log_snr_jump" places the last level where it still does work (measured in
-benchmarks/default_vs_peers.py).
+"log_snr_jump" places the last level where it still does work, and its levels by the data's
+scale (measured in benchmarks/defaults.py).
 """
 
 from __future__ import annotations
@@ -32,29 +32,46 @@ def uniform_log_snr(sde, steps: int) -> Tensor:
     return _endpoints(sde, sde.t_of_half_log_snr(lam))
 
 
-# The jump level sigma/alpha = JUMP_SCALE / levels**JUMP_POWER, fitted (see log_snr_jump).
-JUMP_SCALE, JUMP_POWER = 5.5, 1.5
+# The grid of the exponential integrators, in units of the data's RMS std s_d (`data_std`): the
+# first level after T at sigma/alpha = START_SCALE s_d, the last (where the final denoising step
+# takes over) at JUMP_SCALE s_d / levels**JUMP_POWER. Fitted; see log_snr_jump.
+START_SCALE, JUMP_SCALE, JUMP_POWER = 5.0, 2.5, 1.5
 
 
-def log_snr_jump(sde, steps: int, *, denoised: bool = True) -> Tensor:
-    """Uniform in lambda from T down to the noise level sigma/alpha = 5.5 / (steps + 1)^1.5,
-    where the final denoising step takes over (the default grid of the exponential integrators).
+def log_snr_jump(sde, steps: int, *, denoised: bool = True, data_std: float = 1.0) -> Tensor:
+    """The default grid of the exponential integrators, for data of RMS std `data_std` = s_d:
+    one step from T to the noise level sigma/alpha = 5 s_d, then uniform in lambda down to
+    sigma/alpha = 2.5 s_d / (steps + 1)^1.5, where the final denoising step takes over.
 
-    With steps + 1 levels, each evaluated once by a one-evaluation method and the last by the
-    final denoising step, the last level is sigma/alpha = 0.49 at 5 levels, 0.17 at 10, 0.061 at
-    20 and 0.016 at 50, reaching t_min's level on long grids (from 66 levels on the default
-    VPSDE, 197 on EDMSDE). The rule was fitted to the best last level of UniPC and
-    DPM-Solver++(2M)/(3M) at 5, 10 and 20 levels on the ring and the mixtures that
-    benchmarks/peers.py lists as TUNED_ON, on the ddpm and EDM SDEs, and is reported on the
-    others (benchmarks/defaults.py). `denoised=False` (no final denoising step, so the grid must
-    reach t_min) gives `uniform_log_snr`, and so does an edit starting (SDEdit's t_start) at or
-    below the jump level; an edit from above it spreads its levels down to the jump.
+    The levels scale with the data: in the variables x / alpha and sigma / alpha the probability
+    flow of data scaled by c is the flow of the data scaled by c, so a grid of such a sampler that
+    suits data of std s_d suits data of std c s_d once its levels are multiplied by c (T and
+    t_min, which are the SDE's, aside). Above about 5 s_d the denoiser barely depends on x and
+    one step crosses that range; below it, with steps + 1 levels each evaluated once by a
+    one-evaluation method and the last by the final denoising step, the last level is
+    sigma/alpha = 0.22 s_d at 5 levels, 0.079 s_d at 10, 0.028 s_d at 20, reaching t_min's level
+    on long grids. The three constants were fitted to UniPC at 5, 10 and 20 levels on the ring and
+    the mixtures benchmarks/peers.py lists as TUNED_ON (data std 1.4-1.5), on the ddpm and EDM
+    SDEs, and are reported on the others (benchmarks/defaults.py), among them one fitted to the
+    8x8 digits (std 0.51). `denoised=False` (no final denoising step, so the grid must reach
+    t_min) gives `uniform_log_snr`, and so does an edit starting (SDEdit's t_start) at or below
+    the jump level; an edit from below 5 s_d spreads its levels evenly from its start.
     """
+    sd = check_finite_number("data_std", data_std, positive=True)
     lo, hi = sde.half_log_snr_range()
-    last = min(-math.log(JUMP_SCALE / (steps + 1) ** JUMP_POWER), hi)
+    last = min(-math.log(JUMP_SCALE * sd / (steps + 1) ** JUMP_POWER), hi)
     if not denoised or last <= lo:
         return uniform_log_snr(sde, steps)
-    lam = torch.linspace(lo, last, steps + 1, dtype=torch.float64)
+    first = -math.log(START_SCALE * sd)
+    if steps > 1 and lo < first < last:
+        lam = torch.cat(
+            [
+                torch.tensor([lo], dtype=torch.float64),
+                torch.linspace(first, last, steps, dtype=torch.float64),
+            ]
+        )
+    else:
+        lam = torch.linspace(lo, last, steps + 1, dtype=torch.float64)
     ts = sde.t_of_half_log_snr(lam).clone()
     ts[0] = sde.T
     if last == hi:
@@ -91,15 +108,24 @@ SCHEDULES = {
 }
 
 
-def get_schedule(sde, name: str, steps: int, *, denoise_final: bool = False, **kwargs) -> Tensor:
+def get_schedule(
+    sde,
+    name: str,
+    steps: int,
+    *,
+    denoise_final: bool = False,
+    data_std: float = 1.0,
+    **kwargs,
+) -> Tensor:
     """The grid `name` (a key of SCHEDULES) with `steps` steps, float64 (steps+1,), from T to
     t_min; with `denoise_final` (a final denoising step follows), "log_snr_jump" ends above t_min
-    at its jump level."""
+    at its jump level. `data_std`: the data's RMS std, which "log_snr_jump" scales its levels by
+    (`sdegen.models.data_std(model)`); the other grids do not use it."""
     check_choice("schedule", name, SCHEDULES)
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if name == "log_snr_jump":
-        kwargs["denoised"] = denoise_final
+        kwargs["denoised"], kwargs["data_std"] = denoise_final, data_std
     ts = SCHEDULES[name](sde, steps, **kwargs)
     if not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(f"schedule {name!r} with {steps} steps is not strictly decreasing")

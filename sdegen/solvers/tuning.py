@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_finite_number, check_int
+from ..models.base import data_std
 from .counting import CountingModel
 from .grid import solve
 from .methods import METHODS
@@ -211,7 +212,9 @@ def optimise_schedule(
         atol=reference_tol,
     ).x  # fmt: skip
     if start is None:
-        start = get_schedule(sde, METHODS[method].schedule, steps, denoise_final=True)
+        start = get_schedule(
+            sde, METHODS[method].schedule, steps, denoise_final=True, data_std=data_std(model)
+        )
     lam0, lam1 = sde.half_log_snr_range()
     lam_start = sde.half_log_snr(start.to(torch.float64))
     # n increments and the gap before t_min (kept positive so the last time can move either way)
