@@ -45,8 +45,8 @@ class ScoreSDEDensity(DensityModel):
         sde: its SDE.
         event_shape: shape of one example.
         trace, probes, noise, rtol, atol, method, time: default PF-ODE settings, checked here
-            by the same functions as in `log_likelihood` (method: sdegen's own pairs "dopri5"
-            (default) and "tsit5", or "torchdiffeq:NAME"; time: "angle" (default) or "t").
+            by the same functions as in `log_likelihood` (method: "auto" (default), sdegen's own
+            pairs "dopri5", "tsit5", "bs3", or "torchdiffeq:NAME"; time: "angle" or "t").
             log_prob, rsample and sample_and_log_prob all make that one solve
             (`sdegen.solvers.likelihood`), forwards for log_prob and backwards from the prior
             for the other two, so a sample and its log-density come from the same integrator at
@@ -86,7 +86,7 @@ class ScoreSDEDensity(DensityModel):
         noise: str = "rademacher",
         rtol: float = 1e-5,
         atol: float = 1e-5,
-        method: str = "dopri5",
+        method: str = "auto",
         time: str = "angle",
         sampler: str = DEFAULT_METHOD,
         nfe: int = 50,

@@ -102,16 +102,17 @@ def test_the_model_is_called_inside_t_min_to_T_and_every_call_is_counted(time):
     assert (res.nfe - 1 - (time == "t")) % 6 == 0
 
 
-def test_tighter_tolerances_give_smaller_errors_and_tol_scale_holds_the_error_near_tol():
-    # the tolerance keeps its meaning: the log-density error at tol is below tol-sized
-    # (TOL_SCALE), and falls as tol falls
+@pytest.mark.parametrize("method", ["dopri5", "bs3"])
+def test_tighter_tolerances_give_smaller_errors_and_tol_scale_holds_the_error_near_tol(method):
+    # the tolerance keeps its meaning for every own pair: the log-density error at tol is below
+    # tol-sized (TOL_SCALE), and falls as tol falls, at a rising cost
     sde = VPSDE()
     model = mixture(sde, dim=2)
     x = model.sample(8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     ref = sdegen.log_likelihood(model, sde, x, rtol=1e-8, atol=1e-8, method="torchdiffeq:dopri5")
     errs, nfes = [], []
     for tol in (1e-2, 1e-3, 1e-4):
-        res = sdegen.log_likelihood(model, sde, x, rtol=tol, atol=tol)
+        res = sdegen.log_likelihood(model, sde, x, rtol=tol, atol=tol, method=method)
         errs.append(float((res.log_prob - ref.log_prob).abs().mean()))
         nfes.append(res.nfe)
         assert errs[-1] < 10 * tol
@@ -146,6 +147,8 @@ def test_differentiable_likelihood_through_the_own_pair_matches_autograd_of_the_
 
 
 def test_method_names_resolve_to_the_own_pairs_or_torchdiffeq():
+    assert resolve_method("auto") == ("sdegen", "auto")
+    assert resolve_method("bs3") == ("sdegen", "bs3")
     assert resolve_method("dopri5") == ("sdegen", "dopri5")
     assert resolve_method("tsit5") == ("sdegen", "tsit5")
     assert resolve_method("torchdiffeq:dopri5") == ("torchdiffeq", "dopri5")

@@ -29,8 +29,9 @@ stationary, and the whole path is the bounded interval phi in (0, pi/2) whatever
 VE, EDM and sub-VP give the same ODE up to where phi_0 and phi_T lie). benchmarks/
 likelihood_speed.py measures it against t and against k-diffusion at equal error.
 
-The ODE is integrated by sdegen's own embedded Runge-Kutta pair (solvers/rk.py, Dormand-Prince
-5(4) by default) rather than torchdiffeq's: what made it cheaper at equal error, measured on the
+The ODE is integrated by sdegen's own embedded Runge-Kutta pair (solvers/rk.py; by default
+method="auto": Dormand-Prince 5(4), or Bogacki-Shampine 3(2) where the tolerance is loose, see
+AUTO_LOOSE_TOL) rather than torchdiffeq's: what made it cheaper at equal error, measured on the
 benchmark's 2-D ring and 16-D mixture (VP and EDM), was (i) the error norm on the state alone,
 the increment weighted 0.1 (the increment is a quadrature along the path, its error follows the
 state's), (ii) no forced short landing step, and (iii) a first step predicted from the angle
@@ -38,7 +39,13 @@ ODE's O(1) scale instead of a probe. A PI controller, Tsitouras 5(4), Dormand-Pr
 per-example step size, the norm over examples as a mean or a max, and other integration
 variables (log phi, sqrt phi, phi + c log phi, a sigma_data other than 1, and the
 data-prediction form dw/ds = -x0_hat in s = -alpha / sigma, w = x / sigma) were measured and
-gave no gain or a loss. The half
+gave no gain or a loss; so did, measured later, Verner's efficient 6(5) pair (2010, Numer.
+Algorithms 53: 1.3-1.5x the evaluations at equal error: its order-5 estimate
+holds the order-6 solution far tighter than needed), a goal-oriented
+error norm (the state's error weighted by the adjoint, which here is r * score: it spent more),
+the increment left out of the norm or weighted 1, Hairer's starting step instead of the predicted
+one, a step growth limit of 3 or 5 (never reached), and a safety factor of 0.8 (better on one
+table, worse on two). The half
 log-SNR lambda itself was measured too and not kept: in lambda both ends are long stretches on
 which the state grows or decays like exp(+-lambda) (x, x / sigma or x / alpha alike), and dopri5
 needed more evaluations than in t for the same error (2-D ring, VP and EDM, tol 1e-3..1e-6).
@@ -77,10 +84,22 @@ ANGLE_NEEDS = SDE_NEEDS + ("t_of_half_log_snr",)
 TIMES = ("angle", "t")
 # dtypes an ODE solve with likelihood tolerances can run in
 SOLVE_DTYPES = (torch.float32, torch.float64)
-# sdegen's own adaptive pairs (solvers/rk.py); "dopri5" is the default. Any other torchdiffeq
-# method name goes to torchdiffeq.odeint, and "torchdiffeq:NAME" reaches torchdiffeq's NAME even
-# where sdegen has a pair of that name (torchdiffeq's own dopri5).
-OWN_METHODS = tuple(rk.TABLEAUS)
+# sdegen's own adaptive pairs (solvers/rk.py), and "auto" (the default): the pair chosen by the
+# tolerance (auto_pair). Any other torchdiffeq method name goes to torchdiffeq.odeint, and
+# "torchdiffeq:NAME" reaches torchdiffeq's NAME even where sdegen has a pair of that name
+# (torchdiffeq's own dopri5).
+AUTO = "auto"
+OWN_METHODS = (AUTO, *rk.TABLEAUS)
+# "auto" integrates with Bogacki-Shampine 3(2) where max(rtol, atol) >= AUTO_LOOSE_TOL and with
+# Dormand-Prince 5(4) below. Why: a solve of few steps is cheaper with the lower order. A p-th
+# order pair takes ~ L (C_p / tol)^(1/p) steps of s_p evaluations (bs3: p = 3, s = 3; dopri5:
+# p = 5, s = 6), so the lower order wins above a crossover tolerance, 5.5e-3 at the state's
+# tolerance (TOL_SCALE * tol) if C_3 = C_5, i.e. tol ~ 5e-2; measured on the benchmark's ring and
+# 16-D mixture (benchmarks/likelihood_speed.py) bs3 needed fewer evaluations than dopri5 at equal
+# log-density error down to tol = 1e-2 and more from 1e-3. 1e-2 was picked on those four
+# tables and checked on four held-out ill-conditioned ones (gmm16c4s4/s5, VP and EDM), where it
+# lowered the NFE ratio to k-diffusion too and raised it nowhere.
+AUTO_LOOSE_TOL = 1e-2
 TORCHDIFFEQ_PREFIX = "torchdiffeq:"
 # how much each part of the state (y, delta) counts in the own pairs' error norm: the state's
 # error drives both, and the log-density increment, a quadrature along the path, only weakly
@@ -93,6 +112,12 @@ ERROR_WEIGHTS = (1.0, 0.1)
 TOL_SCALE = 0.1
 # options an own pair takes (passed to rk.solve)
 RK_OPTIONS = ("h0", "safety", "beta", "fac_min", "fac_max", "max_steps")
+
+
+def auto_pair(rtol: float, atol: float) -> str:
+    """The own pair that method="auto" integrates with at tolerances (rtol, atol): "bs3" where
+    max(rtol, atol) >= AUTO_LOOSE_TOL (a loose solve: few steps), else "dopri5"."""
+    return "bs3" if max(rtol, atol) >= AUTO_LOOSE_TOL else "dopri5"
 
 
 def resolve_method(method: str) -> tuple[str, str]:
@@ -133,7 +158,7 @@ def log_likelihood(
     noise: str = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "dopri5",
+    method: str = AUTO,
     generator: torch.Generator | None = None,
     differentiable: bool = False,
     chunk: int | None = None,
@@ -154,14 +179,16 @@ def log_likelihood(
         rtol, atol: finite and > 0. With an own pair they bound the local error of the state
             (u or x) at TOL_SCALE * (rtol, atol), the log-density increment weighted by
             ERROR_WEIGHTS; with torchdiffeq, both parts at (rtol, atol) (its mixed RMS norm).
-        method: "dopri5" (default) or "tsit5", sdegen's own adaptive pairs (solvers/rk.py:
-            every evaluation inside the interval, the last steps evenly spread, times as Python
-            floats so no evaluation waits on the device); "torchdiffeq:NAME" for torchdiffeq's
-            NAME; any other torchdiffeq method name (rk4, dopri8, ...) goes to torchdiffeq too.
+        method: "auto" (default: "bs3" where max(rtol, atol) >= AUTO_LOOSE_TOL = 1e-2, else
+            "dopri5"), or one of sdegen's own adaptive pairs "dopri5", "tsit5", "bs3"
+            (solvers/rk.py: every evaluation inside the interval, the last steps evenly spread,
+            times as Python floats so no evaluation waits on the device); "torchdiffeq:NAME" for
+            torchdiffeq's NAME; any other torchdiffeq method name (rk4, dopri8, ...) goes to
+            torchdiffeq too.
         options: a dict or None: for an own pair, keywords of rk.solve (RK_OPTIONS: h0, safety,
             beta, fac_min, fac_max, max_steps; in the angle h0 defaults to
-            (TOL_SCALE * tol)^(1/5), a step predicted from the ODE's scale, and in t to Hairer's
-            estimate); for torchdiffeq, its options.
+            (TOL_SCALE * tol)^(1/p), p the pair's order, a step predicted from the ODE's scale,
+            and in t to Hairer's estimate); for torchdiffeq, its options.
         differentiable: keep the graph so log_prob can be back-propagated to the model's
             parameters (for maximum-likelihood training); otherwise every step is detached.
         chunk: basis vectors per batched VJP for the exact trace: an integer >= 1, or None
@@ -214,7 +241,7 @@ def pf_ode_sample(
     noise: str = "rademacher",
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "dopri5",
+    method: str = AUTO,
     generator: torch.Generator | None = None,
     differentiable: bool = False,
     chunk: int | None = None,
@@ -296,6 +323,8 @@ def _solve(
     )
     rtol, atol = cfg["rtol"], cfg["atol"]
     integrator, method = cfg["method"]
+    if method == AUTO:
+        method = auto_pair(rtol, atol)
     rk_options = _rk_options(options) if integrator == "sdegen" else {}
     check_chunk(chunk)
     check_choice("time", time, TIMES)
@@ -324,8 +353,12 @@ def _solve(
         bounds: tuple[float, float] | None = ends
         scale_in, scale_out = (rT, r0) if reverse else (r0, rT)
         # a step predicted from the ODE's scale: for unit-scale data u and F are O(1) on an
-        # interval of ~pi/2, so a 5th-order step meets the tolerance near h = tol^(1/5)
-        rk_options.setdefault("h0", min(phiT - phi0, (TOL_SCALE * (rtol + atol) / 2) ** 0.2))
+        # interval of ~pi/2, so a step of a p-th order pair meets the tolerance near tol^(1/p)
+        if integrator == "sdegen":
+            p = rk.TABLEAUS[method].order
+            rk_options.setdefault(
+                "h0", min(phiT - phi0, (TOL_SCALE * (rtol + atol) / 2) ** (1 / p))
+            )
     else:
 
         def field(s: float, u: Tensor) -> Tensor:

@@ -20,8 +20,11 @@ Times are Python floats, so an evaluation never reads a time back from an accele
 host sync per step is the error norm the controller needs.
 
 Pairs: "dopri5" (Dormand & Prince 1980, 5(4), 7 stages, first same as last: 6 evaluations a
-step) and "tsit5" (Tsitouras 2011, "Runge-Kutta pairs of order 5(4) satisfying only the first
-column simplifying assumption", Comput. Math. Appl. 62, Table 1; also 6 a step).
+step), "tsit5" (Tsitouras 2011, "Runge-Kutta pairs of order 5(4) satisfying only the first
+column simplifying assumption", Comput. Math. Appl. 62, Table 1; also 6 a step) and "bs3"
+(Bogacki & Shampine 1989, "A 3(2) pair of Runge-Kutta formulas", Appl. Math. Lett. 2(4),
+321-325: 4 stages, first same as last, 3 evaluations a step), which is cheaper where the
+tolerance is loose (few steps are taken, and a step costs half of a 5(4) pair's).
 """
 
 from __future__ import annotations
@@ -120,7 +123,18 @@ TSIT5 = Tableau(
 )
 
 
-TABLEAUS = {t.name: t for t in (DOPRI5, TSIT5)}
+# Bogacki & Shampine (1989): the order-3 solution b and the embedded order-2 b_hat
+BS3 = Tableau(
+    name="bs3",
+    c=(0.0, 1 / 2, 3 / 4, 1.0),
+    a=((), (1 / 2,), (0.0, 3 / 4), (2 / 9, 1 / 3, 4 / 9)),
+    b=(2 / 9, 1 / 3, 4 / 9, 0.0),
+    e=(2 / 9 - 7 / 24, 1 / 3 - 1 / 4, 4 / 9 - 1 / 3, -1 / 8),
+    order=3,
+)
+
+
+TABLEAUS = {t.name: t for t in (DOPRI5, TSIT5, BS3)}
 
 
 @dataclass
@@ -223,7 +237,7 @@ def solve(
         y0: the state at t0, a tuple of tensors.
         t0, t1: the ends of the interval (floats); the field is evaluated only inside it.
         rtol, atol: finite and > 0; the step is accepted when the scaled error is <= 1.
-        method: a pair of TABLEAUS ("dopri5", "tsit5").
+        method: a pair of TABLEAUS ("dopri5", "tsit5", "bs3").
         weights: per tensor of the state, how much its error counts (default 1 each; 0 leaves
             a tensor out of the control).
         h0: the first step's size (> 0), or None for Hairer's estimate (one more evaluation).
@@ -309,4 +323,14 @@ def solve(
     return y, stats
 
 
-__all__ = ["Tableau", "DOPRI5", "TSIT5", "TABLEAUS", "RKStats", "solve", "step", "error_norm"]
+__all__ = [
+    "Tableau",
+    "DOPRI5",
+    "TSIT5",
+    "BS3",
+    "TABLEAUS",
+    "RKStats",
+    "solve",
+    "step",
+    "error_norm",
+]
