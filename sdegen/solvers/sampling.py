@@ -85,7 +85,8 @@ def sample(
         steps: number of grid steps; or give `nfe`, the budget of network evaluations, and the
             largest number of steps that fits is used (the result reports the counted NFE).
             Neither: 50 steps. Adaptive methods ("dopri5") take rtol/atol instead.
-        schedule: "uniform", "log_snr", "log_snr_jump" or "karras" (default per method), or
+        schedule: "uniform", "log_snr", "log_snr_jump" or "karras" (default per method;
+            "log_snr_jump" places its levels by the model's data std, `models.data_std`), or
             the grid itself: a strictly decreasing tensor of times from T (or t_start) to t_min,
             or, with `denoise_final`, to the time where the final denoising step jumps to zero
             noise (t_min or above), e.g. `optimise_schedule(...).ts`.
