@@ -39,7 +39,7 @@ ranges. Both sides' ODE error is the integration error alone (their exact solves
 sdegen's exact trace and both Hutchinson traces are compared with k-diffusion's one measure.
 
     pip install --no-deps k-diffusion==0.1.1.post1    # see benchmarks/peers.py
-    python benchmarks/likelihood_speed.py             # full run (about 7 minutes on one core)
+    python benchmarks/likelihood_speed.py             # full run (1-8 min on one core, by load)
     python benchmarks/likelihood_speed.py --n 16 --tols 1e-2 1e-3 --mixtures ring   # smoke run
     python benchmarks/likelihood_speed.py --replot
 """
