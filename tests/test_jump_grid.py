@@ -28,19 +28,24 @@ SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
 @pytest.mark.parametrize("name", list(SDES))
 @pytest.mark.parametrize("steps", [1, 4, 9, 19])
 @pytest.mark.parametrize("sd", [1.0, 0.3, 2.0])
-def test_log_snr_jump_levels(name, steps, sd):
+@pytest.mark.parametrize("start", [None, START_SCALE])
+def test_log_snr_jump_levels(name, steps, sd, start):
     sde = SDES[name]()
-    ts = get_schedule(sde, "log_snr_jump", steps, denoise_final=True, data_std=sd)
+    kw = {} if start is None else {"start_scale": start}
+    ts = get_schedule(sde, "log_snr_jump", steps, denoise_final=True, data_std=sd, **kw)
     lam = sde.half_log_snr(ts)
     lo, hi = sde.half_log_snr_range()
-    # sigma/alpha = 2.5 sd / levels^1.5 at the jump (t_min's level at most), 5 sd after T's
+    # sigma/alpha = 2.5 sd / levels^1.5 at the jump (t_min's level at most); with a start,
+    # start * sd after T's
     last = min(-math.log(JUMP_SCALE * sd / (steps + 1) ** JUMP_POWER), hi)
+    if start is None:  # uniform in lambda from lambda(T)
+        torch.testing.assert_close(lam, torch.linspace(lo, last, steps + 1), rtol=0, atol=1e-9)
     first = -math.log(START_SCALE * sd)
     assert ts.shape == (steps + 1,) and float(ts[0]) == sde.T
     assert bool((ts[1:] < ts[:-1]).all())
     assert float(ts[-1]) > sde.t_min if last < hi else float(ts[-1]) == sde.t_min
     torch.testing.assert_close(float(lam[-1]), last, rtol=0, atol=1e-9)
-    if steps == 1:
+    if steps == 1 or start is None:
         return
     # one step from T to 5 sd, then uniform in lambda down to the jump level
     torch.testing.assert_close(lam[1:], torch.linspace(first, last, steps), rtol=0, atol=1e-9)
@@ -53,7 +58,7 @@ def test_log_snr_jump_levels_scale_with_the_data(name):
     sde = SDES[name]()
     s1, s2 = (
         sde.sigma(ts) / sde.alpha(ts)
-        for ts in (log_snr_jump(sde, 6, data_std=sd) for sd in (0.4, 1.2))
+        for ts in (log_snr_jump(sde, 6, data_std=sd, start_scale=5.0) for sd in (0.4, 1.2))
     )
     torch.testing.assert_close(s2[1:] / s1[1:], torch.full((6,), 3.0), rtol=1e-9, atol=0)
     assert float(s1[0]) == pytest.approx(float(s2[0]), rel=1e-12)
@@ -101,10 +106,14 @@ def test_data_std_is_the_models_sigma_data_through_wrappers():
     assert data_std(model) == 0.5
     with pytest.raises(ValueError, match="data_std"):
         log_snr_jump(sde, 4, data_std=float("nan"))
-    # sample() places the default grid by the model's data_std
-    res = sdegen.sample(truth, sde, (4, 2), method="unipc", nfe=5)
-    want = get_schedule(sde, "log_snr_jump", 4, denoise_final=True, data_std=data_std(truth))
-    assert torch.equal(res.ts, want)
+    # sample() places the default grid by the model's data_std; unipc's starts at 5 stds
+    sd = data_std(truth)
+    for method, kw in (("unipc", {"start_scale": START_SCALE}), ("dpmpp_2m", {})):
+        res = sdegen.sample(truth, sde, (4, 2), method=method, nfe=5)
+        want = get_schedule(sde, "log_snr_jump", 4, denoise_final=True, data_std=sd, **kw)
+        assert torch.equal(res.ts, want), method
+    with pytest.raises(ValueError, match="start_scale"):
+        log_snr_jump(sde, 4, start_scale=0.0)
 
 
 @pytest.mark.parametrize("name", list(SDES))
@@ -112,10 +121,12 @@ def test_log_snr_jump_reaches_t_min_on_long_grids_and_without_denoising(name):
     sde = SDES[name]()
     long = log_snr_jump(sde, 2000)
     assert float(long[-1]) == sde.t_min
-    lam = sde.half_log_snr(long)
-    lo, hi = sde.half_log_snr_range()
+    torch.testing.assert_close(long, uniform_log_snr(sde, 2000), rtol=1e-12, atol=0)
+    started = log_snr_jump(sde, 2000, start_scale=START_SCALE)
+    assert float(started[-1]) == sde.t_min
+    _, hi = sde.half_log_snr_range()
     want = torch.linspace(-math.log(START_SCALE), hi, 2000)
-    torch.testing.assert_close(lam[1:], want, rtol=0, atol=1e-8)
+    torch.testing.assert_close(sde.half_log_snr(started)[1:], want, rtol=0, atol=1e-8)
     plain = get_schedule(sde, "log_snr_jump", 7, denoise_final=False)
     assert torch.equal(plain, uniform_log_snr(sde, 7))
 

@@ -23,6 +23,7 @@ from . import (
     torchsde_methods,
 )
 from .grid import GridMethod
+from .schedules import START_SCALE
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +34,7 @@ class Method:
         kind: "sde" (integrates the reverse SDE) or "ode" (the probability-flow ODE; "ode"
             methods with an `eta` option draw noise when it is > 0).
         schedule: default grid, a name in SCHEDULES.
+        schedule_options: keyword arguments of that grid for this method (unipc's start level).
         nfe: `nfe(steps, options)`, the evaluations that many steps cost (None: adaptive, the
             cost is not set by steps). Used only to choose `steps` for an NFE budget; the NFE
             reported is always the counted one.
@@ -59,11 +61,13 @@ class Method:
     stochastic: bool = False
     last_step_noise: bool = False
     live: bool = True
+    schedule_options: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.step is None) == (self.driver is None):
             raise ValueError("a Method has a step or a driver, not both and not neither")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        object.__setattr__(self, "schedule_options", MappingProxyType(dict(self.schedule_options)))
 
     @property
     def adaptive(self) -> bool:
@@ -162,7 +166,9 @@ K_METHODS: dict[str, Method] = {
 # Default grids were chosen by measurement (benchmarks/schedules.py): uniform t fails badly on
 # EDM and VE at low NFE; Karras and log-SNR grids never do. The deterministic exponential
 # integrators end their log-SNR grid where the final denoising step still does work
-# ("log_snr_jump", benchmarks/default_vs_peers.py); k-diffusion's methods keep its Karras grid.
+# ("log_snr_jump", benchmarks/defaults.py), and unipc, whose corrector makes a long first step
+# second order, crosses the levels above 5 data stds in one step; k-diffusion's methods keep
+# its Karras grid.
 # stochastic: takes the generator; last_step_noise: adds noise on its last step only when a
 # final denoising step follows.
 # fmt: off
@@ -223,7 +229,8 @@ METHODS: dict[str, Method] = {
     "unipc": Method(
         "ode", "log_snr_jump", _per_step(1),
         "UniPC-style multistep predictor-corrector, corrector free",
-        step=exponential.UniPC, options={"order": 2, "lower_order_final": True}),
+        step=exponential.UniPC, options={"order": 2, "lower_order_final": True},
+        schedule_options={"start_scale": START_SCALE}),
     "dpmpp_2s": Method(
         "ode", "log_snr_jump", _per_step(2), "DPM-Solver++(2S) singlestep",
         step=exponential.DPMpp2S, options={"r": 0.5}),

@@ -33,36 +33,49 @@ def uniform_log_snr(sde, steps: int) -> Tensor:
 
 
 # The grid of the exponential integrators, in units of the data's RMS std s_d (`data_std`): the
-# first level after T at sigma/alpha = START_SCALE s_d, the last (where the final denoising step
-# takes over) at JUMP_SCALE s_d / levels**JUMP_POWER. Fitted; see log_snr_jump.
+# last level (where the final denoising step takes over) at sigma/alpha = JUMP_SCALE s_d /
+# levels**JUMP_POWER; for unipc the first after T at START_SCALE s_d. Fitted; see log_snr_jump.
 START_SCALE, JUMP_SCALE, JUMP_POWER = 5.0, 2.5, 1.5
 
 
-def log_snr_jump(sde, steps: int, *, denoised: bool = True, data_std: float = 1.0) -> Tensor:
+def log_snr_jump(
+    sde,
+    steps: int,
+    *,
+    denoised: bool = True,
+    data_std: float = 1.0,
+    start_scale: float | None = None,
+) -> Tensor:
     """The default grid of the exponential integrators, for data of RMS std `data_std` = s_d:
-    one step from T to the noise level sigma/alpha = 5 s_d, then uniform in lambda down to
-    sigma/alpha = 2.5 s_d / (steps + 1)^1.5, where the final denoising step takes over.
+    uniform in lambda from T down to the noise level sigma/alpha = 2.5 s_d / (steps + 1)^1.5,
+    where the final denoising step takes over; with `start_scale` = a (unipc's default: 5),
+    one step from T to sigma/alpha = a s_d first, and uniform in lambda from there.
 
     The levels scale with the data: in the variables x / alpha and sigma / alpha the probability
-    flow of data scaled by c is the flow of the data scaled by c, so a grid of such a sampler that
-    suits data of std s_d suits data of std c s_d once its levels are multiplied by c (T and
-    t_min, which are the SDE's, aside). Above about 5 s_d the denoiser barely depends on x and
-    one step crosses that range; below it, with steps + 1 levels each evaluated once by a
-    one-evaluation method and the last by the final denoising step, the last level is
-    sigma/alpha = 0.22 s_d at 5 levels, 0.079 s_d at 10, 0.028 s_d at 20, reaching t_min's level
-    on long grids. The three constants were fitted to UniPC at 5, 10 and 20 levels on the ring and
+    flow of data scaled by c is the flow of the data scaled by c, so a grid that suits data of
+    std s_d suits data of std c s_d once its levels are multiplied by c (T and t_min, which are
+    the SDE's, aside). With steps + 1 levels, each evaluated once by a one-evaluation method and
+    the last by the final denoising step, the last level is sigma/alpha = 0.22 s_d at 5 levels,
+    0.079 s_d at 10, 0.028 s_d at 20, reaching t_min's level on long grids. Above about 5 s_d the
+    denoiser barely depends on x: UniPC, whose corrector makes that long first step second
+    order, crosses it in one step and spends the rest below; a method without a corrector
+    (DPM-Solver++(2M)) loses more on a long first-order step than it gains (measured on
+    peers.TUNED_ON at NFE 10 and 20), so it starts the uniform part at T. The constants were
+    fitted to UniPC (and checked with DPM-Solver++(2M)) at 5, 10 and 20 levels on the ring and
     the mixtures benchmarks/peers.py lists as TUNED_ON (data std 1.4-1.5), on the ddpm and EDM
     SDEs, and are reported on the others (benchmarks/defaults.py), among them one fitted to the
     8x8 digits (std 0.51). `denoised=False` (no final denoising step, so the grid must reach
     t_min) gives `uniform_log_snr`, and so does an edit starting (SDEdit's t_start) at or below
-    the jump level; an edit from below 5 s_d spreads its levels evenly from its start.
+    the jump level; an edit from below a s_d spreads its levels evenly from its start.
     """
     sd = check_finite_number("data_std", data_std, positive=True)
     lo, hi = sde.half_log_snr_range()
     last = min(-math.log(JUMP_SCALE * sd / (steps + 1) ** JUMP_POWER), hi)
     if not denoised or last <= lo:
         return uniform_log_snr(sde, steps)
-    first = -math.log(START_SCALE * sd)
+    first = lo
+    if start_scale is not None:
+        first = -math.log(check_finite_number("start_scale", start_scale, positive=True) * sd)
     if steps > 1 and lo < first < last:
         lam = torch.cat(
             [
