@@ -255,6 +255,11 @@ def test_bad_recipe_inputs_are_refused():
     for key, value in (("recipe", "nope"), ("sigma_data", 0), ("p_std", -1.0)):
         with pytest.raises(ValueError, match=key):
             from_dict({key: value})
+    # the recipe keys name "auto" among the accepted values, and refuse a wrong name in the
+    # config, before any model is built
+    for key in ("parametrization", "weighting", "time_sampling"):
+        with pytest.raises(ValueError, match=f"config key {key} must be one of auto, .*'nope'"):
+            from_dict({key: "nope"})
 
 
 def test_recipe_benchmark_smoke(tmp_path):

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from ..training.losses import P_MEAN, P_STD, SIGMA_DATA, TIME_SAMPLINGS
+from ..models.base import MODEL_PARAMETRIZATIONS
+from ..training.losses import P_MEAN, P_STD, SIGMA_DATA, TIME_SAMPLINGS, WEIGHTINGS
 from .tables import DATA_KINDS, LATENT_KINDS, SDES
 
 if sys.version_info >= (3, 11):
@@ -246,7 +247,9 @@ def from_dict(values: dict) -> TrainConfig:
             raise ValueError(f"config key {name} must be {expected}, got {v!r}")
     for name, choices in (
         ("objective", OBJECTIVES),
-        ("time_sampling", TIME_SAMPLINGS),
+        ("time_sampling", ("auto", *TIME_SAMPLINGS)),
+        ("parametrization", ("auto", *MODEL_PARAMETRIZATIONS)),
+        ("weighting", ("auto", *WEIGHTINGS)),
         ("recipe", RECIPES),
     ):
         if getattr(cfg, name) not in choices:
