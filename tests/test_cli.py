@@ -158,7 +158,10 @@ def test_config_files_and_overrides(tmp_path):
         (["--set", "data=imagenet"], "unknown data 'imagenet'; expected one of"),
         (["--set", "stepz=3"], "unknown config key(s) stepz; valid keys: data"),
         (["--set", "steps=many"], "config key steps must be int, got 'many'"),
-        (["--set", "parametrization=noise"], "unknown parametrization 'noise'"),
+        (
+            ["--set", "parametrization=noise"],
+            "parametrization must be one of auto, eps, x0, v, score, mu, edm, got 'noise'",
+        ),
         (["--set", "data=mnist:/nowhere"], "/nowhere"),
         (["--config", "/nowhere.yaml"], "config file not found: /nowhere.yaml"),
     ],

@@ -76,7 +76,7 @@ def test_log_snr_jump_is_data_scale_equivariant_for_exponential_integrators():
     models = [
         sdegen.GaussianScore(torch.zeros(2), k * k * cov, sde) for k, sde in zip((1.0, c), sdes)
     ]
-    assert models[1].sigma_data == pytest.approx(c * models[0].sigma_data, rel=1e-12)
+    assert models[1].data_std == pytest.approx(c * models[0].data_std, rel=1e-12)
     z = sdes[0].prior_sample((64, 2), generator=torch.Generator().manual_seed(3))
     for method in ("unipc", "dpmpp_2m"):
         a, b = (
@@ -207,3 +207,17 @@ def test_lower_order_final_is_the_jump_and_applies_to_the_last_step_without_it()
         on = sdegen.sample(truth, sde, (16, 2), lower_order_final=True, **kw).x
         off = sdegen.sample(truth, sde, (16, 2), lower_order_final=False, **kw).x
         assert not torch.equal(on, off), method
+
+
+def test_a_runs_model_carries_its_training_splits_std(tmp_path):
+    from sdegen.assembly import TrainConfig
+    from sdegen.assembly.runs import setup_run
+    from sdegen.models import data_std
+
+    cfg = TrainConfig(data="toy:8gaussians", sde="vp", steps=1, batch_size=8, n_train=512)
+    run = setup_run(cfg, tmp_path / "run", progress=False)
+    x = run.data.train.double()
+    want = float(((x - x.mean(0)) ** 2).sum(1).mean().div(x.shape[1]).sqrt())
+    assert run.model.data_std == pytest.approx(want, rel=1e-3)
+    assert data_std(run.model) == run.model.data_std != run.model.sigma_data
+    assert 1.5 < run.model.data_std < 2.5  # the 8 Gaussians' radius-2 ring, not unit scale

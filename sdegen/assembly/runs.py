@@ -71,6 +71,15 @@ def build_model(
     return ScoreModel(net, sde, cfg.parametrization, sigma_data=run_sigma_data(cfg))
 
 
+def set_data_std(model, cfg: TrainConfig, data: Data) -> None:
+    """Give a run's model the RMS std of its training split, sqrt(mean over coordinates of the
+    variance), which samplers place their default grid by (`sdegen.models.data_std`); a latent
+    run's model, whose data are the autoencoder's latents, keeps its sigma_data instead."""
+    if cfg.latent == "none":
+        x = data.train.flatten(1).double()
+        model.data_std = float(x.var(0).mean().sqrt())
+
+
 # Keys that fix the network's shape and meaning: a checkpoint trained with other values cannot
 # be loaded under this config, or would load and be used with the wrong SDE without a word.
 MODEL_KEYS = (
@@ -137,6 +146,7 @@ def load_run(run_dir: str | Path, *, ema: bool = True) -> LoadedRun:
     autoencoder = load_autoencoder(cfg, data, run_dir) if cfg.latent != "none" else None
     shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
     model = build_model(cfg, shape, num_classes, text)
+    set_data_std(model, cfg, data)
     if ema and (path / "ema.safetensors").is_file():
         from torch.optim.swa_utils import AveragedModel
 
@@ -383,6 +393,7 @@ def setup_run(
     shape = autoencoder.latent_shape if autoencoder is not None else data.event_shape
     text = run_text(cfg, data)
     model = build_model(cfg, shape, run_classes(cfg, data), text)
+    set_data_std(model, cfg, data)
     trainer = make_trainer(
         cfg, data, model, run_dir, device=device, progress=progress, autoencoder=autoencoder
     )

@@ -223,7 +223,7 @@ class GaussianMixtureScore(ParametrizedModel):
         return (w[:, None, None] * (C + d[:, :, None] * d[:, None, :])).sum(0)
 
     @property
-    def sigma_data(self) -> float:
+    def data_std(self) -> float:  # type: ignore[override]  # read-only here
         """The data's RMS standard deviation sqrt(tr Cov / D), exact: the scale samplers place
         their default grid by (`sdegen.models.data_std`)."""
         w = self.log_weights.exp()

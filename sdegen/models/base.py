@@ -155,18 +155,27 @@ def check_parametrization(kind: str, sde: SDE) -> str:
     return kind
 
 
+def _positive(value) -> float | None:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if 0 < float(value) < float("inf"):
+            return float(value)
+    return None
+
+
 def data_std(model) -> float:
-    """The data scale of `model`: its `sigma_data` (the data's standard deviation: exact for the
-    analytic mixtures, the value a ScoreModel's input scaling was built with), looked up through
+    """The data scale of `model`, the RMS standard deviation sqrt(tr Cov / D) of the data it
+    generates: its `data_std` (exact for the analytic mixtures; measured on the training split
+    for a run's model, `assembly.load_run`; settable on any ParametrizedModel), else its
+    `sigma_data` (the data std a ScoreModel's input scaling was built with), looked up through
     wrappers that hold the model they wrap as `.model` (guidance, counting); 1 (unit-variance
     data, the convention of VP's input scaling) when none is a positive finite number. Samplers
     place their default grid by it (`solvers.schedules.log_snr_jump`)."""
     seen = 0
     while model is not None and seen < 32:  # a wrapper chain, never a cycle in practice
-        value = getattr(model, "sigma_data", None)
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            if 0 < float(value) < float("inf"):
-                return float(value)
+        for name in ("data_std", "sigma_data"):
+            value = _positive(getattr(model, name, None))
+            if value is not None:
+                return value
         model, seen = getattr(model, "model", None), seen + 1
     return 1.0
 
@@ -301,6 +310,10 @@ class ParametrizedModel(torch.nn.Module):
     # A plain attribute, so a subclass may set it in __init__; ScoreModel and the analytic
     # scores derive it in a read-only property instead.
     num_classes: int | None = None
+    # The RMS std of the data the model generates, when known (`data_std(model)`, which the
+    # default sampling grid is placed by): a run sets it from its training split; the analytic
+    # mixtures compute it exactly.
+    data_std: float | None = None
 
     def __init__(self, sde: SDE) -> None:
         super().__init__()
