@@ -106,6 +106,11 @@ def test_data_std_is_the_models_sigma_data_through_wrappers():
     assert data_std(model) == 0.5
     with pytest.raises(ValueError, match="data_std"):
         log_snr_jump(sde, 4, data_std=float("nan"))
+    for bad in (-1.0, 0.0, float("nan"), "wide"):
+        model.data_std = bad
+        with pytest.raises(ValueError, match=r"ScoreModel.data_std must be a positive finite"):
+            sdegen.sample(model, sde, (4, 2), nfe=5)
+    model.data_std = None
     # sample() places the default grid by the model's data_std; unipc's starts at 5 stds
     sd = data_std(truth)
     for method, kw in (("unipc", {"start_scale": START_SCALE}), ("dpmpp_2m", {})):

@@ -172,6 +172,12 @@ def data_std(model) -> float:
     place their default grid by it (`solvers.schedules.log_snr_jump`)."""
     seen = 0
     while model is not None and seen < 32:  # a wrapper chain, never a cycle in practice
+        own = getattr(model, "data_std", None)
+        if own is not None and _positive(own) is None:
+            raise ValueError(
+                f"{type(model).__name__}.data_std must be a positive finite number or None, "
+                f"got {own!r}"
+            )
         for name in ("data_std", "sigma_data"):
             value = _positive(getattr(model, name, None))
             if value is not None:
