@@ -26,7 +26,15 @@ from pathlib import Path
 
 import torch
 
-from sdegen.assembly import TrainConfig, build_model, harness, load_data, make_trainer, plots
+from sdegen.assembly import (
+    TrainConfig,
+    build_model,
+    harness,
+    load_data,
+    make_trainer,
+    plots,
+    set_data_std,
+)
 from sdegen.metrics import fid, inception_score, inception_score_from_probs
 from sdegen.metrics.digits import ensure_digits_classifier, load_digits_classifier
 from sdegen.training import held_out_loss, score_matching
@@ -54,6 +62,7 @@ def trainer_for(kind: str, params: dict, args, data):
         recipe="shared",  # the keys its results were made with (v / simple / continuous)
     )
     model = build_model(cfg, data.event_shape)
+    set_data_std(model, cfg, data)  # as the CLI's runs: the default grid for its data
     run_dir = Path(tempfile.mkdtemp(prefix=f"sdegen-dit-bench-{kind}-"))
     return cfg, make_trainer(cfg, data, model, run_dir, progress=False)
 

@@ -35,6 +35,7 @@ from .runs import (
     make_trainer,
     run_classes,
     run_text,
+    set_data_std,
     setup_run,
 )
 from .tables import (
@@ -71,6 +72,7 @@ __all__ = [
     "MODEL_KEYS",
     "LoadedRun",
     "build_model",
+    "set_data_std",
     "run_classes",
     "run_text",
     "load_run",
