@@ -102,6 +102,8 @@ def test_data_std_is_the_models_sigma_data_through_wrappers():
     assert data_std(truth) == pytest.approx(float(x.var(0).mean().sqrt()), rel=0.01)
     assert data_std(CountingModel(truth)) == data_std(truth)
     assert data_std(object()) == 1.0  # unknown: unit-variance data
+    point = sdegen.GaussianScore(torch.ones(2), torch.zeros(2, 2), sde)
+    assert point.data_std is None and data_std(point) == 1.0  # a point mass has no scale
     model = sdegen.ScoreModel(sdegen.models.MLP(2, hidden=8, depth=1), sde, sigma_data=0.5)
     assert data_std(model) == 0.5
     with pytest.raises(ValueError, match="data_std"):

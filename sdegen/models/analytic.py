@@ -223,13 +223,13 @@ class GaussianMixtureScore(ParametrizedModel):
         return (w[:, None, None] * (C + d[:, :, None] * d[:, None, :])).sum(0)
 
     @property
-    def data_std(self) -> float:  # type: ignore[override]  # read-only here
+    def data_std(self) -> float | None:  # type: ignore[override]  # read-only here
         """The data's RMS standard deviation sqrt(tr Cov / D), exact: the scale samplers place
-        their default grid by (`sdegen.models.data_std`)."""
+        their default grid by (`sdegen.models.data_std`); None for a point mass (no scale)."""
         w = self.log_weights.exp()
         d = self.means - self.mean()
-        total = (w * (self.evals.sum(-1) + (d * d).sum(-1))).sum()
-        return float((total / self.dim).sqrt())
+        total = float((w * (self.evals.sum(-1) + (d * d).sum(-1))).sum())
+        return math.sqrt(total / self.dim) if total > 0 else None
 
 
 class GaussianScore(GaussianMixtureScore):
