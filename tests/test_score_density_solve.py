@@ -15,34 +15,11 @@ from hypothesis import strategies as st
 import sdegen
 from sdegen import GaussianScore
 from sdegen.score_density import ScoreSDEDensity
-from sdegen.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
+from sdegen.sde import VPSDE
 from sdegen.solvers.likelihood import pf_ode_sample
 
 from .test_likelihood import Shifted, pushed_forward_prior_log_prob
-
-KINDS = {
-    "vp": lambda: VPSDE(),
-    "subvp": lambda: SubVPSDE(),
-    "ve": lambda: VESDE(sigma_max=30.0),
-    "edm": lambda: EDMSDE(),
-}
-
-
-class Counted:
-    """A model that counts its score calls."""
-
-    def __init__(self, model) -> None:
-        self.model, self.calls = model, 0
-
-    def score(self, x, t):
-        self.calls += 1
-        return self.model.score(x, t)
-
-    def denoise(self, x, t):
-        return self.model.denoise(x, t)
-
-    def eps(self, x, t):
-        return self.model.eps(x, t)
+from .test_likelihood_time import KINDS, Counted
 
 
 def _gaussian(sde, dim: int, seed: int) -> GaussianScore:
