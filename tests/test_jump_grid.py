@@ -14,7 +14,7 @@ from sdegen.solvers import get_schedule
 from sdegen.solvers.schedules import (
     JUMP_POWER,
     JUMP_SCALE,
-    START_SCALE,
+    START_PER_LEVEL,
     check_grid,
     log_snr_jump,
     uniform_log_snr,
@@ -28,26 +28,29 @@ SDES = {"vp": VPSDE, "ve": VESDE, "edm": EDMSDE}
 @pytest.mark.parametrize("name", list(SDES))
 @pytest.mark.parametrize("steps", [1, 4, 9, 19])
 @pytest.mark.parametrize("sd", [1.0, 0.3, 2.0])
-@pytest.mark.parametrize("start", [None, START_SCALE])
+@pytest.mark.parametrize("start", [None, START_PER_LEVEL])
 def test_log_snr_jump_levels(name, steps, sd, start):
     sde = SDES[name]()
-    kw = {} if start is None else {"start_scale": start}
+    kw = {} if start is None else {"start_per_level": start}
     ts = get_schedule(sde, "log_snr_jump", steps, denoise_final=True, data_std=sd, **kw)
     lam = sde.half_log_snr(ts)
     lo, hi = sde.half_log_snr_range()
     # sigma/alpha = 2.5 sd / levels^1.5 at the jump (t_min's level at most); with a start,
-    # start * sd after T's
+    # start * sd * levels after T's
     last = min(-math.log(JUMP_SCALE * sd / (steps + 1) ** JUMP_POWER), hi)
     if start is None:  # uniform in lambda from lambda(T)
         torch.testing.assert_close(lam, torch.linspace(lo, last, steps + 1), rtol=0, atol=1e-9)
-    first = -math.log(START_SCALE * sd)
+    first = -math.log(START_PER_LEVEL * sd * (steps + 1))
     assert ts.shape == (steps + 1,) and float(ts[0]) == sde.T
     assert bool((ts[1:] < ts[:-1]).all())
     assert float(ts[-1]) > sde.t_min if last < hi else float(ts[-1]) == sde.t_min
     torch.testing.assert_close(float(lam[-1]), last, rtol=0, atol=1e-9)
     if steps == 1 or start is None:
         return
-    # one step from T to 5 sd, then uniform in lambda down to the jump level
+    if first <= lo:  # the start lies above T's level: uniform from T
+        torch.testing.assert_close(lam, torch.linspace(lo, last, steps + 1), rtol=0, atol=1e-9)
+        return
+    # one step from T to sd * levels, then uniform in lambda down to the jump level
     torch.testing.assert_close(lam[1:], torch.linspace(first, last, steps), rtol=0, atol=1e-9)
     assert float(lam[0]) == pytest.approx(lo, abs=1e-9) and float(lam[0]) < first
 
@@ -58,7 +61,7 @@ def test_log_snr_jump_levels_scale_with_the_data(name):
     sde = SDES[name]()
     s1, s2 = (
         sde.sigma(ts) / sde.alpha(ts)
-        for ts in (log_snr_jump(sde, 6, data_std=sd, start_scale=5.0) for sd in (0.4, 1.2))
+        for ts in (log_snr_jump(sde, 6, data_std=sd, start_per_level=1.0) for sd in (0.4, 1.2))
     )
     torch.testing.assert_close(s2[1:] / s1[1:], torch.full((6,), 3.0), rtol=1e-9, atol=0)
     assert float(s1[0]) == pytest.approx(float(s2[0]), rel=1e-12)
@@ -113,14 +116,17 @@ def test_data_std_is_the_models_sigma_data_through_wrappers():
         with pytest.raises(ValueError, match=r"ScoreModel.data_std must be a positive finite"):
             sdegen.sample(model, sde, (4, 2), nfe=5)
     model.data_std = None
-    # sample() places the default grid by the model's data_std; unipc's starts at 5 stds
+    # sample() places the default grid by the model's data_std; unipc's starts at 5 stds at NFE 5
     sd = data_std(truth)
-    for method, kw in (("unipc", {"start_scale": START_SCALE}), ("dpmpp_2m", {})):
+    for method, kw in (("unipc", {"start_per_level": START_PER_LEVEL}), ("dpmpp_2m", {})):
         res = sdegen.sample(truth, sde, (4, 2), method=method, nfe=5)
         want = get_schedule(sde, "log_snr_jump", 4, denoise_final=True, data_std=sd, **kw)
         assert torch.equal(res.ts, want), method
-    with pytest.raises(ValueError, match="start_scale"):
-        log_snr_jump(sde, 4, start_scale=0.0)
+        if method == "unipc":
+            lam = sde.half_log_snr(res.ts[1])
+            assert float(lam) == pytest.approx(-math.log(5 * sd), abs=1e-9)
+    with pytest.raises(ValueError, match="start_per_level"):
+        log_snr_jump(sde, 4, start_per_level=0.0)
 
 
 @pytest.mark.parametrize("name", list(SDES))
@@ -129,11 +135,10 @@ def test_log_snr_jump_reaches_t_min_on_long_grids_and_without_denoising(name):
     long = log_snr_jump(sde, 2000)
     assert float(long[-1]) == sde.t_min
     torch.testing.assert_close(long, uniform_log_snr(sde, 2000), rtol=1e-12, atol=0)
-    started = log_snr_jump(sde, 2000, start_scale=START_SCALE)
-    assert float(started[-1]) == sde.t_min
-    _, hi = sde.half_log_snr_range()
-    want = torch.linspace(-math.log(START_SCALE), hi, 2000)
-    torch.testing.assert_close(sde.half_log_snr(started)[1:], want, rtol=0, atol=1e-8)
+    # the start rises with the budget: on long grids it passes T's level, and the grid is the
+    # uniform one
+    started = log_snr_jump(sde, 2000, start_per_level=START_PER_LEVEL)
+    torch.testing.assert_close(started, long, rtol=0, atol=0)
     plain = get_schedule(sde, "log_snr_jump", 7, denoise_final=False)
     assert torch.equal(plain, uniform_log_snr(sde, 7))
 

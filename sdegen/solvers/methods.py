@@ -23,7 +23,7 @@ from . import (
     torchsde_methods,
 )
 from .grid import GridMethod
-from .schedules import START_SCALE
+from .schedules import START_PER_LEVEL
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +34,8 @@ class Method:
         kind: "sde" (integrates the reverse SDE) or "ode" (the probability-flow ODE; "ode"
             methods with an `eta` option draw noise when it is > 0).
         schedule: default grid, a name in SCHEDULES.
-        schedule_options: keyword arguments of that grid for this method (unipc's start level).
+        schedule_options: keyword arguments of that grid for this method (unipc's start
+            level, per grid level).
         nfe: `nfe(steps, options)`, the evaluations that many steps cost (None: adaptive, the
             cost is not set by steps). Used only to choose `steps` for an NFE budget; the NFE
             reported is always the counted one.
@@ -230,7 +231,7 @@ METHODS: dict[str, Method] = {
         "ode", "log_snr_jump", _per_step(1),
         "UniPC-style multistep predictor-corrector, corrector free",
         step=exponential.UniPC, options={"order": 2, "lower_order_final": True},
-        schedule_options={"start_scale": START_SCALE}),
+        schedule_options={"start_per_level": START_PER_LEVEL}),
     "dpmpp_2s": Method(
         "ode", "log_snr_jump", _per_step(2), "DPM-Solver++(2S) singlestep",
         step=exponential.DPMpp2S, options={"r": 0.5}),

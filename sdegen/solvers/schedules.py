@@ -34,8 +34,9 @@ def uniform_log_snr(sde, steps: int) -> Tensor:
 
 # The grid of the exponential integrators, in units of the data's RMS std s_d (`data_std`): the
 # last level (where the final denoising step takes over) at sigma/alpha = JUMP_SCALE s_d /
-# levels**JUMP_POWER; for unipc the first after T at START_SCALE s_d. Fitted; see log_snr_jump.
-START_SCALE, JUMP_SCALE, JUMP_POWER = 5.0, 2.5, 1.5
+# levels**JUMP_POWER; for unipc the first after T at START_PER_LEVEL s_d levels. Fitted; see
+# log_snr_jump.
+START_PER_LEVEL, JUMP_SCALE, JUMP_POWER = 1.0, 2.5, 1.5
 
 
 def log_snr_jump(
@@ -44,29 +45,37 @@ def log_snr_jump(
     *,
     denoised: bool = True,
     data_std: float = 1.0,
-    start_scale: float | None = None,
+    start_per_level: float | None = None,
 ) -> Tensor:
     """The default grid of the exponential integrators, for data of RMS std `data_std` = s_d:
-    uniform in lambda from T down to the noise level sigma/alpha = 2.5 s_d / (steps + 1)^1.5,
-    where the final denoising step takes over; with `start_scale` = a (unipc's default: 5),
-    one step from T to sigma/alpha = a s_d first, and uniform in lambda from there.
+    uniform in lambda from T down to the noise level sigma/alpha = 2.5 s_d / levels^1.5
+    (levels = steps + 1), where the final denoising step takes over; with `start_per_level` = a
+    (unipc's default: 1), one step from T to sigma/alpha = a s_d levels first, and uniform in
+    lambda from there (from T, when that level is above T's).
 
     The levels scale with the data: in the variables x / alpha and sigma / alpha the probability
     flow of data scaled by c is the flow of the data scaled by c, so a grid that suits data of
     std s_d suits data of std c s_d once its levels are multiplied by c (T and t_min, which are
     the SDE's, aside). With steps + 1 levels, each evaluated once by a one-evaluation method and
     the last by the final denoising step, the last level is sigma/alpha = 0.22 s_d at 5 levels,
-    0.079 s_d at 10, 0.028 s_d at 20, reaching t_min's level on long grids. Above about 5 s_d the
-    denoiser barely depends on x: UniPC, whose corrector makes that long first step second
-    order, crosses it in one step and spends the rest below; a method without a corrector
-    (DPM-Solver++(2M)) loses more on a long first-order step than it gains (measured on
-    peers.TUNED_ON at NFE 10 and 20), so it starts the uniform part at T. The constants were
-    fitted to UniPC (and checked with DPM-Solver++(2M)) at 5, 10 and 20 levels on the ring and
-    the mixtures benchmarks/peers.py lists as TUNED_ON (data std 1.4-1.5), on the ddpm and EDM
-    SDEs, and are reported on the others (benchmarks/defaults.py), among them one fitted to the
-    8x8 digits (std 0.51). `denoised=False` (no final denoising step, so the grid must reach
-    t_min) gives `uniform_log_snr`, and so does an edit starting (SDEdit's t_start) at or below
-    the jump level; an edit from below a s_d spreads its levels evenly from its start.
+    0.079 s_d at 10, 0.028 s_d at 20, reaching t_min's level on long grids. Far above s_d the
+    denoiser barely depends on x: UniPC, whose corrector makes a long first step second order,
+    crosses that region in one step and spends the rest below. The first step's error does not
+    shrink with the budget, so its end rises with it (5 s_d at 5 levels, 20 s_d at 20) and the
+    grid becomes uniform from T once that end passes T's level: at 20 levels a start at 5 s_d
+    left 0.8-5.5x (median 1.5x) the distance to the exact flow of a start at 20 s_d on the
+    16-64-D tuning mixtures (ddpm and EDM SDEs, 3 x 1000 draws); the idea came from two held-out
+    losses at 20 levels (benchmarks/results/defaults before this rule), the rule was fitted on
+    the tuning mixtures alone. A method without a corrector (DPM-Solver++(2M)) loses more on a
+    long first-order step than it gains (measured on peers.TUNED_ON at NFE 10 and 20), so it
+    starts the uniform part at T. The constants were fitted to UniPC (and checked with
+    DPM-Solver++(2M)) at 5, 10, 15, 20 and 30 levels on the ring and the mixtures
+    benchmarks/peers.py lists as TUNED_ON (data std 1.4-1.5), on the ddpm and EDM SDEs, and are
+    reported on the others (benchmarks/defaults.py), among them one fitted to the 8x8 digits
+    (std 0.51).
+    `denoised=False` (no final denoising step, so the grid must reach t_min) gives
+    `uniform_log_snr`, and so does an edit starting (SDEdit's t_start) at or below the jump
+    level; an edit from below a s_d spreads its levels evenly from its start.
     """
     sd = check_finite_number("data_std", data_std, positive=True)
     lo, hi = sde.half_log_snr_range()
@@ -74,8 +83,9 @@ def log_snr_jump(
     if not denoised or last <= lo:
         return uniform_log_snr(sde, steps)
     first = lo
-    if start_scale is not None:
-        first = -math.log(check_finite_number("start_scale", start_scale, positive=True) * sd)
+    if start_per_level is not None:
+        a = check_finite_number("start_per_level", start_per_level, positive=True)
+        first = -math.log(a * sd * (steps + 1))
     if steps > 1 and lo < first < last:
         lam = torch.cat(
             [
