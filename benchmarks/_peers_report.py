@@ -20,7 +20,9 @@ def verdicts(result: dict, budgets=(5, 10, 20), sampler: str | None = None) -> l
 
     The difference is paired (every sampler saw the same prior draws), so its standard error is
     the std over seeds of the per-seed differences / sqrt(seeds); "significant" means the mean
-    difference exceeds two of them.
+    difference exceeds two of them. Where the records carry distances to the exact flow (ODE
+    samplers), the same comparison by that distance is under "flow" (each side's sampler chosen
+    by its distance).
     """
     out = []
     for key in result["noise_floor"]:
@@ -45,8 +47,10 @@ def verdicts(result: dict, budgets=(5, 10, 20), sampler: str | None = None) -> l
             p = min(peers, key=lambda r: r["frechet"])
             diff = torch.tensor(a["frechet_runs"]) - torch.tensor(p["frechet_runs"])
             se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+            flow = _flow_verdict(ours, peers)
             out.append(
                 {
+                    **({"flow": flow} if flow else {}),
                     "table": key,
                     "nfe": b,
                     "sdegen": a["sampler"],
@@ -60,6 +64,28 @@ def verdicts(result: dict, budgets=(5, 10, 20), sampler: str | None = None) -> l
                 }
             )
     return out
+
+
+def _flow_verdict(ours: list[dict], peers: list[dict]) -> dict | None:
+    ours = [r for r in ours if "flow_distance" in r]
+    peers = [r for r in peers if "flow_distance" in r]
+    if not ours or not peers:
+        return None
+    a = min(ours, key=lambda r: r["flow_distance"])
+    p = min(peers, key=lambda r: r["flow_distance"])
+    diff = torch.tensor(a["flow_distance_runs"]) - torch.tensor(p["flow_distance_runs"])
+    se = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+    return {
+        "sdegen": a["sampler"],
+        "sdegen_distance": a["flow_distance"],
+        "peer": f"{p['lib']}:{p['sampler']}",
+        "peer_distance": p["flow_distance"],
+        "ratio": a["flow_distance"] / p["flow_distance"] if p["flow_distance"] > 0 else math.inf,
+        "significant": bool(abs(float(diff.mean())) > 2 * se) if se == se else None,
+    }
+
+
+_SIG = {True: "significant", False: "not significant", None: "one seed"}
 
 
 def _fmt(v: float) -> str:
@@ -82,6 +108,12 @@ def markdown(result: dict) -> str:
         "torch thread(s). Noise floor: the same metric for "
         f"{meta['floor_sets']} independent true sets (mean +- std). Sliced W2 is in the JSON.",
         "",
+        "[d]: the RMS distance of the samples to the exact flow's (the probability-flow ODE "
+        "from the same prior draws, solved to rounding), mean over seeds, for ODE samplers. The "
+        "exact flow's own FID is in each heading: FID differences near it are the luck of which "
+        "points a sampler lands on (an inexact solver can land below it); d says which sampler "
+        "solved the ODE.",
+        "",
         "NAME+opt: the sdegen sampler on a grid from `optimise_schedule`, tuned once per table "
         "and budget against the model alone (a tight adaptive solve of pilot draws with their "
         "own seed, never the evaluation draws or true samples). Each sample costs the budget; "
@@ -103,9 +135,18 @@ def markdown(result: dict) -> str:
                 ]
                 if cands:
                     best[lib, b] = min(cands, key=lambda r: r["frechet"])["sampler"]
-        lines += [
+        heading = (
             f"## {mix}, {setup}: {meta['n'][key]} samples (noise floor: FID "
-            f"{floor['frechet']:.2e} +- {floor['frechet_std']:.1e})",
+            f"{floor['frechet']:.2e} +- {floor['frechet_std']:.1e}"
+        )
+        flow = result.get("exact_flow", {}).get(key)
+        if flow is not None:
+            heading += (
+                f"; exact flow: FID {flow['frechet']:.3g} +- {flow['frechet_std']:.2g}, its solve "
+                f"at {flow['steps'] // 2} steps within d {flow['half_steps_distance']:.1e}"
+            )
+        lines += [
+            heading + ")",
             "",
             "| sampler | " + " | ".join(f"NFE {b}" for b in nfes) + " | adaptive |",
             "|---|" + "---|" * len(cols),
@@ -132,6 +173,8 @@ def markdown(result: dict) -> str:
                             c = f"**{c}**"
                         if b is None or r["nfe"] != b:
                             c += f" ({r['nfe']})"
+                        if "flow_distance" in r:
+                            c += f" [{_fmt(r['flow_distance'])}]"
                         cells.append(c)
                 lines.append(f"| {lib}:{name} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -147,14 +190,20 @@ def markdown(result: dict) -> str:
             ]
         for v in (v for v in vs if v["table"] == key):
             word = "lower" if v["sdegen_lower"] else "higher"
-            sig = {True: "significant", False: "not significant", None: "one seed"}[
-                v["significant"]
-            ]
+            sig = _SIG[v["significant"]]
             lines.append(
                 f"- NFE {v['nfe']}: sdegen's best ({v['sdegen']}, {_fmt(v['sdegen_fid'])}) is "
                 f"{word} than the best peer ({v['peer']}, {_fmt(v['peer_fid'])}): ratio "
                 f"{v['ratio']:.2f}, paired difference {sig} (2 standard errors)."
             )
+            f = v.get("flow")
+            if f is not None:
+                lines.append(
+                    f"  Distance to the exact flow: sdegen's nearest ({f['sdegen']}, "
+                    f"{_fmt(f['sdegen_distance'])}) against the nearest peer ({f['peer']}, "
+                    f"{_fmt(f['peer_distance'])}): ratio {f['ratio']:.2f}, "
+                    f"{_SIG[f['significant']]}."
+                )
         lines.append("")
     wins = [v for v in vs if v["sdegen_lower"]]
     lines.append(
@@ -202,6 +251,9 @@ def plot(result: dict, path: Path) -> None:
                 )
         floor = result["noise_floor"][key]["frechet"]
         ax.axhline(floor, color="k", ls="-.", lw=1.5, label="noise floor")
+        if key in result.get("exact_flow", {}):
+            exact = result["exact_flow"][key]["frechet"]
+            ax.axhline(exact, color="0.5", ls="-", lw=1.5, label="exact flow")
         ax.set(
             xscale="log",
             yscale="log",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from sdegen.assembly import harness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -280,6 +282,14 @@ def test_peers_verdict_is_paired_and_computed():
     # one named sdegen sampler against the best peer (benchmarks/defaults.py: the default)
     (b5,) = peers.verdicts(result, sampler="b")
     assert (b5["sdegen"], b5["sdegen_lower"], b5["ratio"]) == ("b", False, 4.0 / 2.1)
+    assert "flow" not in b5  # no distances recorded: no comparison by them
+    # by the distance to the exact flow, each side's nearest sampler, paired over seeds
+    for r, d in zip(result["records"][:3], ([0.3, 0.2, 0.4], [0.1, 0.1, 0.1], [0.2, 0.3, 0.5])):
+        r["flow_distance_runs"], r["flow_distance"] = d, sum(d) / 3
+    f5 = peers.verdicts(result)[0]["flow"]
+    assert (f5["sdegen"], f5["peer"], f5["significant"]) == ("b", "k-diffusion:c", True)
+    assert f5["ratio"] == pytest.approx(0.1 / (1.0 / 3))
+    assert peers.verdicts(result, sampler="a")[0]["flow"]["ratio"] == pytest.approx(0.9 / 1.0)
 
 
 def test_peers_ill_conditioned_mixtures():
@@ -321,6 +331,15 @@ def test_defaults_benchmark_smoke(tmp_path):
     assert v["sdegen"] == defaults.DEFAULT and v["nfe"] == 5 and v["ratio"] > 0
     table = (tmp_path / "table.md").read_text()
     assert "| ring | edm | tuned on |" in table and "The default is lower" in table
+    # the exact flow: solved to well below any sampler's distance from it
+    flow = result["exact_flow"]["ring/edm"]
+    assert flow["half_steps_distance"] < 1e-3 and len(flow["frechet_runs"]) == 2
+    recs = {(r["lib"], r["sampler"]): r for r in result["records"] if "skipped" not in r}
+    assert recs["sdegen", defaults.DEFAULT]["flow_distance"] > 10 * flow["half_steps_distance"]
+    assert "flow_distance" not in recs["k-diffusion", "dpmpp_sde"]  # draws fresh noise
+    assert "flow_distance" in recs["k-diffusion", "lms"]
+    assert v["flow"]["sdegen"] == defaults.DEFAULT and v["flow"]["peer"] != "k-diffusion:dpmpp_sde"
+    assert "nearer the exact flow than every peer ODE sampler in" in table
 
 
 def test_peers_benchmark_smoke_sdegen_side(tmp_path):
