@@ -359,3 +359,27 @@ def test_classifier_free_guidance_maps_the_null_label_to_the_networks_own():
         sdegen.sample(no_null, sde, (6, 2), y=1, guidance=2.0, nfe=6, dtype=torch.float64)
     with pytest.raises(ValueError, match="null_label must be an integer >= 0"):
         EDMModel(net, sde, num_classes=3, null_label=-1)
+
+
+def test_the_data_scale_a_foreign_network_carries_places_the_default_grid():
+    # a k-diffusion Denoiser (or EDM's EDMPrecond) holds the sigma_data it was trained with; the
+    # adapter calls it as .net, and the default grid is placed for data of that std
+    from sdegen.models import data_std
+    from sdegen.solvers import get_schedule
+
+    class Denoiser(torch.nn.Module):
+        sigma_data = 0.5
+
+        def forward(self, x, sigma):
+            return x / (1 + sigma[:, None] ** 2)
+
+    sde = EDMSDE(0.002, 80.0)
+    model = KDiffusionModel(Denoiser(), sde)
+    assert data_std(model) == 0.5
+    res = sdegen.sample(model, sde, (3, 2), nfe=6, generator=torch.Generator().manual_seed(0))
+    want = get_schedule(sde, "log_snr_jump", 5, denoise_final=True, data_std=0.5,
+                        start_per_level=1.0)  # fmt: skip
+    assert torch.equal(res.ts, want)
+    assert data_std(KDiffusionModel(lambda x, sigma: x, sde)) == 1.0  # none carried: unit data
+    model.data_std = 0.25  # set on the adapter, it wins
+    assert data_std(model) == 0.25

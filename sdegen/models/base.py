@@ -167,9 +167,11 @@ def data_std(model) -> float:
     generates: its `data_std` (exact for the analytic mixtures; measured on the training split
     for a run's model, `assembly.load_run`; settable on any ParametrizedModel), else its
     `sigma_data` (the data std a ScoreModel's input scaling was built with), looked up through
-    wrappers that hold the model they wrap as `.model` (guidance, counting); 1 (unit-variance
-    data, the convention of VP's input scaling) when none is a positive finite number. Samplers
-    place their default grid by it (`solvers.schedules.log_snr_jump`)."""
+    wrappers that hold the model they wrap as `.model` (guidance, counting) or the network they
+    call as `.net` (the adapters: a k-diffusion `Denoiser` or EDM's `EDMPrecond` carries the
+    `sigma_data` it was trained with); 1 (unit-variance data, the convention of VP's input
+    scaling) when none is a positive finite number. Samplers place their default grid by it
+    (`solvers.schedules.log_snr_jump`)."""
     seen = 0
     while model is not None and seen < 32:  # a wrapper chain, never a cycle in practice
         own = getattr(model, "data_std", None)
@@ -182,7 +184,8 @@ def data_std(model) -> float:
             value = _positive(getattr(model, name, None))
             if value is not None:
                 return value
-        model, seen = getattr(model, "model", None), seen + 1
+        inner = getattr(model, "model", None)
+        model, seen = getattr(model, "net", None) if inner is None else inner, seen + 1
     return 1.0
 
 
