@@ -67,8 +67,9 @@ def verdicts(result: dict, budgets=(5, 10, 20), sampler: str | None = None) -> l
 
 
 def _flow_verdict(ours: list[dict], peers: list[dict]) -> dict | None:
-    ours = [r for r in ours if "flow_distance" in r]
-    peers = [r for r in peers if "flow_distance" in r]
+    ours, peers = (
+        [r for r in rs if math.isfinite(r.get("flow_distance", math.nan))] for rs in (ours, peers)
+    )
     if not ours or not peers:
         return None
     a = min(ours, key=lambda r: r["flow_distance"])
