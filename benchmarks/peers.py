@@ -188,8 +188,9 @@ def _entries(args, ks, diffusers, model, sde, setup: str, like: torch.Tensor):
 
 def deterministic(lib: str, name: str) -> bool:
     """Whether the sampler's output is a function of its prior draw (an ODE sampler)."""
-    if lib == "sdegen":
-        return not METHODS[name.removesuffix("+opt")].stochastic
+    if lib == "sdegen":  # an ODE method with an eta option draws noise only at eta > 0
+        m = METHODS[name.removesuffix("+opt")]
+        return not m.stochastic or (m.kind == "ode" and m.options.get("eta", 1.0) == 0)
     return lib == "diffusers" or name not in STOCHASTIC_PEERS
 
 

@@ -292,6 +292,20 @@ def test_peers_verdict_is_paired_and_computed():
     assert peers.verdicts(result, sampler="a")[0]["flow"]["ratio"] == pytest.approx(0.9 / 1.0)
 
 
+def test_peers_distance_to_the_exact_flow_only_for_ode_samplers():
+    import torch
+
+    peers = _peers()
+    det = peers.deterministic
+    assert det("sdegen", "unipc") and det("sdegen", "unipc+opt") and det("sdegen", "dpmpp_3m")
+    assert det("sdegen", "ddim")  # eta 0 by default: the flow's map
+    assert not det("sdegen", "pc") and not det("sdegen", "dpmpp_sde")
+    assert det("k-diffusion", "lms") and not det("k-diffusion", "dpmpp_2m_sde")
+    assert det("diffusers", "DDIM")
+    x = torch.zeros(4, 3)
+    assert peers.flow_distance(x + 2.0, x) == pytest.approx(12**0.5)  # RMS of |x - flow|
+
+
 def test_peers_ill_conditioned_mixtures():
     import torch
 
