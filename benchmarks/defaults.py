@@ -84,8 +84,9 @@ def summary(result: dict) -> str:
     ]
     flow_lines = [
         "Distance to the exact flow (RMS over samples, mean over seeds): the default's over the "
-        "nearest peer ODE sampler's (k-diffusion's dpmpp_sde and dpmpp_2m_sde draw fresh noise "
-        "and are left out); * as above.",
+        "nearest peer ODE sampler's (k-diffusion's "
+        + " and ".join(k for k in K_PEERS if not peers.deterministic("k-diffusion", k))
+        + " draw fresh noise and are left out); * as above.",
         "",
         "| mixture | setup | role | " + " | ".join(f"NFE {b}: ratio" for b in nfes) + " |",
         "|---|---|---|" + "---|" * len(nfes),
