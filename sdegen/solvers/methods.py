@@ -23,7 +23,7 @@ from . import (
     torchsde_methods,
 )
 from .grid import GridMethod
-from .schedules import START_PER_LEVEL
+from .schedules import START_PER_LEVEL, get_schedule
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +69,23 @@ class Method:
             raise ValueError("a Method has a step or a driver, not both and not neither")
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "schedule_options", MappingProxyType(dict(self.schedule_options)))
+
+    def grid(
+        self,
+        sde,
+        steps: int,
+        *,
+        schedule: str | None = None,
+        denoise_final: bool = True,
+        data_std: float = 1.0,
+    ) -> Tensor:
+        """The grid `schedule` (default: this method's own, with its `schedule_options`) of
+        `steps` steps for data of RMS std `data_std`."""
+        name = schedule or self.schedule
+        kwargs = dict(self.schedule_options) if name == self.schedule else {}
+        return get_schedule(
+            sde, name, steps, denoise_final=denoise_final, data_std=data_std, **kwargs
+        )
 
     @property
     def adaptive(self) -> bool:

@@ -310,7 +310,5 @@ def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options, sd) ->
         return ts
     if nfe is not None:
         steps = fit_steps(method, nfe, 1 if denoise_final else 0, options)
-    name = schedule or m.schedule
     steps = 50 if steps is None else steps
-    kwargs = dict(m.schedule_options) if name == m.schedule else {}
-    return get_schedule(sde, name, steps, denoise_final=denoise_final, data_std=sd, **kwargs)
+    return m.grid(sde, steps, schedule=schedule, denoise_final=denoise_final, data_std=sd)

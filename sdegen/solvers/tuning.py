@@ -212,11 +212,7 @@ def optimise_schedule(
         atol=reference_tol,
     ).x  # fmt: skip
     if start is None:
-        m = METHODS[method]
-        start = get_schedule(
-            sde, m.schedule, steps, denoise_final=True, data_std=data_std(model),
-            **m.schedule_options,
-        )  # fmt: skip
+        start = METHODS[method].grid(sde, steps, data_std=data_std(model))
     lam0, lam1 = sde.half_log_snr_range()
     lam_start = sde.half_log_snr(start.to(torch.float64))
     # n increments and the gap before t_min (kept positive so the last time can move either way)
