@@ -53,7 +53,7 @@ VARIANTS = [
     ("dpmpp_3m", {"lower_order_final": False}),
     ("dpmpp_2m", {"lower_order_final": False}),
     ("dpmpp_sde", {"order": 1}),
-    ("unipc", {"order": 3}),
+    ("unipc", {"order": 2}),
     ("unipc", {"order": 1, "lower_order_final": False}),
     ("dpmpp_2s", {"r": 0.3}),
     ("pc", {"corrector_steps": 2}),
