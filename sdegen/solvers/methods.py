@@ -281,8 +281,9 @@ METHODS: dict[str, Method] = {
 # (benchmarks/defaults.py: at NFE 5 DPM-Solver++(2M) loses to diffusers' UniPC on some). Its
 # order 3 (the predictor's; the corrector's is 4) was chosen on the tuning mixtures
 # (benchmarks/peers.py: TUNED_ON and the ring, ddpm and EDM, NFE 5-20): against order 2 on the
-# same grid it lowered the Frechet distance and the RMS distance to the exact flow in most
-# cells (README, "Fast by default").
+# same grid (3 x 1000 draws per cell) it lowered the Frechet distance in 32 of 42 (mixture, SDE,
+# NFE) cells, all 14 at NFE 5, and the RMS distance to the exact flow in 22 of 28 at NFE 10-20
+# (6 of 14 at NFE 5, within 6%).
 DEFAULT_METHOD = "unipc"
 
 
