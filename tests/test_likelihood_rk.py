@@ -4,6 +4,8 @@ is never called outside [t_min, T]; the NFE and VJP counts."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -128,6 +130,55 @@ def test_a_first_step_option_reaches_the_integrator():
     tiny = sdegen.log_likelihood(model, sde, x, rtol=1e-5, atol=1e-5, options={"h0": 1e-3})
     assert tiny.nfe > default.nfe  # a tiny first step costs steps to grow out of
     assert float((tiny.log_prob - default.log_prob).abs().max()) < 1e-4
+
+
+def _ill_conditioned_gaussian(sde, dim: int = 8, cond: float = 1e4):
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    lam = cond ** -torch.linspace(0, 1, dim, dtype=torch.float64)
+    cov = q @ torch.diag(lam) @ q.T
+    return GaussianScore(torch.zeros(dim, dtype=torch.float64), 0.5 * (cov + cov.T), sde), lam
+
+
+@pytest.mark.parametrize("kind", ["vp", "edm"])
+def test_the_data_end_step_reads_the_finest_scale_off_the_divergence(kind):
+    # for Gaussian data div_u F(u, phi0) / tan(phi0) = sum_i (1 / var_i - 1), var_i the
+    # eigenvalues of u's covariance (cos^2 lam_i + sin^2 at phi0): the closed form against the
+    # exact divergence of the angle field, and the step is 1 / sqrt(1 + q) <= min_i sqrt(var_i)
+    from sdegen.divergence import divergence
+    from sdegen.solvers.likelihood import _angles, data_end_step
+
+    sde = KINDS[kind]()
+    model, lam = _ill_conditioned_gaussian(sde)
+    (phi0, _), (r0, _) = _angles(sde)
+    t0 = torch.full((4,), sde.t_min, dtype=torch.float64)
+    u = model.sample(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def field(v):  # (2) of solvers/likelihood.py at phi0, written out here
+        return -math.tan(phi0) * (v + r0 * model.score(r0 * v, t0))
+
+    _, div = divergence(field, u, trace="exact")
+    var = math.cos(phi0) ** 2 * lam + math.sin(phi0) ** 2
+    q = float((1 / var - 1).sum())
+    torch.testing.assert_close(div / math.tan(phi0), torch.full((4,), q), rtol=1e-9, atol=0)
+    step = data_end_step(div, phi0)
+    assert step == pytest.approx(max(phi0, (1 + q) ** -0.5), rel=1e-9)
+    assert phi0 <= step <= float(var.min().sqrt())
+
+
+@pytest.mark.parametrize("kind", ["vp", "edm"])
+def test_the_tolerance_holds_on_ill_conditioned_data(kind):
+    # condition number 1e4 (standard deviations 1 down to 0.01): the mean log-density error at
+    # tol 1e-3 stays below tol. A first step from the tolerance alone (0.16) straddled the 0.01
+    # scale and was accepted on a wrong error estimate: 40-70x tol.
+    sde = KINDS[kind]()
+    model, _ = _ill_conditioned_gaussian(sde)
+    x = model.sample(32, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = sdegen.log_likelihood(model, sde, x, rtol=1e-9, atol=1e-9)
+    res = sdegen.log_likelihood(model, sde, x, rtol=1e-3, atol=1e-3)
+    assert float((res.log_prob - ref.log_prob).abs().mean()) < 1e-3
+    big = sdegen.log_likelihood(model, sde, x, rtol=1e-3, atol=1e-3, options={"h0": 0.16})
+    assert float((big.log_prob - ref.log_prob).abs().mean()) > 1e-2
 
 
 def test_differentiable_likelihood_through_the_own_pair_matches_autograd_of_the_closed_form():

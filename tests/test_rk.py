@@ -177,6 +177,33 @@ def test_a_rejected_step_is_retried_smaller_and_counted():
     assert float(y) == pytest.approx(math.exp(-30), abs=1e-8)
 
 
+def test_a_first_step_given_as_a_function_of_the_first_slope_costs_no_evaluation():
+    # h0(k1) sees f(t0, y0) and its value is the first step taken (accepted here: a slow decay)
+    seen = []
+
+    def h0(k1):
+        seen.append(k1[0].clone())
+        return 0.125
+
+    (y,), stats = rk.solve(
+        lambda t, s: (-0.1 * s[0],), (torch.ones(1),), 0.0, 1.0, rtol=1e-6, atol=1e-9, h0=h0
+    )
+    torch.testing.assert_close(seen[0], torch.full((1,), -0.1))
+    assert stats.steps[0] == 0.125 and stats.rejected == 0
+    assert stats.evaluations == 1 + 6 * stats.accepted  # no probe for the first step
+    assert float(y) == pytest.approx(math.exp(-0.1), abs=1e-9)
+    with pytest.raises(ValueError, match="h0"):
+        rk.solve(
+            lambda t, s: (s[0],),
+            (torch.ones(1),),
+            0.0,
+            1.0,
+            rtol=1e-6,
+            atol=1e-6,
+            h0=lambda k1: float("nan"),
+        )
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [

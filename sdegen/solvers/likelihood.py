@@ -35,7 +35,9 @@ AUTO_LOOSE_TOL) rather than torchdiffeq's: what made it cheaper at equal error, 
 benchmark's 2-D ring and 16-D mixture (VP and EDM), was (i) the error norm on the state alone,
 the increment weighted 0.1 (the increment is a quadrature along the path, its error follows the
 state's), (ii) no forced short landing step, and (iii) a first step predicted from the angle
-ODE's O(1) scale instead of a probe. A PI controller, Tsitouras 5(4), Dormand-Prince 8(7), a
+ODE's O(1) scale instead of a probe, no longer, from the data end, than the data's finest scale
+read off the first evaluation's divergence (data_end_step; measured on ill-conditioned mixtures).
+A PI controller, Tsitouras 5(4), Dormand-Prince 8(7), a
 per-example step size, the norm over examples as a mean or a max, and other integration
 variables (log phi, sqrt phi, phi + c log phi, a sigma_data other than 1, and the
 data-prediction form dw/ds = -x0_hat in s = -alpha / sigma, w = x / sigma) were measured and
@@ -188,7 +190,8 @@ def log_likelihood(
         options: a dict or None: for an own pair, keywords of rk.solve (RK_OPTIONS: h0, safety,
             beta, fac_min, fac_max, max_steps; in the angle h0 defaults to
             (TOL_SCALE * tol)^(1/p), p the pair's order, a step predicted from the ODE's scale,
-            and in t to Hairer's estimate); for torchdiffeq, its options.
+            and from the data end to no more than the data's finest scale (data_end_step); in
+            t to Hairer's estimate); for torchdiffeq, its options.
         differentiable: keep the graph so log_prob can be back-propagated to the model's
             parameters (for maximum-likelihood training); otherwise every step is detached.
         chunk: basis vectors per batched VJP for the exact trace: an integer >= 1, or None
@@ -354,15 +357,16 @@ def _solve(
         scale_in, scale_out = (rT, r0) if reverse else (r0, rT)
         # a step predicted from the ODE's scale: for unit-scale data u and F are O(1) on an
         # interval of ~pi/2, so a step of a p-th order pair meets the tolerance near tol^(1/p).
-        # Known weak spot: on ill-conditioned data (components of variance ~1e-4, the benchmark's
-        # held-out gmm16c4s*) this step straddles the data end's fine structure and is accepted
-        # on a wrong error estimate or rejected several times; options={"h0": None} (Hairer's
-        # probed start) costs fewer evaluations there and more on unit-scale data
-        if integrator == "sdegen":
+        # From the data end, no longer than the data's finest scale (data_end_step, read off the
+        # first evaluation's divergence): on ill-conditioned data (variances ~1e-4) the step from
+        # the tolerance alone straddled that scale and was accepted on a wrong error estimate
+        # (mean error 40-70x the tolerance on a Gaussian of condition number 1e4 at tol 1e-3)
+        if integrator == "sdegen" and "h0" not in rk_options:
             p = rk.TABLEAUS[method].order
-            rk_options.setdefault(
-                "h0", min(phiT - phi0, (TOL_SCALE * (rtol + atol) / 2) ** (1 / p))
-            )
+            h_tol = min(phiT - phi0, (TOL_SCALE * (rtol + atol) / 2) ** (1 / p))
+            rk_options["h0"] = h_tol
+            if log_prob and not reverse:
+                rk_options["h0"] = lambda k1: min(h_tol, data_end_step(k1[1], phi0))
     else:
 
         def field(s: float, u: Tensor) -> Tensor:
@@ -454,6 +458,24 @@ def _rk_options(options: dict | None) -> dict:
             f"options go with method='{TORCHDIFFEQ_PREFIX}NAME')"
         )
     return options
+
+
+def data_end_step(div0: Tensor, phi0: float) -> float:
+    """A first step that does not straddle the data's finest scale, read off the divergence
+    div0 = div_u F(u, phi0) of the first evaluation (shape (B,); no extra evaluation).
+
+    For data whose noised u = x / r has covariance C at phi0 (locally, for a mixture),
+    div_u F = tan(phi) (tr C^-1 - D) by (2) and Tweedie (r^2 div_x score = -tr C^-1), so
+    q = div_u F / tan(phi0) = sum_i (1 / var_i - 1) over C's eigenvalues var_i, and
+    1 / sqrt(1 + q) <= the smallest standard deviation sqrt(var_min) of u wherever every
+    var_i <= 1 (each term is then >= 0; a variance above 1 lowers q by less than 1). q is
+    averaged over the batch (a Hutchinson trace gives an unbiased estimate of it). The step is
+    that bound, but no shorter than phi0 itself: every var_i >= sin(phi0)^2, so nothing in the
+    field is finer than phi0. Unit-scale data gives q ~ 0 and a step of 1, which the step from
+    the tolerance caps.
+    """
+    q = max(0.0, float(div0.detach().mean()) / math.tan(phi0))
+    return max(phi0, 1.0 / math.sqrt(1.0 + q))
 
 
 def _angles(sde) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -11,7 +11,8 @@ h * clip(safety E^-beta1 E_prev^beta2, fac_min, fac_max): the classical controll
 beta = (1/k, 0), k the order of the error estimate's leading term, or a PI controller
 (Gustafsson 1991; Hairer & Wanner, "Solving ODEs II", Sec. IV.2) with beta2 > 0. After a
 rejection the step does not grow. The first step is Hairer's estimate from f(t0, y0) and one
-explicit-Euler probe (one more evaluation, kept inside the interval), or `h0` when given. The
+explicit-Euler probe (one more evaluation, kept inside the interval), or `h0` when given (a
+number, or a function of the first slope: a step read off the field at no extra evaluation). The
 remaining interval is always cut into equal steps no longer than the controller's h, so the
 solve ends on t1 without a short landing step (torchdiffeq's step_t forces one) and without a
 stage past t1 (which torchdiffeq evaluates before interpolating back).
@@ -223,7 +224,7 @@ def solve(
     atol: float,
     method: str = "dopri5",
     weights: Sequence[float] | None = None,
-    h0: float | None = None,
+    h0: float | Callable[[State], float] | None = None,
     safety: float = 0.9,
     beta: tuple[float, float] | None = None,
     fac_min: float = 0.2,
@@ -240,7 +241,9 @@ def solve(
         method: a pair of TABLEAUS ("dopri5", "tsit5", "bs3").
         weights: per tensor of the state, how much its error counts (default 1 each; 0 leaves
             a tensor out of the control).
-        h0: the first step's size (> 0), or None for Hairer's estimate (one more evaluation).
+        h0: the first step's size (> 0); a function of the first slope f(t0, y0) returning it
+            (a step read off the field at no extra evaluation); or None for Hairer's estimate
+            (one more evaluation).
         safety, beta, fac_min, fac_max: the controller h_new = h * clip(safety *
             E^-beta[0] * E_prev^beta[1], fac_min, fac_max); beta None for (1/k, 0), k the
             order of the pair (Hairer & Wanner's PI values are (0.7/k, 0.4/k); measured no
@@ -284,7 +287,7 @@ def solve(
     if h0 is None:
         h = initial_step(f, t0, y, k1, direction, tab.order, scaled, span)
     else:
-        h = check_finite_number("h0", h0, positive=True)
+        h = check_finite_number("h0", h0(k1) if callable(h0) else h0, positive=True)
     h = min(h, span)
     err_prev, rejected_last = 1e-4, False
     steps_done = 0
