@@ -802,3 +802,20 @@ def test_overhead_benchmark_smoke(tmp_path):
     # the machine's load during the run is recorded with the numbers
     assert len(result["meta"]["load_average"]) == 2 and result["meta"]["wall_s"] > 0
     assert "load average" in (tmp_path / "table.md").read_text()
+
+
+def test_grid_choice_benchmark_smoke(tmp_path):
+    bench = _load("grid_choice")
+    result = bench.main(["--quick", "--seeds", "1", "--out", str(tmp_path)])
+    rows = result["summary"]
+    assert {r["role"] for r in rows} == {"tuning", "held out"}
+    for r in result["records"]:  # the ratio is the one the record's two grids give
+        assert r["ratio"] == pytest.approx(sum(r["log_snr_jump"]) / sum(r["karras"]))
+        assert len(r["karras"]) == len(r["log_snr_jump"]) == 1
+    for r in rows:
+        assert 0 <= r["won"] <= r["cells"] and r["min"] <= r["geo_mean"] <= r["max"]
+    table = (tmp_path / "table.md").read_text()
+    assert "| heun | **log_snr_jump** |" in table
+    assert (tmp_path / "ratio.png").stat().st_size > 500
+    bench.main(["--replot", "--out", str(tmp_path)])
+    assert (tmp_path / "table.md").read_text() == table
