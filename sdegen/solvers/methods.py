@@ -187,13 +187,15 @@ K_METHODS: dict[str, Method] = {
 # (benchmarks/schedules.py). The log-SNR grid that ends where the final denoising step still does
 # work ("log_snr_jump", benchmarks/defaults.py) is the default of every fixed-grid sampler but
 # four: against the Karras grid (benchmarks/grid_choice.py: Frechet distance, 3 x 1000 draws,
-# VP and EDM SDEs, exact scores) it was lower for each at NFE 10 in 10 of 10 cells on the
-# tuning mixtures (ring and peers.TUNED_ON) and 10 of 10 held out (deis 7 of 10), geometric
-# means 0.006-0.94 held out, and at NFE 20 0.19-1.0; at NFE 50 it is level (0.89-1.01). The four
-# reverse-SDE samplers euler_maruyama, reverse_diffusion, ancestral and euler_ancestral keep the
-# Karras grid: the jump grid wins at NFE 10-20 for them too but loses at NFE 50 held out
-# (geometric means 1.12-1.15, 3-4 of 10 cells won). unipc, whose corrector makes a long first
-# step second order, crosses the levels above 5 data stds in one step.
+# VP and EDM SDEs, exact scores) it was lower for each at NFE 10 in 9-10 of 10 cells on the
+# tuning mixtures (ring and four of peers.TUNED_ON) and 10 of 10 held out (deis 7 and 7),
+# geometric means 0.006-0.94 held out, and at NFE 20 0.19-1.0; at NFE 50 it is level held out
+# (0.89-1.0) and on the tuning mixtures but for the stochastic dpm_2_ancestral and
+# dpmpp_2s_ancestral (1.2, cells near the noise floor). The four reverse-SDE samplers
+# euler_maruyama, reverse_diffusion, ancestral and euler_ancestral keep the Karras grid: the
+# jump grid wins at NFE 10-20 for them too (0.23-0.84 held out) but loses at NFE 50 (1.1-1.2
+# held out, 1.2-1.3 tuning; 1-4 of 10 cells won). unipc, whose corrector makes a long first step
+# second order, crosses the levels above 5 data stds in one step.
 # stochastic: takes the generator; last_step_noise: adds noise on its last step only when a
 # final denoising step follows.
 # fmt: off
