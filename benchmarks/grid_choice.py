@@ -28,6 +28,7 @@ import torch
 import sdegen
 from sdegen.assembly import harness, plots
 from sdegen.solvers import METHODS
+from sdegen.solvers.methods import K_METHODS
 
 peers = harness.sibling(__file__, "peers")
 
@@ -42,14 +43,7 @@ SAMPLERS = (
     "rk4",
     "heun",
     "edm_sde",
-    "k_euler",
-    "euler_ancestral",
-    "k_heun",
-    "dpm_2",
-    "dpm_2_ancestral",
-    "dpmpp_2s_ancestral",
-    "lms",
-    "deis",
+    *K_METHODS,  # k-diffusion's samplers by its names
 )
 TUNING = ("ring", "gmm16c4s1", "gmm16c4s2", "gmm32c3s1", "gmm64c4s1")
 SETUPS = ("vp", "edm")
