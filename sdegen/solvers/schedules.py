@@ -47,7 +47,8 @@ def log_snr_jump(
     data_std: float = 1.0,
     start_per_level: float | None = None,
 ) -> Tensor:
-    """The default grid of the exponential integrators, for data of RMS std `data_std` = s_d:
+    """The default grid of the fixed-grid samplers (all but four reverse-SDE ones: methods.py),
+    for data of RMS std `data_std` = s_d:
     uniform in lambda from T down to the noise level sigma/alpha = 2.5 s_d / levels^1.5
     (levels = steps + 1), where the final denoising step takes over; with `start_per_level` = a
     (unipc's default: 1), one step from T to sigma/alpha = a s_d levels first, and uniform in
