@@ -11,6 +11,7 @@ from torch import nn
 import sdegen
 from sdegen.models import (
     MLP,
+    ConditionTable,
     DiffusersModel,
     EDMModel,
     KDiffusionModel,
@@ -383,3 +384,95 @@ def test_the_data_scale_a_foreign_network_carries_places_the_default_grid():
     assert data_std(KDiffusionModel(lambda x, sigma: x, sde)) == 1.0  # none carried: unit data
     model.data_std = 0.25  # set on the adapter, it wins
     assert data_std(model) == 0.25
+
+
+# ---- per-example conditions (text embeddings) as ConditionTables: guidance and likelihood --------
+
+
+def tiny_text_unet(diffusers) -> nn.Module:
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+        norm_num_groups=4, attention_head_dim=2,
+    ).eval().double()  # fmt: skip
+
+
+def test_a_condition_table_guides_a_text_conditional_unet_as_stable_diffusion_does(diffusers):
+    from sdegen.solvers.guidance import guided_model
+
+    unet = tiny_text_unet(diffusers)
+    g = torch.Generator().manual_seed(2)
+    emb = torch.randn(3, 5, 8, generator=g, dtype=torch.float64)  # 3 prompts, 5 tokens, width 8
+    empty = torch.randn(5, 8, generator=g, dtype=torch.float64)  # the empty prompt's embedding
+    table = ConditionTable(emb, null=empty)
+    model, sde = from_diffusers(unet, {}, cond={"encoder_hidden_states": table})
+    assert model.num_classes == 3
+    x, t, y, w = noise_like((4, 1, 8, 8)), torch.full((4,), 0.4), torch.tensor([2, 0, 1, 2]), 3.0
+
+    def net_eps(ctx):
+        with torch.no_grad():
+            return unet(x, torch.full((4,), 399.0, dtype=torch.float64),
+                        encoder_hidden_states=ctx).sample  # fmt: skip
+
+    cond_eps, null_eps = net_eps(emb[y]), net_eps(empty.expand(4, 5, 8))
+    # each example reads its own row; NULL_LABEL reads the null row
+    torch.testing.assert_close(model.eps(x, t, y), cond_eps, rtol=0, atol=1e-12)
+    mixed = model.eps(x, t, torch.tensor([2, -1, 1, -1]))
+    torch.testing.assert_close(mixed[::2], cond_eps[::2], rtol=0, atol=1e-12)
+    torch.testing.assert_close(mixed[1::2], null_eps[1::2], rtol=0, atol=1e-12)
+    # classifier-free guidance doubles the batch: the rows follow it, the null half reads `empty`
+    guided = guided_model(model, sde, 4, y=y, guidance=w)
+    want = w * cond_eps + (1 - w) * null_eps
+    torch.testing.assert_close(guided.eps(x, t), want, rtol=0, atol=1e-10)
+    res = sdegen.sample(model, sde, (4, 1, 8, 8), y=y, guidance=w, nfe=4, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert res.nfe == 4 and res.batch_factor == 2 and bool(torch.isfinite(res.x).all())
+    # the rows are buffers: they follow the model's dtype and device
+    assert model.float().tables["encoder_hidden_states"].rows.dtype == torch.float32
+
+
+def test_condition_tables_reach_the_likelihood_and_refuse_bad_input():
+    from sdegen.solvers.guidance import Conditioned
+
+    sde = VPSDE()
+    seen = []
+
+    def net(x, c, shift):  # eps = 0.5 x + shift: each example's shift is its row
+        seen.append(shift)
+        return 0.5 * x + shift
+
+    rows = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    model = ScoreSDEModel(net, sde, "eps", cond={"shift": ConditionTable(rows)})
+    x, y = noise_like((3, 2)), torch.tensor([1, 0, 1])
+    fixed = {"method": "rk4", "options": {"step_size": (sde.T - sde.t_min) / 4}}  # per example
+    ll = sdegen.log_likelihood(Conditioned(model, sde, y), sde, x, **fixed)
+    assert ll.log_prob.shape == (3,) and bool(torch.isfinite(ll.log_prob).all())
+    assert all(torch.equal(s, rows[y]) for s in seen if s.shape[0] == 3)
+    # the condition is per example: the first example's log-density moves with its row only
+    y2 = torch.tensor([0, 0, 1])
+    ll2 = sdegen.log_likelihood(Conditioned(model, sde, y2), sde, x, **fixed)
+    assert abs(float(ll2.log_prob[0] - ll.log_prob[0])) > 1e-3
+    torch.testing.assert_close(ll2.log_prob[1:], ll.log_prob[1:], rtol=0, atol=1e-12)
+    t = torch.full((3,), 0.5)
+    with pytest.raises(ValueError, match="takes y, indices .3,. into its ConditionTables of 2"):
+        model.eps(x, t)
+    with pytest.raises(ValueError, match="give every ConditionTable a null row"):
+        model.eps(x, t, torch.tensor([0, -1, 1]))
+    with pytest.raises(ValueError, match="label 2 is out of range; expected 0..1"):
+        model.eps(x, t, torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match="same rows, got .'a': 2, 'b': 3."):
+        ScoreSDEModel(
+            net, sde, cond={"a": ConditionTable(rows), "b": ConditionTable(rows[:1].repeat(3, 1))}
+        )
+    with pytest.raises(ValueError, match="leave num_classes and null_label unset"):
+        ScoreSDEModel(net, sde, cond={"a": ConditionTable(rows)}, num_classes=5)
+    with pytest.raises(ValueError, match=r"shape of one row \(2,\), got shape \(3,\)"):
+        ConditionTable(rows, null=torch.zeros(3))
+    with pytest.raises(ValueError, match="rows hold NaN"):
+        ConditionTable(torch.tensor([[float("nan")]]))
+    with pytest.raises(
+        ValueError, match=r"tensor \(K >= 1, ...\) of conditions, got shape \(0, 2\)"
+    ):
+        ConditionTable(torch.zeros(0, 2))

@@ -12,7 +12,11 @@ sdegen. What comes out works with every sampler (`sdegen.sample`) and with
 
 Shared behaviour: the network runs in the dtype of its parameters (its inputs cast to it, its
 output cast back), as `ScoreModel` does; class labels y go to the network as the keyword
-`label_arg`; `cond` is a dict of keyword arguments bound once and passed to every call.
+`label_arg`; `cond` is a dict of keyword arguments bound once and passed to every call. A
+per-example condition (a text embedding, as Stable Diffusion's `encoder_hidden_states`) is a
+`ConditionTable` value in `cond`: y then holds row indices into it, and NULL_LABEL picks its null
+row, so the table's rows follow the batch wherever it goes (classifier-free guidance's doubled
+batch, the likelihood's chunks) and guidance needs no other mechanism.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .labels import NULL_LABEL, check_labels
 from .score_model import parameter_dtype
 
 __all__ = [
+    "ConditionTable",
     "ForeignModel",
     "DiffusersModel",
     "from_diffusers",
@@ -52,6 +57,55 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SCORE_SDE_TIME_INPUTS = ("t", "sigma")
 
 
+class ConditionTable(nn.Module):
+    """Per-example keyword arguments of a foreign network, as a table indexed by the labels y.
+
+    rows: a tensor (K, *S), one condition per row (e.g. K prompts' text embeddings (K, L, W)).
+    null: the "no condition" row (*S) (e.g. the empty prompt's embedding, as Stable Diffusion
+        guides with), read where y is NULL_LABEL (-1); None: such labels are refused.
+
+    Put it in an adapter's `cond` under the keyword the network takes (`cond={
+    "encoder_hidden_states": ConditionTable(emb, null=empty)}`); the model then takes y (B,) in
+    0..K-1 or NULL_LABEL, its `num_classes` is K, and each call passes rows[y] (B, *S). Every
+    table of one model has the same K, and y is not passed as `label_arg` too. The rows are
+    buffers: they follow the model's `.to(device)`; they reach the network in its dtype.
+    """
+
+    rows: Tensor
+    null: Tensor | None
+
+    def __init__(self, rows: Tensor, null: Tensor | None = None) -> None:
+        super().__init__()
+        if not torch.is_tensor(rows) or rows.ndim < 1 or rows.shape[0] < 1:
+            got = f"shape {tuple(rows.shape)}" if torch.is_tensor(rows) else type(rows).__name__
+            raise ValueError(f"rows must be a tensor (K >= 1, ...) of conditions, got {got}")
+        if rows.is_floating_point() and not bool(torch.isfinite(rows).all()):
+            raise ValueError("rows hold NaN or infinite values")
+        if null is not None:
+            if not torch.is_tensor(null) or tuple(null.shape) != tuple(rows.shape[1:]):
+                got = f"shape {tuple(null.shape)}" if torch.is_tensor(null) else repr(null)
+                raise ValueError(f"null must have the shape of one row {tuple(rows.shape[1:])}, "
+                                 f"got {got}")  # fmt: skip
+            if null.is_floating_point() and not bool(torch.isfinite(null).all()):
+                raise ValueError("null holds NaN or infinite values")
+        self.register_buffer("rows", rows.detach().clone())
+        self.register_buffer("null", None if null is None else null.detach().clone().to(rows))
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def forward(self, y: Tensor, null: Tensor | None, dtype: torch.dtype | None) -> Tensor:
+        """rows[y] (B, *S), the null row where `null` (B,) is True, in dtype if floating."""
+        out = self.rows[y.clamp(min=0)]
+        if null is not None:
+            if self.null is None:
+                raise ValueError("this ConditionTable has no null row (pass null=)")
+            out = torch.where(append_dims(null, out.ndim), self.null, out)
+        if dtype is not None and out.is_floating_point():
+            out = out.to(dtype)
+        return out
+
+
 class ForeignModel(ParametrizedModel):
     """Base of the adapters: calls a foreign network in its own dtype and checks its output.
 
@@ -60,12 +114,16 @@ class ForeignModel(ParametrizedModel):
     Args:
         net: the network, an nn.Module or any callable.
         sde: the SDE whose alpha, sigma define the conversions.
-        cond: keyword arguments passed to every call of `net` (e.g. a fixed text embedding).
-        label_arg: the keyword under which class labels y reach `net`.
-        num_classes: the network's number of classes (None: unconditional; y is refused).
+        cond: keyword arguments passed to every call of `net`: shared values as they are (a
+            scale, one embedding for the whole batch), per-example ones as `ConditionTable`s
+            indexed by y.
+        label_arg: the keyword under which class labels y reach `net` (not used with tables).
+        num_classes: the network's number of classes (None: unconditional; y is refused). With
+            tables it is their K.
         null_label: the class index the network was trained to read as "no class" (label
             dropout; often num_classes), which sdegen's NULL_LABEL (-1) becomes on the way in,
             so classifier-free guidance works; None: a NULL_LABEL is refused with an error.
+            With tables, the tables' null rows serve instead.
     """
 
     def __init__(
@@ -84,12 +142,29 @@ class ForeignModel(ParametrizedModel):
         self.net = net
         if cond is not None and not isinstance(cond, Mapping):
             raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
-        self.cond = dict(cond or {})
+        cond = dict(cond or {})
+        tables = {k: v for k, v in cond.items() if isinstance(v, ConditionTable)}
+        self.cond = {k: v for k, v in cond.items() if k not in tables}
+        self.tables = nn.ModuleDict(tables)
         if not isinstance(label_arg, str) or not label_arg.isidentifier():
             raise ValueError(f"label_arg must be a keyword name, got {label_arg!r}")
         self.label_arg = label_arg
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
         self.null_label = None if null_label is None else check_int("null_label", null_label, 0)
+        if tables:
+            sizes = {k: len(v) for k, v in tables.items()}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(
+                    f"every ConditionTable in cond must have the same rows, got {sizes}"
+                )
+            k_rows = next(iter(sizes.values()))
+            if self.num_classes not in (None, k_rows) or self.null_label is not None:
+                raise ValueError(
+                    f"with ConditionTables in cond, y indexes their {k_rows} rows and NULL_LABEL "
+                    f"their null rows: leave num_classes and null_label unset, got "
+                    f"num_classes={num_classes!r}, null_label={null_label!r}"
+                )
+            self.num_classes = k_rows
 
     def net_dtype(self) -> torch.dtype | None:
         """The dtype the network runs in: its parameters'; None (x's) without parameters."""
@@ -98,30 +173,44 @@ class ForeignModel(ParametrizedModel):
     def call_net(self, x_in: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
         """net(x_in, c_noise, **cond[, label_arg=y]) in the network's dtype, as a tensor of
         x_in's shape and dtype. `.sample` of a returned object (diffusers) is taken."""
+        dtype = self.net_dtype()
+        kwargs = dict(self.cond)
+        if self.tables and y is None:
+            raise ValueError(
+                f"this model takes y, indices ({x_in.shape[0]},) into its ConditionTables of "
+                f"{self.num_classes} rows ({NULL_LABEL}: the null row)"
+            )
         if y is not None:
             y = check_labels(y, x_in.shape[0], self.num_classes)
             null = y == NULL_LABEL
+            if self.tables:
+                has_null = all(t.null is not None for t in self.tables.values())
+                fix = "give every ConditionTable a null row: ConditionTable(rows, null=...)"
+            else:
+                has_null = self.null_label is not None
+                fix = "pass null_label=<the index it was trained with for no class>"
             message = (
                 "labels hold NULL_LABEL (-1: unconditional, as classifier-free guidance "
-                "asks), but this adapter knows no null class of the network: pass "
-                "null_label=<the index it was trained with for no class>"
+                f"asks), but this adapter knows no null condition of the network: {fix}"
             )
-            if self.null_label is not None:
-                y = torch.where(null, self.null_label, y)
-            elif y.device.type != "cpu":
-                # bool() would wait for the device at every call: assert there instead
-                torch._assert_async(~null.any(), message)
-            elif bool(null.any()):
-                raise ValueError(message)
-        dtype = self.net_dtype()
+            if not has_null:
+                if y.device.type != "cpu":
+                    # bool() would wait for the device at every call: assert there instead
+                    torch._assert_async(~null.any(), message)
+                elif bool(null.any()):
+                    raise ValueError(message)
+            if self.tables:
+                for key, table in self.tables.items():
+                    kwargs[key] = table(y, null if has_null else None, dtype)
+            else:
+                if self.null_label is not None:
+                    y = torch.where(null, self.null_label, y)
+                kwargs[self.label_arg] = y
         x_net = x_in if dtype is None else x_in.to(dtype)
         if dtype is not None and c_noise.is_floating_point():
             # half-precision noise levels lose the timestep (999.5 -> 1000): keep >= float32
             wide = dtype in (torch.float32, torch.float64)
             c_noise = c_noise.to(dtype if wide else torch.float32)
-        kwargs = dict(self.cond)
-        if y is not None:
-            kwargs[self.label_arg] = y
         out = self.net(x_net, c_noise, **kwargs)
         out = getattr(out, "sample", out)
         if not torch.is_tensor(out):
