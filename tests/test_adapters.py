@@ -476,3 +476,20 @@ def test_condition_tables_reach_the_likelihood_and_refuse_bad_input():
         ValueError, match=r"tensor \(K >= 1, ...\) of conditions, got shape \(0, 2\)"
     ):
         ConditionTable(torch.zeros(0, 2))
+
+
+def test_a_failing_call_names_a_cond_tensor_of_another_batch():
+    sde = VPSDE()
+
+    def net(x, c, shift):
+        return x + shift  # shift of batch 2 cannot broadcast against 4 examples
+
+    model = ScoreSDEModel(net, sde, "eps", cond={"shift": torch.zeros(2, 2)})
+    t = torch.full((2,), 0.5)
+    assert model.eps(torch.ones(2, 2), t).shape == (2, 2)  # its own batch works
+    with pytest.raises(ValueError, match=r"another batch size \{'shift': 2\}.*ConditionTable"):
+        model.eps(torch.ones(4, 2), torch.full((4,), 0.5))
+    # an error with no such tensor in cond is the network's own, unchanged
+    bad = ScoreSDEModel(lambda x, c: x @ torch.ones(3, 3), sde)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        bad.eps(torch.ones(2, 2), t)

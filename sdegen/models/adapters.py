@@ -211,7 +211,22 @@ class ForeignModel(ParametrizedModel):
             # half-precision noise levels lose the timestep (999.5 -> 1000): keep >= float32
             wide = dtype in (torch.float32, torch.float64)
             c_noise = c_noise.to(dtype if wide else torch.float32)
-        out = self.net(x_net, c_noise, **kwargs)
+        try:
+            out = self.net(x_net, c_noise, **kwargs)
+        except Exception as e:
+            sizes = {
+                k: int(v.shape[0])
+                for k, v in self.cond.items()
+                if torch.is_tensor(v) and v.ndim and v.shape[0] not in (1, x_in.shape[0])
+            }
+            if not sizes:
+                raise
+            raise ValueError(
+                f"the network failed on {x_in.shape[0]} examples, and cond holds tensors of "
+                f"another batch size {sizes} (classifier-free guidance doubles the batch; a "
+                f"cond value is passed unchanged to every call): pass per-example conditions "
+                f"as cond={{key: ConditionTable(rows, null=...)}} and pick rows with y"
+            ) from e
         out = getattr(out, "sample", out)
         if not torch.is_tensor(out):
             raise TypeError(
