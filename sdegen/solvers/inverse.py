@@ -397,6 +397,10 @@ class Observed(_Wrapper):
         self.operator = operator
         self.sigma_y = check_finite_number("sigma_y", sigma_y, nonnegative=True)
         self.scale = 1.0 if scale is None else check_finite_number("inverse_scale", scale)
+        if self.scale < 0:
+            raise ValueError(
+                f"inverse_scale must be >= 0 (0: no pull towards the observation), got {scale!r}"
+            )
         if not torch.is_tensor(y) or not y.is_floating_point():
             got = y.dtype if torch.is_tensor(y) else type(y).__name__
             raise ValueError(f"y_obs must be a floating-point tensor, got {got}")
