@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.nn import functional as F
 
 import sdegen
 from sdegen.models import GaussianScore
@@ -294,6 +295,8 @@ def test_inverse_errors():
         sdegen.sample(model, sde, (3, 1, 2, 2), inverse="replace", **ok)
     with pytest.raises(ValueError, match="sigma_y must be >= 0"):
         sdegen.sample(model, sde, (3, 1, 2, 2), sigma_y=-1.0, **ok)
+    with pytest.raises(ValueError, match="inverse_scale must be >= 0 .0: no pull"):
+        sdegen.sample(model, sde, (3, 1, 2, 2), inverse_scale=-0.5, **ok)
     with pytest.raises(ValueError, match=r"Downsample observes \(3, 1, 1, 1\)"):
         sdegen.sample(
             model, sde, (3, 1, 2, 2), steps=2, operator=Downsample(2), y_obs=torch.zeros(2)
@@ -445,3 +448,81 @@ def test_cli_sample_edits_an_input_with_init_and_t_start(tmp_path, monkeypatch, 
     assert float((x - torch.tensor([1.5, -1.0])).norm(dim=1).mean()) < 0.3
     assert main([*argv, "--steps", "8", "--t-start", "0.5"]) == 2
     assert "needs both --init FILE.pt and --t-start" in capsys.readouterr().err
+
+
+_IMAGE_FACTORY = """
+import torch
+from sdegen.models import GaussianScore
+from sdegen.sde import VPSDE
+
+
+def image():  # 4x4 one-channel "images" with correlated pixels
+    sde = VPSDE()
+    cov = 0.5 * torch.eye(16, dtype=torch.float64) + 0.5
+    return GaussianScore(torch.zeros(16), cov, sde, event_shape=(1, 4, 4)), sde
+"""
+
+
+def test_cli_sample_solves_inverse_problems_with_observe(tmp_path, monkeypatch, capsys):
+    """`sdegen sample --observe FILE --operator SPEC | --mask FILE`: the same samples as
+    sdegen.sample with the operator; one observation stands for the batch, N observations are
+    split with the batches (--seeds, --batch); the observation is held exactly."""
+    import numpy as np
+
+    from sdegen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.py").write_text(_IMAGE_FACTORY)
+    argv = ["sample", "--model", "mine.py:image", "--shape", "1,4,4", "--nfe", "10", "--quiet"]
+    low = torch.tensor([[[0.8, -0.4], [0.1, 1.2]]], dtype=torch.float64)  # one (1, 2, 2)
+    torch.save(low, tmp_path / "low.pt")
+    sr = [*argv, "--n", "6", "--observe", "low.pt", "--operator", "downsample:2"]
+    assert main([*sr, "--inverse", "pigdm", "--out", "sr"]) == 0
+    out = capsys.readouterr().out
+    assert "observed by downsample:2 (pigdm, 10 VJPs each)" in out
+    z = np.load(tmp_path / "sr.npz")
+    x = torch.from_numpy(z["x"])
+    assert str(z["inverse_problem"]) == "downsample:2" and float(z["nfe_backward"]) == 10
+    model, sde = GaussianScore(torch.zeros(16), 0.5 * torch.eye(16, dtype=F64) + 0.5, VPSDE(),
+                               event_shape=(1, 4, 4)), VPSDE()  # fmt: skip
+    ref = sdegen.sample(model, sde, (6, 1, 4, 4), nfe=10, operator=Downsample(2), y_obs=low[None],
+                        inverse="pigdm", generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(x, ref.x.to(x.dtype))
+    torch.testing.assert_close(F.avg_pool2d(x, 2), low.expand(6, 1, 2, 2).to(x.dtype))
+    # inpainting from the .npz just written (6 different images) and a 0/1 .npy mask, in
+    # batches of 4 and 2: each batch gets its own rows, the observed half is kept exactly
+    mask = np.zeros((1, 4, 4), dtype=np.float32)
+    mask[:, :2] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    ip = [*argv, "--seeds", "0-5", "--batch", "4", "--observe", "sr.npz", "--mask", "mask.npy"]
+    assert main([*ip, "--out", "ip"]) == 0
+    assert "observed by inpaint (replace, 0 VJPs each)" in capsys.readouterr().out
+    xi = torch.from_numpy(np.load(tmp_path / "ip.npz")["x"])
+    assert torch.equal(xi[:, :, :2], x[:, :, :2]) and not torch.equal(xi[:, :, 2:], x[:, :, 2:])
+    (tmp_path / "junk.pt").write_text("not a tensor")
+    torch.save({"a": low}, tmp_path / "dict.pt")
+    for extra, message in [
+        (["--observe", "low.pt"], "--observe needs one of --mask FILE"),
+        (["--mask", "mask.npy"], "--mask needs --observe FILE"),
+        (["--inverse", "dps", "--sigma-y", "0.1"], "--sigma-y, --inverse need --observe"),
+        (["--observe", "missing.pt", "--mask", "mask.npy"], "--observe missing.pt: no such file"),
+        (["--observe", "junk.pt", "--mask", "mask.npy"], "could not be read as a tensor"),
+        (["--observe", "dict.pt", "--mask", "mask.npy"], "must hold one tensor, got dict"),
+        (["--observe", "low.pt", "--mask", "low.pt"], "must be bool or hold only 0 and 1"),
+        (["--observe", "low.pt", "--operator", "zoom:2"], "expected one of downsample:K"),
+        (["--observe", "low.pt", "--operator", "downsample:3"], "--operator downsample:3: Down"),
+        (["--observe", "low.pt", "--operator", "grayscale"], "of 2 or more channels"),
+        (["--observe", "low.pt", "--operator", "blur:3,0.5"], "observes (1, 4, 4) of each"),
+        (["--observe", "low.pt", "--operator", "blur:4,0.5"], "size must be odd"),
+        (
+            ["--observe", "low.pt", "--operator", "downsample:2", "--inverse-scale", "-1"],
+            "inverse_scale must be >= 0",
+        ),  # fmt: skip
+        (
+            ["--observe", "low.pt", "--operator", "downsample:2", "--inverse", "replace"],
+            "'replace' works for an Inpaint operator",
+        ),  # fmt: skip
+    ]:
+        assert main([*argv, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)

@@ -9,6 +9,7 @@ import sys
 from .. import __version__
 from ..assembly import EXACT_TRACE_MAX_DIM, SDES, describe_keys
 from ..solvers import DEFAULT_METHOD, METHODS
+from ..solvers.inverse import INVERSE_METHODS
 from . import commands
 
 
@@ -219,6 +220,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="SDEdit: perturb --init to this time in (t_min, T] and sample from there",
     )
+    p.add_argument(
+        "--observe",
+        metavar="FILE",
+        help="inverse problem: the observation y (.pt, .npy or .npz; (N, ...) or one for all), "
+        "with --mask or --operator; samples p(x | y)",
+    )
+    p.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="inpainting: True (or 1) where --observe is observed, the shape of the samples or "
+        "of one of them",
+    )
+    p.add_argument(
+        "--operator",
+        metavar="SPEC",
+        help=f"the observation y = A x: {', '.join(commands.OPERATOR_SPECS)}",
+    )
+    p.add_argument(
+        "--sigma-y", type=_number(), help="std of the observation's noise (default 0: exact)"
+    )
+    p.add_argument(
+        "--inverse",
+        choices=list(INVERSE_METHODS),
+        help="how to condition on --observe (default: replace with --mask, else moment)",
+    )
+    p.add_argument("--inverse-scale", type=_number(), help="guidance weight (default 1)")
     p.add_argument(
         "--out", help="output path without suffix (default: RUN/samples/METHOD-BUDGET-SEED)"
     )

@@ -203,6 +203,127 @@ def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
 
 
 SAMPLE_BATCH = 256  # samples per batch with per-example seeds (--batch)
+# what --operator accepts (the observation model y = A x of an inverse problem, with --observe)
+OPERATOR_SPECS = ("downsample:K", "grayscale", "blur:SIZE,STD", "blur:KERNEL_FILE", "matrix:FILE")
+
+
+def _load_tensor(path: str, flag: str) -> torch.Tensor:
+    """The tensor in the file given to `flag`, on the CPU: a .npy array, an .npz's "x" (what
+    `sdegen sample` writes) or its only array, else a tensor saved by torch.save (loaded with
+    weights_only). ValueError naming the flag and the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{flag} {path}: no such file")
+    keys: list[str] = []
+    value: object = None
+    try:
+        if p.suffix == ".npy":
+            value = torch.from_numpy(np.load(p, allow_pickle=False))
+        elif p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                key = "x" if "x" in keys else keys[0] if len(keys) == 1 else None
+                value = None if key is None else torch.from_numpy(z[key])
+        else:
+            value = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt or foreign file: pickle, zip and numpy errors alike
+        raise ValueError(
+            f"{flag} {path} could not be read as a tensor ({type(e).__name__}); expected a .pt "
+            f"holding one tensor (torch.save), a .npy or an .npz"
+        ) from None
+    if value is None:
+        raise ValueError(
+            f"{flag} {path}: an .npz must hold an array 'x' or exactly one, got {keys}"
+        )
+    if not torch.is_tensor(value):
+        raise ValueError(f"{flag} {path} must hold one tensor, got {type(value).__name__}")
+    return value
+
+
+def _operator(spec: str, shape: tuple[int, ...]) -> tuple[solvers.LinearOperator, tuple]:
+    """The operator A named by --operator SPEC and the shape of one example's observation A x,
+    for examples of `shape`; a ValueError starting with the flag otherwise."""
+    try:
+        op = _build_operator(spec, shape)
+        return op, tuple(op(torch.zeros(1, *shape)).shape[1:])
+    except ValueError as e:
+        text = str(e)
+        raise ValueError(text if text.startswith("--") else f"--operator {spec}: {text}") from None
+
+
+def _build_operator(spec: str, shape: tuple[int, ...]) -> solvers.LinearOperator:
+    name, _, arg = spec.partition(":")
+    expected = f"--operator {spec!r}: expected one of {', '.join(OPERATOR_SPECS)}"
+    if name == "downsample" and arg.isdigit():
+        return solvers.Downsample(int(arg))
+    if name == "grayscale" and not arg:
+        if len(shape) != 3 or shape[0] < 2:
+            raise ValueError(f"acts on images of 2 or more channels C,H,W; the shape is {shape}")
+        return solvers.Grayscale(shape[0])
+    if name == "blur" and arg:
+        parts = arg.split(",")
+        if len(parts) == 2 and not Path(arg).is_file():
+            try:
+                size, std = int(parts[0]), float(parts[1])
+            except ValueError:
+                raise ValueError(expected) from None
+            return solvers.Blur.gaussian(size, std)
+        return solvers.Blur(_load_tensor(arg, "--operator blur:"))
+    if name == "matrix" and arg:
+        return solvers.Matrix(_load_tensor(arg, "--operator matrix:"))
+    raise ValueError(expected)
+
+
+def _observation(args: argparse.Namespace, src: _Source, device) -> dict:
+    """sample()'s inverse-problem arguments from --observe with --mask (inpainting) or
+    --operator (y = A x), --sigma-y, --inverse and --inverse-scale; {} without --observe. One
+    example's shape in a file stands for the whole batch."""
+    settings = {
+        "sigma_y": args.sigma_y,
+        "inverse": args.inverse,
+        "inverse_scale": args.inverse_scale,
+    }
+    if args.observe is None:
+        given = [f"--{k.replace('_', '-')}" for k, v in settings.items() if v is not None]
+        given = [f for f, v in (("--mask", args.mask), ("--operator", args.operator)) if v] + given
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise ValueError(f"{', '.join(given)} {verb} --observe FILE (the observation)")
+        return {}
+    if (args.mask is None) == (args.operator is None):
+        raise ValueError(
+            "--observe needs one of --mask FILE (inpainting: True or 1 where observed) and "
+            f"--operator SPEC ({', '.join(OPERATOR_SPECS)})"
+        )
+    if src.autoencoder is not None:
+        raise ValueError(
+            "this run samples latents of an autoencoder, and --observe observes the data: "
+            "inverse problems need a run trained on the data itself"
+        )
+    kw = {k: v for k, v in settings.items() if v is not None}
+    y = _load_tensor(args.observe, "--observe")
+    y = y if y.is_floating_point() else y.to(torch.get_default_dtype())
+    shape = src.event_shape
+    if args.mask is not None:
+        mask = _load_tensor(args.mask, "--mask")
+        if mask.dtype != torch.bool:
+            if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError(
+                    f"--mask {args.mask} must be bool or hold only 0 and 1 (1: observed)"
+                )
+            mask = mask != 0
+        one = [t[None] if tuple(t.shape) == shape else t for t in (y, mask)]
+        return {**kw, "known": one[0].to(device), "mask": one[1].to(device)}
+    op, observed = _operator(args.operator, shape)
+    y = y[None] if tuple(y.shape) == observed else y
+    if tuple(y.shape[1:]) != observed:
+        dims = ", ".join(map(str, observed))
+        raise ValueError(
+            f"--observe {args.observe} has shape {tuple(y.shape)}, but --operator "
+            f"{args.operator} observes {observed} of each sample: give (N, {dims}), "
+            f"(1, {dims}) or ({dims})"
+        )
+    return {**kw, "operator": op, "y_obs": y.to(device)}
 
 
 def _under_torchrun() -> bool:
@@ -273,16 +394,19 @@ def sample(args: argparse.Namespace) -> int:
     if (init is None) != (t_start is None):
         raise ValueError("SDEdit needs both --init FILE.pt and --t-start T")
     if init is not None:
-        x_init = torch.load(init, map_location="cpu", weights_only=True)
-        if not torch.is_tensor(x_init):
-            raise ValueError(f"--init {init} must hold one tensor, got {type(x_init).__name__}")
+        x_init = _load_tensor(init, "--init")
         if tuple(x_init.shape) == tuple(src.event_shape):
             x_init = x_init[None]
         kw.update(x_init=x_init.to(device), t_start=t_start)  # shapes checked by sample()
+    observation = _observation(args, src, device)  # shapes checked by sample()
+    kw.update(observation)
+    problem = None if not observation else args.operator or "inpaint"
     w_tag = f"-w{guidance:g}" if guidance else ""
     tag = "" if label is None else f"-class{label}{w_tag}"
     if prompt is not None:
         tag = "-" + ("_".join(prompt.lower().split()) or "null")[:60] + w_tag
+    if problem is not None:
+        tag += "-" + "".join(c if c.isalnum() else "_" for c in problem.split(",")[0])[:30]
     budget = (
         f"nfe{args.nfe}"
         if args.nfe is not None
@@ -330,6 +454,7 @@ def sample(args: argparse.Namespace) -> int:
     # evaluations per sample: each batch's count (they differ only for adaptive methods)
     nfes = [r.nfe for r in results]
     nfe = nfes[0] if len(set(nfes)) == 1 else sum(k * len(r.x) for k, r in zip(nfes, results)) / n
+    vjps = sum(r.nfe_backward * len(r.x) for r in results) / n  # an inverse problem's, per sample
     if src.autoencoder is not None:
         x = decode(src.autoencoder.to(device), x.to(device))
     x = x.cpu()
@@ -353,10 +478,15 @@ def sample(args: argparse.Namespace) -> int:
         prompt="" if prompt is None else prompt,
         guidance=float("nan") if guidance is None else guidance,
         batch_factor=res.batch_factor,
+        inverse_problem="" if problem is None else problem,
+        nfe_backward=vjps,
     )
     what = "" if label is None else f", class {label}"
     what += "" if prompt is None else f", prompt {prompt!r}"
     what += f", guidance {guidance:g}" if guidance and (label is not None or prompt) else ""
+    if problem is not None:
+        how = getattr(args, "inverse", None) or ("replace" if args.mask else "moment")
+        what += f", observed by {problem} ({how}, {vjps:g} VJPs each)"
     trained = "" if src.step is None else f", step {src.step}"
     seed_text = f"seed {args.seed}" if seeds is None else f"seeds {_seeds_tag(seeds)}"
     png = _save_samples(x, src.data, out, f"{args.method}, NFE {nfe:g}{what}{trained}, {seed_text}")
