@@ -19,7 +19,7 @@ TINY = ["--set", "data=digits", "--set", "latent=kl", "--set", "latent_steps=4",
         "--set", "network_params={channels: 8, channel_mult: [1, 2]}", "--quiet"]  # fmt: skip
 
 
-def test_latent_text_run_trains_samples_and_bounds(tmp_path, capsys):
+def test_latent_text_run_trains_samples_and_bounds(tmp_path, capsys, monkeypatch):
     run = str(tmp_path / "run")
     assert main(["train", "--run", run, *TINY, "--set", "text=true"]) == 0
     loaded = load_run(run)
@@ -32,7 +32,28 @@ def test_latent_text_run_trains_samples_and_bounds(tmp_path, capsys):
     assert main([*args, "--prompt", "a thin 2", "--guidance", "1.5"]) == 0
     x = np.load(out.with_suffix(".npz"))["x"]
     assert x.shape == (5, 1, 8, 8) and np.isfinite(x).all()  # decoded images, not latents
+    # SDEdit of an image: the run edits its latents, so the edit starts from the image's
+    # rescaled latents (the tiny autoencoder decodes everything alike: check what goes in)
+    from sdegen.cli import commands
+    from sdegen.models.latent import encode_scaled
+
+    image = load_data("digits").test[:1]
+    torch.save(image[0], tmp_path / "img.pt")
+    seen = {}
+    original = commands.harness.sample_batches
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return original(*a, **kw)
+
+    monkeypatch.setattr(commands.harness, "sample_batches", spy)
+    edit = [*args[:-2], "--out", str(tmp_path / "e"), "--init", str(tmp_path / "img.pt")]
+    assert main([*edit, "--t-start", "0.5"]) == 0
+    torch.testing.assert_close(seen["x_init"], encode_scaled(ae, image).to(seen["x_init"]))
+    assert seen["x_init"].shape == (1, 2, 4, 4) and seen["t_start"] == 0.5
     capsys.readouterr()
+    assert main([*args, "--observe", str(tmp_path / "img.pt"), "--operator", "downsample:2"]) == 2
+    assert "samples latents of an autoencoder" in capsys.readouterr().err
     assert main(["likelihood", "--run", run, "--n", "4", "--rtol", "1e-3", "--atol", "1e-3",
                  "--quiet"]) == 0  # fmt: skip
     assert "latent-diffusion bound" in capsys.readouterr().out

@@ -34,6 +34,7 @@ from ..assembly.latent import autoencoder_dir, decode
 from ..assembly.text import TextSetup
 from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ring_mixture
+from ..models.latent import encode_scaled
 from ..random import PerExampleGenerator
 from ..training import init_distributed, latest_checkpoint
 
@@ -395,8 +396,13 @@ def sample(args: argparse.Namespace) -> int:
         raise ValueError("SDEdit needs both --init FILE.pt and --t-start T")
     if init is not None:
         x_init = _load_tensor(init, "--init")
-        if tuple(x_init.shape) == tuple(src.event_shape):
+        ae = src.autoencoder
+        image = None if ae is None else tuple(ae.event_shape)
+        if tuple(x_init.shape) in (tuple(src.event_shape), image):
             x_init = x_init[None]
+        if ae is not None and tuple(x_init.shape[1:]) == image:
+            # a latent run edits latents: start from the image's rescaled latents
+            x_init = encode_scaled(ae, x_init.to(torch.get_default_dtype()))
         kw.update(x_init=x_init.to(device), t_start=t_start)  # shapes checked by sample()
     observation = _observation(args, src, device)  # shapes checked by sample()
     kw.update(observation)

@@ -39,6 +39,18 @@ from .density import DensityModel
 from .density import bits_per_dim as _bits_per_dim
 
 
+def encode_scaled(
+    autoencoder: KLAutoencoder | VQVAE, x: Tensor, noise: Tensor | None = None
+) -> Tensor:
+    """Rescaled latents z_s = s z (N, *latent_shape) of images x (N, *event_shape), in x's
+    dtype, without gradients: z is the KL autoencoder's posterior draw mean + std * noise (noise
+    None: the mean) or the VQ-VAE's encoder output before quantization. What a latent run
+    diffuses (`training.latent_score_matching`) and where an edit of an image starts."""
+    scale = autoencoder.latent_scale
+    with torch.no_grad():
+        return (autoencoder.encode_latents(x.to(scale.dtype), noise) * scale).to(x.dtype)
+
+
 def decode_scaled(autoencoder: KLAutoencoder | VQVAE, z_s: Tensor) -> Tensor:
     """Images (N, *event_shape), the decoder's mean, of rescaled latents z_s = s z (N,
     *latent_shape) of `autoencoder` (s its latent_scale), in the autoencoder's dtype, without

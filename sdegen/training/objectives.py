@@ -15,6 +15,7 @@ from .._utils import check_choice, check_finite_number
 from ..data.quantize import dequantize
 from ..models.density import DensityModel
 from ..models.labels import drop_condition
+from ..models.latent import encode_scaled
 from ..models.vae import VAE, KLSchedule
 from ..protocols import ScoreModelWithSDE
 from .losses import (
@@ -209,8 +210,7 @@ def latent_score_matching(
     def objective(model: ScoreModelWithSDE, x: Tensor, rnd, y: Tensor | None = None) -> Tensor:
         scale = autoencoder.latent_scale
         noise = rnd.randn(*autoencoder.latent_shape, dtype=scale.dtype)
-        with torch.no_grad():
-            z = (autoencoder.encode_latents(x.to(scale.dtype), noise) * scale).to(x.dtype)
+        z = encode_scaled(autoencoder, x, noise)
         return dsm(model, z, rnd) if y is None else dsm(model, z, rnd, y)
 
     return objective
