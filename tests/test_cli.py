@@ -324,6 +324,14 @@ def test_sample_and_likelihood_of_a_model_of_ones_own(tmp_path, capsys, monkeypa
         (["likelihood", "--model", "mine.py:gaussian"], "needs --data"),
         (["sample", "--run", "r", "--model", "mine.py:gaussian"], "give either --run"),
         (["sample", "--model", "justaname"], "MODULE:FACTORY"),
+        (
+            ["sample", "--model", "mine.py:gaussian", "--shape", "2", "--out", "mine.py/x"],
+            "--out mine.py/x: mine.py is not a folder",
+        ),  # fmt: skip
+        (
+            ["sample", "--model", "mine.py:gaussian", "--shape", "2", "--out", "/proc/none/x"],
+            "--out /proc/none/x: cannot make the folder /proc/none",
+        ),  # fmt: skip
     ]:
         assert main(bad) == 2, bad
         err = capsys.readouterr().err

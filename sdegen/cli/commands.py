@@ -145,6 +145,8 @@ def _output_path(out: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"--out {out}: {parent} is not a folder") from None
+    except OSError as e:  # a parent that cannot hold folders (/proc), no permission, ...
+        raise ValueError(f"--out {out}: cannot make the folder {parent} ({e.strerror})") from None
     if not os.access(parent, os.W_OK):
         raise ValueError(f"--out {out}: folder {parent} is not writable")
     return out
