@@ -493,3 +493,44 @@ def test_a_failing_call_names_a_cond_tensor_of_another_batch():
     bad = ScoreSDEModel(lambda x, c: x @ torch.ones(3, 3), sde)
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         bad.eps(torch.ones(2, 2), t)
+
+
+def test_condition_tables_inside_a_dict_value_reach_an_sdxl_style_unet(diffusers):
+    from sdegen.solvers.guidance import guided_model
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+        norm_num_groups=4, attention_head_dim=2, addition_embed_type="text_time",
+        addition_time_embed_dim=4, projection_class_embeddings_input_dim=6 + 6 * 4,
+    ).eval().double()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    emb, pooled = (torch.randn(s, generator=g, dtype=torch.float64) for s in ((2, 5, 8), (2, 6)))
+    ids = torch.tensor([[8.0, 8, 0, 0, 8, 8], [8, 8, 1, 1, 8, 8]], dtype=torch.float64)
+    null_emb, null_pooled = torch.zeros(5, 8, dtype=torch.float64), torch.zeros(6).double()
+    cond = {
+        "encoder_hidden_states": ConditionTable(emb, null=null_emb),
+        "added_cond_kwargs": {
+            "text_embeds": ConditionTable(pooled, null=null_pooled),
+            "time_ids": ConditionTable(ids, null=ids[0]),
+        },  # fmt: skip
+    }
+    model, sde = from_diffusers(unet, {}, cond=cond)
+    x, t, y, w = noise_like((2, 1, 8, 8)), torch.full((2,), 0.3), torch.tensor([1, 0]), 4.0
+
+    def net_eps(e, p, i):
+        with torch.no_grad():
+            c = torch.full((2,), 299.0, dtype=torch.float64)
+            extra = {"text_embeds": p, "time_ids": i}
+            return unet(x, c, encoder_hidden_states=e, added_cond_kwargs=extra).sample
+
+    cond_eps = net_eps(emb[y], pooled[y], ids[y])
+    null_eps = net_eps(null_emb.expand(2, 5, 8), null_pooled.expand(2, 6), ids[[0, 0]])
+    torch.testing.assert_close(model.eps(x, t, y), cond_eps, rtol=0, atol=1e-12)
+    guided = guided_model(model, sde, 2, y=y, guidance=w)
+    torch.testing.assert_close(guided.eps(x, t), w * cond_eps + (1 - w) * null_eps, rtol=0,
+                               atol=1e-10)  # fmt: skip
+    assert set(model.tables) == {"encoder_hidden_states", "added_cond_kwargs/text_embeds",
+                                 "added_cond_kwargs/time_ids"}  # fmt: skip

@@ -65,7 +65,9 @@ class ConditionTable(nn.Module):
         guides with), read where y is NULL_LABEL (-1); None: such labels are refused.
 
     Put it in an adapter's `cond` under the keyword the network takes (`cond={
-    "encoder_hidden_states": ConditionTable(emb, null=empty)}`); the model then takes y (B,) in
+    "encoder_hidden_states": ConditionTable(emb, null=empty)}`), or one level down in a dict
+    value (SDXL's `added_cond_kwargs={"text_embeds": ConditionTable(...), "time_ids": ...}`);
+    the model then takes y (B,) in
     0..K-1 or NULL_LABEL, its `num_classes` is K, and each call passes rows[y] (B, *S). Every
     table of one model has the same K, and y is not passed as `label_arg` too. The rows are
     buffers: they follow the model's `.to(device)`; they reach the network in its dtype.
@@ -143,8 +145,16 @@ class ForeignModel(ParametrizedModel):
         if cond is not None and not isinstance(cond, Mapping):
             raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
         cond = dict(cond or {})
-        tables = {k: v for k, v in cond.items() if isinstance(v, ConditionTable)}
-        self.cond = {k: v for k, v in cond.items() if k not in tables}
+        tables: dict[str, ConditionTable] = {}  # "key", or "key/sub" inside a dict value
+        for key, value in list(cond.items()):
+            if isinstance(value, ConditionTable):
+                tables[key] = cond.pop(key)
+            elif isinstance(value, Mapping):  # e.g. SDXL's added_cond_kwargs
+                inner = {s: v for s, v in value.items() if isinstance(v, ConditionTable)}
+                tables.update({f"{key}/{s}": v for s, v in inner.items()})
+                if inner:
+                    cond[key] = {s: v for s, v in value.items() if s not in inner}
+        self.cond = cond
         self.tables = nn.ModuleDict(tables)
         if not isinstance(label_arg, str) or not label_arg.isidentifier():
             raise ValueError(f"label_arg must be a keyword name, got {label_arg!r}")
@@ -200,8 +210,10 @@ class ForeignModel(ParametrizedModel):
                 elif bool(null.any()):
                     raise ValueError(message)
             if self.tables:
-                for key, table in self.tables.items():
-                    kwargs[key] = table(y, null if has_null else None, dtype)
+                for path, table in self.tables.items():
+                    rows = table(y, null if has_null else None, dtype)
+                    key, _, sub = path.partition("/")
+                    kwargs[key] = {**kwargs[key], sub: rows} if sub else rows
             else:
                 if self.null_label is not None:
                     y = torch.where(null, self.null_label, y)
@@ -214,9 +226,14 @@ class ForeignModel(ParametrizedModel):
         try:
             out = self.net(x_net, c_noise, **kwargs)
         except Exception as e:
+            flat = {
+                f"{k}/{s}" if isinstance(v, Mapping) else k: w
+                for k, v in self.cond.items()
+                for s, w in (v.items() if isinstance(v, Mapping) else [("", v)])
+            }
             sizes = {
                 k: int(v.shape[0])
-                for k, v in self.cond.items()
+                for k, v in flat.items()
                 if torch.is_tensor(v) and v.ndim and v.shape[0] not in (1, x_in.shape[0])
             }
             if not sizes:
