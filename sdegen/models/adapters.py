@@ -15,8 +15,8 @@ output cast back), as `ScoreModel` does; class labels y go to the network as the
 `label_arg`; `cond` is a dict of keyword arguments bound once and passed to every call. A
 per-example condition (a text embedding, as Stable Diffusion's `encoder_hidden_states`) is a
 `ConditionTable` value in `cond`: y then holds row indices into it, and NULL_LABEL picks its null
-row, so the table's rows follow the batch wherever it goes (classifier-free guidance's doubled
-batch, the likelihood's chunks) and guidance needs no other mechanism.
+row, so the rows follow the batch wherever it goes (classifier-free guidance's doubled batch,
+sampling in batches with per-example y) and guidance needs no other mechanism.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ class ConditionTable(nn.Module):
 
     Put it in an adapter's `cond` under the keyword the network takes (`cond={
     "encoder_hidden_states": ConditionTable(emb, null=empty)}`), or one level down in a dict
-    value (SDXL's `added_cond_kwargs={"text_embeds": ConditionTable(...), "time_ids": ...}`);
-    the model then takes y (B,) in
-    0..K-1 or NULL_LABEL, its `num_classes` is K, and each call passes rows[y] (B, *S). Every
-    table of one model has the same K, and y is not passed as `label_arg` too. The rows are
-    buffers: they follow the model's `.to(device)`; they reach the network in its dtype.
+    value (SDXL's `added_cond_kwargs={"text_embeds": ConditionTable(...), "time_ids": ...}`).
+    The model then takes y (B,) in 0..K-1 or NULL_LABEL, its `num_classes` is K, and each call
+    passes rows[y] (B, *S). Every table of one model has the same K, and y is not passed as
+    `label_arg` too. The rows are buffers: they follow the model's `.to(device)`; they reach
+    the network in its dtype.
     """
 
     rows: Tensor
