@@ -472,6 +472,21 @@ def test_readme_has_runnable_blocks():
     assert BLOCKS, "no ```bash/```sh/```console or ```python block found in README.md"
 
 
+def test_readme_links_to_its_own_sections_resolve():
+    """Every [text](#anchor) link names a heading, anchored as GitHub does (lower case, spaces
+    to hyphens, punctuation other than hyphens dropped), so the contents cannot drift."""
+    text = README.read_text()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)  # a # in code is not a heading
+    anchors = {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#{1,6} (.+)$", prose, flags=re.M)
+    }
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links, "the README has no links to its sections (its contents line)"
+    missing = sorted(set(links) - anchors)
+    assert not missing, f"README links to sections that do not exist: {missing}"
+
+
 def test_later_options_win():
     """The REWRITES append options: this holds only while the last value of each one wins."""
     from sdegen.assembly import load_config
