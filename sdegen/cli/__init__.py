@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init",
         default=None,
-        help="SDEdit: a .pt tensor (N, *shape), (1, *shape) or (*shape) to edit, with --t-start",
+        help="SDEdit: a tensor file (.pt, .npy or .npz) of shape (N, *shape), (1, *shape) or "
+        "(*shape) to edit (images, on a latent run), with --t-start",
     )
     p.add_argument(
         "--t-start",
