@@ -141,6 +141,19 @@ def test_conditional_digits_run_samples_a_class_with_guidance(tmp_path, capsys):
     assert "'toy:8gaussians' has no class labels" in capsys.readouterr().err
 
 
+def test_train_help_lists_every_config_key_in_columns():
+    import dataclasses
+
+    from sdegen.assembly import TrainConfig, describe_keys
+
+    lines = describe_keys().splitlines()
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert len(lines) == len(names)
+    for line, name in zip(lines, names):
+        assert line.split()[0] == name, line  # the name stands apart from its type
+    assert len({line.index(line.split()[1]) for line in lines}) == 1  # types in one column
+
+
 def test_config_files_and_overrides(tmp_path):
     (tmp_path / "a.yaml").write_text("sde: ve\nsteps: 7\nsde_params: {sigma_max: 10.0}\n")
     (tmp_path / "b.toml").write_text('sde = "edm"\nsteps = 9\n[network_params]\nhidden = 8\n')

@@ -150,11 +150,14 @@ class TrainConfig:
 
 def describe_keys() -> str:
     """One line per config key: name, type, default and meaning."""
+    fields = dataclasses.fields(TrainConfig)
+    width = max(len(f.name) for f in fields) + 2  # the longest name still has a space after it
     lines = []
-    for f in dataclasses.fields(TrainConfig):
+    for f in fields:
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         lines.append(
-            f"  {f.name:<16}{f.type:<14}{json.dumps(default):<18}{f.metadata.get('help', '')}"
+            f"  {f.name:<{width}}{f.type!s:<14}{json.dumps(default):<18}"
+            f"{f.metadata.get('help', '')}"
         )
     return "\n".join(lines)
 
