@@ -457,7 +457,12 @@ def test_condition_tables_reach_the_likelihood_and_refuse_bad_input():
     torch.testing.assert_close(ll2.log_prob[1:], ll.log_prob[1:], rtol=0, atol=1e-12)
     t = torch.full((3,), 0.5)
     with pytest.raises(ValueError, match="takes y, indices .3,. into its ConditionTables of 2"):
-        model.eps(x, t)
+        model.eps(x, t)  # no null rows: y = None has no meaning
+    with_null = ScoreSDEModel(net, sde, "eps", cond={"shift": ConditionTable(rows, null=-rows[0])})
+    nulls = torch.full((3,), -1)
+    torch.testing.assert_close(with_null.eps(x, t), with_null.eps(x, t, nulls), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cond's keys must be keyword names, got 1"):
+        ScoreSDEModel(net, sde, cond={1: rows})
     with pytest.raises(ValueError, match="give every ConditionTable a null row"):
         model.eps(x, t, torch.tensor([0, -1, 1]))
     with pytest.raises(ValueError, match="label 2 is out of range; expected 0..1"):

@@ -67,8 +67,8 @@ class ConditionTable(nn.Module):
     Put it in an adapter's `cond` under the keyword the network takes (`cond={
     "encoder_hidden_states": ConditionTable(emb, null=empty)}`), or one level down in a dict
     value (SDXL's `added_cond_kwargs={"text_embeds": ConditionTable(...), "time_ids": ...}`).
-    The model then takes y (B,) in 0..K-1 or NULL_LABEL, its `num_classes` is K, and each call
-    passes rows[y] (B, *S). Every table of one model has the same K, and y is not passed as
+    The model then takes y (B,) in 0..K-1 or NULL_LABEL (y = None: the null row throughout),
+    its `num_classes` is K, and each call passes rows[y] (B, *S). Every table of one model has the same K, and y is not passed as
     `label_arg` too. The rows are buffers: they follow the model's `.to(device)`; they reach
     the network in its dtype.
     """
@@ -145,6 +145,9 @@ class ForeignModel(ParametrizedModel):
         if cond is not None and not isinstance(cond, Mapping):
             raise TypeError(f"cond must be a dict of keyword arguments, got {type(cond).__name__}")
         cond = dict(cond or {})
+        bad = [k for k in cond if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise ValueError(f"cond's keys must be keyword names, got {bad[0]!r}")
         tables: dict[str, ConditionTable] = {}  # "key", or "key/sub" inside a dict value
         for key, value in list(cond.items()):
             if isinstance(value, ConditionTable):
@@ -186,10 +189,13 @@ class ForeignModel(ParametrizedModel):
         dtype = self.net_dtype()
         kwargs = dict(self.cond)
         if self.tables and y is None:
-            raise ValueError(
-                f"this model takes y, indices ({x_in.shape[0]},) into its ConditionTables of "
-                f"{self.num_classes} rows ({NULL_LABEL}: the null row)"
-            )
+            if not all(t.null is not None for t in self.tables.values()):
+                raise ValueError(
+                    f"this model takes y, indices ({x_in.shape[0]},) into its ConditionTables "
+                    f"of {self.num_classes} rows (y = None, unconditional, needs their null rows)"
+                )
+            # y = None is the null condition throughout, as for sdegen's own networks
+            y = torch.full((x_in.shape[0],), NULL_LABEL, dtype=torch.long, device=x_in.device)
         if y is not None:
             y = check_labels(y, x_in.shape[0], self.num_classes)
             null = y == NULL_LABEL
