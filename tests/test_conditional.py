@@ -99,6 +99,19 @@ def test_bad_labels_are_refused_with_the_value(y, match) -> None:
         net.float()(x, torch.zeros(2), y)
 
 
+def test_sample_takes_labels_as_a_list_of_ints() -> None:
+    sde = VPSDE()
+    run = dict(steps=3, generator=None, dtype=F64)
+    a = sdegen.sample(mixture(sde), sde, (4, 2), y=[0, 1, -1, 1], noise=torch.ones(4, 2), **run)
+    b = sdegen.sample(mixture(sde), sde, (4, 2), y=torch.tensor([0, 1, -1, 1]),
+                      noise=torch.ones(4, 2), **run)  # fmt: skip
+    assert torch.equal(a.x, b.x)
+    with pytest.raises(ValueError, match=r"labels y must have shape \(4,\), got \(3,\)"):
+        sdegen.sample(mixture(sde), sde, (4, 2), y=[0, 1, 1], **run)
+    with pytest.raises(ValueError, match="a list of 4 ints or an integer tensor"):
+        sdegen.sample(mixture(sde), sde, (4, 2), y=[0, 1.0, 1, 0], **run)
+
+
 def test_labels_given_to_an_unconditional_model_are_refused() -> None:
     net = MLP(2, hidden=8, depth=1, embed_dim=4).double()
     with pytest.raises(ValueError, match="unconditional model"):

@@ -68,9 +68,9 @@ class ConditionTable(nn.Module):
     "encoder_hidden_states": ConditionTable(emb, null=empty)}`), or one level down in a dict
     value (SDXL's `added_cond_kwargs={"text_embeds": ConditionTable(...), "time_ids": ...}`).
     The model then takes y (B,) in 0..K-1 or NULL_LABEL (y = None: the null row throughout),
-    its `num_classes` is K, and each call passes rows[y] (B, *S). Every table of one model has the same K, and y is not passed as
-    `label_arg` too. The rows are buffers: they follow the model's `.to(device)`; they reach
-    the network in its dtype.
+    its `num_classes` is K, and each call passes rows[y] (B, *S). Every table of one model has
+    the same K, and y is not passed as `label_arg` too. The rows are buffers: they follow the
+    model's `.to(device)`; they reach the network in its dtype.
     """
 
     rows: Tensor

@@ -71,14 +71,20 @@ def drop_condition(y: Tensor, drop: Tensor) -> Tensor:
 
 
 def labels_like(y, batch: int, device=None) -> Tensor | None:
-    """An int, or a tensor, as labels of shape (batch,); an int labels the whole batch."""
+    """An int, a list or tuple of ints, or a tensor, as labels of shape (batch,); an int labels
+    the whole batch. A list's length and values are checked where the labels are used."""
     if y is None:
         return y
     if torch.is_tensor(y):
         return y.to(device) if device is not None else y
+    if isinstance(y, (list, tuple)) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in y
+    ):
+        return torch.tensor(y, dtype=torch.long, device=device).reshape(len(y))
     if isinstance(y, bool) or not isinstance(y, int):
         raise ValueError(
-            f"labels y must be an int or an integer tensor of shape ({batch},), got {y!r}"
+            f"labels y must be an int, a list of {batch} ints or an integer tensor of shape "
+            f"({batch},), got {y!r}"
         )
     return torch.full((batch,), y, dtype=torch.long, device=device)
 
