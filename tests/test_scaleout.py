@@ -218,6 +218,14 @@ def test_a_plain_generator_runs_the_batches_in_order_as_one_loop():
     g = torch.Generator().manual_seed(3)
     ref = [sdegen.sample(model, sde, (b, 2), generator=g, **kw).x for b in (2, 2, 1)]
     assert torch.equal(x, torch.cat(ref))
+    # labels as a list are cut to each batch's rows like a tensor's
+    y = [0, 1, 1, 0, 1]
+    g = torch.Generator().manual_seed(3)
+    x, _ = harness.sample_batches(model, sde, (5, 2), batch_size=2, y=y, generator=g, **kw)
+    g = torch.Generator().manual_seed(3)
+    ref = [sdegen.sample(model, sde, (len(y[i : i + 2]), 2), y=torch.tensor(y[i : i + 2]),
+                         generator=g, **kw).x for i in (0, 2, 4)]  # fmt: skip
+    assert torch.equal(x, torch.cat(ref))
     with pytest.raises(ValueError, match="holds 4 seeds for 5 examples"):
         harness.map_batches(lambda rows, g: None, 5, 2, PerExampleGenerator(range(4)))
 

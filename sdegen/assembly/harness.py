@@ -464,12 +464,14 @@ def sample_batches(
     n = check_int("shape[0]", shape[0], 1)
     batch_size = n if batch_size is None else check_int("batch_size", batch_size, 1)
 
+    def rowwise(v) -> bool:  # a tensor or list (labels y=[...]) with one row per example
+        rows = isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim > 0)
+        return rows and len(v) == n
+
     def one(rows: slice, gen) -> Any:
         part: dict[str, Any] = {
-            k: v[rows] if k in PER_EXAMPLE_KWARGS and torch.is_tensor(v) and v.ndim and len(v) == n
-            else v
-            for k, v in kw.items()
-        }  # fmt: skip
+            k: v[rows] if k in PER_EXAMPLE_KWARGS and rowwise(v) else v for k, v in kw.items()
+        }
         b = rows.stop - rows.start
         return sample(model, sde, (b, *shape[1:]), generator=gen, **part)
 
