@@ -182,7 +182,8 @@ def markdown(records: list[dict], meta: dict) -> str:
                     if (r["sde"], r["method"], r["schedule"]) == (sde_name, method, sch)
                 ]
                 cell = " / ".join(f"{v:.2g}" for v in vals) or "-"
-                cells.append(f"**{cell}**" if METHODS[method].schedule == sch else cell)
+                default = METHODS[method].default_schedule(SDES[sde_name]())
+                cells.append(f"**{cell}**" if default == sch else cell)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -233,3 +233,33 @@ def test_a_runs_model_carries_its_training_splits_std(tmp_path):
     assert run.model.data_std == pytest.approx(want, rel=1e-3)
     assert data_std(run.model) == run.model.data_std != run.model.sigma_data
     assert 1.5 < run.model.data_std < 2.5  # the 8 Gaussians' radius-2 ring, not unit scale
+
+
+def test_euler_defaults_to_karras_on_ve_only():
+    """methods.py's one per-SDE exception (measured in nfe_fid): the PF-ODE Euler in t runs on
+    Karras's grid on VESDE and on the jump grid elsewhere, in an SDEdit window too; an explicit
+    schedule still wins."""
+    from sdegen.solvers import METHODS
+
+    m = METHODS["euler"]
+    assert m.default_schedule(VESDE()) == "karras"
+    assert m.default_schedule(VPSDE()) == m.default_schedule(EDMSDE()) == "log_snr_jump"
+    assert METHODS["k_euler"].default_schedule(VESDE()) == "log_snr_jump"
+    for sde in (VESDE(), VPSDE()):
+        model = mixture(sde)
+        res = sdegen.sample(model, sde, (4, 2), method="euler", nfe=6, return_trajectory=True)
+        want = get_schedule(sde, m.default_schedule(sde), 5, denoise_final=True, data_std=float(
+            model.data_std))  # fmt: skip
+        torch.testing.assert_close(res.ts, want.to(res.ts))
+    from sdegen.solvers.sampling import _Window
+
+    ve = VESDE()
+    edit = sdegen.sample(mixture(ve), ve, (4, 2), method="euler", steps=4,
+                         x_init=torch.zeros(1, 2), t_start=0.5)  # fmt: skip
+    want = get_schedule(_Window(ve, 0.5), "karras", 4, denoise_final=True)
+    assert edit.nfe == 5 and torch.equal(edit.ts, want.to(edit.ts))
+    explicit = sdegen.sample(mixture(VESDE()), VESDE(), (4, 2), method="euler", nfe=6,
+                             schedule="log_snr_jump")  # fmt: skip
+    want = get_schedule(VESDE(), "log_snr_jump", 5, denoise_final=True,
+                        data_std=float(mixture(VESDE()).data_std))  # fmt: skip
+    torch.testing.assert_close(explicit.ts, want.to(explicit.ts))

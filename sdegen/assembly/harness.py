@@ -225,7 +225,7 @@ def mixture_runs(
         "nfe": res.nfe,
         "steps": len(res.ts) - 1,
         "seeds": seeds,
-        "schedule": METHODS[method].schedule,
+        "schedule": METHODS[method].default_schedule(sde),
     }
     for key in ("frechet", "sliced_w2", "seconds"):
         fields[key], fields[key + "_std"] = mean_std([r[key] for r in runs])
