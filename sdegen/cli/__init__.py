@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="class_label",
         type=int,
         default=None,
-        help="sample this class (conditional runs; -1: unconditional)",
+        help="sample this class (conditional runs, or row K of a --model's ConditionTables; "
+        "-1: unconditional)",
     )
     p.add_argument(
         "--prompt",
