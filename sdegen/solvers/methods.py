@@ -240,9 +240,9 @@ METHODS: dict[str, Method] = {
         "ode", "uniform", None, "adaptive Dormand-Prince 5(4) on the PF-ODE (rtol, atol)",
         driver=pf_ode.dopri5, options={"rtol": 1e-5, "atol": 1e-5}, live=False),
     # On VESDE, t is log sigma up to scale, and Euler in it did better on Karras's grid from
-    # NFE 10 on: benchmarks/nfe_fid on Karras's grid (its run at 1854983) against the jump grid
-    # (the run after), seeds 0-2: Frechet distance on the ring 0.0012 / 0.0066 / 0.0034 /
-    # 0.0019 against 0.025 / 0.011 / 0.0048 / 0.0023 at NFE 10 / 20 / 50 / 100, digits-FID
+    # NFE 10 on: benchmarks/nfe_fid on Karras's grid (the run committed at 1854983, reproduced
+    # exactly since) against the jump grid, seeds 0-2: ring Frechet distance 0.0012 / 0.0066 /
+    # 0.0034 / 0.0019 against 0.025 / 0.011 / 0.0048 / 0.0023 at NFE 10 / 20 / 50 / 100, digits-FID
     # 1042 / 114 / 34 / 22 against 1436 / 198 / 43 / 25; at NFE 5 both are far off (ring 115
     # against 0.056). The jump grid stays its default on the other SDEs, where it won.
     "euler": Method(
