@@ -36,6 +36,7 @@ from ..metrics import frechet_distance_to_moments, sliced_wasserstein
 from ..models import VQVAE, KLAutoencoder, LearnedVarianceModel, ring_mixture
 from ..models.latent import encode_scaled
 from ..random import PerExampleGenerator
+from ..solvers.inverse import DEFAULT_INVERSE
 from ..training import init_distributed, latest_checkpoint
 
 
@@ -493,7 +494,7 @@ def sample(args: argparse.Namespace) -> int:
     what += "" if prompt is None else f", prompt {prompt!r}"
     what += f", guidance {guidance:g}" if guidance and (label is not None or prompt) else ""
     if problem is not None:
-        how = getattr(args, "inverse", None) or ("replace" if args.mask else "moment")
+        how = args.inverse or DEFAULT_INVERSE["inpaint" if args.mask else "operator"]
         what += f", observed by {problem} ({how}, {vjps:g} VJPs each)"
     trained = "" if src.step is None else f", step {src.step}"
     seed_text = f"seed {args.seed}" if seeds is None else f"seeds {_seeds_tag(seeds)}"

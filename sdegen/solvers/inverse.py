@@ -84,6 +84,9 @@ __all__ = [
 ]
 
 INVERSE_METHODS = ("moment", "dps", "pigdm", "replace")
+# the inverse method `sample` uses when none is given: replacement for known=/mask= inpainting
+# (as before the operators existed), Tweedie moment guidance for an operator
+DEFAULT_INVERSE = {"inpaint": "replace", "operator": "moment"}
 
 # A dense Gram matrix is built for operators without a closed form only up to this many
 # observed values (an m x m eigendecomposition).
@@ -565,7 +568,7 @@ def observed_model(
         if operator is not None:
             raise ValueError("give known/mask (inpainting) or operator/y_obs, not both")
         operator, y_obs = inpainting(known, mask, shape)
-        method = method or "replace"
+        method = method or DEFAULT_INVERSE["inpaint"]
     elif operator is None:
         unused = {"sigma_y": sigma_y or None, "inverse": method, "inverse_scale": inverse_scale}
         given = [k for k, v in unused.items() if v is not None]
@@ -574,6 +577,6 @@ def observed_model(
         return model
     assert y_obs is not None
     return Observed(
-        model, sde, operator, y_obs, sigma_y=sigma_y, method=method or "moment",
+        model, sde, operator, y_obs, sigma_y=sigma_y, method=method or DEFAULT_INVERSE["operator"],
         scale=inverse_scale, generator=generator, shape=shape, method_name=name,
     )  # fmt: skip
