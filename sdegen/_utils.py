@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Iterable
 from typing import overload
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,7 +27,10 @@ def sum_except_batch(x: Tensor) -> Tensor:
 def check_finite_number(
     name: str, value: float, *, positive: bool = False, nonnegative: bool = False
 ) -> float:
-    """`value` as a float; ValueError naming `name` when it is NaN, inf or out of range."""
+    """`value` as a float; TypeError naming `name` when it is not a real number (a bool or a string
+    is not one, though float() takes both), ValueError when it is NaN, inf or out of range."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -38,6 +42,31 @@ def check_finite_number(
     if nonnegative and v < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return v
+
+
+def check_bool(name: str, value: object) -> bool:
+    """`value` when it is a bool (Python or NumPy), else TypeError naming `name`: a string such
+    as "no" would otherwise read as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_tolerances(
+    rtol: float, atol: float, dtype: torch.dtype, *, zero_atol: bool = False
+) -> tuple[float, float]:
+    """(rtol, atol) of an adaptive solve in `dtype`, as floats: finite, rtol > 0 and atol > 0
+    (>= 0 with `zero_atol`), and not both below 4 machine epsilons of `dtype`, where rounding
+    alone fails the error test and the solver would shrink its steps forever."""
+    rtol = check_finite_number("rtol", rtol, positive=True)
+    atol = check_finite_number("atol", atol, positive=not zero_atol, nonnegative=zero_atol)
+    floor = 4 * torch.finfo(dtype).eps
+    if max(rtol, atol) < floor:
+        raise ValueError(
+            f"rtol={rtol:g} and atol={atol:g} are below what {dtype} resolves ({floor:.1e}): "
+            f"raise one of them, or solve in float64"
+        )
+    return rtol, atol
 
 
 def check_choice(name: str, value: str, choices: Iterable[str]) -> str:

@@ -1694,6 +1694,168 @@ API_ROWS = [
         lambda _: _imp("sdegen.solvers.get_schedule")(_sde(), "karras", 0),
         "steps",
     ),
+    api(
+        "optimise_schedule:max_trials=0",
+        lambda _: _imp("sdegen.solvers.optimise_schedule")(
+            _mix(), _sde(), (8, 2), "ddim", 3, max_trials=0
+        ),
+        "max_trials",
+    ),
+    api(
+        "optimise_schedule:start-of-1-step-for-3",
+        lambda _: _imp("sdegen.solvers.optimise_schedule")(
+            _mix(), _sde(), (8, 2), "ddim", 3, start=torch.tensor([1.0, 1e-3])
+        ),
+        "start",
+    ),
+    api(
+        "optimise_schedule:reference_tol=0",
+        lambda _: _imp("sdegen.solvers.optimise_schedule")(
+            _mix(), _sde(), (8, 2), "ddim", 3, reference_tol=0.0
+        ),
+        "reference_tol",
+    ),
+    # ---- found by a fuzz of the Python API (these hung, failed deep inside, or were accepted) --
+    api(
+        "sample:sde-not-the-model's",
+        lambda _: sdegen.sample(_mix(), sdegen.VESDE(), (4, 2), steps=3),
+        "model.sde",
+    ),
+    api(
+        "log_likelihood:sde-not-the-model's",
+        lambda _: sdegen.log_likelihood(_mix(), sdegen.EDMSDE(), _x()),
+        "model.sde",
+    ),
+    api(
+        "sample:dpm_adaptive-safety=5",
+        lambda _: _sample(method="dpm_adaptive", safety=5.0),
+        "safety",
+    ),
+    api(
+        "sample:dpm_adaptive-rtol=1e-12-float32",
+        lambda _: _sample(method="dpm_adaptive", rtol=1e-12, atol=1e-12),
+        "rtol",
+    ),
+    api(
+        "sample:dopri5-rtol=1e-12-float32",
+        lambda _: _sample(method="dopri5", rtol=1e-12, atol=1e-12),
+        "rtol",
+    ),
+    api("log_likelihood:safety=5", lambda _: _ll(options={"safety": 5.0}), "safety"),
+    api(
+        "log_likelihood:fac_min>fac_max",
+        lambda _: _ll(options={"fac_min": 5.0, "fac_max": 0.1}),
+        "fac_min",
+    ),
+    api("log_likelihood:beta=nan", lambda _: _ll(options={"beta": float("nan")}), "beta"),
+    api(
+        "log_likelihood:differentiable='yes'", lambda _: _ll(differentiable="yes"), "differentiable"
+    ),
+    api("sample:eta='0'", lambda _: _sample(method="ddim", eta="0", steps=3), "eta"),
+    api("sample:eta=True", lambda _: _sample(method="ddim", eta=True, steps=3), "eta"),
+    api("sample:guidance=True", lambda _: _sample(y=0, guidance=True, steps=3), "guidance"),
+    api(
+        "sample:t_start='0.5'",
+        lambda _: _sample(x_init=_x().float(), t_start="0.5", steps=3),
+        "t_start",
+    ),
+    api(
+        "sample:denoise_final='no'", lambda _: _sample(denoise_final="no", steps=3), "denoise_final"
+    ),
+    api(
+        "sample:return_trajectory='yes'",
+        lambda _: _sample(return_trajectory="yes", steps=3),
+        "return_trajectory",
+    ),
+    api(
+        "sample:lower_order_final='x'",
+        lambda _: _sample(method="dpmpp_2m", lower_order_final="x", steps=3),
+        "lower_order_final",
+    ),
+    api("VPSDE:beta_min=True", lambda _: sdegen.VPSDE(beta_min=True), "beta_min"),
+    api("EDMSDE:sigma_min='0.002'", lambda _: sdegen.EDMSDE("0.002", 80.0), "sigma_min"),
+    api("Trainer:progress='no'", lambda _: _trainer(progress="no"), "progress"),
+    api(
+        "sample:dpm_2_ancestral-eta=1.5",
+        lambda _: _sample(method="dpm_2_ancestral", eta=1.5, steps=3),
+        "eta",
+    ),
+    api(
+        "sample:dpmpp_2s_ancestral-eta=5",
+        lambda _: _sample(method="dpmpp_2s_ancestral", eta=5.0, steps=3),
+        "eta",
+    ),
+    api(
+        "sample:edm_sde-s_tmin>s_tmax",
+        lambda _: _sample(method="edm_sde", s_tmin=10.0, s_tmax=1.0, steps=3),
+        "s_tmin",
+    ),
+    api(
+        "sample:ancestral-negative-variance",
+        lambda _: _sample(
+            method="ancestral", variance=lambda x, t, s: -torch.ones_like(x), steps=3
+        ),
+        "variance",
+    ),
+    api(
+        "sample:ancestral-variance-of-wrong-shape",
+        lambda _: _sample(method="ancestral", variance=lambda x, t, s: torch.ones(3), steps=3),
+        "variance",
+    ),
+    api("sample:guidance=1e9-overflows", lambda _: _sample(y=0, guidance=1e9, steps=5), "guidance"),
+    api(
+        "sample:classifier-of-1-D-output",
+        lambda _: _sample(y=0, classifier=lambda x, t: x.sum(1), steps=3),
+        "classifier",
+    ),
+    api(
+        "sample:classifier-without-gradient",
+        lambda _: _sample(y=0, classifier=lambda x, t: torch.zeros(x.shape[0], 2), steps=3),
+        "classifier",
+    ),
+    api(
+        "sample:singular-operator",
+        lambda _: _sample(
+            operator=_imp("sdegen.solvers.inverse.Matrix")(torch.zeros(1, 2)),
+            y_obs=torch.ones(1, 1),
+            steps=3,
+        ),
+        "sigma_y",
+    ),
+    api(
+        "KDiffusionModel:null_label>num_classes",
+        lambda _: _imp("sdegen.models.adapters.KDiffusionModel")(
+            torch.nn.Linear(2, 2), sdegen.EDMSDE(), num_classes=3, null_label=100
+        ),
+        "null_label",
+    ),
+    api(
+        "dsm_loss:x0-int64",
+        lambda _: _imp("sdegen.training.dsm_loss")(_model(), torch.zeros(16, 2, dtype=torch.long)),
+        "x0",
+    ),
+    api(
+        "dsm_loss:x0-empty",
+        lambda _: _imp("sdegen.training.dsm_loss")(_model(), torch.zeros(0, 2)),
+        "x0",
+    ),
+    api("dsm_loss:model=None", lambda _: _imp("sdegen.training.dsm_loss")(None, _x()), "model"),
+    api(
+        "dsm_loss:noise-nan",
+        lambda _: _imp("sdegen.training.dsm_loss")(
+            _model(), _x().float(), noise=torch.full((4, 2), float("nan"))
+        ),
+        "noise",
+    ),
+    api("sample_times:n=-1", lambda _: _imp("sdegen.training.sample_times")(_sde(), -1), "n"),
+    api(
+        "prior_sample:dtype=long", lambda _: _sde().prior_sample((4, 2), dtype=torch.long), "dtype"
+    ),
+    api(
+        "LinearSDE:alpha-returns-a-float",
+        lambda _: sdegen.LinearSDE(lambda t: 1.0, lambda t: t, t_min=1e-3, T=0.9),
+        "alpha",
+    ),
 ]
 
 
@@ -1877,3 +2039,41 @@ def test_invalid_train_configs_are_refused_in_one_line(items):
         f"--set {settings_}: exit {code}; stderr {_first_line(err.getvalue())!r}; "
         + "; ".join(problems)
     )
+
+
+def test_numpy_grids_and_integers_are_taken_as_their_torch_and_python_values():
+    """A grid as a NumPy array or a list, and a budget as a NumPy integer, give exactly the
+    samples of the tensor grid and the int (the fuzz found both refused with a deep error)."""
+    import numpy as np
+
+    mix = _mix()
+    grid = torch.tensor([mix.sde.T, 0.5, 0.1, mix.sde.t_min], dtype=torch.float64)
+
+    def draw(**kw):
+        return sdegen.sample(mix, mix.sde, (6, 2), generator=torch.Generator().manual_seed(0), **kw)
+
+    want = draw(schedule=grid).x
+    assert torch.equal(draw(schedule=grid.numpy()).x, want)
+    assert torch.equal(draw(schedule=grid.tolist()).x, want)
+    assert torch.equal(draw(nfe=np.int64(5)).x, draw(nfe=5).x)
+
+
+def test_a_model_samples_with_its_sde_built_anew_or_on_a_shorter_range():
+    """The model/SDE check compares alpha(t) and sigma(t), not objects: an equal SDE built anew,
+    or the same SDE on another [t_min, T], samples as the model's own; another SDE, or guidance
+    wrapped around the model, is compared through the wrapper."""
+    mix = _mix()
+
+    def draw(sde, **kw):
+        g = torch.Generator().manual_seed(0)
+        return sdegen.sample(mix, sde, (6, 2), steps=4, generator=g, **kw).x
+
+    assert torch.equal(draw(sdegen.VPSDE()), draw(mix.sde))
+    assert torch.isfinite(draw(sdegen.VPSDE(t_min=1e-4))).all()
+    for other in (sdegen.VPSDE(beta_max=10.0), sdegen.SubVPSDE(), sdegen.VESDE()):
+        with pytest.raises(
+            ValueError, match=f"built for VPSDE, but the sde given is {type(other).__name__}"
+        ):
+            draw(other)
+    with pytest.raises(ValueError, match="model.sde"):
+        draw(sdegen.VESDE(), y=0, guidance=2.0)

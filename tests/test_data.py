@@ -82,7 +82,9 @@ def test_toy_bad_arguments():
     with pytest.raises(ValueError, match="unknown toy dataset 'nope'.*8gaussians.*rings"):
         toy_sample("nope", 10)
     for n in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match=r"^n must be a positive integer"):
+        with pytest.raises(
+            ValueError, match=r"^n \(the number of samples\) must be an integer >= 1"
+        ):
             toy_sample("moons", n)
     with pytest.raises(TypeError, match="dtype"):
         toy_sample("moons", 3, dtype=torch.int64)

@@ -167,7 +167,7 @@ def test_bits_per_dim():
     torch.testing.assert_close(bits_per_dim(logp, D, 2 / 32), torch.full((2,), 5.0))  # 5 bits
     with pytest.raises(ValueError, match="bin_width must be > 0"):
         bits_per_dim(logp, D, 0.0)
-    with pytest.raises(ValueError, match="num_dims must be a positive integer"):
+    with pytest.raises(ValueError, match="num_dims must be an integer >= 1"):
         bits_per_dim(logp, 0, 0.1)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._utils import check_choice
+from .._utils import check_choice, check_int
 
 __all__ = ["TOY_DATASETS", "TOY_LOG_PROB_DATASETS", "toy_sample", "toy_log_prob"]
 
@@ -165,8 +165,7 @@ def toy_sample(
     (up to rounding) whatever the dtype.
     """
     check_choice("toy dataset", name, TOY_DATASETS)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer (number of samples), got {n!r}")
+    n = check_int("n (the number of samples)", n)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     return _SAMPLERS[name](n, generator).to(dtype)

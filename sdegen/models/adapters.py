@@ -164,6 +164,12 @@ class ForeignModel(ParametrizedModel):
         self.label_arg = label_arg
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes)
         self.null_label = None if null_label is None else check_int("null_label", null_label, 0)
+        n, null = self.num_classes, self.null_label
+        if n is not None and null is not None and null > n:
+            raise ValueError(
+                f"null_label must be in 0..num_classes = {self.num_classes} (the network's "
+                f"index for no class, often num_classes itself), got {null_label!r}"
+            )
         if tables:
             sizes = {k: len(v) for k, v in tables.items()}
             if len(set(sizes.values())) > 1:

@@ -28,6 +28,7 @@ With sd = 1 it is "v" negated.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -108,6 +109,49 @@ def check_sde(sde: SDE, needs: tuple[str, ...] = ("alpha", "sigma")) -> SDE:
     return sde
 
 
+def model_sde(model) -> SDE | None:
+    """The SDE `model` was built for: its `sde`, looked up through wrappers that hold the model
+    they wrap as `.model` (guidance, counting, observation); None when there is none."""
+    found = (layer.sde for layer in wrapped(model) if getattr(layer, "sde", None) is not None)
+    return next(found, None)
+
+
+def check_model_sde(model, sde: SDE) -> None:
+    """Raise ValueError when `model` was built for an SDE (`model_sde`) whose alpha(t) and
+    sigma(t) differ from `sde`'s on the times both cover (9 points, relative 1e-6): the model
+    would read x and t by one SDE while the solver moves them by another, which gives wrong
+    samples and densities without any error. The same SDE object, or an equal one built anew,
+    passes; so does a model that names no SDE."""
+    own = model_sde(model)
+    if own is None or own is sde or not all(hasattr(own, m) for m in ("alpha", "sigma")):
+        return
+    try:
+        lo = max(float(own.t_min), float(sde.t_min))
+        hi = min(float(own.T), float(sde.T))
+    except (AttributeError, TypeError, ValueError):
+        return
+    if not lo < hi:
+        raise ValueError(
+            f"the model was built for {type(own).__name__} on t in [{own.t_min:g}, {own.T:g}], "
+            f"but the sde given, {type(sde).__name__}, covers [{sde.t_min:g}, {sde.T:g}]: pass "
+            f"the model's own SDE (model.sde)"
+        )
+    t = torch.linspace(lo, hi, 9, dtype=torch.float64)
+    with torch.no_grad():
+        mine = torch.stack([own.alpha(t), own.sigma(t)]).to(torch.float64)
+        given = torch.stack([sde.alpha(t), sde.sigma(t)]).to(torch.float64)
+    close = torch.isclose(mine, given, rtol=1e-6, atol=1e-12).all(0)
+    if not bool(close.all()):
+        i = int((~close).nonzero()[0])
+        raise ValueError(
+            f"the model was built for {type(own).__name__}, but the sde given is "
+            f"{type(sde).__name__} with another alpha(t), sigma(t) (at t = {float(t[i]):g}, "
+            f"alpha, sigma = {float(mine[0, i]):.6g}, {float(mine[1, i]):.6g} for the model's "
+            f"against {float(given[0, i]):.6g}, {float(given[1, i]):.6g}): pass the model's own "
+            f"SDE (model.sde)"
+        )
+
+
 def check_network(name: str, net) -> nn.Module:
     """`net` when it is a torch.nn.Module (callable as net(x_in, c_noise)), else TypeError."""
     if not isinstance(net, nn.Module):
@@ -172,21 +216,30 @@ def data_std(model) -> float:
     `sigma_data` it was trained with); 1 (unit-variance data, the convention of VP's input
     scaling) when none is a positive finite number. Samplers place their default grid by it
     (`solvers.schedules.log_snr_jump`)."""
-    seen = 0
-    while model is not None and seen < 32:  # a wrapper chain, never a cycle in practice
-        own = getattr(model, "data_std", None)
+    for layer in wrapped(model, nets=True):
+        own = getattr(layer, "data_std", None)
         if own is not None and _positive(own) is None:
             raise ValueError(
-                f"{type(model).__name__}.data_std must be a positive finite number or None, "
+                f"{type(layer).__name__}.data_std must be a positive finite number or None, "
                 f"got {own!r}"
             )
         for name in ("data_std", "sigma_data"):
-            value = _positive(getattr(model, name, None))
+            value = _positive(getattr(layer, name, None))
             if value is not None:
                 return value
-        inner = getattr(model, "model", None)
-        model, seen = getattr(model, "net", None) if inner is None else inner, seen + 1
     return 1.0
+
+
+def wrapped(model, *, nets: bool = False) -> Iterator:
+    """`model`, then what it wraps, outermost first: the model a wrapper holds as `.model`
+    (guidance, counting, observation) and, with `nets`, else the network an adapter calls as
+    `.net`; at most 32 layers (a chain, never a cycle in practice)."""
+    for _ in range(32):
+        if model is None:
+            return
+        yield model
+        inner = getattr(model, "model", None)
+        model = getattr(model, "net", None) if inner is None and nets else inner
 
 
 def edm_scalings(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .._utils import check_finite_number
+from .._utils import check_finite_number, check_int
 
 if TYPE_CHECKING:
     from .distribution import ModelDistribution
@@ -48,8 +48,7 @@ def bits_per_dim(log_prob: Tensor, num_dims: int, bin_width: float) -> Tensor:
         >>> round(float(bits_per_dim(torch.tensor([-3 * math.log(2)]), 3, 2 / 256)), 6)
         8.0
     """
-    if not isinstance(num_dims, int) or num_dims < 1:
-        raise ValueError(f"num_dims must be a positive integer, got {num_dims!r}")
+    num_dims = check_int("num_dims", num_dims)
     bin_width = check_finite_number("bin_width", bin_width, positive=True)
     return -(log_prob + num_dims * math.log(bin_width)) / (num_dims * math.log(2))
 

@@ -263,6 +263,8 @@ class LinearSDE:
             isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
         ):
             raise ValueError(f"shape must be a tuple of integers >= 0, got {shape!r}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         z = randn(shape, generator, dtype=dtype, device=device)
         return self.prior_std * z
 
@@ -307,6 +309,11 @@ class LinearSDE:
         ts = torch.linspace(self.t_min, self.T, 257, dtype=torch.float64)
         a, s = self._alpha(ts), self._sigma(ts)
         for name, v in (("alpha", a), ("sigma", s)):
+            if not torch.is_tensor(v):
+                raise TypeError(
+                    f"{name}(t) must return a tensor of t's shape, written with torch ops "
+                    f"(torch.ones_like(t) for a constant), got {type(v).__name__}"
+                )
             if v.shape != ts.shape:
                 raise ValueError(
                     f"{name}(t) must be elementwise: shape {tuple(ts.shape)} in, "

@@ -4,12 +4,15 @@ accepted state to the recorder."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .._utils import check_finite_number
+from .._utils import check_finite_number, check_tolerances
 from .exp_quadrature import LogSNRSchedule, exp_step
 from .grid import Record, batch_t
+from .rk import check_controller
 
 
 def _rms_error(err: Tensor, a: Tensor, b: Tensor, rtol: float, atol: float) -> float:
@@ -40,13 +43,13 @@ def dpm_adaptive(
     [-1, 1] are atol = 0.0078, rtol = 0.05 (see METHODS). Records the accepted states, each with
     the x0 estimate at its step's start.
     """
-    rtol = check_finite_number("rtol", rtol, positive=True)
-    atol = check_finite_number("atol", atol, nonnegative=True)
+    rtol, atol = check_tolerances(rtol, atol, x.dtype, zero_atol=True)
     h = check_finite_number("h_init", h_init, positive=True)
-    safety = check_finite_number("safety", safety, positive=True)
+    safety = check_controller(safety)[0]
     lam_end = float(sde.half_log_snr(ts[-1:].to(torch.float64))[0])
     path = LogSNRSchedule(sde, ts[[0]])
     lam, t, sig = path.lam[0], ts[0].item(), path.sigma[0]
+    span = lam_end - lam
     x0_t: Tensor | None = None  # reused after a rejected attempt: the state has not moved
     while lam_end - lam > 1e-9:
         h = min(h, lam_end - lam)
@@ -69,5 +72,16 @@ def dpm_adaptive(
             if record is not None:
                 record(x_hi, x0_t)
             x, lam, t, sig, x0_t = x_hi, lam + h, t_s, s_s, None
+        if not math.isfinite(err):
+            raise RuntimeError(
+                f"dpm_adaptive: the error estimate is {err} at t = {t:g} (a non-finite x0 from "
+                "the model, or a state that overflowed)"
+            )
         h = h * min(4.0, safety * max(err, 1e-10) ** (-1 / 3))
+        if h < 1e-12 * span:
+            raise RuntimeError(
+                f"dpm_adaptive: the step size underflowed at t = {t:g} (error {err:.3g} at "
+                f"rtol={rtol:g}, atol={atol:g} in {x.dtype}: tolerances too tight for the "
+                "model's rounding)"
+            )
     return x

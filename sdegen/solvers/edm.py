@@ -83,6 +83,11 @@ class EDMStochastic(GridMethod):
         churn = check_finite_number("churn", churn, nonnegative=True)
         self.s_tmin = check_finite_number("s_tmin", s_tmin, nonnegative=True)
         self.s_tmax = check_finite_number("s_tmax", s_tmax, nonnegative=True)
+        if self.s_tmin > self.s_tmax:
+            raise ValueError(
+                f"s_tmin must be <= s_tmax (churn acts for sigma in [s_tmin, s_tmax]), got "
+                f"s_tmin={s_tmin!r}, s_tmax={s_tmax!r}"
+            )
         self.s_noise = check_finite_number("s_noise", s_noise, positive=True)
         self.path = LogSNRSchedule(sde, ts)
         self.sig = [s / a for s, a in zip(self.path.sigma, self.path.alpha)]  # sigma~

@@ -25,7 +25,7 @@ import math
 
 from torch import Tensor
 
-from .._utils import check_finite_number, check_int
+from .._utils import check_bool, check_finite_number, check_int
 from .exp_quadrature import (
     LogSNRSchedule,
     TimeRows,
@@ -84,7 +84,7 @@ class DPMpp2M(GridMethod):
 
     def __init__(self, model, sde, ts: Tensor, *, lower_order_final: bool) -> None:
         super().__init__(model, sde, ts)
-        self.lower_order_final = lower_order_final
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.path = LogSNRSchedule(sde, ts)
         self.x0_prev: Tensor | None = None
 
@@ -129,7 +129,7 @@ class DPMpp3M(GridMethod):
         super().__init__(model, sde, ts, **noise)
         self.order = check_int("order", order, 1, self.max_order)
         self.eta = check_finite_number("eta", eta, nonnegative=True)
-        self.lower_order_final = lower_order_final
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.path = p = LogSNRSchedule(sde, ts)
         self.hist_x0: list[Tensor] = []
         self.x0: Tensor | None = None  # the output at the current point, from the last step

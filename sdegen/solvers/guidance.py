@@ -157,10 +157,15 @@ class ClassifierGuided(_Wrapper):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logits = self.classifier(xg, t)
-            if not torch.is_tensor(logits) or tuple(logits.shape[:1]) != (x.shape[0],):
+            if not torch.is_tensor(logits) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                 got = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
                 raise ValueError(
                     f"classifier must return logits of shape ({x.shape[0]}, K), got {got}"
+                )
+            if not logits.requires_grad:
+                raise ValueError(
+                    "classifier's logits do not depend on x (no gradient): classifier guidance "
+                    "needs a classifier differentiable in x"
                 )
             check_labels(y, x.shape[0], logits.shape[1], allow_null=False)
             logp = torch.log_softmax(logits, dim=-1).gather(1, y[:, None]).sum()

@@ -501,7 +501,15 @@ class Observed(_Wrapper):
         cov = 0.5 * (cov + cov.transpose(1, 2))
         if self.sigma_y > 0:
             cov = cov + self.sigma_y**2 * torch.eye(cov.shape[1], dtype=x.dtype, device=x.device)
-        v = torch.linalg.solve(cov, resid[:, :, None])[:, :, 0]
+        try:
+            v = torch.linalg.solve(cov, resid[:, :, None])[:, :, 0]
+        except torch.linalg.LinAlgError as e:
+            raise ValueError(
+                f"the observation's covariance A J A^T is singular at t = {float(t[0]):g}: "
+                f"{type(self.operator).__name__} maps some directions to zero (a rank-deficient "
+                "operator, such as a blur that cancels a frequency); give sigma_y > 0, the "
+                "observation noise, which regularises it"
+            ) from e
         return torch.einsum("bm,bmd->bd", v, J).reshape(x.shape)
 
 

@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 from torch import Tensor
 
-from .._utils import check_finite_number, check_int
+from .._utils import check_bool, check_finite_number, check_int
 from .exp_quadrature import LogSNRSchedule, TimeRows, scale
 from .grid import GridMethod, randn_like
 
@@ -115,6 +115,13 @@ class _TwoStage(_SigmaGrid):
             s_down, s_up = sig[i + 1], 0.0
             if self.eta > 0 and self.adds_noise(i):
                 s_down, s_up = ancestral_step(sig[i], sig[i + 1], self.eta)
+                if s_down <= 0:  # k-diffusion then takes an Euler step, of one evaluation
+                    largest = min(s / math.sqrt(s**2 - t**2) for s, t in zip(sig, sig[1:]) if s > t)
+                    raise ValueError(
+                        f"eta={eta!r} is too large on this {self.n}-step grid: at step {i} the "
+                        f"noise takes all of sigma_next, leaving no step for the second "
+                        f"evaluation; eta <= {largest:.4g} here (eta = 1 is DDPM's noise)"
+                    )
             self.down.append((s_down, s_up))
         levels = [self.level(sig[i], d[0]) for i, d in enumerate(self.down)]
         at = self.path.at_lambdas([-math.log(s2) for s2 in levels])
@@ -305,7 +312,7 @@ class DEIS(_SigmaMultistep):
 
     def __init__(self, model, sde, ts: Tensor, *, order: int, lower_order_final: bool) -> None:
         super().__init__(model, sde, ts, order=order, max_order=3)
-        self.lower_order_final = lower_order_final
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
 
     def current_order(self, i: int) -> int:
         k = super().current_order(i)

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 
 from .._ode import SOLVERS, check_method, check_ode_settings
-from .._utils import append_dims, check_choice, check_tensor_finite
+from .._utils import append_dims, check_bool, check_choice, check_tensor_finite
 from ..divergence import (
     VmapMemo,
     check_chunk,
@@ -70,7 +70,7 @@ from ..divergence import (
     hutchinson_divergence,
     probes_like,
 )
-from ..models.base import check_sde
+from ..models.base import check_model_sde, check_sde
 from ..models.density import bits_per_dim
 from . import rk
 from .counting import CountingModel
@@ -330,8 +330,10 @@ def _solve(
         method = auto_pair(rtol, atol)
     rk_options = _rk_options(options) if integrator == "sdegen" else {}
     check_chunk(chunk)
+    differentiable = check_bool("differentiable", differentiable)
     check_choice("time", time, TIMES)
     check_sde(sde, ANGLE_NEEDS if time == "angle" else SDE_NEEDS)
+    check_model_sde(model, sde)
     check_likelihood_x(y, "z" if reverse else "x")
     counted = CountingModel(model)
     eps = probes_like(y, probes, noise, generator) if log_prob and trace == "hutchinson" else None

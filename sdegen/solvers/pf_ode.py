@@ -21,7 +21,7 @@ import torchdiffeq
 from torch import Tensor
 
 from .._ode import landing_options
-from .._utils import append_dims, check_finite_number
+from .._utils import append_dims, check_tolerances
 from .exp_quadrature import TimeRows
 from .grid import X0, GridMethod, Record, batch_t
 
@@ -152,8 +152,7 @@ def dopri5(
 ) -> Tensor:
     """Adaptive Dormand-Prince 5(4) through torchdiffeq from x (B, *D) at T to t_min; returns x
     there. Rejected steps count; only the end state is recorded."""
-    rtol = check_finite_number("rtol", rtol, positive=True)
-    atol = check_finite_number("atol", atol, positive=True)
+    rtol, atol = check_tolerances(rtol, atol, x.dtype)
 
     def func(t: Tensor, y: Tensor) -> Tensor:
         return ode_drift(model, sde, y, batch_t(float(t), y))

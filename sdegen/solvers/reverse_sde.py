@@ -167,8 +167,8 @@ class Ancestral(_Predictor):
             x_s = x_s / c["a"][i]
         if z is not None:
             if self._variance_fn is not None:
-                var = self._variance_fn(x, tb, self.times(i + 1, x))
-                std = (var if var.ndim == x.ndim else _coef(var, x)).clamp_min(0).sqrt()
+                var = _check_variance(self._variance_fn(x, tb, self.times(i + 1, x)), x, i)
+                std = (var if var.ndim == x.ndim else _coef(var, x)).sqrt()
                 x_s = x_s + std.to(x.dtype) * z
             else:
                 x_s = x_s + c["std"][i] * z
@@ -176,6 +176,26 @@ class Ancestral(_Predictor):
 
 
 VARIANCES = ("posterior", "forward", "learned")
+
+
+def _check_variance(var, x: Tensor, i: int) -> Tensor:
+    """`var`, the variance a variance callable returned at step i, when it is a float tensor of
+    shape (B,) or x's with no negative or NaN entry; else ValueError (on a GPU the value check is
+    an asynchronous assertion, so the step loop does not wait for the device)."""
+    if not torch.is_tensor(var) or not var.is_floating_point():
+        raise TypeError(f"variance(x, t, s) must return a float tensor, got {var!r}")
+    if tuple(var.shape) not in ((x.shape[0],), tuple(x.shape)):
+        raise ValueError(
+            f"variance(x, t, s) must return shape ({x.shape[0]},) or {tuple(x.shape)}, got "
+            f"{tuple(var.shape)}"
+        )
+    message = f"variance(x, t, s) returned a negative or NaN variance at step {i}"
+    ok = (var >= 0).all()
+    if var.device.type != "cpu":
+        torch._assert_async(ok, message)
+    elif not bool(ok):
+        raise ValueError(message)
+    return var
 
 
 def _learned_variance(model) -> Callable[[Tensor, Tensor, Tensor], Tensor]:

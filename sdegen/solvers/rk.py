@@ -214,6 +214,25 @@ def initial_step(
     return min(100 * h, h1)
 
 
+def check_controller(
+    safety: float, fac_min: float = 0.2, fac_max: float = 10.0
+) -> tuple[float, float, float]:
+    """A step-size controller's (safety, fac_min, fac_max) as floats: 0 < safety <= 1 and
+    0 < fac_min < 1 <= fac_max, else ValueError naming the value. A safety above 1 can grow the
+    step after a rejection, so the solve retries the same step forever."""
+    safety = check_finite_number("safety", safety, positive=True)
+    if safety > 1:
+        raise ValueError(f"safety must be in (0, 1] (the step's shrink factor), got {safety!r}")
+    fac_min = check_finite_number("fac_min", fac_min, positive=True)
+    fac_max = check_finite_number("fac_max", fac_max, positive=True)
+    if not fac_min < 1 <= fac_max:
+        raise ValueError(
+            f"fac_min and fac_max must satisfy 0 < fac_min < 1 <= fac_max (the least and most a "
+            f"step may change by), got fac_min={fac_min!r}, fac_max={fac_max!r}"
+        )
+    return safety, fac_min, fac_max
+
+
 def solve(
     func: Field,
     y0: State,
@@ -262,6 +281,7 @@ def solve(
     t0 = check_finite_number("t0", t0)
     t1 = check_finite_number("t1", t1)
     max_steps = check_int("max_steps", max_steps)
+    safety, fac_min, fac_max = check_controller(safety, fac_min, fac_max)
     if t0 == t1:
         raise ValueError(f"t0 and t1 must differ, got t0 = t1 = {t0}")
     weights = tuple(weights) if weights is not None else (1.0,) * len(y0)
@@ -272,6 +292,12 @@ def solve(
     direction = 1.0 if t1 > t0 else -1.0
     if beta is None:
         beta = (1.0 / tab.order, 0.0)
+    if not isinstance(beta, (tuple, list)) or len(beta) != 2:
+        raise TypeError(f"beta must be a pair (beta1, beta2) of numbers >= 0, got {beta!r}")
+    beta = (
+        check_finite_number("beta[0]", beta[0], nonnegative=True),
+        check_finite_number("beta[1]", beta[1], nonnegative=True),
+    )
     span = abs(t1 - t0)
     stats = RKStats()
 

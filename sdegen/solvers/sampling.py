@@ -14,12 +14,13 @@ from torch import Tensor
 
 from .._utils import (
     batch_times,
+    check_bool,
     check_finite_number,
     check_int,
     check_tensor_finite,
     resolve_device,
 )
-from ..models.base import check_sde, data_std
+from ..models.base import check_model_sde, check_sde, data_std
 from ..random import RandomSource, randn
 from .counting import CountingModel
 from .grid import Recorder, solve
@@ -162,6 +163,8 @@ def sample(
         True
     """
     m = check_options(method, options)
+    denoise_final = check_bool("denoise_final", denoise_final)
+    return_trajectory = check_bool("return_trajectory", return_trajectory)
     shape, dtype, device = _check_inputs(
         model, sde, shape, steps, nfe, noise, dtype, device, callback
     )
@@ -198,6 +201,16 @@ def sample(
         x = guided.finish(x)  # A x = y exactly, where sigma_y = 0 and A A^T = c I
         if record.states is not None:
             record.states[-1] = x
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # one check per solve
+        scale = classifier_scale if classifier is not None else None
+        given = {"guidance": guidance, "classifier_scale": scale, **options}
+        settings = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
+        raise ValueError(
+            f"sampling produced {int((~torch.isfinite(x)).sum())} non-finite values (NaN or "
+            f"inf) of {x.numel()}, with method={method!r}, {counted.nfe} evaluations and "
+            f"{settings}: a guidance or classifier scale this large, or an option out of its "
+            f"useful range, overflows the state"
+        )
     return SolveResult(
         x=x,
         nfe=counted.nfe,
@@ -221,6 +234,7 @@ def _check_inputs(model, sde, shape, steps, nfe, noise, dtype, device, callback)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, dict -> None, got {callback!r}")
     check_sde(sde, ("alpha", "sigma", "prior_sample", "t_min", "T"))
+    check_model_sde(model, sde)
     if not isinstance(shape, (tuple, list, torch.Size)):
         raise ValueError(f"shape must be a tuple (batch, *event_shape), got {shape!r}")
     shape = tuple(shape)
@@ -296,6 +310,8 @@ def _time_grid(method, sde, steps, nfe, schedule, denoise_final, options, sd) ->
     the most steps whose cost fits `nfe`; 50 steps by default; a named grid for data of RMS std
     `sd`. Adaptive methods get [T, t_min], the ends of their solve."""
     m = METHODS[method]
+    if isinstance(schedule, (list, tuple)) or type(schedule).__module__ == "numpy":
+        schedule = torch.as_tensor(schedule, dtype=torch.float64)  # a grid as numbers
     if m.adaptive:
         if steps is not None or nfe is not None or torch.is_tensor(schedule):
             raise ValueError(

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import check_choice, check_finite_number
+from .._utils import check_choice, check_finite_number, check_int
 
 
 def uniform_t(sde, steps: int) -> Tensor:
@@ -146,8 +146,7 @@ def get_schedule(
     at its jump level. `data_std`: the data's RMS std, which "log_snr_jump" scales its levels by
     (`sdegen.models.data_std(model)`); the other grids do not use it."""
     check_choice("schedule", name, SCHEDULES)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = check_int("steps", steps)
     if name == "log_snr_jump":
         kwargs["denoised"], kwargs["data_std"] = denoise_final, data_std
     ts = SCHEDULES[name](sde, steps, **kwargs)

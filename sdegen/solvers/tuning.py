@@ -25,7 +25,7 @@ from ..models.base import data_std
 from .counting import CountingModel
 from .grid import solve
 from .methods import METHODS
-from .schedules import get_schedule
+from .schedules import check_grid, get_schedule
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,15 @@ def optimise_schedule(
             f"method must be a deterministic fixed-grid sampler ({', '.join(fixed)}), "
             f"got {method!r}"
         )
+    reference_tol = check_finite_number("reference_tol", reference_tol, positive=True)
+    if max_trials is not None:
+        max_trials = check_int("max_trials", max_trials)
+    if start is not None:
+        start = check_grid(sde, start, denoise_final=True)
+        if len(start) != steps + 1:
+            raise ValueError(
+                f"start must be a grid of steps + 1 = {steps + 1} times, got {len(start)}"
+            )
     shape = tuple(shape)
     counted = CountingModel(model)
     noise = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)

@@ -37,6 +37,7 @@ from .._utils import (
     append_dims,
     check_choice,
     check_finite_number,
+    check_int,
     check_tensor_finite,
     sum_except_batch,
 )
@@ -143,6 +144,7 @@ def sample_times(
     p_std: float = P_STD,
 ) -> Tensor:
     """n training times, shape (n,); see `times_from_uniform`."""
+    n = check_int("n", n, 0)
     u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
     return times_from_uniform(
         sde,
@@ -165,6 +167,11 @@ def _given_or_drawn_times_and_noise(
     p_mean: float = P_MEAN,
     p_std: float = P_STD,
 ) -> tuple[Tensor, Tensor]:
+    if not x0.is_floating_point() or x0.ndim < 2 or x0.shape[0] == 0:
+        raise ValueError(
+            f"x0 must be a float tensor of shape (B, *D) with B >= 1, got {x0.dtype} of shape "
+            f"{tuple(x0.shape)}"
+        )
     B = x0.shape[0]
     if t is None:
         t = sample_times(
@@ -182,7 +189,24 @@ def _given_or_drawn_times_and_noise(
         raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    else:
+        check_tensor_finite("noise", noise)
+        if noise.shape != x0.shape:
+            raise ValueError(
+                f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}"
+            )
     return t, noise
+
+
+def _model_sde(model) -> SDE:
+    """model.sde, or TypeError when `model` is not a score model built on an SDE."""
+    sde = getattr(model, "sde", None)
+    if sde is None:
+        raise TypeError(
+            f"model must be a score model with its SDE as model.sde (a ScoreModel), got "
+            f"{type(model).__name__}"
+        )
+    return sde
 
 
 def check_weighting(weighting: str, importance_sampling: bool | None) -> bool:
@@ -265,7 +289,7 @@ def dsm_loss(
     """
     importance_sampling = check_weighting(weighting, importance_sampling)
     check_tensor_finite("x0", x0)
-    sde = model.sde
+    sde = _model_sde(model)
     check_likelihood_times(weighting, time_sampling)
     check_time_sampling(time_sampling, sde, importance_sampling=importance_sampling)
     B = x0.shape[0]

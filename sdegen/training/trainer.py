@@ -39,7 +39,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler, TensorDataset
 
 from .._progress import Progress
-from .._utils import check_finite_number, check_int, resolve_device
+from .._utils import check_bool, check_finite_number, check_int, resolve_device
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 # (model, x, rnd) -> loss; with labels given to the Trainer, (model, x, rnd, y) -> loss;
@@ -458,7 +458,7 @@ class Trainer:
         self.warmup, self.grad_clip = warmup, grad_clip
         self.ckpt_every, self.log_every = ckpt_every, log_every
         self.eval_fn, self.eval_every = eval_fn, eval_every
-        self.config, self.progress = config or {}, progress
+        self.config, self.progress = config or {}, check_bool("progress", progress)
         if self.players is None:
             self.optimizer = torch.optim.AdamW(
                 model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay
