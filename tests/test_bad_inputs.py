@@ -1851,6 +1851,10 @@ API_ROWS = [
     api(
         "prior_sample:dtype=long", lambda _: _sde().prior_sample((4, 2), dtype=torch.long), "dtype"
     ),
+    api("Trainer:eval_every-without-eval_fn", lambda _: _trainer(eval_every=1), "eval_fn"),
+    api("Trainer:eval_fn=5", lambda _: _trainer(eval_fn=5, eval_every=1), "eval_fn"),
+    api("Trainer:run_dir=5", lambda _: _trainer(run_dir=5), "run_dir"),
+    api("Trainer:config-not-json", lambda _: _trainer(config={"a": object()}), "config"),
     api(
         "LinearSDE:alpha-returns-a-float",
         lambda _: sdegen.LinearSDE(lambda t: 1.0, lambda t: t, t_min=1e-3, T=0.9),

@@ -448,6 +448,20 @@ class Trainer:
         check_int("log_every", log_every, 1)
         check_int("ckpt_every", ckpt_every, 0)
         check_int("eval_every", eval_every, 0)
+        if eval_fn is not None and not callable(eval_fn):
+            raise TypeError(f"eval_fn must be callable (model, step) -> dict, got {eval_fn!r}")
+        if eval_every and eval_fn is None:
+            raise ValueError(
+                f"eval_every={eval_every} needs eval_fn, the evaluation to run (e.g. "
+                "sdegen.training.held_out_loss(objective, x_val))"
+            )
+        if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+            raise TypeError(f"run_dir must be a path (str or Path) or None, got {run_dir!r}")
+        if config is not None:
+            try:  # it is written beside every checkpoint: find out now, not at the first one
+                json.dumps(config)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"config must be a dict that JSON can write: {e}") from None
         # Only rank 0 writes; find out now, not at the first checkpoint an hour in.
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None and self.rank == 0:
