@@ -1856,6 +1856,11 @@ API_ROWS = [
     api("Trainer:run_dir=5", lambda _: _trainer(run_dir=5), "run_dir"),
     api("Trainer:config-not-json", lambda _: _trainer(config={"a": object()}), "config"),
     api(
+        "VPSDE.from_betas:T=2",
+        lambda _: sdegen.VPSDE.from_betas(_imp("sdegen.sde.ddpm_betas")(20), T=2.0),
+        "T must be <= 1",
+    ),
+    api(
         "LinearSDE:alpha-returns-a-float",
         lambda _: sdegen.LinearSDE(lambda t: 1.0, lambda t: t, t_min=1e-3, T=0.9),
         "alpha",

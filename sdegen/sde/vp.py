@@ -172,6 +172,11 @@ class _VPFamily(LinearSDE):
         if isinstance(schedule, DiscreteBeta):
             t_min = 1.0 / schedule.N if t_min is None else t_min
             T = 1.0 if T is None else T
+            if check_finite_number("T", T) > 1:
+                raise ValueError(
+                    f"T must be <= 1 for a discrete schedule (t = 1 is its last timestep, "
+                    f"{schedule.N - 1}; beyond it the betas would be extrapolated), got {T!r}"
+                )
         if isinstance(schedule, CosineBeta) and T is None:
             T = schedule.t_max()
         if isinstance(schedule, CosineBeta) and T is not None and T >= 1:
