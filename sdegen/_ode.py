@@ -3,6 +3,7 @@ time, and the one check of the likelihood-ODE settings (log_likelihood, ScoreSDE
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 
@@ -19,6 +20,26 @@ SOLVERS = sys.modules["torchdiffeq._impl.odeint"].SOLVERS
 def check_method(method: str, name: str = "torchdiffeq method") -> str:
     """`method` if torchdiffeq knows it, else ValueError naming `name` and listing the methods."""
     return check_choice(name, method, SOLVERS)
+
+
+def check_solver_options(method: str, options: dict | None) -> dict:
+    """`options` for torchdiffeq's `method` as a new dict; ValueError naming any that its solver
+    does not take (torchdiffeq itself only warns, and ignores them)."""
+    options = dict(options or {})
+    params = inspect.signature(SOLVERS[check_method(method, "method")].__init__).parameters.values()
+    known = [
+        p.name
+        for p in params
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        and p.name not in ("self", "func", "y0", "rtol", "atol")
+    ]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"options {unknown} are not options of torchdiffeq's {method!r}; expected some of: "
+            f"{', '.join(known) or '(none)'}"
+        )
+    return options
 
 
 TRACES = ("exact", "hutchinson")
@@ -46,6 +67,8 @@ def check_ode_settings(
     """
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict of torchdiffeq options or None, got {options!r}")
+    if method_check is None:
+        check_solver_options(method, options)
     return dict(
         trace=check_choice("trace", trace, TRACES),
         probes=check_int("probes", probes),

@@ -1861,6 +1861,16 @@ API_ROWS = [
         "T must be <= 1",
     ),
     api(
+        "FFJORD:options-bogus",
+        lambda _: _imp("sdegen.models.flows.FFJORD")(2, options={"bogus": 1}),
+        "bogus",
+    ),
+    api(
+        "log_likelihood:torchdiffeq-options-bogus",
+        lambda _: _ll(method="torchdiffeq:dopri5", options={"bogus": 1}),
+        "bogus",
+    ),
+    api(
         "LinearSDE:alpha-returns-a-float",
         lambda _: sdegen.LinearSDE(lambda t: 1.0, lambda t: t, t_min=1e-3, T=0.9),
         "alpha",

@@ -60,7 +60,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._ode import SOLVERS, check_method, check_ode_settings
+from .._ode import SOLVERS, check_method, check_ode_settings, check_solver_options
 from .._utils import append_dims, check_bool, check_choice, check_tensor_finite
 from ..divergence import (
     VmapMemo,
@@ -328,7 +328,11 @@ def _solve(
     integrator, method = cfg["method"]
     if method == AUTO:
         method = auto_pair(rtol, atol)
-    rk_options = _rk_options(options) if integrator == "sdegen" else {}
+    if integrator == "sdegen":
+        rk_options = _rk_options(options)
+    else:
+        rk_options = {}
+        check_solver_options(method, options)
     check_chunk(chunk)
     differentiable = check_bool("differentiable", differentiable)
     check_choice("time", time, TIMES)
