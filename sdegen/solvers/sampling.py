@@ -201,15 +201,15 @@ def sample(
         x = guided.finish(x)  # A x = y exactly, where sigma_y = 0 and A A^T = c I
         if record.states is not None:
             record.states[-1] = x
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # one check per solve
+    if not bool(torch.isfinite(x).all()):  # one host sync per solve, after the loop
         scale = classifier_scale if classifier is not None else None
         given = {"guidance": guidance, "classifier_scale": scale, **options}
-        settings = ", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)
+        settings = "".join(f", {k}={v!r}" for k, v in given.items() if v is not None)
         raise ValueError(
             f"sampling produced {int((~torch.isfinite(x)).sum())} non-finite values (NaN or "
-            f"inf) of {x.numel()}, with method={method!r}, {counted.nfe} evaluations and "
-            f"{settings}: a guidance or classifier scale this large, or an option out of its "
-            f"useful range, overflows the state"
+            f"inf) of {x.numel()} (method={method!r}, {counted.nfe} evaluations{settings}): a "
+            f"guidance or classifier scale this large, or an option out of its useful range, "
+            f"overflows the state"
         )
     return SolveResult(
         x=x,
