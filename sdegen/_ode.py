@@ -45,6 +45,14 @@ def check_solver_options(method: str, options: dict | None) -> dict:
 TRACES = ("exact", "hutchinson")
 
 
+def _check_rtol(rtol: float) -> float:
+    """A relative tolerance: finite and in (0, 1) (at 1 an error as large as the state passes)."""
+    rtol = check_finite_number("rtol", rtol, positive=True)
+    if rtol >= 1:
+        raise ValueError(f"rtol must be < 1 (a relative error), got {rtol!r}")
+    return rtol
+
+
 def check_ode_settings(
     *,
     trace: str,
@@ -73,7 +81,7 @@ def check_ode_settings(
         trace=check_choice("trace", trace, TRACES),
         probes=check_int("probes", probes),
         noise=check_choice("noise", noise, PROBE_NOISES),
-        rtol=check_finite_number("rtol", rtol, positive=True),
+        rtol=_check_rtol(rtol),
         atol=check_finite_number("atol", atol, positive=True),
         method=check_method(method, "method") if method_check is None else method_check(method),
     )

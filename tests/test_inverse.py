@@ -502,7 +502,7 @@ def test_cli_sample_solves_inverse_problems_with_observe(tmp_path, monkeypatch, 
     (tmp_path / "junk.pt").write_text("not a tensor")
     torch.save({"a": low}, tmp_path / "dict.pt")
     for extra, message in [
-        (["--observe", "low.pt"], "--observe needs one of --mask FILE"),
+        (["--observe", "low.pt"], "--observe needs exactly one of --mask FILE"),
         (["--mask", "mask.npy"], "--mask needs --observe FILE"),
         (["--inverse", "dps", "--sigma-y", "0.1"], "--sigma-y, --inverse need --observe"),
         (["--observe", "missing.pt", "--mask", "mask.npy"], "--observe missing.pt: no such file"),

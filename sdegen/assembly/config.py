@@ -197,7 +197,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
             raise ValueError(f"config file {path} must hold a mapping of keys to values")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"override {item!r} must look like KEY=VALUE")
         values[key.strip()] = _parse_value(key.strip(), value)
     return from_dict(values)

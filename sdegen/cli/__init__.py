@@ -98,12 +98,22 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _path(text: str) -> str:
+    """A path argument: any nonempty text (an empty one would mean the current folder, or fall
+    back to a default, without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a path, got an empty one")
+    return text
+
+
 def _add_device(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
     p.add_argument("--device", default=default, help="auto (cuda if available), cpu, cuda, cuda:N")
 
 
 def _add_model_source(p: argparse.ArgumentParser, *, shape: bool) -> None:
-    p.add_argument("--run", "--run-dir", dest="run", help="a run folder made by sdegen train")
+    p.add_argument(
+        "--run", "--run-dir", dest="run", type=_path, help="a run folder made by sdegen train"
+    )
     p.add_argument(
         "--model",
         metavar="MODULE:FACTORY",
@@ -131,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--run",
         "--run-dir",
         dest="run",
+        type=_path,
         required=True,
         help="run folder for checkpoints and logs (--run-dir under torchrun)",
     )
@@ -249,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inverse-scale", type=_number(), help="guidance weight (default 1)")
     p.add_argument(
-        "--out", help="output path without suffix (default: RUN/samples/METHOD-BUDGET-SEED)"
+        "--out",
+        type=_path,
+        help="output path without suffix (default: RUN/samples/METHOD-BUDGET-SEED)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_device(p)
@@ -275,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"divergence: auto is exact up to {EXACT_TRACE_MAX_DIM} dimensions, "
         "else a Hutchinson estimate",
     )
-    p.add_argument("--probes", type=positive_int, default=2, help="Hutchinson probes")
+    p.add_argument(
+        "--probes", type=positive_int, help="Hutchinson probes (default 2; not with an exact trace)"
+    )
     p.add_argument("--rtol", type=_number(positive=True), default=1e-5)
     p.add_argument("--atol", type=_number(positive=True), default=1e-5)
     p.add_argument("--batch", type=positive_int, default=256)
@@ -306,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train, sample and evaluate on built-in data; writes a report",
         formatter_class=_Help,
     )
-    p.add_argument("--out", default="sdegen-quickstart", help="output folder")
+    p.add_argument("--out", type=_path, default="sdegen-quickstart", help="output folder")
     p.add_argument("--fast", action="store_true", help="a few steps only (under a minute)")
     p.set_defaults(
         run_command=lambda a: __import__("sdegen.cli.quickstart", fromlist=["run"]).run(a)

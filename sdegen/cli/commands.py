@@ -296,8 +296,9 @@ def _observation(args: argparse.Namespace, src: _Source, device) -> dict:
         return {}
     if (args.mask is None) == (args.operator is None):
         raise ValueError(
-            "--observe needs one of --mask FILE (inpainting: True or 1 where observed) and "
-            f"--operator SPEC ({', '.join(OPERATOR_SPECS)})"
+            f"--observe needs exactly one of --mask FILE (inpainting: True or 1 where observed) "
+            f"and --operator SPEC ({', '.join(OPERATOR_SPECS)}), got "
+            f"{'both' if args.mask is not None else 'neither'}"
         )
     if src.autoencoder is not None:
         raise ValueError(
@@ -528,6 +529,12 @@ def likelihood(args: argparse.Namespace) -> int:
     if not os.access(out.parent, os.W_OK):
         raise ValueError(f"run folder {out.parent} is not writable: cannot write {out.name}")
     trace = resolve_trace(args.trace, src.data)
+    if trace == "exact" and args.probes is not None:
+        raise ValueError(
+            f"--probes {args.probes} counts Hutchinson probes, but the trace is exact here "
+            f"(--trace {args.trace}): drop --probes, or pass --trace hutchinson"
+        )
+    probes = 2 if args.probes is None else args.probes
     mine = sum(s.stop - s.start for s in harness.batch_slices(n, args.batch, rank, world))
     progress = Progress(
         len(x) if seeds is None else mine,
@@ -545,7 +552,7 @@ def likelihood(args: argparse.Namespace) -> int:
             atol=args.atol,
             batch=args.batch,
             seed=args.seed,
-            probes=args.probes,
+            probes=probes,
             progress=progress,
             autoencoder=src.autoencoder,
             seeds=seeds,
@@ -572,7 +579,7 @@ def likelihood(args: argparse.Namespace) -> int:
         line += f", {result['bits_per_dim']:.4f} bits/dim"
     if "true_nll_nats" in result:
         line += f" (true density: {result['true_nll_nats']:.4f} nats)"
-    how = "exact" if trace == "exact" else f"Hutchinson estimate, {args.probes} probes"
+    how = "exact" if trace == "exact" else f"Hutchinson estimate, {probes} probes"
     print(
         f"{line}; {result['n']} examples, NFE {result['nfe']} (+{result['nfe_backward']} "
         f"VJPs), trace {how}"

@@ -101,6 +101,11 @@ def _floor(data, image: bool, n: int) -> float:
     )
 
 
+def _say(what: str) -> None:
+    """A line saying what the quickstart does next (a phase can take minutes on a CPU)."""
+    print(f"  {what} ...", flush=True)
+
+
 def _sample(model, shape, method, nfe, seed=0):
     return solvers.sample(
         model,
@@ -129,6 +134,7 @@ def _toy_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None:
         "sweep": [],
     }
     for method, nfe in _samplers(fast):
+        _say(f"sampling {n} points: {method}, NFE {nfe}")
         res = _sample(model, (n, 2), method, nfe)
         part["samplers"].append(
             {"method": method, "nfe": res.nfe, "quality": _quality(res.x, data, False)}
@@ -137,6 +143,7 @@ def _toy_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None:
             res.x, out / f"toy_{method}.png", reference=data.test, title=f"{method}, NFE {res.nfe}"
         )
     sweep: dict[str, list[tuple[int, float]]] = {}
+    _say(f"NFE sweep of {', '.join(SWEEP)}")
     for method in SWEEP:
         for nfe in SWEEP_NFE[:2] if fast else SWEEP_NFE:
             try:
@@ -150,6 +157,7 @@ def _toy_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None:
         sweep, part["noise_floor"], "sliced W2 to test set", out / "toy_nfe_vs_quality.png"
     )
     m = 64 if fast else 1000
+    _say(f"test likelihood of {m} points (exact trace), then the density on a grid")
     part["likelihood"] = evaluate_likelihood(
         model, data, data.test[:m], trace="exact", rtol=1e-5, atol=1e-5, batch=1000, seed=0
     )
@@ -182,6 +190,7 @@ def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None
         "samplers": [],
     }
     for method, nfe in _samplers(fast):
+        _say(f"sampling {n} images: {method}, NFE {nfe}")
         res = _sample(model, (n, *data.event_shape), method, nfe)
         part["samplers"].append(
             {"method": method, "nfe": res.nfe, "quality": _quality(res.x, data, True)}
@@ -192,6 +201,7 @@ def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None
     # one row per digit ("a 0" ... "a 9"), 8 samples each, from one noise draw: conditional
     # (w = 1) and guided
     prompts = [f"a {d}" for d in range(data.num_classes)]
+    _say("prompted grids, with and without guidance")
     part["class_grids"] = []
     for w in GRID_GUIDANCE:
         res = _prompted(model, text, prompts, 8, w, data.event_shape)
@@ -219,6 +229,7 @@ def _digits_part(out: Path, cfg: TrainConfig, fast: bool, results: dict) -> None
     # 64 dimensions: the exact trace would cost 64 VJPs per evaluation; Hutchinson's estimate is
     # unbiased per image and is averaged over the whole test set.
     m = 16 if fast else n
+    _say(f"test likelihood of {m} images (Hutchinson trace, 2 probes)")
     part["likelihood"] = evaluate_likelihood(
         model,
         data,

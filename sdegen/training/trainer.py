@@ -569,7 +569,7 @@ class Trainer:
         x, y = self._batch(step)
         loss = self.net(x, rnd, y)
         if not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}")
+            raise FloatingPointError(f"loss is {float(loss.detach())} at step {step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.grad_clip if self.grad_clip is not None else math.inf
