@@ -696,6 +696,15 @@ CLI_ROWS = [
     cli("sample:out=''", (*SAMPLE, "--n", "4", "--out", ""), "--out", kind="parse"),
     cli("train:run=''", ("train", "--run", "", "--quiet", *TINY), "--run", kind="parse"),
     cli("train:set-empty-key", setk("=5"), "=5"),
+    cli("demo:nfe=1", ("demo", "--nfe", "1", "--n", "100"), "nfe"),
+    cli(
+        "quickstart:out-under-a-file",
+        ("quickstart", "--fast", "--out", "{tmp}/afile/q"),
+        "--out",
+        setup=_write("afile", "an ordinary file\n"),
+    ),
+    cli("quickstart:out-is-a-run", ("quickstart", "--fast", "--out", "{run}"), "--out"),
+    cli("quickstart:out=/proc/x", ("quickstart", "--fast", "--out", "/proc/x"), "--out"),
     cli("likelihood:split=nope", (*LIK, "--n", "4", "--split", "nope"), "nope", kind="parse"),
     cli("likelihood:seed=-1", (*LIK, "--n", "4", "--seed", "-1"), "seed"),
     cli("likelihood:seed=2**70", (*LIK, "--n", "4", "--seed", str(2**70)), "seed"),
@@ -931,6 +940,23 @@ def _latest(tmp: Path, pointer: str):
     shutil.copytree(path, other / "ckpt-x")
     (tmp / "r" / "latest").write_text(pointer.format(other=other))
     return latest_checkpoint(tmp / "r")
+
+
+def _load_bad_optimizer(tmp: Path, layout: dict):
+    """A checkpoint saved with an Adam state, its state.json's optimizer layout replaced, loaded
+    with an optimizer."""
+    from sdegen.training import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net = _net()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.zeros(2, 2), torch.zeros(2)).sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp / "r", 1, net, opt)
+    meta = json.loads((path / "state.json").read_text())
+    meta["optimizer"]["layout"] = layout
+    (path / "state.json").write_text(json.dumps(meta))
+    return load_checkpoint(path, _net(), torch.optim.Adam(_net().parameters()))
 
 
 def _fake_mnist(tmp: Path) -> Path:
@@ -1874,6 +1900,26 @@ API_ROWS = [
         "log_likelihood:torchdiffeq-options-bogus",
         lambda _: _ll(method="torchdiffeq:dopri5", options={"bogus": 1}),
         "bogus",
+    ),
+    api(
+        "load_checkpoint:path=None",
+        lambda _: _imp("sdegen.training.load_checkpoint")(None, _net()),
+        "path",
+    ),
+    api(
+        "load_checkpoint:model=None",
+        lambda tmp: _imp("sdegen.training.load_checkpoint")(_checkpoint(tmp), None),
+        "model",
+    ),
+    api(
+        "load_checkpoint:optimizer-layout-x",
+        lambda tmp: _load_bad_optimizer(tmp, {"x": "tensor"}),
+        "corrupt",
+    ),
+    api(
+        "load_checkpoint:optimizer-layout-a.b",
+        lambda tmp: _load_bad_optimizer(tmp, {"state.a.b": "tensor"}),
+        "corrupt",
     ),
     api(
         "LinearSDE:alpha-returns-a-float",

@@ -141,16 +141,23 @@ def _sample_kwargs(args: argparse.Namespace) -> dict:
 
 def _output_path(out: Path) -> Path:
     """`out` with its folder made, or an error naming what is in the way, before any work."""
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"--out {out}: {parent} is not a folder") from None
-    except OSError as e:  # a parent that cannot hold folders (/proc), no permission, ...
-        raise ValueError(f"--out {out}: cannot make the folder {parent} ({e.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    _output_folder(out.parent, out)
     return out
+
+
+def _output_folder(folder: Path, out: Path | None = None) -> Path:
+    """`folder` made and writable, or a ValueError naming --out (`out`, else the folder) and
+    what is in the way, before any work."""
+    out = folder if out is None else out
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"--out {out}: {folder} is not a folder") from None
+    except OSError as e:  # a parent that cannot hold folders (/proc), no permission, ...
+        raise ValueError(f"--out {out}: cannot make the folder {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {out}: folder {folder} is not writable")
+    return folder
 
 
 @dataclass
@@ -386,6 +393,11 @@ def sample(args: argparse.Namespace) -> int:
     if label is not None:
         if src.text is not None:
             raise ValueError("this run is text-conditional: give --prompt, not --class")
+        if getattr(src.model, "num_classes", None) is None:
+            raise ValueError(
+                f"--class {label}: this is an unconditional model (a run trained without "
+                f"--conditional, or a --model without num_classes or ConditionTables)"
+            )
         kw["y"] = label  # checked against the model's classes by sample()
     if prompt is not None:
         if src.text is None:
@@ -615,6 +627,9 @@ def bench(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     sde = SDES[args.sde]()
     model = ring_mixture(sde)
+    methods = ("dpmpp_2m", "euler_maruyama")
+    for method in methods:  # a budget too small for a method: refused before any output
+        solvers.steps_for_nfe(method, args.nfe)
     g = torch.Generator().manual_seed(args.seed)
     truth = model.sample(args.n, generator=g)
     print(
@@ -624,7 +639,7 @@ def demo(args: argparse.Namespace) -> int:
     floor = sliced_wasserstein(truth, model.sample(args.n, generator=g), generator=g)
     print(f"noise floor (two independent true sample sets): sliced W2 = {floor:.4f}\n")
     print(f"{'method':<18}{'NFE':>6}{'Frechet':>10}{'sliced W2':>11}{'time [s]':>10}")
-    for method in ("dpmpp_2m", "euler_maruyama"):
+    for method in methods:
         start = time.perf_counter()
         res = solvers.sample(
             model,

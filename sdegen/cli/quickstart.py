@@ -31,6 +31,7 @@ from ..assembly import (
 )
 from ..metrics import frechet_distance_from_samples, sliced_wasserstein
 from ..solvers.results import SolveResult
+from .commands import _output_folder
 
 SAMPLERS = (("dpmpp_2m", 20), ("heun", 20), ("euler_maruyama", 100))
 # --fast: a smoke run of the whole pipeline in under a minute on 2 cores; sampling the full test
@@ -334,7 +335,12 @@ def _report(results: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if (out / "config.json").is_file() or (out / "latest").exists():
+        raise ValueError(
+            f"--out {out} holds a training run (config.json, latest): the quickstart writes its "
+            f"report, plots and two runs there; choose another folder"
+        )
+    _output_folder(out)  # made, or an error naming --out, before any work
     start = time.perf_counter()
     cfgs = _configs(args.fast)
     results: dict = {"curves": {}}

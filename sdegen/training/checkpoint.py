@@ -163,6 +163,10 @@ def load_checkpoint(
     ema: torch.nn.Module | None = None,
 ) -> dict:
     """Load a checkpoint folder into model (and optimizer, ema); returns its state.json dict."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a checkpoint folder (str or Path), got {path!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be the torch.nn.Module to load into, got {model!r}")
     path = Path(path)
     for name in ("state.json", "model.safetensors"):
         if not (path / name).is_file():
@@ -175,7 +179,8 @@ def load_checkpoint(
         if optimizer is not None and "optimizer" in meta:
             tensors = load_file(path / "optim.safetensors")
             optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
-    except (SafetensorError, RuntimeError, KeyError, OSError) as e:
+    except (SafetensorError, RuntimeError, KeyError, OSError, ValueError, TypeError) as e:
+        # ValueError and TypeError: optimizer metadata in state.json of the wrong form
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"corrupt or incompatible checkpoint {path}: {e}") from e
