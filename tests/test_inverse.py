@@ -500,6 +500,7 @@ def test_cli_sample_solves_inverse_problems_with_observe(tmp_path, monkeypatch, 
     xi = torch.from_numpy(np.load(tmp_path / "ip.npz")["x"])
     assert torch.equal(xi[:, :, :2], x[:, :, :2]) and not torch.equal(xi[:, :, 2:], x[:, :, 2:])
     (tmp_path / "junk.pt").write_text("not a tensor")
+    np.save(tmp_path / "mask5.npy", np.ones((5, 5), dtype=bool))
     torch.save({"a": low}, tmp_path / "dict.pt")
     for extra, message in [
         (["--observe", "low.pt"], "--observe needs exactly one of --mask FILE"),
@@ -509,6 +510,8 @@ def test_cli_sample_solves_inverse_problems_with_observe(tmp_path, monkeypatch, 
         (["--observe", "junk.pt", "--mask", "mask.npy"], "could not be read as a tensor"),
         (["--observe", "dict.pt", "--mask", "mask.npy"], "must hold one tensor, got dict"),
         (["--observe", "low.pt", "--mask", "low.pt"], "must be bool or hold only 0 and 1"),
+        (["--observe", "low.pt", "--mask", "mask.npy"], "--observe low.pt has shape (1, 2, 2)"),
+        (["--observe", "sr.npz", "--mask", "mask5.npy"], "--mask mask5.npy has shape (5, 5)"),
         (["--observe", "low.pt", "--operator", "zoom:2"], "expected one of downsample:K"),
         (["--observe", "low.pt", "--operator", "downsample:3"], "--operator downsample:3: Down"),
         (["--observe", "low.pt", "--operator", "grayscale"], "of 2 or more channels"),

@@ -324,6 +324,19 @@ def _observation(args: argparse.Namespace, src: _Source, device) -> dict:
                     f"--mask {args.mask} must be bool or hold only 0 and 1 (1: observed)"
                 )
             mask = mask != 0
+        dims = ", ".join(map(str, shape))
+        if tuple(y.shape[-len(shape) :]) != shape or y.ndim > len(shape) + 1:
+            raise ValueError(
+                f"--observe {args.observe} has shape {tuple(y.shape)}, but a sample of this model "
+                f"has shape {shape}: give (N, {dims}), (1, {dims}) or ({dims})"
+            )
+        try:
+            torch.broadcast_shapes(tuple(mask.shape), (1, *shape))
+        except RuntimeError:
+            raise ValueError(
+                f"--mask {args.mask} has shape {tuple(mask.shape)}, which does not broadcast to "
+                f"a sample's shape ({dims})"
+            ) from None
         one = [t[None] if tuple(t.shape) == shape else t for t in (y, mask)]
         return {**kw, "known": one[0].to(device), "mask": one[1].to(device)}
     op, observed = _operator(args.operator, shape)
