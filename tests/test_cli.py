@@ -335,6 +335,11 @@ def test_sample_and_likelihood_of_a_model_of_ones_own(tmp_path, capsys, monkeypa
         (["sample", "--model", "mine.py:gaussian"], "needs --shape"),
         (["sample", "--model", "mine.py:gaussian", "--shape", "2,x"], "--shape must be"),
         (["likelihood", "--model", "mine.py:gaussian"], "needs --data"),
+        (["sample", "--model", "mine.py:gaussian", "--shape", "3"], "--shape 3 gives examples"),
+        (
+            ["likelihood", "--model", "mine.py:gaussian", "--data", "digits"],
+            "--data digits gives examples of shape (1, 8, 8), but --model mine.py:gaussian takes",
+        ),  # fmt: skip
         (["sample", "--run", "r", "--model", "mine.py:gaussian"], "give either --run"),
         (["sample", "--model", "justaname"], "MODULE:FACTORY"),
         (

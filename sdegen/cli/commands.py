@@ -205,11 +205,17 @@ def _source(args: argparse.Namespace, need_data: bool = False) -> _Source:
     if shape_arg is not None and data is not None:
         raise ValueError("give --shape or --data, not both (the data set fixes the shape)")
     if data is not None:
-        shape = data.event_shape
+        shape, given = data.event_shape, f"--data {args.data}"
     elif shape_arg is not None:
-        shape = _event_shape(shape_arg)
+        shape, given = _event_shape(shape_arg), f"--shape {shape_arg}"
     else:
         raise ValueError("--model needs --shape C,H,W (or D) or --data for the sample shape")
+    own = getattr(model, "event_shape", None)  # where the model states one (analytic models)
+    if own is not None and tuple(own) != tuple(shape):
+        raise ValueError(
+            f"{given} gives examples of shape {tuple(shape)}, but --model {args.model} takes "
+            f"{tuple(own)}"
+        )
     return _Source(model, sde, data, shape, None, Path("."))
 
 
