@@ -691,6 +691,7 @@ CLI_ROWS = [
     cli("likelihood:atol=inf", (*LIK0, "--n", "4", "--atol", "inf"), "atol"),
     cli("likelihood:atol=-1", (*LIK0, "--n", "4", "--atol", "-1"), "atol"),
     cli("likelihood:rtol=10", (*LIK0, "--n", "4", "--rtol", "10"), "rtol"),
+    cli("likelihood:n-above-the-split", (*LIK, "--n", "100000000"), "--n 100000000"),
     cli("likelihood:probes-with-exact-trace", (*LIK, "--n", "4", "--probes", "3"), "--probes"),
     cli("likelihood:trace=nope", (*LIK, "--n", "4", "--trace", "nope"), "nope", kind="parse"),
     cli("sample:out=''", (*SAMPLE, "--n", "4", "--out", ""), "--out", kind="parse"),

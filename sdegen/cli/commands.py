@@ -546,6 +546,10 @@ def likelihood(args: argparse.Namespace) -> int:
     src = _source(args, need_data=True)
     assert src.data is not None  # _source(need_data=True) guarantees it
     x = src.data.test if args.split == "test" else src.data.train
+    if args.n and args.n > len(x):
+        raise ValueError(
+            f"--n {args.n} is more than the {len(x)} examples of the {args.split} split"
+        )
     x = x[: args.n] if args.n else x
     if args.seeds is not None and not args.n:  # as many examples as seeds
         if len(args.seeds) > len(x):
