@@ -1923,6 +1923,63 @@ API_ROWS = [
         "corrupt",
     ),
     api(
+        "fid:complex",
+        lambda _: _imp("sdegen.metrics.fid")(
+            torch.randn(8, 2, dtype=torch.complex64), torch.randn(8, 2)
+        ),
+        "x",
+    ),
+    api(
+        "polynomial_mmd2:one-sample",
+        lambda _: _imp("sdegen.metrics.polynomial_mmd2")(torch.randn(1, 3), torch.randn(1, 3)),
+        "2 samples",
+    ),
+    api(
+        "dequantize:uniform-outside-[0,1)",
+        lambda _: _imp("sdegen.data.dequantize")(
+            _x(3, 2), 0.1, uniform=torch.full((3, 2), 5.0, dtype=torch.float64)
+        ),
+        "uniform",
+    ),
+    api(
+        "langevin:nan-score",
+        lambda _: _imp("sdegen.solvers.langevin")(
+            lambda x: x * float("nan"), torch.zeros(4, 1), 0.1, 2
+        ),
+        "NaN",
+    ),
+    api(
+        "langevin:mala-nan-log_prob",
+        lambda _: _imp("sdegen.solvers.langevin")(
+            lambda x: -x,
+            torch.zeros(4, 1),
+            0.1,
+            2,
+            metropolis=True,
+            log_prob=lambda x: x.sum(1) * float("nan"),
+        ),
+        "log_prob",
+    ),
+    api(
+        "ScoreSDEModel:time_input-of-wrong-shape",
+        lambda _: sdegen.sample(
+            _imp("sdegen.models.adapters.ScoreSDEModel")(
+                _net(), _sde(), "eps", time_input=lambda t: t[:2]
+            ),
+            _sde(),
+            (4, 2),
+            steps=2,
+        ),
+        "time_input",
+    ),
+    api(
+        "AnalyticDPMVariance.fit:increasing-ts",
+        lambda _: _imp("sdegen.solvers.AnalyticDPMVariance").fit(
+            _model(), _sde(), _x().float(), torch.tensor([0.1, 0.5, 1.0])
+        ),
+        "ts",
+    ),
+    api(
         "LinearSDE:alpha-returns-a-float",
         lambda _: sdegen.LinearSDE(lambda t: 1.0, lambda t: t, t_min=1e-3, T=0.9),
         "alpha",

@@ -102,4 +102,6 @@ def dequantize(
         )
     else:
         u = uniform.to(x.dtype)
+        if not bool(((u >= 0) & (u < 1)).all()):
+            raise ValueError("uniform must hold draws in [0, 1), got values outside it")
     return x + (u - 0.5) * width

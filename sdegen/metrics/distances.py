@@ -20,6 +20,8 @@ _F64 = torch.float64
 def _as_f64(name: str, x: Any) -> Tensor:
     """`x` (a tensor, an array, or nested lists of numbers, arrays or tensors) as a float64
     tensor; ValueError naming `name` if non-finite."""
+    if torch.is_tensor(x) and x.is_complex():
+        raise ValueError(f"{name} must be real, got a {x.dtype} tensor")
     t = x.detach().to(_F64) if torch.is_tensor(x) else as_float64(name, x).detach()
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())

@@ -65,6 +65,8 @@ def _check_batch_size(batch_size: int) -> int:
 
 def _check_input(x: Tensor) -> None:
     check_tensor_finite("x", x)
+    if x.is_complex():
+        raise ValueError(f"x must be real, got a {x.dtype} tensor")
     if x.ndim < 2 or x.shape[0] == 0 or x[:1].numel() == 0:
         raise ValueError(f"x must have shape (B, *D) with B >= 1, D nonempty; got {tuple(x.shape)}")
 

@@ -8,13 +8,13 @@ k(a, b) = (a.b / F + 1)^3, averaged over random subsets.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._utils import check_int
 from .distances import frechet_distance_from_samples, frechet_distance_to_moments
 from .features import FeatureFn, get_features
 
@@ -74,18 +74,14 @@ def polynomial_mmd2(x: Tensor, y: Tensor) -> Tensor:
     sum_{i!=j} k(x_i, x_j) / (m(m-1)) + sum_{i!=j} k(y_i, y_j) / (n(n-1))
     - 2 sum_{i,j} k(x_i, y_j) / (m n).   Returns a 0-dim tensor (it can be < 0)."""
     m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    if min(m, n) < 2:
+        raise ValueError(f"polynomial_mmd2 needs at least 2 samples in each set, got {m} and {n}")
     kxx = (x @ x.T / d + 1) ** 3
     kyy = (y @ y.T / d + 1) ** 3
     kxy = (x @ y.T / d + 1) ** 3
     sxx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
     syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
     return sxx + syy - 2 * kxy.mean()
-
-
-def _int_at_least(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def kid(
@@ -119,8 +115,8 @@ def kid(
         shapes = f"{tuple(fx.shape)} and {tuple(fy.shape)}"
         raise ValueError(f"features of x and y must be (N, F) and (M, F), got {shapes}")
     n, m = fx.shape[0], fy.shape[0]
-    subsets = _int_at_least("subsets", subsets, 1)
-    size = min(n, m, 1000) if subset_size is None else _int_at_least("subset_size", subset_size, 2)
+    subsets = check_int("subsets", subsets, 1)
+    size = min(n, m, 1000) if subset_size is None else check_int("subset_size", subset_size, 2)
     if size < 2 or size > min(n, m):
         raise ValueError(
             f"subset_size must be in 2..min(N, M) = {min(n, m)} (N={n}, M={m}), got {size}"

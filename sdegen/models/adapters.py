@@ -579,7 +579,13 @@ class ScoreSDEModel(ForeignModel):
     def c_noise(self, t: Tensor) -> Tensor:
         """The network's noise-level input at times t (B,)."""
         if callable(self.time_input):
-            return self.time_input(t)
+            c = self.time_input(t)
+            if not torch.is_tensor(c) or c.shape != t.shape:
+                got = tuple(c.shape) if torch.is_tensor(c) else type(c).__name__
+                raise ValueError(
+                    f"time_input(t) must return a tensor of t's shape {tuple(t.shape)}, got {got}"
+                )
+            return c
         if self.time_input == "sigma":
             return self.sde.sigma(t)
         return self.time_scale * t

@@ -112,7 +112,13 @@ class AnalyticDPMVariance:
         if data.ndim < 2 or data.shape[0] < 1:
             raise ValueError(f"data must have shape (M, *D) with M >= 1, got {tuple(data.shape)}")
         batch_size = check_int("batch_size", batch_size, 1)
-        ts = torch.as_tensor(ts, dtype=torch.float64).flatten()[:-1]
+        ts = torch.as_tensor(ts, dtype=torch.float64).flatten()
+        if ts.numel() < 2 or not bool((ts[1:] < ts[:-1]).all()):
+            raise ValueError(
+                f"ts must be a grid of at least 2 strictly decreasing times (the sampler's), got "
+                f"{ts.tolist()[:6]}"
+            )
+        ts = ts[:-1]
         d = math.prod(data.shape[1:])
         gamma, nfe = torch.zeros(len(ts), dtype=torch.float64), 0
         for i, t in enumerate(ts.tolist()):

@@ -184,9 +184,16 @@ def langevin(
                 score = _checked_call("score_fn", score_fn, x, shape)
                 nfe += 1
             x = langevin_step(x, score, h, randn_like(x, generator))
+        if not bool(torch.isfinite(x).all()):  # one check per run, after the loop
+            raise ValueError(
+                f"the chains reached NaN or inf within {n_steps} steps of step_size {h:g}: a "
+                f"step too large for this score (ULA diverges), or a score that is not finite"
+            )
         return LangevinResult(x=x, nfe=nfe)
     assert log_prob is not None  # checked above
     logp = _checked_call("log_prob", log_prob, x, (B,))
+    if not bool(torch.isfinite(logp).all()):
+        raise ValueError("log_prob(x0) is NaN or inf: MALA would reject every proposal")
     accepted = torch.zeros(B, dtype=torch.float64, device=x.device)
     for _ in range(n_steps):
         y = langevin_step(x, score, h, randn_like(x, generator))

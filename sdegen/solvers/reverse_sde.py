@@ -138,7 +138,7 @@ class Ancestral(_Predictor):
     choice), "forward" G^2 (beta), "learned" the model's own Sigma_theta(x_t, t) for the step
     t -> s (Nichol & Dhariwal 2021, eq. 15; a `LearnedVarianceModel`, whose mean and variance
     come from the same evaluation), or a callable (x, t, s) -> variance of shape (B,) or
-    (B, *D), e.g. Analytic-DPM's (`sdegen.models.AnalyticDPMVariance`).
+    (B, *D), e.g. Analytic-DPM's (`sdegen.solvers.AnalyticDPMVariance`).
     """
 
     def __init__(self, model, sde, ts: Tensor, *, variance, **noise) -> None:
