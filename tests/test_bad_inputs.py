@@ -844,13 +844,13 @@ def test_likelihood_of_one_example_writes_no_nan(toy_run, tmp_path, capsys):
     err = capsys.readouterr().err
     if code == 2:
         assert not cli_problems(code, err, ("--n", "n must", "2"), "run"), err
-        assert not (run / "likelihood-test.json").exists()
+        assert not (run / "likelihood-test-n1.json").exists()
         return
     assert code == 0, f"OUTCOME: exit {code}; stderr {_first_line(err)!r}"
-    text = (run / "likelihood-test.json").read_text()
+    text = (run / "likelihood-test-n1.json").read_text()
 
     def no_constant(name):
-        raise ValueError(f"likelihood-test.json holds {name}, which is not JSON")
+        raise ValueError(f"likelihood-test-n1.json holds {name}, which is not JSON")
 
     try:
         result = json.loads(text, parse_constant=no_constant)

@@ -77,7 +77,7 @@ def test_train_sample_likelihood_resume(tmp_path, capsys):
         main(["likelihood", "--run", str(run), "--n", "20", "--rtol", "1e-4", "--atol", "1e-4"])
         == 0
     )
-    result = json.loads((run / "likelihood-test.json").read_text())
+    result = json.loads((run / "likelihood-test-n20.json").read_text())
     assert result["n"] == 20 and result["nfe"] > 0 and np.isfinite(result["nll_nats"])
     assert "true_nll_nats" in result  # 8 Gaussians has a closed-form density
 
@@ -317,7 +317,7 @@ def test_sample_and_likelihood_of_a_model_of_ones_own(tmp_path, capsys, monkeypa
     # likelihood of the Gaussian's own model on the 2-D toy data: the closed form, exactly
     assert main(["likelihood", "--model", "mine.py:gaussian", "--data", "toy:moons", "--n", "8",
                  "--quiet"]) == 0  # fmt: skip
-    result = json.loads((tmp_path / "likelihood-test.json").read_text())
+    result = json.loads((tmp_path / "likelihood-test-n8.json").read_text())
     from sdegen.assembly import load_data
     from sdegen.models import GaussianScore
     from sdegen.sde import VPSDE

@@ -57,7 +57,7 @@ def test_latent_text_run_trains_samples_and_bounds(tmp_path, capsys, monkeypatch
     assert main(["likelihood", "--run", run, "--n", "4", "--rtol", "1e-3", "--atol", "1e-3",
                  "--quiet"]) == 0  # fmt: skip
     assert "latent-diffusion bound" in capsys.readouterr().out
-    result = json.loads((tmp_path / "run" / "likelihood-test.json").read_text())
+    result = json.loads((tmp_path / "run" / "likelihood-test-n4.json").read_text())
     parts = result["bound_parts_nats"]
     assert result["kind"] == "bound" and result["nfe"] > 0
     # the bound is the sum of its parts (means over the same 4 images)

@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "likelihood",
         help="NLL (nats) and bits/dim of a split under the PF-ODE",
         formatter_class=_Help,
+        description="NLL (nats) and bits/dim of a split under the PF-ODE, written to "
+        "RUN/likelihood-SPLIT.json (RUN/likelihood-SPLIT-nN.json for the first N examples, so "
+        "a part never replaces the whole split's result)",
     )
     _add_model_source(p, shape=False)
     p.add_argument("--split", choices=["test", "train"], default="test", help="test or train")

@@ -558,9 +558,11 @@ def likelihood(args: argparse.Namespace) -> int:
                 f"{len(x)} examples"
             )
         x = x[: len(args.seeds)]
-    n = len(x)
+    n, full = len(x), len(src.data.test if args.split == "test" else src.data.train)
     seeds = _example_seeds(args, n, "examples")
-    out = src.folder / f"likelihood-{args.split}.json"
+    # a part of the split writes its own file, so a quick --n run never replaces the whole
+    # split's result (which can take hours)
+    out = src.folder / f"likelihood-{args.split}{'' if n == full else f'-n{n}'}.json"
     if not os.access(out.parent, os.W_OK):
         raise ValueError(f"run folder {out.parent} is not writable: cannot write {out.name}")
     trace = resolve_trace(args.trace, src.data)
