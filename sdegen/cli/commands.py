@@ -545,12 +545,12 @@ def likelihood(args: argparse.Namespace) -> int:
     rank, world = init_distributed(str(device))
     src = _source(args, need_data=True)
     assert src.data is not None  # _source(need_data=True) guarantees it
-    x = src.data.test if args.split == "test" else src.data.train
-    if args.n and args.n > len(x):
+    whole = src.data.test if args.split == "test" else src.data.train
+    if args.n and args.n > len(whole):
         raise ValueError(
-            f"--n {args.n} is more than the {len(x)} examples of the {args.split} split"
+            f"--n {args.n} is more than the {len(whole)} examples of the {args.split} split"
         )
-    x = x[: args.n] if args.n else x
+    x = whole[: args.n] if args.n else whole
     if args.seeds is not None and not args.n:  # as many examples as seeds
         if len(args.seeds) > len(x):
             raise ValueError(
@@ -558,11 +558,11 @@ def likelihood(args: argparse.Namespace) -> int:
                 f"{len(x)} examples"
             )
         x = x[: len(args.seeds)]
-    n, full = len(x), len(src.data.test if args.split == "test" else src.data.train)
+    n = len(x)
     seeds = _example_seeds(args, n, "examples")
     # a part of the split writes its own file, so a quick --n run never replaces the whole
     # split's result (which can take hours)
-    out = src.folder / f"likelihood-{args.split}{'' if n == full else f'-n{n}'}.json"
+    out = src.folder / f"likelihood-{args.split}{'' if n == len(whole) else f'-n{n}'}.json"
     if not os.access(out.parent, os.W_OK):
         raise ValueError(f"run folder {out.parent} is not writable: cannot write {out.name}")
     trace = resolve_trace(args.trace, src.data)
