@@ -1980,6 +1980,23 @@ API_ROWS = [
         "ts",
     ),
     api(
+        "Trainer:objective-returns-a-float",
+        lambda _: _trainer(objective=lambda m, x, r: 1.0),
+        "objective",
+    ),
+    api(
+        "Trainer:objective-returns-per-example",
+        lambda _: _trainer(
+            objective=lambda m, x, r: m.eps(x, torch.full((x.shape[0],), 0.5)).sum(1)
+        ),
+        "objective",
+    ),
+    api(
+        "Trainer:objective-without-gradient",
+        lambda _: _trainer(objective=lambda m, x, r: torch.zeros(())),
+        "gradient",
+    ),
+    api(
         "LinearSDE:alpha-returns-a-float",
         lambda _: sdegen.LinearSDE(lambda t: 1.0, lambda t: t, t_min=1e-3, T=0.9),
         "alpha",

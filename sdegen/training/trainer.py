@@ -139,9 +139,22 @@ class _ObjectiveModule(nn.Module):
         self.model, self.objective = model, objective
 
     def forward(self, x: Tensor, rnd: StepRandom, y: Tensor | None = None) -> Tensor:
-        if y is None:
-            return self.objective(self.model, x, rnd)
-        return self.objective(self.model, x, rnd, y)
+        args = (self.model, x, rnd) if y is None else (self.model, x, rnd, y)
+        return check_loss(self.objective(*args))
+
+
+def check_loss(loss, who: str = "the objective") -> Tensor:
+    """`loss` when it is a 0-dim float tensor with a gradient (shape and flags only: no host
+    synchronisation), else an error naming what `who` returned."""
+    if not torch.is_tensor(loss) or loss.ndim != 0 or not loss.is_floating_point():
+        got = f"a tensor of shape {tuple(loss.shape)}" if torch.is_tensor(loss) else repr(loss)
+        raise TypeError(f"{who} must return the loss as a 0-dim float tensor, got {got}")
+    if not loss.requires_grad:
+        raise ValueError(
+            f"{who} returned a loss without a gradient: it does not depend on the model's "
+            "parameters (computed under no_grad, or detached)"
+        )
+    return loss
 
 
 @dataclass(frozen=True)
@@ -622,9 +635,11 @@ class Trainer:
                     self.seed, index, self.rank, self.world, self.batch_size, self.device
                 )
                 x, _ = self._batch(index)
-                loss = self.objective(self.model, x, rnd, name)
-                if not torch.is_tensor(loss) or loss.ndim != 0 or not bool(torch.isfinite(loss)):
-                    raise FloatingPointError(f"{name} loss is {loss} at step {step}")
+                loss = check_loss(self.objective(self.model, x, rnd, name), f"the {name} loss")
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(
+                        f"{name} loss is {float(loss.detach())} at step {step}"
+                    )
                 self.optimizer.zero_grad(set_to_none=True)
                 # only this player's parameters get gradients, so AdamW steps only them
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
