@@ -10,7 +10,7 @@ from collections.abc import Callable
 from torch import Tensor
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
-from ._utils import check_choice, check_finite_number, check_int
+from ._utils import check_choice, check_finite_number, check_int, check_rtol
 from .divergence import PROBE_NOISES
 
 # torchdiffeq's method table; `torchdiffeq._impl.odeint` is shadowed by the function of that name
@@ -45,14 +45,6 @@ def check_solver_options(method: str, options: dict | None) -> dict:
 TRACES = ("exact", "hutchinson")
 
 
-def _check_rtol(rtol: float) -> float:
-    """A relative tolerance: finite and in (0, 1) (at 1 an error as large as the state passes)."""
-    rtol = check_finite_number("rtol", rtol, positive=True)
-    if rtol >= 1:
-        raise ValueError(f"rtol must be < 1 (a relative error), got {rtol!r}")
-    return rtol
-
-
 def check_ode_settings(
     *,
     trace: str,
@@ -81,7 +73,7 @@ def check_ode_settings(
         trace=check_choice("trace", trace, TRACES),
         probes=check_int("probes", probes),
         noise=check_choice("noise", noise, PROBE_NOISES),
-        rtol=_check_rtol(rtol),
+        rtol=check_rtol(rtol),
         atol=check_finite_number("atol", atol, positive=True),
         method=check_method(method, "method") if method_check is None else method_check(method),
     )

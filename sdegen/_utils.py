@@ -52,13 +52,22 @@ def check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def check_rtol(rtol: float) -> float:
+    """A relative tolerance as a float: finite and in (0, 1) (at 1 an error as large as the
+    state passes the test), else ValueError/TypeError naming rtol."""
+    rtol = check_finite_number("rtol", rtol, positive=True)
+    if rtol >= 1:
+        raise ValueError(f"rtol must be < 1 (a relative error), got {rtol!r}")
+    return rtol
+
+
 def check_tolerances(
     rtol: float, atol: float, dtype: torch.dtype, *, zero_atol: bool = False
 ) -> tuple[float, float]:
-    """(rtol, atol) of an adaptive solve in `dtype`, as floats: finite, rtol > 0 and atol > 0
+    """(rtol, atol) of an adaptive solve in `dtype`, as floats: finite, 0 < rtol < 1, atol > 0
     (>= 0 with `zero_atol`), and not both below 4 machine epsilons of `dtype`, where rounding
     alone fails the error test and the solver would shrink its steps forever."""
-    rtol = check_finite_number("rtol", rtol, positive=True)
+    rtol = check_rtol(rtol)
     atol = check_finite_number("atol", atol, positive=not zero_atol, nonnegative=zero_atol)
     floor = 4 * torch.finfo(dtype).eps
     if max(rtol, atol) < floor:

@@ -896,6 +896,11 @@ def _ll(**kw):
     return sdegen.log_likelihood(mix, mix.sde, x, **kw)
 
 
+def _optimise(**kw):
+    """optimise_schedule of 3 ddim steps on the mixture, with the keywords given."""
+    return _imp("sdegen.solvers.optimise_schedule")(_mix(), _sde(), (8, 2), "ddim", 3, **kw)
+
+
 def _x(*shape, dtype=torch.float64):
     return torch.randn(*(shape or (4, 2)), dtype=dtype)
 
@@ -1726,25 +1731,15 @@ API_ROWS = [
         lambda _: _imp("sdegen.solvers.get_schedule")(_sde(), "karras", 0),
         "steps",
     ),
-    api(
-        "optimise_schedule:max_trials=0",
-        lambda _: _imp("sdegen.solvers.optimise_schedule")(
-            _mix(), _sde(), (8, 2), "ddim", 3, max_trials=0
-        ),
-        "max_trials",
-    ),
+    api("optimise_schedule:max_trials=0", lambda _: _optimise(max_trials=0), "max_trials"),
     api(
         "optimise_schedule:start-of-1-step-for-3",
-        lambda _: _imp("sdegen.solvers.optimise_schedule")(
-            _mix(), _sde(), (8, 2), "ddim", 3, start=torch.tensor([1.0, 1e-3])
-        ),
+        lambda _: _optimise(start=torch.tensor([1.0, 1e-3])),
         "start",
     ),
     api(
         "optimise_schedule:reference_tol=0",
-        lambda _: _imp("sdegen.solvers.optimise_schedule")(
-            _mix(), _sde(), (8, 2), "ddim", 3, reference_tol=0.0
-        ),
+        lambda _: _optimise(reference_tol=0.0),
         "reference_tol",
     ),
     # ---- found by a fuzz of the Python API (these hung, failed deep inside, or were accepted) --
